@@ -1,0 +1,263 @@
+"""The journey processor: dedup → classify → fold → drop-off timers, over any state store.
+
+Both drivers run exactly this class: the local runner with a plain dict as the
+state store, the Faust worker with a Faust table. It does no I/O; it returns
+rows for a sink.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from processors import journey
+from processors.rules import Classifier
+from schemas.dead_letter import DeadLetter
+from schemas.enums import STAGES, DeadLetterReason
+from schemas.errors import SchemaValidationError
+from schemas.journey import DropoffRecord, JourneyState
+from schemas.rows import (
+    DeadLetterRow,
+    DropoffRow,
+    JourneyStateRow,
+    Row,
+    StageTransitionRow,
+    TouchpointRow,
+)
+from schemas.rules import JourneyRules
+from schemas.touchpoint import Touchpoint, parse_touchpoint
+
+__all__ = ["BatchOutput", "JourneyProcessor", "ProcessorCounters"]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ProcessorCounters:
+    """Running totals since the processor started."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    unclassified: int = 0
+    late: int = 0
+    dropoffs: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(self.dead_letters.values())
+
+
+@dataclass
+class BatchOutput:
+    """The rows one batch produced, per table."""
+
+    touchpoints: list[TouchpointRow] = field(default_factory=list)
+    transitions: list[StageTransitionRow] = field(default_factory=list)
+    states: list[JourneyStateRow] = field(default_factory=list)
+    dropoffs: list[DropoffRow] = field(default_factory=list)
+    dead_letters: list[DeadLetterRow] = field(default_factory=list)
+
+    def tables(self) -> dict[str, list[Row]]:
+        return {
+            TouchpointRow.table: list(self.touchpoints),
+            StageTransitionRow.table: list(self.transitions),
+            JourneyStateRow.table: list(self.states),
+            DropoffRow.table: list(self.dropoffs),
+            DeadLetterRow.table: list(self.dead_letters),
+        }
+
+    def __len__(self) -> int:
+        return (
+            len(self.touchpoints)
+            + len(self.transitions)
+            + len(self.states)
+            + len(self.dropoffs)
+            + len(self.dead_letters)
+        )
+
+
+@dataclass
+class _Snapshot:
+    moves: list[journey.Transition]
+    dropoffs: dict[object, DropoffRecord]
+
+
+class JourneyProcessor:
+    """Turns touchpoints into journey rows. Feed events, then :meth:`flush` per batch.
+
+    The watermark is the newest event time seen minus ``allowed_lateness``; a
+    drop-off is judged when the watermark passes its deadline. Events older than
+    ``watermark - dedup_window`` cannot be de-duplicated any more and become
+    ``too_late`` dead letters.
+    """
+
+    def __init__(
+        self,
+        rules: JourneyRules,
+        *,
+        allowed_lateness: timedelta,
+        dedup_window: timedelta,
+        states: MutableMapping[str, JourneyState] | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if dedup_window < allowed_lateness:
+            raise ValueError("dedup_window must be at least allowed_lateness")
+        self.classifier = Classifier(rules)
+        self.timeouts = dict(rules.timeouts)
+        self.allowed_lateness = allowed_lateness
+        self.dedup_window = dedup_window
+        self.states: MutableMapping[str, JourneyState] = {} if states is None else states
+        self.counters = ProcessorCounters()
+        self.max_event_time: datetime | None = None
+        self._clock = clock
+        self._timers: list[tuple[datetime, str, int]] = []
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._output = BatchOutput()
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def watermark(self) -> datetime | None:
+        if self.max_event_time is None:
+            return None
+        return self.max_event_time - self.allowed_lateness
+
+    def restore(self, max_event_time: datetime | None) -> None:
+        """Re-arm timers from the state store (after a restart or a rebalance)."""
+        self.max_event_time = max_event_time
+        self._timers.clear()
+        for buyer_id, state in self.states.items():
+            self._schedule(buyer_id, state)
+
+    def _state_for_update(self, buyer_id: str) -> JourneyState:
+        state = self.states.get(buyer_id)
+        if state is None:
+            state = journey.new_state(buyer_id)
+        if buyer_id not in self._snapshots:
+            self._snapshots[buyer_id] = _Snapshot(
+                moves=journey.transitions(state), dropoffs=dict(state.dropoffs)
+            )
+        return state
+
+    def _schedule(self, buyer_id: str, state: JourneyState) -> None:
+        for deadline, stage in journey.deadlines(state, self.timeouts):
+            heapq.heappush(self._timers, (deadline, buyer_id, stage.rank))
+
+    # -- input ---------------------------------------------------------------
+
+    def process_raw(self, data: bytes | str, *, source: str, position: str) -> Touchpoint | None:
+        """Validate one raw record and process it; a bad record becomes a dead letter."""
+        try:
+            touchpoint = parse_touchpoint(data)
+        except SchemaValidationError as exc:
+            self.dead_letter(exc.reason, exc.detail, data, source=source, position=position)
+            return None
+        self.process(touchpoint, source=source, position=position)
+        return touchpoint
+
+    def dead_letter(
+        self,
+        reason: DeadLetterReason,
+        detail: str,
+        raw: bytes | str,
+        *,
+        source: str,
+        position: str,
+    ) -> None:
+        letter = DeadLetter.build(
+            reason=reason,
+            detail=detail,
+            raw=raw,
+            source=source,
+            position=position,
+            recorded_at=self._clock(),
+        )
+        self.counters.dead_letters[reason.value] += 1
+        self._output.dead_letters.append(DeadLetterRow.from_dead_letter(letter))
+
+    def process(self, touchpoint: Touchpoint, *, source: str, position: str) -> None:
+        """Process one validated touchpoint."""
+        at = touchpoint.occurred_at
+        watermark = self.watermark
+        if watermark is not None and at < watermark - self.dedup_window:
+            self.dead_letter(
+                DeadLetterReason.TOO_LATE,
+                f"occurred_at {at.isoformat()} is more than the dedup window "
+                f"({self.dedup_window}) behind the watermark {watermark.isoformat()}",
+                touchpoint.model_dump_json(),
+                source=source,
+                position=position,
+            )
+            return
+        buyer_id = touchpoint.buyer_id
+        existing = self.states.get(buyer_id)
+        if existing is not None and journey.is_duplicate(existing, touchpoint.event_id, at):
+            self.counters.duplicates += 1
+            return
+        if watermark is not None and at < watermark:
+            self.counters.late += 1
+
+        state = self._state_for_update(buyer_id)
+        classification = self.classifier.classify(touchpoint)
+        journey.fold(state, touchpoint, classification)
+        self.states[buyer_id] = state
+        self.counters.accepted += 1
+        if not classification.classified:
+            self.counters.unclassified += 1
+        self._output.touchpoints.append(
+            journey.touchpoint_row(touchpoint, classification, source, position)
+        )
+        stage = classification.stage
+        if stage is not None and state.stage_hits[stage].event_id == touchpoint.event_id:
+            self._schedule(buyer_id, state)
+
+        if self.max_event_time is None or at > self.max_event_time:
+            self.max_event_time = at
+            self._fire_timers()
+
+    def _fire_timers(self) -> None:
+        watermark = self.watermark
+        if watermark is None:
+            return
+        while self._timers and self._timers[0][0] <= watermark:
+            deadline, buyer_id, rank = heapq.heappop(self._timers)
+            state = self.states.get(buyer_id)
+            if state is None:
+                continue
+            stage = STAGES[rank]
+            if stage in state.judged or (deadline, stage) not in set(
+                journey.deadlines(state, self.timeouts)
+            ):
+                continue  # superseded by a later schedule of this buyer
+            state = self._state_for_update(buyer_id)
+            record = journey.judge(state, stage, self.timeouts)
+            self.states[buyer_id] = state
+            if record is not None:
+                self.counters.dropoffs += 1
+
+    # -- output --------------------------------------------------------------
+
+    def flush(self) -> BatchOutput:
+        """Rows produced since the last flush: touchpoints, dead letters, and changed journeys."""
+        output, self._output = self._output, BatchOutput()
+        watermark = self.watermark
+        for buyer_id, before in self._snapshots.items():
+            state = self.states[buyer_id]
+            if watermark is not None:
+                journey.prune(state, watermark, self.dedup_window, self.timeouts)
+                self.states[buyer_id] = state
+            moves = journey.transitions(state)
+            changed_moves = [move for move in moves if move not in before.moves]
+            output.transitions.extend(journey.transition_rows(state, changed_moves))
+            for stage, record in state.dropoffs.items():
+                if before.dropoffs.get(stage) != record:
+                    output.dropoffs.append(journey.dropoff_row(state, record))
+            output.states.append(journey.state_row(state))
+        self._snapshots.clear()
+        return output

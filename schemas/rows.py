@@ -1,0 +1,175 @@
+"""One row type per ClickHouse table. Field order is column order.
+
+Rows are built by the processors from trusted data, so hot paths may use
+``model_construct``; the SQL column types live in ``sinks/migrations``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.dead_letter import DeadLetter
+from schemas.enums import Channel, ExitKind, Stage
+
+__all__ = [
+    "ROW_TYPES",
+    "DeadLetterRow",
+    "DropoffRow",
+    "ExitTuple",
+    "JourneyStateRow",
+    "Row",
+    "StageTransitionRow",
+    "TouchpointRow",
+]
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    table: ClassVar[str]
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        return tuple(cls.model_fields)
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in type(self).model_fields)
+
+
+class TouchpointRow(Row):
+    table: ClassVar[str] = "touchpoints"
+
+    event_id: str
+    buyer_id: str
+    anonymous_id: str | None
+    account_id: str | None
+    channel: Channel
+    event_type: str
+    occurred_at: datetime
+    received_at: datetime | None
+    campaign: str | None
+    promo: str | None
+    revenue: Decimal | None
+    currency: str | None
+    properties: str
+    persona: str | None
+    stage: Stage | None
+    exit_kind: ExitKind | None
+    is_purchase: bool
+    rule_id: str | None
+    source: str
+    source_position: str
+    schema_version: int
+
+
+class StageTransitionRow(Row):
+    """The buyer's furthest stage rose to ``to_stage`` (from ``from_stage``, if any)."""
+
+    table: ClassVar[str] = "stage_transitions"
+
+    buyer_id: str
+    to_stage: Stage
+    from_stage: Stage | None
+    transitioned_at: datetime
+    event_id: str
+    channel: Channel
+    event_type: str
+    campaign: str | None
+    persona: str | None
+    version: int
+
+
+ExitTuple = tuple[str, str, str, datetime]
+"""(exit kind, furthest stage at the exit or '', channel, occurred_at)"""
+
+
+class JourneyStateRow(Row):
+    table: ClassVar[str] = "journey_state"
+
+    buyer_id: str
+    persona: str | None
+    account_id: str | None
+    anonymous_id: str | None
+    furthest_stage: Stage | None
+    current_stage: Stage | None
+    stage_entered_at: dict[str, datetime]
+    touches_by_stage: dict[str, int]
+    touches_by_channel: dict[str, int]
+    preferred_channel: str | None
+    first_touch_at: datetime | None
+    first_touch_channel: str | None
+    first_touch_campaign: str | None
+    last_touch_at: datetime | None
+    last_touch_channel: str | None
+    last_touch_campaign: str | None
+    exits: list[ExitTuple]
+    purchases: int
+    revenue: Decimal
+    first_purchase_at: datetime | None
+    last_purchase_at: datetime | None
+    dropoff_stage: Stage | None
+    dropoff_at: datetime | None
+    events: int
+    unclassified: int
+    version: int
+
+
+class DropoffRow(Row):
+    """No progress past ``stage`` before ``deadline``; ``recovered_at`` if it came later."""
+
+    table: ClassVar[str] = "dropoffs"
+
+    buyer_id: str
+    stage: Stage
+    entered_at: datetime
+    deadline: datetime
+    last_touch_at: datetime | None
+    last_touch_channel: str | None
+    last_touch_event_type: str | None
+    last_touch_campaign: str | None
+    recovered_at: datetime | None
+    persona: str | None
+    version: int
+
+
+class DeadLetterRow(Row):
+    table: ClassVar[str] = "dead_letters"
+
+    dead_letter_id: str
+    reason: str
+    detail: str
+    raw: str
+    raw_bytes: int
+    raw_sha256: str
+    raw_truncated: bool
+    source: str
+    position: str
+    recorded_at: datetime
+
+    @classmethod
+    def from_dead_letter(cls, letter: DeadLetter) -> DeadLetterRow:
+        return cls(
+            dead_letter_id=letter.dead_letter_id,
+            reason=letter.reason.value,
+            detail=letter.detail,
+            raw=letter.raw,
+            raw_bytes=letter.raw_bytes,
+            raw_sha256=letter.raw_sha256,
+            raw_truncated=letter.raw_truncated,
+            source=letter.source,
+            position=letter.position,
+            recorded_at=letter.recorded_at,
+        )
+
+
+ROW_TYPES: tuple[type[Row], ...] = (
+    TouchpointRow,
+    StageTransitionRow,
+    JourneyStateRow,
+    DropoffRow,
+    DeadLetterRow,
+)

@@ -1,0 +1,238 @@
+"""The canonical `Touchpoint` v1 envelope and its per-channel payload models.
+
+A touchpoint is validated once, at the edge (:func:`parse_touchpoint`); internal
+topics and tables carry it as trusted JSON afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from schemas.enums import EVENT_TYPES, Channel, DeadLetterReason
+from schemas.errors import SchemaValidationError
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "SCHEMA_VERSION",
+    "AdsProperties",
+    "EmailProperties",
+    "SmsProperties",
+    "SupportProperties",
+    "Touchpoint",
+    "WebProperties",
+    "deterministic_event_id",
+    "parse_touchpoint",
+]
+
+SCHEMA_VERSION: Final = 1
+MAX_RECORD_BYTES: Final = 1_000_000
+"""Records larger than this (1 MB, in UTF-8 bytes) are dead-lettered unread."""
+
+_EVENT_ID_NAMESPACE: Final = uuid.UUID("6f1c2a52-8d0e-4c55-9a7e-1b2f3d4c5e6f")
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+PropertyValue = str | int | float | bool | None
+
+
+def deterministic_event_id(source: str, *source_ids: str) -> str:
+    """A stable event id from a source name and the source's own id(s).
+
+    The same vendor delivery sent twice gets the same id, so retries collapse downstream.
+    """
+    key = "\x1f".join((source, *source_ids))
+    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, key))
+
+
+class _Properties(BaseModel):
+    """Vendor-side fields: typed where we know them, unknown ones tolerated."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    persona: Label | None = None
+    tier: Label | None = None
+
+
+class AdsProperties(_Properties):
+    platform: Label | None = None
+    ad_id: Identifier | None = None
+    creative_id: Identifier | None = None
+    placement: Label | None = None
+    cost: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)] | None = None
+
+
+class EmailProperties(_Properties):
+    message_id: Identifier | None = None
+    subject: str | None = None
+    url: str | None = None
+    bounce_type: Literal["hard", "soft"] | None = None
+
+
+class SmsProperties(_Properties):
+    message_sid: Identifier | None = None
+    url: str | None = None
+
+
+class WebProperties(_Properties):
+    url: str | None = None
+    product_id: Identifier | None = None
+    order_id: Identifier | None = None
+    order_number: Annotated[int, Field(ge=1)] | None = None
+    quantity: Annotated[int, Field(ge=1)] | None = None
+    rating: Annotated[int, Field(ge=1, le=5)] | None = None
+
+
+class SupportProperties(_Properties):
+    ticket_id: Identifier | None = None
+    priority: Label | None = None
+    score: Annotated[int, Field(ge=0, le=10)] | None = None
+
+
+_PROPERTY_MODELS: Final[dict[Channel, type[_Properties]]] = {
+    Channel.ADS: AdsProperties,
+    Channel.EMAIL: EmailProperties,
+    Channel.SMS: SmsProperties,
+    Channel.WEB: WebProperties,
+    Channel.SUPPORT: SupportProperties,
+}
+
+# Per-event-type requirements beyond the channel's property types.
+_SCORE_RANGE: Final[dict[str, tuple[int, int]]] = {"csat": (1, 5), "nps": (0, 10)}
+
+
+class _PayloadError(ValueError):
+    """Marks a model-validator failure as an invalid payload (not an invalid field)."""
+
+
+class Touchpoint(BaseModel):
+    """One marketing touchpoint, schema version 1."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Identifier
+    buyer_id: Identifier
+    anonymous_id: Identifier | None = None
+    account_id: Identifier | None = None
+    channel: Channel
+    event_type: EventType
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime | None = None
+    campaign: Label | None = None
+    promo: Label | None = None
+    revenue: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)] | None = None
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
+    properties: dict[str, PropertyValue] = Field(default_factory=dict)
+
+    @field_validator("occurred_at", "received_at")
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _check_payload(self) -> Touchpoint:
+        if self.revenue is not None and self.currency is None:
+            raise _PayloadError("revenue needs a currency")
+        if self.event_type in EVENT_TYPES[self.channel]:
+            model = _PROPERTY_MODELS[self.channel]
+            try:
+                model.model_validate(self.properties)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise _PayloadError(f"properties.{where}: {first['msg']}") from None
+            score_range = _SCORE_RANGE.get(self.event_type)
+            if score_range is not None:
+                score = self.properties.get("score")
+                low, high = score_range
+                if not isinstance(score, int) or isinstance(score, bool) or not low <= score <= high:
+                    raise _PayloadError(
+                        f"{self.event_type} needs an integer properties.score in {low}..{high}"
+                    )
+        return self
+
+    @property
+    def persona(self) -> str | None:
+        value = self.properties.get("persona")
+        return value if isinstance(value, str) else None
+
+
+def parse_touchpoint(data: bytes | str) -> Touchpoint:
+    """Validate one raw record into a Touchpoint.
+
+    Raises :class:`SchemaValidationError` whose ``reason`` says what was wrong;
+    never any other exception for bad input.
+    """
+    size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
+    if size > MAX_RECORD_BYTES:
+        raise SchemaValidationError(
+            DeadLetterReason.RECORD_TOO_LARGE,
+            f"record is {size} bytes, the limit is {MAX_RECORD_BYTES}",
+        )
+    try:
+        decoded: Any = json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise SchemaValidationError(DeadLetterReason.INVALID_ENCODING, str(exc)) from None
+    except ValueError as exc:
+        raise SchemaValidationError(DeadLetterReason.INVALID_JSON, str(exc)) from None
+    if not isinstance(decoded, dict):
+        raise SchemaValidationError(
+            DeadLetterReason.NOT_AN_OBJECT,
+            f"expected a JSON object, got {_json_kind(decoded)}",
+        )
+    try:
+        return Touchpoint.model_validate(decoded)
+    except ValidationError as exc:
+        raise _translate(exc) from None
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null"
+
+
+def _translate(exc: ValidationError) -> SchemaValidationError:
+    errors = exc.errors(include_url=False)
+    described = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'record'}: {error['msg']}"
+        for error in errors[:5]
+    )
+    for error in errors:
+        loc = error["loc"]
+        kind = error["type"]
+        if loc[:1] == ("channel",) and kind == "enum":
+            return SchemaValidationError(DeadLetterReason.UNKNOWN_CHANNEL, described)
+        if kind == "timezone_aware":
+            return SchemaValidationError(DeadLetterReason.NAIVE_TIMESTAMP, described)
+        if loc[:1] == ("schema_version",):
+            return SchemaValidationError(DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION, described)
+        if kind == "missing":
+            return SchemaValidationError(DeadLetterReason.MISSING_FIELD, described)
+        if kind == "value_error" and not loc:
+            ctx_error = error.get("ctx", {}).get("error")
+            if isinstance(ctx_error, _PayloadError):
+                return SchemaValidationError(DeadLetterReason.INVALID_PAYLOAD, str(ctx_error))
+    return SchemaValidationError(DeadLetterReason.INVALID_FIELD, described)

@@ -1,0 +1,79 @@
+"""Connecting to ClickHouse — chDB in-process or a server over HTTP — and translating its errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+from schemas.errors import ConfigError, SinkError, SinkFatalError, SinkRetryableError
+from schemas.settings import ClickHouseSettings
+
+__all__ = ["Client", "chdb_path", "connect", "describe_target", "translate_error"]
+
+# ClickHouse error codes worth another attempt: overload, timeouts, network, keeper.
+_RETRYABLE_CODES: Final = frozenset({3, 159, 202, 209, 210, 241, 242, 252, 425, 999})
+
+
+def chdb_path(url: str) -> Path | None:
+    """The chDB data directory of a ``chdb:`` URL, or None for a server URL."""
+    if not url.startswith("chdb:"):
+        return None
+    rest = url[len("chdb:") :]
+    if rest.startswith("//"):
+        rest = rest[2:]
+    if not rest:
+        raise ConfigError("a chdb: URL needs a directory, e.g. chdb:touchpoint-data/clickhouse")
+    return Path(unquote(rest)).expanduser().resolve()
+
+
+def describe_target(url: str) -> str:
+    path = chdb_path(url)
+    if path is not None:
+        return f"chDB (embedded ClickHouse) in {path}"
+    parts = urlsplit(url)
+    return f"ClickHouse server {parts.scheme}://{parts.hostname}:{parts.port or ''}".rstrip(":")
+
+
+def translate_error(exc: BaseException, action: str) -> SinkError:
+    """Our exception for a ClickHouse driver failure: retryable or fatal."""
+    code = getattr(exc, "code", None)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = f"{action} failed: {message}"
+    if isinstance(exc, OperationalError | ConnectionError | TimeoutError) or code in _RETRYABLE_CODES:
+        return SinkRetryableError(text)
+    return SinkFatalError(text)
+
+
+def connect(url: str, settings: ClickHouseSettings) -> Client:
+    """A clickhouse-connect client for ``url`` (``chdb:PATH`` or ``http(s)://host:port``)."""
+    path = chdb_path(url)
+    try:
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            if not os.access(path, os.W_OK):
+                raise ConfigError(f"the chDB directory {path} is not writable")
+            return clickhouse_connect.get_client(interface="chdb", path=str(path))
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"unsupported ClickHouse URL {url!r}: use chdb:DIRECTORY or http(s)://host:port"
+            )
+        return clickhouse_connect.get_client(
+            interface=parts.scheme,
+            host=parts.hostname,
+            port=parts.port or (8443 if parts.scheme == "https" else 8123),
+            username=unquote(parts.username) if parts.username else settings.user,
+            password=(
+                unquote(parts.password) if parts.password else settings.password.get_secret_value()
+            ),
+        )
+    except ClickHouseError as exc:
+        raise translate_error(exc, f"connecting to {describe_target(url)}") from exc
+    except OSError as exc:
+        raise SinkRetryableError(f"connecting to {describe_target(url)} failed: {exc}") from exc

@@ -1,0 +1,99 @@
+"""The batched, column-oriented, idempotent ClickHouse writer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from schemas.errors import SinkFatalError, SinkRetryableError
+from schemas.rows import Row
+from sinks.base import RowBatch, Sink
+from sinks.clickhouse import Client, translate_error
+
+__all__ = ["ClickHouseWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClickHouseWriter(Sink):
+    """Writes each batch as one insert per table, tagged with an ``insert_deduplication_token``.
+
+    A batch is written before :meth:`write` returns; if an insert fails in a
+    retryable way the whole batch is retried (tables already written drop the
+    replay by token) with exponential backoff, at most ``retries`` times.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        database: str,
+        *,
+        retries: int = 5,
+        backoff: timedelta = timedelta(milliseconds=200),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.database = database
+        self.retries = retries
+        self.backoff = backoff
+        self._sleep = sleep
+        self.rows_written: dict[str, int] = {}
+
+    def write(self, batch: RowBatch) -> None:
+        attempt = 0
+        while True:
+            try:
+                self._insert(batch)
+                return
+            except SinkRetryableError as exc:
+                attempt += 1
+                if attempt > self.retries:
+                    raise SinkRetryableError(
+                        f"{exc} (gave up after {self.retries} retries)"
+                    ) from exc
+                delay = self.backoff.total_seconds() * 2 ** (attempt - 1)
+                logger.warning(
+                    "insert of batch %s failed (%s); retry %d/%d in %.2fs",
+                    batch.token,
+                    exc,
+                    attempt,
+                    self.retries,
+                    delay,
+                )
+                self._sleep(delay)
+
+    def _insert(self, batch: RowBatch) -> None:
+        for table, rows in batch.tables.items():
+            if not rows:
+                continue
+            columns = _columns(rows)
+            try:
+                self.client.insert(
+                    table,
+                    columns,
+                    column_names=list(type(rows[0]).columns()),
+                    database=self.database,
+                    column_oriented=True,
+                    settings={"insert_deduplication_token": f"{batch.token}:{table}"},
+                )
+            except ClickHouseError as exc:
+                raise translate_error(exc, f"insert into {self.database}.{table}") from exc
+            except (OSError, ValueError, TypeError) as exc:
+                raise SinkFatalError(f"insert into {self.database}.{table} failed: {exc}") from exc
+        for table, rows in batch.tables.items():
+            self.rows_written[table] = self.rows_written.get(table, 0) + len(rows)
+
+    def flush(self) -> None:
+        """Nothing is buffered: every batch is written inside :meth:`write`."""
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _columns(rows: Sequence[Row]) -> list[list[object]]:
+    names = type(rows[0]).columns()
+    return [[getattr(row, name) for row in rows] for name in names]
