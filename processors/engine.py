@@ -147,7 +147,7 @@ class JourneyProcessor:
 
     def _schedule(self, buyer_id: str, state: JourneyState) -> None:
         for deadline, stage in journey.deadlines(state, self.timeouts):
-            heapq.heappush(self._timers, (deadline, buyer_id, stage.rank))
+            heapq.heappush(self._timers, (deadline, buyer_id, STAGES.index(stage)))
 
     # -- input ---------------------------------------------------------------
 
@@ -231,10 +231,9 @@ class JourneyProcessor:
             if state is None:
                 continue
             stage = STAGES[rank]
-            if stage in state.judged or (deadline, stage) not in set(
-                journey.deadlines(state, self.timeouts)
-            ):
-                continue  # superseded by a later schedule of this buyer
+            hit = state.stage_hits.get(stage)
+            if hit is None or stage in state.judged or hit.at + self.timeouts[stage] != deadline:
+                continue  # superseded: a late event moved this stage's entry
             state = self._state_for_update(buyer_id)
             record = journey.judge(state, stage, self.timeouts)
             self.states[buyer_id] = state

@@ -10,6 +10,7 @@ when every event before it has arrived (see :func:`judge`).
 from __future__ import annotations
 
 import bisect
+from dataclasses import replace
 import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
@@ -45,6 +46,8 @@ __all__ = [
 Transition = tuple[Stage | None, Stage, TouchRef]
 """(from stage, to stage, the event that moved the buyer)"""
 _CHANNEL_ORDER = {channel: index for index, channel in enumerate(Channel)}
+_DESCENDING = tuple(reversed(STAGES))
+_RANK = {stage: index for index, stage in enumerate(STAGES)}
 
 
 def new_state(buyer_id: str) -> JourneyState:
@@ -52,7 +55,7 @@ def new_state(buyer_id: str) -> JourneyState:
 
 
 def touch_ref(touchpoint: Touchpoint, stage: Stage | None) -> TouchRef:
-    return TouchRef.model_construct(
+    return TouchRef(
         at=touchpoint.occurred_at,
         event_id=touchpoint.event_id,
         channel=touchpoint.channel,
@@ -76,7 +79,7 @@ def _later(current: Latest | None, touch: TouchRef, value: str | None) -> Latest
     if value is None:
         return current
     if current is None or (current.at, current.event_id) < touch.key:
-        return Latest.model_construct(at=touch.at, event_id=touch.event_id, value=value)
+        return Latest(at=touch.at, event_id=touch.event_id, value=value)
     return current
 
 
@@ -110,7 +113,7 @@ def fold(state: JourneyState, touchpoint: Touchpoint, classification: Classifica
         _mark_recoveries(state, stage, touch.at)
 
     if classification.exit is not None:
-        bisect.insort(state.exits, ExitRecord.model_construct(kind=classification.exit, touch=touch),
+        bisect.insort(state.exits, ExitRecord(kind=classification.exit, touch=touch),
                       key=lambda record: record.touch.key)
 
     if classification.purchase:
@@ -125,10 +128,10 @@ def fold(state: JourneyState, touchpoint: Touchpoint, classification: Classifica
 
 def _mark_recoveries(state: JourneyState, stage: Stage, at: datetime) -> None:
     for dropped_stage, record in state.dropoffs.items():
-        if stage.rank > dropped_stage.rank and (
+        if _RANK[stage] > _RANK[dropped_stage] and (
             record.recovered_at is None or at < record.recovered_at
         ):
-            state.dropoffs[dropped_stage] = record.model_copy(update={"recovered_at": at})
+            state.dropoffs[dropped_stage] = replace(record, recovered_at=at)
 
 
 def furthest_stage(state: JourneyState) -> Stage | None:
@@ -144,20 +147,26 @@ def transitions(state: JourneyState) -> list[Transition]:
     A stage is a move when it was hit before every higher stage; a stage reached
     only by skipping past it is not a move of its own.
     """
-    moves: list[Transition] = []
-    earliest_above: tuple[datetime, str] | None = None
-    for stage in reversed(STAGES):
-        hit = state.stage_hits.get(stage)
+    hits = state.stage_hits
+    found: list[tuple[Stage, TouchRef]] = []
+    earliest: TouchRef | None = None
+    for stage in _DESCENDING:
+        hit = hits.get(stage)
         if hit is None:
             continue
-        if earliest_above is None or hit.key < earliest_above:
-            moves.append((None, stage, hit))
-            earliest_above = hit.key
-    moves.reverse()
-    return [
-        (moves[index - 1][1] if index else None, to_stage, hit)
-        for index, (_, to_stage, hit) in enumerate(moves)
-    ]
+        if (
+            earliest is None
+            or hit.at < earliest.at
+            or (hit.at == earliest.at and hit.event_id < earliest.event_id)
+        ):
+            found.append((stage, hit))
+            earliest = hit
+    moves: list[Transition] = []
+    previous: Stage | None = None
+    for stage, hit in reversed(found):
+        moves.append((previous, stage, hit))
+        previous = stage
+    return moves
 
 
 def reached_at(state: JourneyState) -> dict[Stage, datetime]:
@@ -228,12 +237,12 @@ def judge(
     state.version += 1
     deadline = hit.at + timeout
     progress = min(
-        (other.at for other_stage, other in state.stage_hits.items() if other_stage.rank > stage.rank),
+        (other.at for other_stage, other in state.stage_hits.items() if _RANK[other_stage] > _RANK[stage]),
         default=None,
     )
     if progress is not None and progress <= deadline:
         return None
-    record = DropoffRecord.model_construct(
+    record = DropoffRecord(
         stage=stage,
         entered_at=hit.at,
         deadline=deadline,
@@ -266,7 +275,7 @@ def prune(
 def touchpoint_row(
     touchpoint: Touchpoint, classification: Classification, source: str, position: str
 ) -> TouchpointRow:
-    return TouchpointRow.model_construct(
+    return TouchpointRow(
         event_id=touchpoint.event_id,
         buyer_id=touchpoint.buyer_id,
         anonymous_id=touchpoint.anonymous_id,
@@ -291,6 +300,8 @@ def touchpoint_row(
     )
 
 
+# Enum members are written as they are: a StrEnum member *is* its string value,
+# and skipping `.value` (an enum descriptor call) matters on this hot path.
 def _value(latest: Latest | None) -> str | None:
     return None if latest is None else latest.value
 
@@ -298,7 +309,7 @@ def _value(latest: Latest | None) -> str | None:
 def transition_rows(state: JourneyState, moves: list[Transition]) -> list[StageTransitionRow]:
     persona = _value(state.persona)
     return [
-        StageTransitionRow.model_construct(
+        StageTransitionRow(
             buyer_id=state.buyer_id,
             to_stage=to_stage,
             from_stage=from_stage,
@@ -316,13 +327,13 @@ def transition_rows(state: JourneyState, moves: list[Transition]) -> list[StageT
 
 def dropoff_row(state: JourneyState, record: DropoffRecord) -> DropoffRow:
     last = record.last_touch
-    return DropoffRow.model_construct(
+    return DropoffRow(
         buyer_id=state.buyer_id,
         stage=record.stage,
         entered_at=record.entered_at,
         deadline=record.deadline,
         last_touch_at=None if last is None else last.at,
-        last_touch_channel=None if last is None else last.channel.value,
+        last_touch_channel=None if last is None else last.channel,
         last_touch_event_type=None if last is None else last.event_type,
         last_touch_campaign=None if last is None else last.campaign,
         recovered_at=record.recovered_at,
@@ -342,31 +353,31 @@ def state_row(state: JourneyState) -> JourneyStateRow:
         at_stage = stage_at(state, record.touch.key)
         exits.append(
             (
-                record.kind.value,
-                "" if at_stage is None else at_stage.value,
-                record.touch.channel.value,
+                record.kind,
+                "" if at_stage is None else at_stage,
+                record.touch.channel,
                 record.touch.at,
             )
         )
     first, last = state.first_touch, state.last_touch
-    return JourneyStateRow.model_construct(
+    return JourneyStateRow(
         buyer_id=state.buyer_id,
         persona=_value(state.persona),
         account_id=_value(state.account_id),
         anonymous_id=_value(state.anonymous_id),
         furthest_stage=furthest,
         current_stage=None if state.current is None else state.current.stage,
-        stage_entered_at={stage.value: at for stage, at in reached_at(state).items()},
-        touches_by_stage={stage.value: count for stage, count in state.touches_by_stage.items()},
+        stage_entered_at={stage: at for stage, at in reached_at(state).items()},
+        touches_by_stage={stage: count for stage, count in state.touches_by_stage.items()},
         touches_by_channel={
-            channel.value: count for channel, count in state.touches_by_channel.items()
+            channel: count for channel, count in state.touches_by_channel.items()
         },
-        preferred_channel=None if preferred is None else preferred.value,
+        preferred_channel=None if preferred is None else preferred,
         first_touch_at=None if first is None else first.at,
-        first_touch_channel=None if first is None else first.channel.value,
+        first_touch_channel=None if first is None else first.channel,
         first_touch_campaign=None if first is None else first.campaign,
         last_touch_at=None if last is None else last.at,
-        last_touch_channel=None if last is None else last.channel.value,
+        last_touch_channel=None if last is None else last.channel,
         last_touch_campaign=None if last is None else last.campaign,
         exits=exits,
         purchases=state.purchases,

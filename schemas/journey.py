@@ -8,20 +8,27 @@ fold itself lives in :mod:`processors.journey`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import TypeAdapter
 
 from schemas.enums import Channel, ExitKind, Stage
 
-__all__ = ["DropoffRecord", "ExitRecord", "JourneyState", "Latest", "TouchRef"]
+__all__ = [
+    "JOURNEY_STATE_ADAPTER",
+    "DropoffRecord",
+    "ExitRecord",
+    "JourneyState",
+    "Latest",
+    "TouchRef",
+]
 
 
-class TouchRef(BaseModel):
+@dataclass(frozen=True, slots=True)
+class TouchRef:
     """A pointer to one touchpoint, ordered by ``(at, event_id)``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     at: datetime
     event_id: str
@@ -35,27 +42,24 @@ class TouchRef(BaseModel):
         return (self.at, self.event_id)
 
 
-class Latest(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Latest:
     """The most recent value of an attribute, by event time."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     at: datetime
     event_id: str
     value: str
 
 
-class ExitRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+@dataclass(frozen=True, slots=True)
+class ExitRecord:
     kind: ExitKind
     touch: TouchRef
 
 
-class DropoffRecord(BaseModel):
+@dataclass(frozen=True, slots=True)
+class DropoffRecord:
     """The buyer made no progress past ``stage`` before ``deadline`` (event time)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     stage: Stage
     entered_at: datetime
@@ -64,24 +68,23 @@ class DropoffRecord(BaseModel):
     recovered_at: datetime | None = None
 
 
-class JourneyState(BaseModel):
-    """Everything the fold remembers about one buyer."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclass(slots=True)
+class JourneyState:
+    """Everything the fold remembers about one buyer (mutable: the fold updates it in place)."""
 
     buyer_id: str
     version: int = 0
     events: int = 0
     unclassified: int = 0
-    stage_hits: dict[Stage, TouchRef] = Field(default_factory=dict)
+    stage_hits: dict[Stage, TouchRef] = field(default_factory=dict)
     """First event (by event time) classified into each stage."""
     current: TouchRef | None = None
     """Latest event (by event time) that carries a stage."""
-    touches_by_stage: dict[Stage, int] = Field(default_factory=dict)
-    touches_by_channel: dict[Channel, int] = Field(default_factory=dict)
+    touches_by_stage: dict[Stage, int] = field(default_factory=dict)
+    touches_by_channel: dict[Channel, int] = field(default_factory=dict)
     first_touch: TouchRef | None = None
     last_touch: TouchRef | None = None
-    exits: list[ExitRecord] = Field(default_factory=list)
+    exits: list[ExitRecord] = field(default_factory=list)
     purchases: int = 0
     revenue: Decimal = Decimal(0)
     first_purchase_at: datetime | None = None
@@ -89,10 +92,14 @@ class JourneyState(BaseModel):
     persona: Latest | None = None
     account_id: Latest | None = None
     anonymous_id: Latest | None = None
-    recent: list[TouchRef] = Field(default_factory=list)
+    recent: list[TouchRef] = field(default_factory=list)
     """Touches still inside the dedup window or an unjudged drop-off, sorted by key."""
     pruned_last: TouchRef | None = None
     """The latest touch that has left ``recent``."""
-    judged: list[Stage] = Field(default_factory=list)
+    judged: list[Stage] = field(default_factory=list)
     """Stages whose drop-off deadline the watermark has passed."""
-    dropoffs: dict[Stage, DropoffRecord] = Field(default_factory=dict)
+    dropoffs: dict[Stage, DropoffRecord] = field(default_factory=dict)
+
+
+JOURNEY_STATE_ADAPTER: TypeAdapter[JourneyState] = TypeAdapter(JourneyState)
+"""Validates and serializes journey state (e.g. as JSON in a Faust table or changelog)."""

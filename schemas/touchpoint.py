@@ -186,6 +186,10 @@ def parse_touchpoint(data: bytes | str) -> Touchpoint:
             f"record is {size} bytes, the limit is {MAX_RECORD_BYTES}",
         )
     try:
+        return Touchpoint.model_validate_json(data)
+    except ValidationError:
+        pass  # diagnose below, on the slow path: bad records are rare
+    try:
         decoded: Any = json.loads(data)
     except UnicodeDecodeError as exc:
         raise SchemaValidationError(DeadLetterReason.INVALID_ENCODING, str(exc)) from None

@@ -127,7 +127,7 @@ def exits_by_stage_channel(client: Client, database: str) -> list[ExitCount]:
             if(tupleElement(e, 'stage') = '', '(none)', tupleElement(e, 'stage')) AS stage,
             tupleElement(e, 'kind') AS kind,
             tupleElement(e, 'channel') AS channel,
-            count() AS exits
+            count() AS exit_count
         FROM {database}.journey_state FINAL
         ARRAY JOIN exits AS e
         GROUP BY stage, kind, channel

@@ -78,7 +78,10 @@ class ClickHouseWriter(Sink):
                     column_names=list(type(rows[0]).columns()),
                     database=self.database,
                     column_oriented=True,
-                    settings={"insert_deduplication_token": f"{batch.token}:{table}"},
+                    settings={
+                        "insert_deduplication_token": f"{batch.token}:{table}",
+                        "deduplicate_blocks_in_dependent_materialized_views": 1,
+                    },
                 )
             except ClickHouseError as exc:
                 raise translate_error(exc, f"insert into {self.database}.{table}") from exc

@@ -63,7 +63,7 @@ fetch() {
   local mlog="$KAFKA_HOME/mvn-fetch-$KAFKA_VERSION.log"
   if ! mvn -B -Dstyle.color=never -f "$SCRIPT_DIR/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
         dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >"$mlog" 2>&1; then
-    tail -n 25 "$mlog" >&2
+    tail -n 25 "$mlog" | sed 's/\x1b\[[0-9;]*m//g' >&2
     rm -rf "$tmp"; die "mvn could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (full log: $mlog)"
   fi
   ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || { rm -rf "$tmp"; die "mvn finished but no kafka_2.13 jar in $tmp"; }
@@ -103,8 +103,14 @@ running_pid() {
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
+# Tail of what this start wrote to kafka.log (from byte offset $1), stack frames dropped.
 show_log_tail() {
-  if [[ -f "$LOG_FILE" ]]; then echo "---- tail of $LOG_FILE ----" >&2; tail -n "${1:-40}" "$LOG_FILE" >&2 || true; fi
+  local off="${1:-0}"
+  if [[ -f "$LOG_FILE" ]]; then
+    if (( $(stat -c %s "$LOG_FILE") < off )); then off=0; fi
+    echo "---- tail of $LOG_FILE (this start) ----" >&2
+    tail -c +"$((off + 1))" "$LOG_FILE" | grep -v $'^\tat ' | tail -n 40 >&2 || true
+  fi
   if [[ -s "$OUT_FILE" ]]; then echo "---- tail of $OUT_FILE ----" >&2; tail -n 20 "$OUT_FILE" >&2 || true; fi
 }
 
@@ -171,7 +177,8 @@ format_storage() {
   say "formatting $DATA_DIR (cluster id $cid)"
   java -Dorg.apache.logging.log4j.level=OFF -cp "$(CP)" kafka.tools.StorageTool format \
       -t "$cid" -c "$CONFIG" --ignore-formatted >"$RUN_DIR/format.out" 2>&1 \
-    || { cat "$RUN_DIR/format.out" >&2; die "kafka-storage format failed"; }
+    || { grep -v '^[[:space:]]*at ' "$RUN_DIR/format.out" | head -n 15 >&2 || true
+         die "kafka-storage format failed (full output: $RUN_DIR/format.out)"; }
 }
 
 wipe_data() {
@@ -217,15 +224,20 @@ cmd_start() {
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true ${TOUCHPOINT_KAFKA_JVM_OPTS:-} \
     -Dkafka.logs.dir="$RUN_DIR" -Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.properties" \
     -cp "$(CP)" kafka.Kafka "$CONFIG" \
-    </dev/null >>"$OUT_FILE" 2>&1 &
+    </dev/null >>"$OUT_FILE" 2>&1 9>&- &
+  local launch_pid=$!
   disown 2>/dev/null || true
+  # The PID file appears within milliseconds; fall back to $! (same process: nohup,
+  # setsid and bash all exec) so a timed-out start can never leave an orphan.
+  for _ in $(seq 1 50); do [[ -s "$PID_FILE" ]] && break; sleep 0.1; done
+  [[ -s "$PID_FILE" ]] || echo "$launch_pid" >"$PID_FILE"
 
   # Wait: process alive -> "Kafka Server started" in the log -> port open -> Admin API answers.
   local deadline=$((SECONDS + START_TIMEOUT)) ready=0
   while ((SECONDS < deadline)); do
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
-      say "broker process exited during startup"; show_log_tail; exit 1
+    pid="$(cat "$PID_FILE")"
+    if ! kill -0 "$pid" 2>/dev/null; then
+      say "broker process exited during startup"; show_log_tail "$log_off"; exit 1
     fi
     if started_since "$log_off" && port_open "$PORT"; then
       ready=1; break
@@ -240,8 +252,8 @@ cmd_start() {
     done
   fi
   if ((!ready)); then
-    say "broker did not become ready within ${START_TIMEOUT}s (pid ${pid:-?}); stopping it"
-    show_log_tail
+    say "broker did not become ready within ${START_TIMEOUT}s (pid $pid); stopping it"
+    show_log_tail "$log_off"
     cmd_stop >/dev/null 2>&1 || true
     exit 1
   fi
@@ -278,21 +290,33 @@ cmd_status() {
   echo "not running (port $PORT)"; return 1
 }
 
+need_reachable() {
+  need_java; fetch
+  port_open "$PORT" || die "no broker listening on $BOOTSTRAP (run: kafka.sh start)"
+}
+
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+
+# Serialise start/stop/wipe per port (concurrent test runners calling start at once).
+lock() {
+  mkdir -p "$RUN_DIR"
+  if command -v flock >/dev/null 2>&1; then exec 9>"$RUN_DIR/.lock"; flock -w 120 9 || die "could not lock $RUN_DIR/.lock"; fi
+}
 
 main() {
   local cmd="${1:-}"; [[ $# -gt 0 ]] && shift
+  case "$cmd" in start|stop|restart|wipe) lock ;; esac
   case "$cmd" in
     fetch) need_java; fetch; echo "lib=$LIB_DIR" ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop ;;
     restart) cmd_stop; cmd_start "$@" ;;
     status) cmd_status ;;
-    topics) need_java; fetch; ctl topics "$BOOTSTRAP" ;;
+    topics) need_reachable; ctl topics "$BOOTSTRAP" ;;
     create-topic) [[ $# -ge 1 ]] || die "usage: kafka.sh create-topic NAME [PARTITIONS]"
-                  need_java; fetch; ctl create-topic "$BOOTSTRAP" "$1" "${2:-1}" 1 ;;
+                  need_reachable; ctl create-topic "$BOOTSTRAP" "$1" "${2:-1}" 1 ;;
     delete-topic) [[ $# -ge 1 ]] || die "usage: kafka.sh delete-topic NAME"
-                  need_java; fetch; ctl delete-topic "$BOOTSTRAP" "$1" ;;
+                  need_reachable; ctl delete-topic "$BOOTSTRAP" "$1" ;;
     logs) tail -n "${1:-100}" "$LOG_FILE" ;;
     wipe) cmd_stop; wipe_data ;;
     -h|--help|help|"") usage; [[ -n "$cmd" ]] ;;

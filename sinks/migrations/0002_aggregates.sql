@@ -1,5 +1,7 @@
 -- Materialized-view aggregates, fed by every insert into touchpoints.
--- A batch dropped by insert deduplication never reaches these views.
+-- Inserts run with deduplicate_blocks_in_dependent_materialized_views = 1 and
+-- these targets keep dedup hashes too, so a replayed batch is dropped here as
+-- well as in the source table.
 
 CREATE TABLE IF NOT EXISTS {database}.funnel_daily
 (
@@ -14,7 +16,8 @@ CREATE TABLE IF NOT EXISTS {database}.funnel_daily
     buyers AggregateFunction(uniqExact, String)
 )
 ENGINE = AggregatingMergeTree
-ORDER BY (day, stage, channel, campaign, persona);
+ORDER BY (day, stage, channel, campaign, persona)
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.funnel_daily_mv TO {database}.funnel_daily AS
 SELECT
@@ -27,8 +30,7 @@ SELECT
     toUInt64(countIf(is_purchase)) AS purchases,
     toDecimal128(sumIf(ifNull(revenue, toDecimal64(0, 4)), is_purchase), 4) AS revenue,
     uniqExactState(buyer_id) AS buyers
-FROM {database}.touchpoints
-WHERE stage IS NOT NULL
+FROM (SELECT * FROM {database}.touchpoints WHERE stage IS NOT NULL)
 GROUP BY day, stage, channel, campaign, persona;
 
 CREATE TABLE IF NOT EXISTS {database}.interactions_hour_of_week
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS {database}.interactions_hour_of_week
     buyers AggregateFunction(uniqExact, String)
 )
 ENGINE = AggregatingMergeTree
-ORDER BY (channel, event_type, day_of_week, hour);
+ORDER BY (channel, event_type, day_of_week, hour)
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.interactions_hour_of_week_mv
 TO {database}.interactions_hour_of_week AS
