@@ -55,8 +55,10 @@ class FunnelStep:
 
     @property
     def conversion_pct(self) -> float | None:
-        """Share of buyers who reached this stage and moved past it."""
-        return None if self.reached == 0 else 100.0 * self.moved_on / self.reached
+        """Share of buyers who reached this stage and moved past it (None for the last stage)."""
+        if self.reached == 0 or self.stage is STAGES[-1]:
+            return None
+        return 100.0 * self.moved_on / self.reached
 
 
 @dataclass(frozen=True, slots=True)

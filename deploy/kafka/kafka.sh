@@ -69,7 +69,8 @@ fetch() {
   ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || { rm -rf "$tmp"; die "mvn finished but no kafka_2.13 jar in $tmp"; }
   touch "$tmp/.complete"
   rm -rf "$LIB_DIR"; mv "$tmp" "$LIB_DIR"
-  say "jars ready: $LIB_DIR ($(ls "$LIB_DIR"/*.jar | wc -l) jars)"
+  local jars=("$LIB_DIR"/*.jar)
+  say "jars ready: $LIB_DIR (${#jars[@]} jars)"
 }
 
 CP() { echo "$LIB_DIR/*"; }
@@ -92,13 +93,20 @@ running_pid() {
   [[ -f "$PID_FILE" ]] || return 1
   local pid; pid="$(cat "$PID_FILE" 2>/dev/null || true)"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   # Guard against PID reuse: must be *our* broker for this run dir.
   if [[ -r "/proc/$pid/cmdline" ]]; then
     local cmdline; cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
     [[ "$cmdline" == *"kafka.Kafka $CONFIG"* ]] || return 1
   fi
   echo "$pid"
+}
+
+# kill -0 also succeeds on a zombie; treat state Z as gone.
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local st; st="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)"
+  [[ "$st" != Z ]]
 }
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
@@ -218,7 +226,7 @@ cmd_start() {
   local t0=$SECONDS
   # setsid: own session, survives the calling shell; the inner bash writes its own
   # PID and then exec's java, so the PID file names the JVM itself.
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2086,SC2016
   KAFKA_PID_FILE="$PID_FILE" nohup setsid bash -c 'echo $$ >"$KAFKA_PID_FILE"; exec "$@"' kafka-launch \
     java $HEAP_OPTS -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true ${TOUCHPOINT_KAFKA_JVM_OPTS:-} \
@@ -236,7 +244,7 @@ cmd_start() {
   local deadline=$((SECONDS + START_TIMEOUT)) ready=0
   while ((SECONDS < deadline)); do
     pid="$(cat "$PID_FILE")"
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! alive "$pid"; then
       say "broker process exited during startup"; show_log_tail "$log_off"; exit 1
     fi
     if started_since "$log_off" && port_open "$PORT"; then
@@ -269,11 +277,11 @@ cmd_stop() {
   say "stopping broker pid $pid (SIGTERM, up to ${STOP_TIMEOUT}s)"
   kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then
+  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.5; done
+  if alive "$pid"; then
     say "still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    while alive "$pid"; do sleep 0.2; done
   fi
   rm -f "$PID_FILE"
   say "stopped"
@@ -283,7 +291,8 @@ cmd_status() {
   local pid
   if pid="$(running_pid)"; then
     if port_open "$PORT"; then
-      echo "running pid=$pid version=$KAFKA_VERSION"; echo "bootstrap=$BOOTSTRAP"; return 0
+      local ver; ver="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | sed -n 's#.*/lib-\([^/]*\)/\*$#\1#p' | head -n1 || true)"
+      echo "running pid=$pid version=${ver:-?}"; echo "bootstrap=$BOOTSTRAP"; return 0
     fi
     echo "starting pid=$pid (port $PORT not open yet)"; return 1
   fi
@@ -295,7 +304,7 @@ need_reachable() {
   port_open "$PORT" || die "no broker listening on $BOOTSTRAP (run: kafka.sh start)"
 }
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # Serialise start/stop/wipe per port (concurrent test runners calling start at once).
 lock() {

@@ -1,0 +1,43 @@
+"""Builders for test records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def event(
+    event_type: str,
+    *,
+    at: timedelta | datetime,
+    buyer: str = "b1",
+    channel: str | None = None,
+    event_id: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A valid touchpoint record (as a dict) for tests; channel guessed from the event type."""
+    guessed = channel or next(
+        (
+            name
+            for prefix, name in (
+                ("ad_", "ads"),
+                ("email_", "email"),
+                ("sms_", "sms"),
+                ("ticket_", "support"),
+            )
+            if event_type.startswith(prefix)
+        ),
+        "support" if event_type in ("csat", "nps") else "web",
+    )
+    when = at if isinstance(at, datetime) else T0 + at
+    record: dict[str, Any] = {
+        "event_id": event_id or f"{buyer}-{event_type}-{when.isoformat()}",
+        "buyer_id": buyer,
+        "channel": guessed,
+        "event_type": event_type,
+        "occurred_at": when.isoformat(),
+    }
+    record.update(fields)
+    return record

@@ -1,0 +1,229 @@
+"""The ``touchpoint`` command line. Each subcommand parses its options and calls into a room."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
+from processors.local import RunSummary
+from schemas.errors import TouchpointError
+from schemas.export import json_schemas
+from schemas.settings import Settings
+from sinks import queries, report
+from sinks.clickhouse import Client
+from touchpoint import wiring
+
+ENV = "TOUCHPOINT_"
+
+
+def _option(*names: str, env: str, **kwargs: Any) -> Callable[[Any], Any]:
+    return click.option(*names, envvar=ENV + env, show_envvar=True, **kwargs)
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    with click.progressbar(length=max(total, 1), label=label, file=sys.stderr, width=30) as bar:
+        yield bar.update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_option("--data-dir", env="DATA_DIR", type=click.Path(path_type=Path),
+         help="Where embedded data lives (chDB, demo files).  [default: touchpoint-data]")
+@_option("--clickhouse-url", env="CLICKHOUSE_URL",
+         help="chdb:DIRECTORY (embedded) or http(s)://host:port.  [default: chdb:<data-dir>/clickhouse]")
+@_option("--database", env="CLICKHOUSE_DATABASE", help="ClickHouse database.  [default: touchpoint]")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path | None, clickhouse_url: str | None,
+        database: str | None, verbose: int) -> None:
+    """Touchpoint: marketing touchpoints → journey stages, drop-offs and ClickHouse aggregates."""
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"data_dir": data_dir, "clickhouse_url": clickhouse_url,
+               "clickhouse_database": database}
+
+
+def _settings(ctx: click.Context, **more: Any) -> Settings:
+    return wiring.load_settings(**ctx.obj, **more)
+
+
+def _print_summary(summary: RunSummary) -> None:
+    counters = summary.counters
+    click.echo(f"Read {summary.records:,} records: {counters.accepted:,} touchpoints, "
+               f"{counters.duplicates:,} duplicates skipped, {counters.unclassified:,} unclassified, "
+               f"{counters.late:,} late, {counters.dead_lettered:,} dead-lettered.")
+    if counters.dead_letters:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(counters.dead_letters.items()))
+        click.echo(f"Dead letters by reason: {reasons} (table dead_letters).")
+    watermark = summary.watermark.isoformat() if summary.watermark else "none"
+    click.echo(f"Drop-offs judged: {counters.dropoffs:,}; event-time watermark {watermark}.")
+
+
+def _print_report(client: Client, database: str, by: queries.Grouping | None) -> None:
+    click.echo(report.render_funnel(queries.stage_funnel(client, database, by), by))
+    click.echo()
+    click.echo(report.render_dropoffs(queries.dropoffs_by_stage_channel(client, database)))
+    click.echo()
+    click.echo(report.render_exits(queries.exits_by_stage_channel(client, database)))
+
+
+def _run(settings: Settings, paths: Sequence[Path]) -> tuple[RunSummary, Client]:
+    inputs = wiring.inspect_inputs(paths)
+    with wiring.clickhouse(settings) as client, _progress(
+        sum(item.lines for item in inputs), "Processing"
+    ) as advance:
+        summary = wiring.run_files(settings, inputs, client, on_progress=advance)
+        _print_summary(summary)
+        click.echo()
+        _print_report(client, settings.clickhouse.database, None)
+    return summary, client
+
+
+@cli.command()
+@_option("--buyers", env="DEMO_BUYERS", type=click.IntRange(1, 5_000_000), default=2000,
+         show_default=True, help="Synthetic buyers to simulate.")
+@_option("--seed", env="DEMO_SEED", type=int, default=7, show_default=True, help="Random seed.")
+@click.option("--fresh", is_flag=True, help="Drop the demo database first.")
+@click.pass_context
+def demo(ctx: click.Context, buyers: int, seed: int, fresh: bool) -> None:
+    """Generate synthetic journeys, run them, print the report — all embedded."""
+    settings = _settings(ctx)
+    rules = wiring.rules_for(settings)
+    folder = settings.data_dir / "demo"
+    events = folder / f"events-seed{seed}-buyers{buyers}.jsonl"
+    truth = folder / f"truth-seed{seed}-buyers{buyers}.json"
+    if fresh:
+        with wiring.clickhouse(settings, migrate=False) as client:
+            client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse.database} SYNC")
+    if fresh or not events.exists() or not truth.exists():
+        config = GeneratorConfig(buyers=buyers, seed=seed, timeouts=dict(rules.timeouts),
+                                 allowed_lateness=settings.processing.allowed_lateness)
+        with _progress(buyers, "Generating") as advance:
+            write_dataset(config, events, truth, on_buyer=advance)
+    _run(settings, [events])
+    click.echo()
+    click.echo(f"Events:       {events}")
+    click.echo(f"Ground truth: {truth}")
+    click.echo(f"ClickHouse:   {wiring.target_description(settings)}")
+    click.echo("Query it:     touchpoint report --by persona   (or any SQL over the tables "
+               "touchpoints, journey_state, stage_transitions, dropoffs, dead_letters)")
+
+
+@cli.command()
+@_option("--buyers", env="GENERATE_BUYERS", type=click.IntRange(1, 5_000_000), default=1000,
+         show_default=True, help="Synthetic buyers to simulate.")
+@_option("--seed", env="GENERATE_SEED", type=int, default=7, show_default=True, help="Random seed.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Events file to write (JSON Lines).")
+@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ground-truth file to write (JSON).")
+@_option("--duplicate-rate", env="GENERATE_DUPLICATE_RATE", type=click.FloatRange(0, 0.5),
+         default=0.02, show_default=True, help="Share of events delivered twice.")
+@_option("--out-of-order-rate", env="GENERATE_OUT_OF_ORDER_RATE", type=click.FloatRange(0, 0.5),
+         default=0.05, show_default=True, help="Share delivered late (within the lateness bound).")
+@_option("--malformed-rate", env="GENERATE_MALFORMED_RATE", type=click.FloatRange(0, 0.5),
+         default=0.002, show_default=True, help="Malformed records per event.")
+@click.pass_context
+def generate(ctx: click.Context, buyers: int, seed: int, out: Path, truth: Path | None,
+             duplicate_rate: float, out_of_order_rate: float, malformed_rate: float) -> None:
+    """Write a synthetic touchpoint file (and its ground truth)."""
+    settings = _settings(ctx)
+    rules = wiring.rules_for(settings)
+    config = GeneratorConfig(buyers=buyers, seed=seed, duplicate_rate=duplicate_rate,
+                             out_of_order_rate=out_of_order_rate, malformed_rate=malformed_rate,
+                             timeouts=dict(rules.timeouts),
+                             allowed_lateness=settings.processing.allowed_lateness)
+    with _progress(buyers, "Generating") as advance:
+        result: GroundTruth = write_dataset(config, out, truth, on_buyer=advance)
+    click.echo(f"Wrote {result.events_unique + result.duplicates + sum(result.malformed.values()):,} "
+               f"records for {buyers:,} buyers to {out}" + (f"; ground truth in {truth}" if truth else ""))
+
+
+@cli.command()
+@click.option("-i", "--input", "inputs", multiple=True, required=True,
+              type=click.Path(path_type=Path), help="JSONL or CSV file (.gz ok); repeat to chain.")
+@_option("--rules", env="RULES_FILE", type=click.Path(dir_okay=False, path_type=Path),
+         help="Journey rules (TOML).  [default: the shipped rules]")
+@_option("--batch-size", env="BATCH_SIZE", type=click.IntRange(1, 1_000_000),
+         help="Records per batch (one insert per table).  [default: 5000]")
+@_option("--allowed-lateness", env="ALLOWED_LATENESS", help="e.g. 2h.  [default: 2h]")
+@_option("--dedup-window", env="DEDUP_WINDOW", help="e.g. 7d.  [default: 7d]")
+@click.pass_context
+def run(ctx: click.Context, inputs: tuple[Path, ...], rules: Path | None, batch_size: int | None,
+        allowed_lateness: str | None, dedup_window: str | None) -> None:
+    """Process touchpoint files into ClickHouse (one stream, in the order given)."""
+    settings = _settings(ctx, rules_file=rules, batch_size=batch_size,
+                         allowed_lateness=allowed_lateness, dedup_window=dedup_window)
+    _run(settings, inputs)
+    click.echo(f"\nWritten to {wiring.target_description(settings)}.")
+
+
+@cli.command("report")
+@click.option("--by", type=click.Choice(["channel", "campaign", "persona"]),
+              help="Split the funnel by first-touch channel, first-touch campaign or persona.")
+@click.pass_context
+def report_command(ctx: click.Context, by: queries.Grouping | None) -> None:
+    """Print the stage funnel, drop-offs and exits from ClickHouse."""
+    settings = _settings(ctx)
+    with wiring.clickhouse(settings) as client:
+        _print_report(client, settings.clickhouse.database, by)
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create the database and apply pending schema migrations."""
+    settings = _settings(ctx)
+    from sinks.migrate import apply_migrations
+
+    with wiring.clickhouse(settings, migrate=False) as client:
+        applied = apply_migrations(client, settings.clickhouse.database)
+    names = ", ".join(f"{item.version:04d}_{item.name}" for item in applied) or "none (up to date)"
+    click.echo(f"Migrations applied to {wiring.target_description(settings)}: {names}")
+
+
+@cli.group()
+def schema() -> None:
+    """Data contracts."""
+
+
+@schema.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def schema_export(directory: Path) -> None:
+    """Write JSON Schema files for producers in other languages."""
+    directory.mkdir(parents=True, exist_ok=True)
+    documents = json_schemas()
+    for name, document in documents.items():
+        (directory / name).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"Wrote {len(documents)} JSON Schema files to {directory}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: our own errors are one line on stderr and exit code 1, never a traceback."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="touchpoint",
+                 standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"touchpoint: error: {exc.format_message()}", err=True)
+        return 1
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("touchpoint: aborted", err=True)
+        return 130
+    except TouchpointError as exc:
+        click.echo(f"touchpoint: error: {exc}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Settings → objects: the glue the CLI (and tests) use to assemble a run."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ingest.reader import read_records
+from processors.engine import JourneyProcessor
+from processors.local import RunSummary, run_local
+from processors.rules import load_rules
+from schemas.duration import format_duration
+from schemas.errors import ConfigError, InputError
+from schemas.raw import RawRecord
+from schemas.rules import JourneyRules
+from schemas.settings import ClickHouseSettings, ProcessingSettings, Settings
+from sinks.clickhouse import Client, connect, describe_target
+from sinks.migrate import apply_migrations
+from sinks.writer import ClickHouseWriter
+
+__all__ = [
+    "InputFile",
+    "build_processor",
+    "clickhouse",
+    "inspect_inputs",
+    "load_settings",
+    "rules_for",
+    "run_files",
+    "target_description",
+]
+
+
+_PROCESSING_KEYS = frozenset({"rules_file", "allowed_lateness", "dedup_window", "batch_size"})
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from ``TOUCHPOINT_*`` env vars, with explicit (flag) values on top.
+
+    ``clickhouse_<name>`` keys go to :class:`ClickHouseSettings`, processing keys to
+    :class:`ProcessingSettings`, ``data_dir`` to :class:`Settings`; None means "not given".
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    clickhouse = {
+        key.removeprefix("clickhouse_"): value
+        for key, value in given.items()
+        if key.startswith("clickhouse_")
+    }
+    processing = {key: value for key, value in given.items() if key in _PROCESSING_KEYS}
+    top = {key: value for key, value in given.items() if key == "data_dir"}
+    try:
+        return Settings(
+            **top,
+            clickhouse=ClickHouseSettings(**clickhouse),
+            processing=ProcessingSettings(**processing),
+        )
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+
+
+def rules_for(settings: Settings) -> JourneyRules:
+    return load_rules(settings.processing.rules_file)
+
+
+def build_processor(settings: Settings, rules: JourneyRules) -> JourneyProcessor:
+    processing = settings.processing
+    if processing.dedup_window < processing.allowed_lateness:
+        raise ConfigError("TOUCHPOINT_DEDUP_WINDOW must be at least TOUCHPOINT_ALLOWED_LATENESS")
+    return JourneyProcessor(
+        rules,
+        allowed_lateness=processing.allowed_lateness,
+        dedup_window=processing.dedup_window,
+    )
+
+
+@contextmanager
+def clickhouse(settings: Settings, *, migrate: bool = True) -> Iterator[Client]:
+    """A connected (and migrated) ClickHouse client, closed on exit."""
+    client = connect(settings.clickhouse_url(), settings.clickhouse)
+    try:
+        if migrate:
+            apply_migrations(client, settings.clickhouse.database)
+        yield client
+    finally:
+        client.close()
+
+
+def target_description(settings: Settings) -> str:
+    return f"{describe_target(settings.clickhouse_url())}, database {settings.clickhouse.database}"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    lines: int
+    sha256: str
+
+
+def inspect_inputs(paths: Sequence[Path]) -> list[InputFile]:
+    """Line count and content hash of each input (one read; they size the progress bar and name the run)."""
+    found = []
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"no such input file: {path}")
+        digest = hashlib.sha256()
+        lines = 0
+        try:
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+                    lines += chunk.count(b"\n")
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        found.append(InputFile(path, lines, digest.hexdigest()))
+    return found
+
+
+def run_files(
+    settings: Settings,
+    inputs: Sequence[InputFile],
+    client: Client,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Run the journey processor over ``inputs`` (as one stream, in order) into ClickHouse."""
+    rules = rules_for(settings)
+    processor = build_processor(settings, rules)
+    processing = settings.processing
+    run_id = hashlib.sha256(
+        "\x1f".join(
+            [
+                *(f"{item.path.name}:{item.sha256}" for item in inputs),
+                rules.model_dump_json(),
+                format_duration(processing.allowed_lateness),
+                format_duration(processing.dedup_window),
+                str(processing.batch_size),
+            ]
+        ).encode()
+    ).hexdigest()[:20]
+
+    def records() -> Iterator[RawRecord]:
+        for item in inputs:
+            yield from read_records(item.path, source=item.path.name)
+
+    writer = ClickHouseWriter(
+        client,
+        settings.clickhouse.database,
+        retries=settings.clickhouse.insert_retries,
+        backoff=settings.clickhouse.retry_backoff,
+    )
+    return run_local(
+        records(),
+        processor,
+        writer,
+        batch_size=processing.batch_size,
+        run_id=run_id,
+        on_progress=on_progress,
+    )
