@@ -41,3 +41,21 @@ def event(
     }
     record.update(fields)
     return record
+
+
+def final_rows(batches_rows: dict[str, list[Any]]) -> dict[str, dict[tuple[str, ...], Any]]:
+    """The latest row per natural key — what ClickHouse shows after FINAL — with versions zeroed."""
+    from dataclasses import replace
+
+    keys = {
+        "journey_state": ("buyer_id",),
+        "stage_transitions": ("buyer_id", "to_stage"),
+        "dropoffs": ("buyer_id", "stage"),
+    }
+    result: dict[str, dict[tuple[str, ...], Any]] = {}
+    for table, key in keys.items():
+        latest: dict[tuple[str, ...], Any] = {}
+        for row in batches_rows.get(table, []):
+            latest[tuple(str(getattr(row, name)) for name in key)] = replace(row, version=0)
+        result[table] = latest
+    return result
