@@ -6,6 +6,8 @@ one directory and every test gets a fresh *database* in it.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,3 +46,25 @@ def database(clickhouse_client: Any) -> Iterator[str]:
     apply_migrations(clickhouse_client, name)
     yield name
     clickhouse_client.command(f"DROP DATABASE IF EXISTS {name} SYNC")
+
+
+REPO = Path(__file__).resolve().parents[1]
+KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka.sh"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A genuine Apache Kafka broker (KRaft), started fresh by deploy/kafka/kafka.sh, stopped after."""
+    port = os.environ.get("TOUCHPOINT_TEST_KAFKA_PORT", "39092")
+    env = {**os.environ, "TOUCHPOINT_KAFKA_PORT": port}
+    started = subprocess.run(
+        ["bash", str(KAFKA_SCRIPT), "start", "--fresh"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"Kafka did not start:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True,
+                       timeout=120, check=False)

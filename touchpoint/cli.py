@@ -75,16 +75,16 @@ def _print_report(client: Client, database: str, by: queries.Grouping | None) ->
     click.echo(report.render_exits(queries.exits_by_stage_channel(client, database)))
 
 
-def _run(settings: Settings, paths: Sequence[Path]) -> tuple[RunSummary, Client]:
+def _run(settings: Settings, paths: Sequence[Path]) -> RunSummary:
+    rules = wiring.rules_for(settings)
     inputs = wiring.inspect_inputs(paths)
-    with wiring.clickhouse(settings) as client, _progress(
-        sum(item.lines for item in inputs), "Processing"
-    ) as advance:
-        summary = wiring.run_files(settings, inputs, client, on_progress=advance)
+    with wiring.clickhouse(settings) as client:
+        with _progress(sum(item.lines for item in inputs), "Processing") as advance:
+            summary = wiring.run_files(settings, inputs, client, rules=rules, on_progress=advance)
         _print_summary(summary)
         click.echo()
         _print_report(client, settings.clickhouse.database, None)
-    return summary, client
+    return summary
 
 
 @cli.command()

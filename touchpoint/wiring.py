@@ -127,10 +127,11 @@ def run_files(
     inputs: Sequence[InputFile],
     client: Client,
     *,
+    rules: JourneyRules | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> RunSummary:
     """Run the journey processor over ``inputs`` (as one stream, in order) into ClickHouse."""
-    rules = rules_for(settings)
+    rules = rules if rules is not None else rules_for(settings)
     processor = build_processor(settings, rules)
     processing = settings.processing
     run_id = hashlib.sha256(

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run them as ``python -m bench.<name>``; see bench/README.md."""

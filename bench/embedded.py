@@ -1,0 +1,635 @@
+"""Throughput of ``touchpoint run`` on embedded chDB, against a plain-insert ceiling.
+
+What is measured
+----------------
+One synthetic JSONL file (default: about 1M events from :mod:`ingest.generator`) is
+pushed through, in the same invocation and on the same machine:
+
+``pipeline``
+    Exactly what ``touchpoint run --input FILE`` does (see ``touchpoint/cli.py``):
+    :func:`touchpoint.wiring.inspect_inputs` (one hashing pass over the file) then
+    :func:`touchpoint.wiring.run_files` (read, parse, validate, classify, de-duplicate,
+    track journeys, judge drop-offs, and write every batch through
+    :class:`sinks.writer.ClickHouseWriter`). Connecting and migrating a fresh database
+    are setup and are not timed (they are reported separately).
+
+``ceiling (writer)``
+    The *same rows* the pipeline writes, materialized beforehand (untimed) by the same
+    processor into a spool file, loaded, then written batch by batch with the same
+    :class:`~sinks.writer.ClickHouseWriter`, the same batch size, tables, materialized
+    views and insert settings, into a fresh database (so no batch is deduplicated away).
+    It is the right peer: it is everything the pipeline cannot avoid doing to land its
+    output in chDB, and nothing else. ``pipeline / ceiling`` is the share of the achievable
+    insert throughput that the processing leaves; the gap is the cost of processing.
+
+``ceiling (raw insert)``
+    Lower still: the same batches, already transposed to columns (untimed), passed to
+    ``client.insert(..., column_oriented=True)`` with no settings. Only clickhouse-connect's
+    own serialization and the chDB engine remain.
+
+``process only`` (informational)
+    The materialization step, timed anyway (minus the spooling): the processor and the
+    reader, i.e. the pipeline with no ClickHouse at all. Roughly, pipeline seconds ≈
+    process only + ceiling (writer) + one hashing pass over the file.
+
+Events/s always divides the number of input records (lines of the file, including the
+generator's duplicates and malformed records) by the phase's wall-clock seconds. Every
+timed phase runs in its own fresh ``spawn`` subprocess (chDB hosts one data directory per
+process; this also gives each phase its own peak RSS), with its own chDB directory.
+With ``--repeat N`` the phases are interleaved N times and the median seconds are used.
+
+Run from the repository root::
+
+    python -m bench.embedded                 # 1M events, about 5 minutes on 2 cores
+    python -m bench.embedded --events 100000 --repeat 3
+
+Results are printed and written as JSON to ``bench/results/embedded-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, BinaryIO, Final, ParamSpec, TypeVar
+
+from ingest.generator import GeneratorConfig, write_dataset
+from ingest.reader import read_records
+from processors.local import run_local
+from schemas.settings import Settings
+from sinks.base import RowBatch, Sink
+from sinks.clickhouse import Client
+from sinks.writer import ClickHouseWriter
+from touchpoint import wiring
+
+__all__ = ["PhaseResult", "main"]
+
+logger = logging.getLogger("bench.embedded")
+
+EVENTS_PER_BUYER: Final = 7.5
+"""Input records per generated buyer with the default generator settings (measured)."""
+
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+_LOG_FORMAT: Final = "%(asctime)s %(processName)s: %(message)s"
+_RUN_ID: Final = "bench-ceiling"
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+@dataclass
+class PhaseResult:
+    """One timed pass of one phase."""
+
+    phase: str
+    records: int
+    seconds: float
+    peak_rss_mib: float
+    rows_written: dict[str, int] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format=_LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr
+    )
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _in_child(function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run ``function`` in a fresh spawned interpreter and return its (pickled) result."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_setup_logging) as pool:
+        return pool.submit(function, *args, **kwargs).result()
+
+
+class _Progress:
+    """Logs ``label`` every tenth of ``total`` (an ``on_progress``/``on_buyer`` callback)."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = max(total, 1)
+        self.done = 0
+        self.next_tenth = 1
+        self.started = time.perf_counter()
+
+    def __call__(self, step: int) -> None:
+        self.done += step
+        if self.done * 10 >= self.next_tenth * self.total:
+            self.next_tenth = self.done * 10 // self.total + 1
+            elapsed = time.perf_counter() - self.started
+            logger.info(
+                "%s: %d%% (%s of %s) after %.0f s",
+                self.label,
+                min(100, self.done * 100 // self.total),
+                f"{self.done:,}",
+                f"{self.total:,}",
+                elapsed,
+            )
+
+
+def _settings(chdb_dir: Path, database: str, batch_size: int) -> Settings:
+    return wiring.load_settings(
+        data_dir=chdb_dir.parent,
+        clickhouse_url=f"chdb:{chdb_dir}",
+        clickhouse_database=database,
+        batch_size=batch_size,
+    )
+
+
+def _count_touchpoints(client: Client, database: str) -> int:
+    count = client.command(f"SELECT count() FROM {database}.touchpoints")
+    assert isinstance(count, int | str), count
+    return int(count)
+
+
+# ----------------------------------------------------------- phases (run in children)
+
+
+def pipeline_phase(events: Path, chdb_dir: Path, database: str, batch_size: int) -> PhaseResult:
+    """``touchpoint run --input events`` into a fresh database, timed without setup."""
+    settings = _settings(chdb_dir, database, batch_size)
+    setup_started = time.perf_counter()
+    with wiring.clickhouse(settings) as client:
+        setup = time.perf_counter() - setup_started
+        started = time.perf_counter()
+        inputs = wiring.inspect_inputs([events])
+        inspected = time.perf_counter()
+        progress = _Progress("pipeline", inputs[0].lines)
+        summary = wiring.run_files(settings, inputs, client, on_progress=progress)
+        seconds = time.perf_counter() - started
+        stored = _count_touchpoints(client, database)
+    counters = summary.counters
+    return PhaseResult(
+        phase="pipeline",
+        records=summary.records,
+        seconds=seconds,
+        peak_rss_mib=_peak_rss_mib(),
+        rows_written=dict(summary.rows_written),
+        details={
+            "setup_seconds": setup,
+            "inspect_seconds": inspected - started,
+            "batches": summary.batches,
+            "accepted": counters.accepted,
+            "duplicates": counters.duplicates,
+            "unclassified": counters.unclassified,
+            "late": counters.late,
+            "dead_lettered": counters.dead_lettered,
+            "dropoffs": counters.dropoffs,
+            "touchpoints_stored": stored,
+        },
+    )
+
+
+class _SpoolSink(Sink):
+    """Pickles each batch to a file as it comes (so no rows pile up in memory), timing itself."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.batches = 0
+        self.seconds = 0.0
+
+    def write(self, batch: RowBatch) -> None:
+        started = time.perf_counter()
+        pickle.dump(batch, self.handle, protocol=pickle.HIGHEST_PROTOCOL)
+        self.batches += 1
+        self.seconds += time.perf_counter() - started
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _load_batches(batches_file: Path) -> list[RowBatch]:
+    batches: list[RowBatch] = []
+    with batches_file.open("rb") as handle:
+        while True:
+            try:
+                batches.append(pickle.load(handle))  # our own file, written just before
+            except EOFError:
+                return batches
+
+
+def materialize_phase(events: Path, batches_file: Path, batch_size: int) -> PhaseResult:
+    """The processor with a spooling sink; its batches are saved for the ceilings.
+
+    Timed minus the spooling: the cost of processing with no ClickHouse at all.
+    """
+    settings = wiring.load_settings(batch_size=batch_size)
+    processor = wiring.build_processor(settings, wiring.rules_for(settings))
+    lines = wiring.inspect_inputs([events])[0].lines
+    with batches_file.open("wb") as handle:
+        sink = _SpoolSink(handle)
+        started = time.perf_counter()
+        summary = run_local(
+            read_records(events, source=events.name),
+            processor,
+            sink,
+            batch_size=batch_size,
+            run_id=_RUN_ID,
+            on_progress=_Progress("process only", lines),
+        )
+        seconds = time.perf_counter() - started - sink.seconds
+    return PhaseResult(
+        phase="process only",
+        records=summary.records,
+        seconds=seconds,
+        peak_rss_mib=_peak_rss_mib(),
+        rows_written=dict(summary.rows_written),
+        details={
+            "batches": sink.batches,
+            "spool_seconds": sink.seconds,
+            "spool_bytes": batches_file.stat().st_size,
+        },
+    )
+
+
+def ceiling_phase(
+    kind: str, batches_file: Path, records: int, chdb_dir: Path, database: str, batch_size: int
+) -> PhaseResult:
+    """Insert the materialized batches into a fresh database: ``writer`` or ``raw``."""
+    batches = _load_batches(batches_file)
+    gc.freeze()  # the loaded rows never die: keep the collector from rescanning them
+    settings = _settings(chdb_dir, database, batch_size)
+    rows: dict[str, int] = {}
+    for batch in batches:
+        for table, table_rows in batch.tables.items():
+            rows[table] = rows.get(table, 0) + len(table_rows)
+    setup_started = time.perf_counter()
+    with wiring.clickhouse(settings) as client:
+        if kind == "writer":
+            writer = ClickHouseWriter(client, database)
+            setup = time.perf_counter() - setup_started
+            progress = _Progress("ceiling (writer)", len(batches))
+            started = time.perf_counter()
+            for batch in batches:
+                writer.write(batch)
+                progress(1)
+            seconds = time.perf_counter() - started
+        elif kind == "raw":
+            inserts = [
+                (table, list(type(table_rows[0]).columns()), _transpose(table_rows))
+                for batch in batches
+                for table, table_rows in batch.tables.items()
+                if table_rows
+            ]
+            del batches
+            setup = time.perf_counter() - setup_started
+            progress = _Progress("ceiling (raw insert)", len(inserts))
+            started = time.perf_counter()
+            for table, names, columns in inserts:
+                client.insert(
+                    table, columns, column_names=names, database=database, column_oriented=True
+                )
+                progress(1)
+            seconds = time.perf_counter() - started
+        else:
+            raise ValueError(f"unknown ceiling kind {kind!r}")
+        stored = _count_touchpoints(client, database)
+    return PhaseResult(
+        phase=f"ceiling ({'writer' if kind == 'writer' else 'raw insert'})",
+        records=records,
+        seconds=seconds,
+        peak_rss_mib=_peak_rss_mib(),
+        rows_written=rows,
+        details={"setup_seconds": setup, "touchpoints_stored": stored},
+    )
+
+
+def _transpose(rows: Sequence[Any]) -> list[list[object]]:
+    names = type(rows[0]).columns()
+    return [[getattr(row, name) for row in rows] for name in names]
+
+
+# ----------------------------------------------------------------------- orchestration
+
+
+def _generate(events: Path, buyers: int, seed: int) -> dict[str, Any]:
+    logger.info("generating %s buyers (seed %d) into %s", f"{buyers:,}", seed, events)
+    started = time.perf_counter()
+    truth = write_dataset(
+        GeneratorConfig(buyers=buyers, seed=seed), events, on_buyer=_Progress("generate", buyers)
+    )
+    return {
+        "seconds": time.perf_counter() - started,
+        "buyers": buyers,
+        "seed": seed,
+        "events_unique": truth.events_unique,
+        "duplicates": truth.duplicates,
+        "malformed": sum(truth.malformed.values()),
+    }
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+def _median(runs: Sequence[PhaseResult]) -> PhaseResult:
+    """The run with the median seconds (the lower one for an even count)."""
+    middle = statistics.median_low(run.seconds for run in runs)
+    return next(run for run in runs if run.seconds == middle)
+
+
+def _summarize(runs: Sequence[PhaseResult]) -> dict[str, Any]:
+    chosen = _median(runs)
+    return {
+        "phase": chosen.phase,
+        "records": chosen.records,
+        "seconds": chosen.seconds,
+        "events_per_second": chosen.events_per_second,
+        "peak_rss_mib": max(run.peak_rss_mib for run in runs),
+        "rows_written": chosen.rows_written,
+        "runs": [{**asdict(run), "events_per_second": run.events_per_second} for run in runs],
+    }
+
+
+def _git_revision() -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _environment() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for package in ("chdb", "clickhouse-connect", "pydantic"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "git": _git_revision(),
+        "packages": versions,
+        "touchpoint_env": sorted(
+            name for name in os.environ if name.startswith("TOUCHPOINT_") and "PASSWORD" not in name
+        ),
+    }
+
+
+def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Generate (or take) the input, run every phase ``args.repeat`` times, summarize."""
+    dataset: dict[str, Any]
+    if args.input is not None:
+        events = args.input.resolve()
+        dataset = {"path": str(events), "generated": False}
+    else:
+        buyers = args.buyers or max(1, round(args.events / EVENTS_PER_BUYER))
+        events = run_dir / f"events-seed{args.seed}-buyers{buyers}.jsonl"
+        dataset = {"path": str(events), "generated": True, **_generate(events, buyers, args.seed)}
+    dataset["records"] = _count_lines(events)
+    dataset["bytes"] = events.stat().st_size
+    logger.info("input: %s records, %.0f MiB", f"{dataset['records']:,}", dataset["bytes"] / 2**20)
+
+    batches_file = run_dir / "batches.pickle"
+    logger.info("materializing the pipeline's rows for the ceilings (untimed preparation)")
+    materialized = _in_child(materialize_phase, events, batches_file, args.batch_size)
+    records = materialized.records
+
+    runs: dict[str, list[PhaseResult]] = {"pipeline": [], "writer": [], "raw": []}
+    for repeat in range(1, args.repeat + 1):
+        logger.info("repeat %d/%d: pipeline", repeat, args.repeat)
+        runs["pipeline"].append(
+            _in_child(
+                pipeline_phase,
+                events,
+                run_dir / f"chdb-pipeline-{repeat}",
+                f"bench_pipeline_{repeat}",
+                args.batch_size,
+            )
+        )
+        for kind in ("writer", "raw"):
+            logger.info("repeat %d/%d: ceiling (%s)", repeat, args.repeat, kind)
+            runs[kind].append(
+                _in_child(
+                    ceiling_phase,
+                    kind,
+                    batches_file,
+                    records,
+                    run_dir / f"chdb-ceiling-{kind}-{repeat}",
+                    f"bench_ceiling_{kind}_{repeat}",
+                    args.batch_size,
+                )
+            )
+    batches_file.unlink()
+
+    pipeline = _summarize(runs["pipeline"])
+    writer = _summarize(runs["writer"])
+    raw = _summarize(runs["raw"])
+    rows_match = pipeline["rows_written"] == materialized.rows_written
+    if not rows_match:
+        logger.warning(
+            "the pipeline wrote %s rows but the ceiling inserted %s",
+            pipeline["rows_written"],
+            materialized.rows_written,
+        )
+    return {
+        "benchmark": "embedded",
+        "started_at": args.started_at,
+        "config": {
+            "events_target": args.events,
+            "batch_size": args.batch_size,
+            "repeat": args.repeat,
+            "seed": args.seed,
+        },
+        "environment": _environment(),
+        "dataset": dataset,
+        "phases": [_summarize([materialized]), pipeline, writer, raw],
+        "rows_match": rows_match,
+        "ratio_pipeline_to_writer_ceiling": _ratio(pipeline, writer),
+        "ratio_pipeline_to_raw_ceiling": _ratio(pipeline, raw),
+    }
+
+
+def _ratio(phase: dict[str, Any], ceiling: dict[str, Any]) -> float:
+    rate: float = phase["events_per_second"]
+    top: float = ceiling["events_per_second"]
+    return rate / top if top else 0.0
+
+
+def _render(result: dict[str, Any]) -> str:
+    dataset = result["dataset"]
+    ceiling = result["phases"][2]["events_per_second"]
+    header = (
+        f"{'phase':<22} {'events':>11} {'seconds':>9} {'events/s':>10} "
+        f"{'vs ceiling':>10} {'peak RSS':>11}"
+    )
+    lines = [header, "-" * len(header)]
+    if dataset.get("generated"):
+        lines.append(
+            f"{'generate (prep)':<22} {dataset['records']:>11,} {dataset['seconds']:>9.1f} "
+            f"{dataset['records'] / dataset['seconds']:>10,.0f}"
+        )
+    for phase in result["phases"]:
+        name = phase["phase"] + (" (prep)" if phase["phase"] == "process only" else "")
+        lines.append(
+            f"{name:<22} {phase['records']:>11,} {phase['seconds']:>9.1f} "
+            f"{phase['events_per_second']:>10,.0f} "
+            f"{phase['events_per_second'] / ceiling:>9.2f}x "
+            f"{phase['peak_rss_mib']:>7,.0f} MiB"
+        )
+    lines.append("")
+    lines.append(
+        f"pipeline runs at {result['ratio_pipeline_to_writer_ceiling']:.2f}x the plain-insert "
+        "ceiling (its own rows, through ClickHouseWriter)"
+    )
+    lines.append(
+        f"and at {result['ratio_pipeline_to_raw_ceiling']:.2f}x a raw client.insert of the same "
+        "rows, pre-transposed to columns."
+    )
+    repeat = result["config"]["repeat"]
+    lines.append(
+        f"batch size {result['config']['batch_size']:,}; "
+        + (f"median of {repeat} runs" if repeat > 1 else "1 run")
+        + "; peak RSS is per phase subprocess"
+        + ("" if result["rows_match"] else "; WARNING: row counts differ, see log")
+        + "."
+    )
+    return "\n".join(lines)
+
+
+def _write_json(result: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = result["started_at"].replace(":", "").replace("-", "")
+    path = directory / f"embedded-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _positive(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.embedded",
+        description=(
+            "Events/s of `touchpoint run` (embedded chDB) on generated events, beside a plain "
+            "chDB insert of the very rows it writes (the ceiling), measured in the same run; "
+            "reports pipeline/ceiling as a ratio. Each timed phase runs in a fresh subprocess "
+            "with a fresh chDB directory. Progress goes to stderr, the table to stdout, and "
+            "JSON to bench/results/."
+        ),
+    )
+    parser.add_argument(
+        "--events",
+        type=_positive,
+        default=1_000_000,
+        help=f"input records to aim for when generating: buyers = events / {EVENTS_PER_BUYER} "
+        "(the actual count is reported) [default: 1000000]",
+    )
+    parser.add_argument(
+        "--buyers", type=_positive, help="generate exactly this many buyers (overrides --events)"
+    )
+    parser.add_argument(
+        "--input",
+        type=Path,
+        help="benchmark this existing JSONL/CSV file instead of generating one",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=5000,
+        help="records per batch, as TOUCHPOINT_BATCH_SIZE [default: 5000, the product default]",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="create the run's scratch directory (events file, chDB data) under this one "
+        "[default: the system temp directory]",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch directory instead of deleting it"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="run the timed phases this many times, interleaved; report medians [default: 1]",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where the JSON result goes [default: bench/results]",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _setup_logging()
+    if args.input is not None and not args.input.is_file():
+        logger.error("no such input file: %s", args.input)
+        return 2
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="touchpoint-bench-", dir=args.workdir))
+    logger.info("scratch directory %s", run_dir)
+    try:
+        result = benchmark(args, run_dir)
+    finally:
+        if args.keep:
+            logger.info("kept %s", run_dir)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(_render(result))
+    print(f"results written to {_write_json(result, args.results_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
