@@ -316,7 +316,9 @@ class _Journey:
         promo: str | None = None,
     ) -> _Touch:
         sequence = len(self.touches)
-        event_id = deterministic_event_id("synthetic", str(self.config.seed), self.buyer_id, str(sequence))
+        event_id = deterministic_event_id(
+            "synthetic", str(self.config.seed), self.buyer_id, str(sequence)
+        )
         props: dict[str, Any] = {"persona": self.persona.name, "tier": self.persona.tier}
         props.update(properties or {})
         record: dict[str, Any] = {
@@ -400,14 +402,21 @@ class _Journey:
         if rng.random() < persona.starts_aware:
             if rng.random() < 0.5:
                 self.acquisition_campaign = self._campaign("ads")
-                self._enter(Stage.AWARENESS, "ads", "ad_impression", campaign=self.acquisition_campaign,
-                            properties={"platform": "google_ads", "ad_id": f"ad-{rng.randrange(90):02d}"})
+                self._enter(
+                    Stage.AWARENESS,
+                    "ads",
+                    "ad_impression",
+                    campaign=self.acquisition_campaign,
+                    properties={"platform": "google_ads", "ad_id": f"ad-{rng.randrange(90):02d}"},
+                )
             else:
                 self._enter(Stage.AWARENESS, "web", "page_view", properties={"url": "/"})
         else:
             channel = "sms" if persona.channels.get("sms", 0) > rng.random() else "email"
             self.acquisition_campaign = self._campaign(channel)
-            self._enter(Stage.PRE_AWARENESS, channel, f"{channel}_sent", campaign=self.acquisition_campaign)
+            self._enter(
+                Stage.PRE_AWARENESS, channel, f"{channel}_sent", campaign=self.acquisition_campaign
+            )
             if channel == "email":
                 self.subscribed_email = True
             else:
@@ -434,32 +443,55 @@ class _Journey:
         if stage is Stage.PRE_AWARENESS:
             channel = "sms" if self.subscribed_sms and not self.subscribed_email else "email"
             if channel == "email":
-                self._enter(Stage.AWARENESS, "email", "email_open", campaign=self.acquisition_campaign)
+                self._enter(
+                    Stage.AWARENESS, "email", "email_open", campaign=self.acquisition_campaign
+                )
             else:
-                self._enter(Stage.AWARENESS, "web", "page_view", campaign=self.acquisition_campaign,
-                            properties={"url": "/"})
+                self._enter(
+                    Stage.AWARENESS,
+                    "web",
+                    "page_view",
+                    campaign=self.acquisition_campaign,
+                    properties={"url": "/"},
+                )
         elif stage is Stage.AWARENESS:
             channel = self._outbound_channel()
             if channel == "email":
                 self.subscribed_email = True
-                self._enter(Stage.CONSIDERATION, "email", "email_click", campaign=self._campaign("email"),
-                            properties={"url": "https://example.com/pricing"})
+                self._enter(
+                    Stage.CONSIDERATION,
+                    "email",
+                    "email_click",
+                    campaign=self._campaign("email"),
+                    properties={"url": "https://example.com/pricing"},
+                )
             elif channel == "sms":
                 self._enter(Stage.CONSIDERATION, "sms", "sms_click", campaign=self._campaign("sms"))
             else:
-                self._enter(Stage.CONSIDERATION, "ads", "ad_click", campaign=self._campaign("ads"),
-                            properties={"platform": "linkedin", "cost": "2.35"})
+                self._enter(
+                    Stage.CONSIDERATION,
+                    "ads",
+                    "ad_click",
+                    campaign=self._campaign("ads"),
+                    properties={"platform": "linkedin", "cost": "2.35"},
+                )
             if rng.random() < 0.5:
                 self._advance(timedelta(seconds=5), timedelta(minutes=10))
-                self.emit("web", "product_view", campaign=self.acquisition_campaign,
-                          properties={"product_id": "pro"})
+                self.emit(
+                    "web",
+                    "product_view",
+                    campaign=self.acquisition_campaign,
+                    properties={"product_id": "pro"},
+                )
         elif stage is Stage.CONSIDERATION:
             self._order(Stage.PURCHASE)
         elif stage is Stage.PURCHASE:
             self._order(Stage.RETENTION)
         elif stage is Stage.RETENTION:
             if rng.random() < 0.5:
-                self._enter(Stage.ADVOCACY, "web", "review", properties={"rating": rng.choice((4, 5))})
+                self._enter(
+                    Stage.ADVOCACY, "web", "review", properties={"rating": rng.choice((4, 5))}
+                )
             else:
                 self._enter(Stage.ADVOCACY, "web", "referral", properties={"referred": "colleague"})
 
@@ -471,29 +503,58 @@ class _Journey:
         promo = rng.choice(_PROMOS) if rng.random() < persona.promo_rate else None
         if promo is not None:
             value = (value * Decimal("0.85")).quantize(Decimal("0.01"))
-        event_type = "booking" if persona.tier == "enterprise" and rng.random() < 0.5 else "purchase"
+        event_type = (
+            "booking" if persona.tier == "enterprise" and rng.random() < 0.5 else "purchase"
+        )
         if into is Stage.PURCHASE:
-            self.emit("web", "checkout_started", campaign=self.acquisition_campaign,
-                      properties={"product_id": "pro"})
+            self.emit(
+                "web",
+                "checkout_started",
+                campaign=self.acquisition_campaign,
+                properties={"product_id": "pro"},
+            )
             self._advance(timedelta(minutes=1), timedelta(minutes=20))
-        self._enter(into, "web", event_type, campaign=self.acquisition_campaign, promo=promo,
-                    revenue=value,
-                    properties={"order_id": f"{self.buyer_id}-o{self.orders}",
-                                "order_number": self.orders, "quantity": 1})
+        self._enter(
+            into,
+            "web",
+            event_type,
+            campaign=self.acquisition_campaign,
+            promo=promo,
+            revenue=value,
+            properties={
+                "order_id": f"{self.buyer_id}-o{self.orders}",
+                "order_number": self.orders,
+                "quantity": 1,
+            },
+        )
         self.revenue += value
         if into is Stage.PURCHASE and self.acquisition_campaign in _CAMPAIGNS["ads"]:
             self._advance(timedelta(minutes=1), timedelta(hours=6))
-            self.emit("ads", "ad_conversion", campaign=self.acquisition_campaign,
-                      properties={"platform": "google_ads"})
+            self.emit(
+                "ads",
+                "ad_conversion",
+                campaign=self.acquisition_campaign,
+                properties={"platform": "google_ads"},
+            )
         if rng.random() < persona.refund_rate:
             self._advance(timedelta(days=1), timedelta(days=5))
-            self._exit(ExitKind.REFUND, "web", "refund", {"order_id": f"{self.buyer_id}-o{self.orders}"})
+            self._exit(
+                ExitKind.REFUND, "web", "refund", {"order_id": f"{self.buyer_id}-o{self.orders}"}
+            )
         if rng.random() < 0.4:
             self._advance(timedelta(days=1), timedelta(days=4))
-            self.emit("support", "csat", properties={"score": rng.randint(1, 5),
-                                                    "ticket_id": f"T{rng.randrange(10**6):06d}"})
+            self.emit(
+                "support",
+                "csat",
+                properties={
+                    "score": rng.randint(1, 5),
+                    "ticket_id": f"T{rng.randrange(10**6):06d}",
+                },
+            )
 
-    def _exit(self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, Any]) -> None:
+    def _exit(
+        self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, Any]
+    ) -> None:
         touch = self.emit(channel, event_type, properties=properties)
         assert self.stage is not None
         self.truth_exits.append((kind.value, self.stage.value, touch.channel))

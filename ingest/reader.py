@@ -52,7 +52,7 @@ def detect_format(path: Path) -> str:
 def _open(path: Path) -> IO[bytes]:
     try:
         if path.name.lower().endswith(".gz"):
-            return gzip.open(path, "rb")
+            return io.BufferedReader(gzip.GzipFile(path, "rb"))
         return path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -102,7 +102,9 @@ def _read_csv(path: Path, source: str) -> Iterator[RawRecord]:
         unknown = [
             column
             for column in header
-            if column not in _TOP_LEVEL and column != "properties" and not column.startswith("properties.")
+            if column not in _TOP_LEVEL
+            and column != "properties"
+            and not column.startswith("properties.")
         ]
         if unknown:
             raise InputError(
@@ -161,7 +163,9 @@ def _csv_to_json(header: list[str], cells: list[str]) -> bytes:
             record[column] = value
     if properties:
         existing = record.get("properties")
-        record["properties"] = {**existing, **properties} if isinstance(existing, dict) else properties
+        record["properties"] = (
+            {**existing, **properties} if isinstance(existing, dict) else properties
+        )
     return json.dumps(record, separators=(",", ":")).encode()
 
 

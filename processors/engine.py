@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from processors import journey
 from processors.rules import Classifier
 from schemas.dead_letter import DeadLetter
-from schemas.enums import STAGES, DeadLetterReason
+from schemas.enums import STAGES, DeadLetterReason, Stage
 from schemas.errors import SchemaValidationError
 from schemas.journey import DropoffRecord, JourneyState
 from schemas.rows import (
@@ -85,7 +85,7 @@ class BatchOutput:
 @dataclass
 class _Snapshot:
     moves: list[journey.Transition]
-    dropoffs: dict[object, DropoffRecord]
+    dropoffs: dict[Stage, DropoffRecord]
 
 
 class JourneyProcessor:
@@ -252,8 +252,10 @@ class JourneyProcessor:
                 journey.prune(state, watermark, self.dedup_window, self.timeouts)
                 self.states[buyer_id] = state
             moves = journey.transitions(state)
-            changed_moves = [move for move in moves if move not in before.moves]
-            output.transitions.extend(journey.transition_rows(state, changed_moves))
+            changed = [move for move in moves if move not in before.moves]
+            still_moves = {to_stage for _, to_stage, _ in moves}
+            retracted = [move for move in before.moves if move[1] not in still_moves]
+            output.transitions.extend(journey.transition_rows(state, changed, retracted))
             for stage, record in state.dropoffs.items():
                 if before.dropoffs.get(stage) != record:
                     output.dropoffs.append(journey.dropoff_row(state, record))

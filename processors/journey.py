@@ -10,9 +10,9 @@ when every event before it has arrived (see :func:`judge`).
 from __future__ import annotations
 
 import bisect
-from dataclasses import replace
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -113,8 +113,11 @@ def fold(state: JourneyState, touchpoint: Touchpoint, classification: Classifica
         _mark_recoveries(state, stage, touch.at)
 
     if classification.exit is not None:
-        bisect.insort(state.exits, ExitRecord(kind=classification.exit, touch=touch),
-                      key=lambda record: record.touch.key)
+        bisect.insort(
+            state.exits,
+            ExitRecord(kind=classification.exit, touch=touch),
+            key=lambda record: record.touch.key,
+        )
 
     if classification.purchase:
         state.purchases += 1
@@ -215,13 +218,17 @@ def last_touch_until(state: JourneyState, until: datetime) -> TouchRef | None:
     index = bisect.bisect_right(state.recent, until, key=lambda touch: touch.at)
     if index:
         return state.recent[index - 1]
-    return state.pruned_last if state.pruned_last is not None and state.pruned_last.at <= until else None
+    return (
+        state.pruned_last
+        if state.pruned_last is not None and state.pruned_last.at <= until
+        else None
+    )
 
 
 def judge(
     state: JourneyState, stage: Stage, timeouts: Mapping[Stage, timedelta]
 ) -> DropoffRecord | None:
-    """Decide whether the buyer dropped off at ``stage``; call once the watermark passed its deadline.
+    """Decide whether the buyer dropped off at ``stage``, once the watermark passed its deadline.
 
     Returns the new drop-off record, or None if the buyer moved on in time (or
     ``stage`` is not one of their moves, or was judged before).
@@ -237,7 +244,11 @@ def judge(
     state.version += 1
     deadline = hit.at + timeout
     progress = min(
-        (other.at for other_stage, other in state.stage_hits.items() if _RANK[other_stage] > _RANK[stage]),
+        (
+            other.at
+            for other_stage, other in state.stage_hits.items()
+            if _RANK[other_stage] > _RANK[stage]
+        ),
         default=None,
     )
     if progress is not None and progress <= deadline:
@@ -306,7 +317,10 @@ def _value(latest: Latest | None) -> str | None:
     return None if latest is None else latest.value
 
 
-def transition_rows(state: JourneyState, moves: list[Transition]) -> list[StageTransitionRow]:
+def transition_rows(
+    state: JourneyState, moves: Sequence[Transition], retracted: Sequence[Transition] = ()
+) -> list[StageTransitionRow]:
+    """Rows for new or changed ``moves``, and deletion markers for ``retracted`` ones."""
     persona = _value(state.persona)
     return [
         StageTransitionRow(
@@ -320,8 +334,10 @@ def transition_rows(state: JourneyState, moves: list[Transition]) -> list[StageT
             campaign=hit.campaign,
             persona=persona,
             version=state.version,
+            is_deleted=deleted,
         )
-        for from_stage, to_stage, hit in moves
+        for deleted, group in ((0, moves), (1, retracted))
+        for from_stage, to_stage, hit in group
     ]
 
 
@@ -369,9 +385,7 @@ def state_row(state: JourneyState) -> JourneyStateRow:
         current_stage=None if state.current is None else state.current.stage,
         stage_entered_at={stage: at for stage, at in reached_at(state).items()},
         touches_by_stage={stage: count for stage, count in state.touches_by_stage.items()},
-        touches_by_channel={
-            channel: count for channel, count in state.touches_by_channel.items()
-        },
+        touches_by_channel={channel: count for channel, count in state.touches_by_channel.items()},
         preferred_channel=None if preferred is None else preferred,
         first_touch_at=None if first is None else first.at,
         first_touch_channel=None if first is None else first.channel,

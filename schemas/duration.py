@@ -15,7 +15,7 @@ _PATTERN: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
 
 def parse_duration(value: object) -> object:
-    """``"14d"`` → ``timedelta(days=14)``; anything else is left for pydantic (ISO 8601, seconds)."""
+    """``"14d"`` → ``timedelta(days=14)``; anything else goes to pydantic (ISO 8601, seconds)."""
     if isinstance(value, str):
         match = _PATTERN.match(value)
         if match:

@@ -8,9 +8,9 @@ internal Kafka topics. The SQL column types live in ``sinks/migrations``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
-from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from pydantic import TypeAdapter
@@ -72,7 +72,12 @@ class TouchpointRow(Row):
 
 @dataclass(frozen=True, slots=True)
 class StageTransitionRow(Row):
-    """The buyer's furthest stage rose to ``to_stage`` (from ``from_stage``, if any)."""
+    """The buyer's furthest stage rose to ``to_stage`` (from ``from_stage``, if any).
+
+    ``is_deleted`` retracts an earlier row for the same ``to_stage``: a late
+    event revealed the buyer skipped past it (``ReplacingMergeTree`` drops it
+    under ``FINAL``).
+    """
 
     table: ClassVar[str] = "stage_transitions"
 
@@ -86,6 +91,7 @@ class StageTransitionRow(Row):
     campaign: str | None
     persona: str | None
     version: int
+    is_deleted: int = 0
 
 
 ExitTuple = tuple[str, str, str, datetime]

@@ -161,7 +161,11 @@ class Touchpoint(BaseModel):
             if score_range is not None:
                 score = self.properties.get("score")
                 low, high = score_range
-                if not isinstance(score, int) or isinstance(score, bool) or not low <= score <= high:
+                if (
+                    not isinstance(score, int)
+                    or isinstance(score, bool)
+                    or not low <= score <= high
+                ):
                     raise _PayloadError(
                         f"{self.event_type} needs an integer properties.score in {low}..{high}"
                     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -14,10 +15,29 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from schemas.errors import ConfigError, SinkError, SinkFatalError, SinkRetryableError
 from schemas.settings import ClickHouseSettings
 
-__all__ = ["Client", "chdb_path", "connect", "describe_target", "translate_error"]
+__all__ = [
+    "Client",
+    "chdb_path",
+    "connect",
+    "describe_target",
+    "identifier",
+    "translate_error",
+]
 
 # ClickHouse error codes worth another attempt: overload, timeouts, network, keeper.
 _RETRYABLE_CODES: Final = frozenset({3, 159, 202, 209, 210, 241, 242, 252, 425, 999})
+_IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def identifier(name: str) -> str:
+    """``name`` if it is a plain SQL identifier (safe to splice into SQL text), else ConfigError.
+
+    Database names cannot be bound as query parameters in DDL, so every query
+    that names the database checks it through here first.
+    """
+    if not _IDENTIFIER.match(name):
+        raise ConfigError(f"{name!r} is not a valid database name (letters, digits, _)")
+    return name
 
 
 def chdb_path(url: str) -> Path | None:
@@ -45,7 +65,10 @@ def translate_error(exc: BaseException, action: str) -> SinkError:
     code = getattr(exc, "code", None)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = f"{action} failed: {message}"
-    if isinstance(exc, OperationalError | ConnectionError | TimeoutError) or code in _RETRYABLE_CODES:
+    if (
+        isinstance(exc, OperationalError | ConnectionError | TimeoutError)
+        or code in _RETRYABLE_CODES
+    ):
         return SinkRetryableError(text)
     return SinkFatalError(text)
 

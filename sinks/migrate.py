@@ -11,7 +11,7 @@ from typing import Final
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.errors import MigrationError
-from sinks.clickhouse import Client, translate_error
+from sinks.clickhouse import Client, identifier, translate_error
 
 __all__ = ["Migration", "apply_migrations", "load_migrations"]
 
@@ -55,6 +55,7 @@ def load_migrations() -> list[Migration]:
 
 def apply_migrations(client: Client, database: str) -> list[Migration]:
     """Create the database and apply pending migrations; returns the ones applied now."""
+    database = identifier(database)
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
         client.command(

@@ -13,7 +13,7 @@ from typing import Any, Final, Literal
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.enums import STAGES, Stage
-from sinks.clickhouse import Client, translate_error
+from sinks.clickhouse import Client, identifier, translate_error
 
 __all__ = [
     "GROUPINGS",
@@ -95,7 +95,7 @@ def stage_funnel(client: Client, database: str, by: Grouping | None = None) -> l
             countIf(toInt8(furthest_stage) >= rank) AS reached,
             countIf(toInt8(furthest_stage) > rank) AS moved_on,
             countIf(toInt8(furthest_stage) = rank AND toInt8(dropoff_stage) = rank) AS dropped
-        FROM {database}.journey_state FINAL
+        FROM {identifier(database)}.journey_state FINAL
         ARRAY JOIN range(1, 7) AS rank
         WHERE furthest_stage IS NOT NULL
         GROUP BY grp, rank
@@ -111,7 +111,7 @@ def dropoffs_by_stage_channel(client: Client, database: str) -> list[DropoffCoun
     """Buyers who stalled and never recovered, by stage and the channel of their last touch."""
     sql = f"""
         SELECT stage, ifNull(last_touch_channel, '(none)') AS channel, count() AS buyers
-        FROM {database}.dropoffs FINAL
+        FROM {identifier(database)}.dropoffs FINAL
         WHERE recovered_at IS NULL
         GROUP BY stage, channel
         ORDER BY stage, buyers DESC, channel
@@ -130,7 +130,7 @@ def exits_by_stage_channel(client: Client, database: str) -> list[ExitCount]:
             tupleElement(e, 'kind') AS kind,
             tupleElement(e, 'channel') AS channel,
             count() AS exit_count
-        FROM {database}.journey_state FINAL
+        FROM {identifier(database)}.journey_state FINAL
         ARRAY JOIN exits AS e
         GROUP BY stage, kind, channel
         ORDER BY indexOf({_STAGE_NAMES}, stage), kind, channel
@@ -142,14 +142,21 @@ def exits_by_stage_channel(client: Client, database: str) -> list[ExitCount]:
 
 
 def dead_letter_counts(client: Client, database: str) -> dict[str, int]:
-    sql = f"SELECT reason, count() FROM {database}.dead_letters FINAL GROUP BY reason"
-    return {str(reason): int(count) for reason, count in _rows(client, sql, {}, "dead-letter query")}
+    sql = f"SELECT reason, count() FROM {identifier(database)}.dead_letters FINAL GROUP BY reason"
+    return {
+        str(reason): int(count) for reason, count in _rows(client, sql, {}, "dead-letter query")
+    }
 
 
 def table_counts(client: Client, database: str) -> dict[str, int]:
     """Row counts (deduplicated) of the core tables."""
     counts: dict[str, int] = {}
     for table in ("touchpoints", "stage_transitions", "journey_state", "dropoffs", "dead_letters"):
-        rows = _rows(client, f"SELECT count() FROM {database}.{table} FINAL", {}, f"count {table}")
+        rows = _rows(
+            client,
+            f"SELECT count() FROM {identifier(database)}.{table} FINAL",
+            {},
+            f"count {table}",
+        )
         counts[table] = int(rows[0][0])
     return counts

@@ -18,7 +18,8 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title
         for index, value in enumerate(row):
             widths[index] = max(widths[index], len(value))
     numeric = [
-        all(isinstance(row[index], int | float) or row[index] is None for row in rows) and bool(rows)
+        all(isinstance(row[index], int | float) or row[index] is None for row in rows)
+        and bool(rows)
         for index in range(len(headers))
     ]
 

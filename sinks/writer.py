@@ -12,7 +12,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from schemas.errors import SinkFatalError, SinkRetryableError
 from schemas.rows import Row
 from sinks.base import RowBatch, Sink
-from sinks.clickhouse import Client, translate_error
+from sinks.clickhouse import Client, identifier, translate_error
 
 __all__ = ["ClickHouseWriter"]
 
@@ -37,7 +37,7 @@ class ClickHouseWriter(Sink):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
-        self.database = database
+        self.database = identifier(database)
         self.retries = retries
         self.backoff = backoff
         self._sleep = sleep

@@ -54,17 +54,26 @@ KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka.sh"
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """A genuine Apache Kafka broker (KRaft), started fresh by deploy/kafka/kafka.sh, stopped after."""
+    """A genuine Apache Kafka broker (KRaft), started fresh by deploy/kafka/kafka.sh."""
     port = os.environ.get("TOUCHPOINT_TEST_KAFKA_PORT", "39092")
     env = {**os.environ, "TOUCHPOINT_KAFKA_PORT": port}
     started = subprocess.run(
         ["bash", str(KAFKA_SCRIPT), "start", "--fresh"],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     if started.returncode != 0:
         pytest.fail(f"Kafka did not start:\n{started.stdout}\n{started.stderr}")
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True,
-                       timeout=120, check=False)
+        subprocess.run(
+            ["bash", str(KAFKA_SCRIPT), "stop"],
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )

@@ -56,6 +56,10 @@ def final_rows(batches_rows: dict[str, list[Any]]) -> dict[str, dict[tuple[str, 
     for table, key in keys.items():
         latest: dict[tuple[str, ...], Any] = {}
         for row in batches_rows.get(table, []):
-            latest[tuple(str(getattr(row, name)) for name in key)] = replace(row, version=0)
+            row_key = tuple(str(getattr(row, name)) for name in key)
+            if getattr(row, "is_deleted", 0):
+                latest.pop(row_key, None)
+            else:
+                latest[row_key] = replace(row, version=0)
         result[table] = latest
     return result

@@ -35,20 +35,39 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@_option("--data-dir", env="DATA_DIR", type=click.Path(path_type=Path),
-         help="Where embedded data lives (chDB, demo files).  [default: touchpoint-data]")
-@_option("--clickhouse-url", env="CLICKHOUSE_URL",
-         help="chdb:DIRECTORY (embedded) or http(s)://host:port.  [default: chdb:<data-dir>/clickhouse]")
-@_option("--database", env="CLICKHOUSE_DATABASE", help="ClickHouse database.  [default: touchpoint]")
+@_option(
+    "--data-dir",
+    env="DATA_DIR",
+    type=click.Path(path_type=Path),
+    help="Where embedded data lives (chDB, demo files).  [default: touchpoint-data]",
+)
+@_option(
+    "--clickhouse-url",
+    env="CLICKHOUSE_URL",
+    help="chdb:DIRECTORY (embedded) or http(s)://host:port.  [default: chdb:<data-dir>/clickhouse]",
+)
+@_option(
+    "--database", env="CLICKHOUSE_DATABASE", help="ClickHouse database.  [default: touchpoint]"
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: Path | None, clickhouse_url: str | None,
-        database: str | None, verbose: int) -> None:
+def cli(
+    ctx: click.Context,
+    data_dir: Path | None,
+    clickhouse_url: str | None,
+    database: str | None,
+    verbose: int,
+) -> None:
     """Touchpoint: marketing touchpoints → journey stages, drop-offs and ClickHouse aggregates."""
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"data_dir": data_dir, "clickhouse_url": clickhouse_url,
-               "clickhouse_database": database}
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = {
+        "data_dir": data_dir,
+        "clickhouse_url": clickhouse_url,
+        "clickhouse_database": database,
+    }
 
 
 def _settings(ctx: click.Context, **more: Any) -> Settings:
@@ -57,11 +76,15 @@ def _settings(ctx: click.Context, **more: Any) -> Settings:
 
 def _print_summary(summary: RunSummary) -> None:
     counters = summary.counters
-    click.echo(f"Read {summary.records:,} records: {counters.accepted:,} touchpoints, "
-               f"{counters.duplicates:,} duplicates skipped, {counters.unclassified:,} unclassified, "
-               f"{counters.late:,} late, {counters.dead_lettered:,} dead-lettered.")
+    click.echo(
+        f"Read {summary.records:,} records: {counters.accepted:,} touchpoints, "
+        f"{counters.duplicates:,} duplicates skipped, {counters.unclassified:,} unclassified, "
+        f"{counters.late:,} late, {counters.dead_lettered:,} dead-lettered."
+    )
     if counters.dead_letters:
-        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(counters.dead_letters.items()))
+        reasons = ", ".join(
+            f"{reason} {count}" for reason, count in sorted(counters.dead_letters.items())
+        )
         click.echo(f"Dead letters by reason: {reasons} (table dead_letters).")
     watermark = summary.watermark.isoformat() if summary.watermark else "none"
     click.echo(f"Drop-offs judged: {counters.dropoffs:,}; event-time watermark {watermark}.")
@@ -88,8 +111,14 @@ def _run(settings: Settings, paths: Sequence[Path]) -> RunSummary:
 
 
 @cli.command()
-@_option("--buyers", env="DEMO_BUYERS", type=click.IntRange(1, 5_000_000), default=2000,
-         show_default=True, help="Synthetic buyers to simulate.")
+@_option(
+    "--buyers",
+    env="DEMO_BUYERS",
+    type=click.IntRange(1, 5_000_000),
+    default=2000,
+    show_default=True,
+    help="Synthetic buyers to simulate.",
+)
 @_option("--seed", env="DEMO_SEED", type=int, default=7, show_default=True, help="Random seed.")
 @click.option("--fresh", is_flag=True, help="Drop the demo database first.")
 @click.pass_context
@@ -104,8 +133,12 @@ def demo(ctx: click.Context, buyers: int, seed: int, fresh: bool) -> None:
         with wiring.clickhouse(settings, migrate=False) as client:
             client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse.database} SYNC")
     if fresh or not events.exists() or not truth.exists():
-        config = GeneratorConfig(buyers=buyers, seed=seed, timeouts=dict(rules.timeouts),
-                                 allowed_lateness=settings.processing.allowed_lateness)
+        config = GeneratorConfig(
+            buyers=buyers,
+            seed=seed,
+            timeouts=dict(rules.timeouts),
+            allowed_lateness=settings.processing.allowed_lateness,
+        )
         with _progress(buyers, "Generating") as advance:
             write_dataset(config, events, truth, on_buyer=advance)
     _run(settings, [events])
@@ -113,62 +146,140 @@ def demo(ctx: click.Context, buyers: int, seed: int, fresh: bool) -> None:
     click.echo(f"Events:       {events}")
     click.echo(f"Ground truth: {truth}")
     click.echo(f"ClickHouse:   {wiring.target_description(settings)}")
-    click.echo("Query it:     touchpoint report --by persona   (or any SQL over the tables "
-               "touchpoints, journey_state, stage_transitions, dropoffs, dead_letters)")
+    click.echo(
+        "Query it:     touchpoint report --by persona   (or any SQL over the tables "
+        "touchpoints, journey_state, stage_transitions, dropoffs, dead_letters)"
+    )
 
 
 @cli.command()
-@_option("--buyers", env="GENERATE_BUYERS", type=click.IntRange(1, 5_000_000), default=1000,
-         show_default=True, help="Synthetic buyers to simulate.")
+@_option(
+    "--buyers",
+    env="GENERATE_BUYERS",
+    type=click.IntRange(1, 5_000_000),
+    default=1000,
+    show_default=True,
+    help="Synthetic buyers to simulate.",
+)
 @_option("--seed", env="GENERATE_SEED", type=int, default=7, show_default=True, help="Random seed.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Events file to write (JSON Lines).")
-@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path),
-              help="Ground-truth file to write (JSON).")
-@_option("--duplicate-rate", env="GENERATE_DUPLICATE_RATE", type=click.FloatRange(0, 0.5),
-         default=0.02, show_default=True, help="Share of events delivered twice.")
-@_option("--out-of-order-rate", env="GENERATE_OUT_OF_ORDER_RATE", type=click.FloatRange(0, 0.5),
-         default=0.05, show_default=True, help="Share delivered late (within the lateness bound).")
-@_option("--malformed-rate", env="GENERATE_MALFORMED_RATE", type=click.FloatRange(0, 0.5),
-         default=0.002, show_default=True, help="Malformed records per event.")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Events file to write (JSON Lines).",
+)
+@click.option(
+    "--truth",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ground-truth file to write (JSON).",
+)
+@_option(
+    "--duplicate-rate",
+    env="GENERATE_DUPLICATE_RATE",
+    type=click.FloatRange(0, 0.5),
+    default=0.02,
+    show_default=True,
+    help="Share of events delivered twice.",
+)
+@_option(
+    "--out-of-order-rate",
+    env="GENERATE_OUT_OF_ORDER_RATE",
+    type=click.FloatRange(0, 0.5),
+    default=0.05,
+    show_default=True,
+    help="Share delivered late (within the lateness bound).",
+)
+@_option(
+    "--malformed-rate",
+    env="GENERATE_MALFORMED_RATE",
+    type=click.FloatRange(0, 0.5),
+    default=0.002,
+    show_default=True,
+    help="Malformed records per event.",
+)
 @click.pass_context
-def generate(ctx: click.Context, buyers: int, seed: int, out: Path, truth: Path | None,
-             duplicate_rate: float, out_of_order_rate: float, malformed_rate: float) -> None:
+def generate(
+    ctx: click.Context,
+    buyers: int,
+    seed: int,
+    out: Path,
+    truth: Path | None,
+    duplicate_rate: float,
+    out_of_order_rate: float,
+    malformed_rate: float,
+) -> None:
     """Write a synthetic touchpoint file (and its ground truth)."""
     settings = _settings(ctx)
     rules = wiring.rules_for(settings)
-    config = GeneratorConfig(buyers=buyers, seed=seed, duplicate_rate=duplicate_rate,
-                             out_of_order_rate=out_of_order_rate, malformed_rate=malformed_rate,
-                             timeouts=dict(rules.timeouts),
-                             allowed_lateness=settings.processing.allowed_lateness)
+    config = GeneratorConfig(
+        buyers=buyers,
+        seed=seed,
+        duplicate_rate=duplicate_rate,
+        out_of_order_rate=out_of_order_rate,
+        malformed_rate=malformed_rate,
+        timeouts=dict(rules.timeouts),
+        allowed_lateness=settings.processing.allowed_lateness,
+    )
     with _progress(buyers, "Generating") as advance:
         result: GroundTruth = write_dataset(config, out, truth, on_buyer=advance)
-    click.echo(f"Wrote {result.events_unique + result.duplicates + sum(result.malformed.values()):,} "
-               f"records for {buyers:,} buyers to {out}" + (f"; ground truth in {truth}" if truth else ""))
+    click.echo(
+        f"Wrote {result.events_unique + result.duplicates + sum(result.malformed.values()):,} "
+        f"records for {buyers:,} buyers to {out}" + (f"; ground truth in {truth}" if truth else "")
+    )
 
 
 @cli.command()
-@click.option("-i", "--input", "inputs", multiple=True, required=True,
-              type=click.Path(path_type=Path), help="JSONL or CSV file (.gz ok); repeat to chain.")
-@_option("--rules", env="RULES_FILE", type=click.Path(dir_okay=False, path_type=Path),
-         help="Journey rules (TOML).  [default: the shipped rules]")
-@_option("--batch-size", env="BATCH_SIZE", type=click.IntRange(1, 1_000_000),
-         help="Records per batch (one insert per table).  [default: 5000]")
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="JSONL or CSV file (.gz ok); repeat to chain.",
+)
+@_option(
+    "--rules",
+    env="RULES_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Journey rules (TOML).  [default: the shipped rules]",
+)
+@_option(
+    "--batch-size",
+    env="BATCH_SIZE",
+    type=click.IntRange(1, 1_000_000),
+    help="Records per batch (one insert per table).  [default: 5000]",
+)
 @_option("--allowed-lateness", env="ALLOWED_LATENESS", help="e.g. 2h.  [default: 2h]")
 @_option("--dedup-window", env="DEDUP_WINDOW", help="e.g. 7d.  [default: 7d]")
 @click.pass_context
-def run(ctx: click.Context, inputs: tuple[Path, ...], rules: Path | None, batch_size: int | None,
-        allowed_lateness: str | None, dedup_window: str | None) -> None:
+def run(
+    ctx: click.Context,
+    inputs: tuple[Path, ...],
+    rules: Path | None,
+    batch_size: int | None,
+    allowed_lateness: str | None,
+    dedup_window: str | None,
+) -> None:
     """Process touchpoint files into ClickHouse (one stream, in the order given)."""
-    settings = _settings(ctx, rules_file=rules, batch_size=batch_size,
-                         allowed_lateness=allowed_lateness, dedup_window=dedup_window)
+    settings = _settings(
+        ctx,
+        rules_file=rules,
+        batch_size=batch_size,
+        allowed_lateness=allowed_lateness,
+        dedup_window=dedup_window,
+    )
     _run(settings, inputs)
     click.echo(f"\nWritten to {wiring.target_description(settings)}.")
 
 
 @cli.command("report")
-@click.option("--by", type=click.Choice(["channel", "campaign", "persona"]),
-              help="Split the funnel by first-touch channel, first-touch campaign or persona.")
+@click.option(
+    "--by",
+    type=click.Choice(["channel", "campaign", "persona"]),
+    help="Split the funnel by first-touch channel, first-touch campaign or persona.",
+)
 @click.pass_context
 def report_command(ctx: click.Context, by: queries.Grouping | None) -> None:
     """Print the stage funnel, drop-offs and exits from ClickHouse."""
@@ -209,8 +320,11 @@ def schema_export(directory: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: our own errors are one line on stderr and exit code 1, never a traceback."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="touchpoint",
-                 standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="touchpoint",
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

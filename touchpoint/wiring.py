@@ -104,7 +104,7 @@ class InputFile:
 
 
 def inspect_inputs(paths: Sequence[Path]) -> list[InputFile]:
-    """Line count and content hash of each input (one read; they size the progress bar and name the run)."""
+    """Line count and content hash of each input: they size the progress bar and name the run."""
     found = []
     for path in paths:
         if not path.is_file():

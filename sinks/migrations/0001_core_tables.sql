@@ -44,9 +44,10 @@ CREATE TABLE IF NOT EXISTS {database}.stage_transitions
     event_type LowCardinality(String),
     campaign LowCardinality(Nullable(String)),
     persona LowCardinality(Nullable(String)),
-    version UInt64
+    version UInt64,
+    is_deleted UInt8 COMMENT '1: a late event showed this was not a move after all'
 )
-ENGINE = ReplacingMergeTree(version)
+ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY (buyer_id, to_stage)
 SETTINGS non_replicated_deduplication_window = 10000;
 

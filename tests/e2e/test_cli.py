@@ -19,19 +19,31 @@ REPO = Path(__file__).resolve().parents[2]
 STAGE_NAMES = ("pre_awareness", "awareness", "consideration", "purchase", "retention", "advocacy")
 
 
-def touchpoint(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("TOUCHPOINT_")}
+def touchpoint(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("TOUCHPOINT_")
+    }
     environment["PYTHONPATH"] = str(REPO)
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "touchpoint", *args],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=600, check=False,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
 def funnel_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.split(" ")[0] in STAGE_NAMES
-            and re.search(r"\d", line) and "  " in line][:6]
+    return [
+        line
+        for line in output.splitlines()
+        if line.split(" ")[0] in STAGE_NAMES and re.search(r"\d", line) and "  " in line
+    ][:6]
 
 
 def test_the_demo_prints_the_six_stage_funnel_and_a_rerun_changes_no_number(tmp_path: Path) -> None:
@@ -72,8 +84,14 @@ def test_bad_input_is_dead_lettered_and_counted_and_the_run_continues(tmp_path: 
     assert result.returncode == 0, result.stderr
     assert "1 touchpoints" in result.stdout
     assert "6 dead-lettered" in result.stdout
-    for reason in ("invalid_json", "not_an_object", "missing_field", "unknown_channel",
-                   "naive_timestamp", "record_too_large"):
+    for reason in (
+        "invalid_json",
+        "not_an_object",
+        "missing_field",
+        "unknown_channel",
+        "naive_timestamp",
+        "record_too_large",
+    ):
         assert f"{reason} 1" in result.stdout
 
 
@@ -103,12 +121,19 @@ def test_bad_flags_and_files_are_one_line_errors_with_exit_code_1(
 def test_help_shows_every_env_var_twin(tmp_path: Path) -> None:
     result = touchpoint(tmp_path, "run", "--help")
     assert result.returncode == 0
-    for variable in ("TOUCHPOINT_RULES_FILE", "TOUCHPOINT_BATCH_SIZE", "TOUCHPOINT_ALLOWED_LATENESS",
-                     "TOUCHPOINT_DEDUP_WINDOW"):
+    for variable in (
+        "TOUCHPOINT_RULES_FILE",
+        "TOUCHPOINT_BATCH_SIZE",
+        "TOUCHPOINT_ALLOWED_LATENESS",
+        "TOUCHPOINT_DEDUP_WINDOW",
+    ):
         assert variable in result.stdout
     top = touchpoint(tmp_path, "--help")
-    for variable in ("TOUCHPOINT_DATA_DIR", "TOUCHPOINT_CLICKHOUSE_URL",
-                     "TOUCHPOINT_CLICKHOUSE_DATABASE"):
+    for variable in (
+        "TOUCHPOINT_DATA_DIR",
+        "TOUCHPOINT_CLICKHOUSE_URL",
+        "TOUCHPOINT_CLICKHOUSE_DATABASE",
+    ):
         assert variable in top.stdout
 
 

@@ -38,8 +38,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth
 
 
 def run(chdb_url: str, database: str, events: Path) -> Any:
-    settings = wiring.load_settings(clickhouse_url=chdb_url, clickhouse_database=database,
-                                    batch_size=2000)
+    settings = wiring.load_settings(
+        clickhouse_url=chdb_url, clickhouse_database=database, batch_size=2000
+    )
     inputs = wiring.inspect_inputs([events])
     with wiring.clickhouse(settings) as client:
         return wiring.run_files(settings, inputs, client)
@@ -47,14 +48,21 @@ def run(chdb_url: str, database: str, events: Path) -> Any:
 
 def read_back(client: Any, database: str) -> dict[str, Any]:
     funnel = {
-        step.stage.value: {"reached": step.reached, "moved_on": step.moved_on,
-                           "dropped": step.dropped}
+        step.stage.value: {
+            "reached": step.reached,
+            "moved_on": step.moved_on,
+            "dropped": step.dropped,
+        }
         for step in queries.stage_funnel(client, database)
     }
-    dropoffs = {(d.stage.value, d.channel): d.buyers
-                for d in queries.dropoffs_by_stage_channel(client, database)}
-    exits = {(e.kind, e.stage, e.channel): e.exits
-             for e in queries.exits_by_stage_channel(client, database)}
+    dropoffs = {
+        (d.stage.value, d.channel): d.buyers
+        for d in queries.dropoffs_by_stage_channel(client, database)
+    }
+    exits = {
+        (e.kind, e.stage, e.channel): e.exits
+        for e in queries.exits_by_stage_channel(client, database)
+    }
     purchases, revenue, buyers = client.query(
         f"SELECT sum(purchases), sum(revenue), count() FROM {database}.journey_state FINAL"
     ).result_rows[0]
@@ -110,8 +118,10 @@ def test_per_buyer_furthest_and_drop_off_stage_match(
         f"SELECT buyer_id, toString(furthest_stage), toString(dropoff_stage), purchases, revenue "
         f"FROM {database}.journey_state FINAL"
     ).result_rows
-    got = {buyer: (furthest, dropoff, purchases, Decimal(revenue))
-           for buyer, furthest, dropoff, purchases, revenue in rows}
+    got = {
+        buyer: (furthest, dropoff, purchases, Decimal(revenue))
+        for buyer, furthest, dropoff, purchases, revenue in rows
+    }
     expected = {
         buyer.buyer_id: (
             buyer.furthest_stage.value,

@@ -1,4 +1,4 @@
-"""Migrations, the idempotent writer and the analysis queries on the real ClickHouse engine (chDB)."""
+"""Migrations, the idempotent writer and the analysis queries on the real engine (chDB)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,16 @@ def test_migrations_apply_once_and_refuse_an_edited_migration(
 ) -> None:
     assert apply_migrations(clickhouse_client, database) == []
     tables = {row[0] for row in clickhouse_client.query(f"SHOW TABLES FROM {database}").result_rows}
-    assert {"touchpoints", "stage_transitions", "journey_state", "dropoffs", "dead_letters",
-            "funnel_daily", "interactions_hour_of_week", "schema_migrations"} <= tables
+    assert {
+        "touchpoints",
+        "stage_transitions",
+        "journey_state",
+        "dropoffs",
+        "dead_letters",
+        "funnel_daily",
+        "interactions_hour_of_week",
+        "schema_migrations",
+    } <= tables
 
     edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in load_migrations()]
     monkeypatch.setattr("sinks.migrate.load_migrations", lambda: edited)
@@ -58,10 +66,16 @@ def journey_records() -> list[RawRecord]:
 
 
 def run(client: Any, database: str, run_id: str = "it") -> None:
-    processor = JourneyProcessor(default_rules(), allowed_lateness=timedelta(hours=1),
-                                 dedup_window=DAY * 7)
-    run_local(journey_records(), processor, ClickHouseWriter(client, database), batch_size=4,
-              run_id=run_id)
+    processor = JourneyProcessor(
+        default_rules(), allowed_lateness=timedelta(hours=1), dedup_window=DAY * 7
+    )
+    run_local(
+        journey_records(),
+        processor,
+        ClickHouseWriter(client, database),
+        batch_size=4,
+        run_id=run_id,
+    )
 
 
 def test_queries_answer_the_funnel_drop_off_and_exit_questions(
@@ -89,13 +103,17 @@ def test_queries_answer_the_funnel_drop_off_and_exit_questions(
     assert [(e.stage, e.kind, e.channel, e.exits) for e in exits] == [
         ("awareness", "opt_out", "sms", 1)
     ]
-    by_campaign = {(s.group, s.stage): s.reached for s in
-                   queries.stage_funnel(clickhouse_client, database, "campaign")}
+    by_campaign = {
+        (s.group, s.stage): s.reached
+        for s in queries.stage_funnel(clickhouse_client, database, "campaign")
+    }
     assert by_campaign[("spring", Stage.PURCHASE)] == 1
     assert queries.dead_letter_counts(clickhouse_client, database) == {"invalid_json": 1}
 
 
-def test_a_replayed_run_changes_no_table_and_no_aggregate(clickhouse_client: Any, database: str) -> None:
+def test_a_replayed_run_changes_no_table_and_no_aggregate(
+    clickhouse_client: Any, database: str
+) -> None:
     run(clickhouse_client, database)
 
     def snapshot() -> tuple[Any, ...]:
@@ -103,8 +121,9 @@ def test_a_replayed_run_changes_no_table_and_no_aggregate(clickhouse_client: Any
             queries.table_counts(clickhouse_client, database),
             scalar(clickhouse_client, f"SELECT count() FROM {database}.touchpoints"),
             scalar(clickhouse_client, f"SELECT sum(touches) FROM {database}.funnel_daily"),
-            scalar(clickhouse_client,
-                   f"SELECT sum(touches) FROM {database}.interactions_hour_of_week"),
+            scalar(
+                clickhouse_client, f"SELECT sum(touches) FROM {database}.interactions_hour_of_week"
+            ),
         )
 
     before = snapshot()
@@ -114,13 +133,44 @@ def test_a_replayed_run_changes_no_table_and_no_aggregate(clickhouse_client: Any
     assert before[2] == 7  # the ticket and the opt-out carry no stage
 
 
-def test_the_daily_funnel_aggregate_matches_the_raw_table(clickhouse_client: Any, database: str) -> None:
+def test_the_daily_funnel_aggregate_matches_the_raw_table(
+    clickhouse_client: Any, database: str
+) -> None:
     run(clickhouse_client, database)
     from_view = clickhouse_client.query(
-        f"SELECT stage, sum(touches), uniqExactMerge(buyers), sum(revenue) FROM {database}.funnel_daily "
-        "GROUP BY stage ORDER BY stage").result_rows
+        "SELECT stage, sum(touches), uniqExactMerge(buyers), sum(revenue) "
+        f"FROM {database}.funnel_daily "
+        "GROUP BY stage ORDER BY stage"
+    ).result_rows
     from_raw = clickhouse_client.query(
         f"SELECT stage, count(), uniqExact(buyer_id), sumIf(ifNull(revenue, 0), is_purchase) "
         f"FROM {database}.touchpoints FINAL WHERE stage IS NOT NULL GROUP BY stage ORDER BY stage"
     ).result_rows
     assert [tuple(row) for row in from_view] == [tuple(row) for row in from_raw]
+
+
+def test_a_move_retracted_by_a_late_event_disappears_from_the_transitions_table(
+    clickhouse_client: Any, database: str
+) -> None:
+    processor = JourneyProcessor(
+        default_rules(), allowed_lateness=timedelta(hours=2), dedup_window=DAY * 7
+    )
+    writer = ClickHouseWriter(clickhouse_client, database)
+    first = [event("email_sent", at=timedelta(0)), event("email_open", at=timedelta(hours=1))]
+    late = [event("email_click", at=timedelta(seconds=1))]  # arrives after the open
+    for index, records in enumerate((first, late)):
+        run_local(
+            [RawRecord("t", str(i), json.dumps(r).encode()) for i, r in enumerate(records)],
+            processor,
+            writer,
+            batch_size=10,
+            run_id=f"retract{index}",
+        )
+    moves = clickhouse_client.query(
+        f"SELECT toString(from_stage), toString(to_stage) FROM {database}.stage_transitions FINAL "
+        "ORDER BY transitioned_at"
+    ).result_rows
+    assert [tuple(move) for move in moves] == [
+        (None, "pre_awareness"),
+        ("pre_awareness", "consideration"),
+    ]

@@ -1,4 +1,4 @@
-"""The real broker the distributed path runs on: started by deploy/kafka/kafka.sh, used by kafka-python."""
+"""The real broker of the distributed path, started by deploy/kafka/kafka.sh."""
 
 from __future__ import annotations
 
@@ -21,19 +21,34 @@ def test_the_broker_takes_keyed_compressed_idempotent_writes_and_serves_a_consum
     finally:
         admin.close()
 
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all",
-                             enable_idempotence=True, compression_type="zstd")
-    futures = [producer.send(topic, key=f"buyer-{i % 13}".encode(), value=f"event-{i}".encode())
-               for i in range(300)]
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type="zstd",
+    )
+    futures = [
+        producer.send(topic, key=f"buyer-{i % 13}".encode(), value=f"event-{i}".encode())
+        for i in range(300)
+    ]
     producer.flush()
     partitions = {future.get(timeout=30).partition for future in futures}
     producer.close()
     assert len(partitions) > 1  # keys spread over the 6 partitions
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{topic}",
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=10_000)
-    values = {message.value for message in consumer}
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{topic}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=30_000,
+    )
+    values = set()
+    for message in consumer:
+        values.add(message.value)
+        if len(values) == 300:
+            break
     consumer.commit()
     consumer.close()
     assert values == {f"event-{i}".encode() for i in range(300)}

@@ -63,13 +63,15 @@ def test_shuffling_within_the_lateness_bound_changes_no_final_state(
     records = []
     for index, (buyer, kind, hour, delay, twice) in enumerate(touches):
         event_type, fields = EVENTS[kind]
-        record = event(event_type, at=timedelta(hours=hour), buyer=buyer,
-                       event_id=f"e{index}", **fields)
+        record = event(
+            event_type, at=timedelta(hours=hour), buyer=buyer, event_id=f"e{index}", **fields
+        )
         arrival = timedelta(hours=hour) + LATENESS * delay
         records.append((timedelta(hours=hour), arrival, index, record))
         if twice:
-            records.append((timedelta(hours=hour), arrival + LATENESS * (1 - delay) * 0.5,
-                            index, record))
+            records.append(
+                (timedelta(hours=hour), arrival + LATENESS * (1 - delay) * 0.5, index, record)
+            )
 
     in_order = [record for _, _, _, record in sorted(records, key=lambda r: (r[0], r[2]))]
     shuffled = [record for _, _, _, record in sorted(records, key=lambda r: (r[1], r[2]))]

@@ -20,13 +20,21 @@ def test_the_same_seed_gives_the_same_dataset() -> None:
 
 
 def test_noise_is_injected_as_configured() -> None:
-    lines, truth = generate(GeneratorConfig(buyers=400, seed=5, duplicate_rate=0.05,
-                                            malformed_rate=0.01))
-    assert set(truth.malformed) == {reason.value for reason in (
-        DeadLetterReason.INVALID_JSON, DeadLetterReason.NOT_AN_OBJECT,
-        DeadLetterReason.MISSING_FIELD, DeadLetterReason.UNKNOWN_CHANNEL,
-        DeadLetterReason.NAIVE_TIMESTAMP, DeadLetterReason.RECORD_TOO_LARGE,
-        DeadLetterReason.INVALID_FIELD)}
+    lines, truth = generate(
+        GeneratorConfig(buyers=400, seed=5, duplicate_rate=0.05, malformed_rate=0.01)
+    )
+    assert set(truth.malformed) == {
+        reason.value
+        for reason in (
+            DeadLetterReason.INVALID_JSON,
+            DeadLetterReason.NOT_AN_OBJECT,
+            DeadLetterReason.MISSING_FIELD,
+            DeadLetterReason.UNKNOWN_CHANNEL,
+            DeadLetterReason.NAIVE_TIMESTAMP,
+            DeadLetterReason.RECORD_TOO_LARGE,
+            DeadLetterReason.INVALID_FIELD,
+        )
+    }
     assert len(lines) == truth.events_unique + truth.duplicates + sum(truth.malformed.values())
     assert 0.03 < truth.duplicates / truth.events_unique < 0.07
     parsed = []

@@ -42,8 +42,9 @@ def test_a_journey_in_order() -> None:
         event("email_sent", at=0 * DAY, campaign="spring"),
         event("email_open", at=1 * DAY),
         event("product_view", at=2 * DAY),
-        event("purchase", at=3 * DAY, revenue="120.50", currency="USD",
-              properties={"order_number": 1}),
+        event(
+            "purchase", at=3 * DAY, revenue="120.50", currency="USD", properties={"order_number": 1}
+        ),
     )
     row = state(tables)
     assert row.furthest_stage is Stage.PURCHASE
@@ -74,8 +75,12 @@ def test_a_skipped_stage_is_reached_but_is_not_a_move() -> None:
 
 def test_a_stall_is_a_drop_off_only_once_the_watermark_passes_the_deadline() -> None:
     proc = processor()
-    feed(proc, event("email_sent", at=0 * DAY), event("email_open", at=1 * DAY),
-         event("email_delivered", at=5 * DAY))
+    feed(
+        proc,
+        event("email_sent", at=0 * DAY),
+        event("email_open", at=1 * DAY),
+        event("email_delivered", at=5 * DAY),
+    )
     # awareness timeout is 21 days: deadline = day 22. Watermark = newest - 2h.
     tables = feed(proc, clock(22 * DAY + HOUR))
     assert tables["dropoffs"] == []
@@ -115,19 +120,26 @@ def test_progress_after_the_deadline_is_a_recovered_drop_off() -> None:
 
 
 def test_progress_exactly_at_the_deadline_is_in_time() -> None:
-    tables = feed(processor(), event("email_open", at=0 * DAY),
-                  event("email_click", at=21 * DAY), clock(60 * DAY))
+    tables = feed(
+        processor(),
+        event("email_open", at=0 * DAY),
+        event("email_click", at=21 * DAY),
+        clock(60 * DAY),
+    )
     assert [d.stage for d in tables["dropoffs"]] == [Stage.CONSIDERATION]
 
 
 def test_stages_without_a_timeout_never_drop() -> None:
-    tables = feed(processor(), event("purchase", at=0 * DAY, properties={"order_number": 2}),
-                  clock(400 * DAY))
+    tables = feed(
+        processor(), event("purchase", at=0 * DAY, properties={"order_number": 2}), clock(400 * DAY)
+    )
     assert state(tables).furthest_stage is Stage.RETENTION
     assert tables["dropoffs"] == []
 
 
-def test_exits_carry_the_stage_the_buyer_had_reached_even_when_an_earlier_event_arrives_late() -> None:
+def test_exits_carry_the_stage_the_buyer_had_reached_even_when_an_earlier_event_arrives_late() -> (
+    None
+):
     proc = processor()
     feed(proc, event("email_open", at=0 * DAY), event("email_unsubscribe", at=2 * DAY))
     tables = feed(proc, event("product_view", at=2 * DAY - HOUR))  # late, inside the bound
@@ -177,15 +189,19 @@ def test_transitions_are_reissued_when_a_late_event_changes_them() -> None:
     feed(proc, event("page_view", at=0 * DAY), event("purchase", at=DAY))
     tables = feed(proc, event("product_view", at=DAY - HOUR))
     changed = {(t.from_stage, t.to_stage) for t in tables["stage_transitions"]}
-    assert changed == {(Stage.AWARENESS, Stage.CONSIDERATION), (Stage.CONSIDERATION, Stage.PURCHASE)}
+    assert changed == {
+        (Stage.AWARENESS, Stage.CONSIDERATION),
+        (Stage.CONSIDERATION, Stage.PURCHASE),
+    }
     assert all(isinstance(t, StageTransitionRow) for t in tables["stage_transitions"])
 
 
 def test_restore_rearms_drop_off_timers_from_the_state_store() -> None:
     first = processor()
     feed(first, event("email_open", at=0 * DAY))
-    second = JourneyProcessor(default_rules(), allowed_lateness=2 * HOUR, dedup_window=7 * DAY,
-                              states=first.states)
+    second = JourneyProcessor(
+        default_rules(), allowed_lateness=2 * HOUR, dedup_window=7 * DAY, states=first.states
+    )
     second.restore(first.max_event_time)
     tables = feed(second, clock(30 * DAY))
     assert [d.stage for d in tables["dropoffs"]] == [Stage.AWARENESS]

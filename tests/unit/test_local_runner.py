@@ -16,8 +16,11 @@ from tests.factories import event
 
 def records() -> list[RawRecord]:
     good = [
-        RawRecord("f.jsonl", f"line {i + 1}",
-                  json.dumps(event("page_view", at=timedelta(hours=i), buyer=f"b{i % 3}")).encode())
+        RawRecord(
+            "f.jsonl",
+            f"line {i + 1}",
+            json.dumps(event("page_view", at=timedelta(hours=i), buyer=f"b{i % 3}")).encode(),
+        )
         for i in range(10)
     ]
     framing = RawRecord("f.csv", "line 12", b"a,b", (DeadLetterReason.MALFORMED_ROW, "2 fields"))
@@ -25,15 +28,17 @@ def records() -> list[RawRecord]:
 
 
 def processor() -> JourneyProcessor:
-    return JourneyProcessor(default_rules(), allowed_lateness=timedelta(hours=1),
-                            dedup_window=timedelta(days=1))
+    return JourneyProcessor(
+        default_rules(), allowed_lateness=timedelta(hours=1), dedup_window=timedelta(days=1)
+    )
 
 
 def test_records_are_processed_in_batches_with_deterministic_tokens() -> None:
     sink = MemorySink()
     progress: list[int] = []
-    summary = run_local(records(), processor(), sink, batch_size=4, run_id="run1",
-                        on_progress=progress.append)
+    summary = run_local(
+        records(), processor(), sink, batch_size=4, run_id="run1", on_progress=progress.append
+    )
     assert summary.records == 11
     assert [batch.token for batch in sink.batches] == ["run1:0", "run1:1", "run1:2"]
     assert sum(progress) == 11

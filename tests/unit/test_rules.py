@@ -15,7 +15,9 @@ from tests.factories import event
 
 
 def touchpoint(event_type: str, **fields: object) -> Touchpoint:
-    return Touchpoint.model_validate(event(event_type, at=datetime(2026, 1, 1, tzinfo=UTC), **fields))
+    return Touchpoint.model_validate(
+        event(event_type, at=datetime(2026, 1, 1, tzinfo=UTC), **fields)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,9 @@ def test_the_default_rules_cover_every_known_event_type(classifier: Classifier) 
     for channel, event_types in EVENT_TYPES.items():
         for event_type in event_types:
             result = classifier.classify(
-                touchpoint(event_type, channel=channel.value, properties=properties.get(event_type, {}))
+                touchpoint(
+                    event_type, channel=channel.value, properties=properties.get(event_type, {})
+                )
             )
             assert result.classified, f"{channel.value}/{event_type} has no rule"
 
@@ -115,14 +119,21 @@ stage = "awareness"
     ("text", "message"),
     [
         ("version = 1\n[[rule", "not valid TOML"),
-        ('version = 1\n[[rule]]\nchannel = "web"\nevent_type = "x"\nstage = "delight"', "rule.0.stage"),
+        (
+            'version = 1\n[[rule]]\nchannel = "web"\nevent_type = "x"\nstage = "delight"',
+            "rule.0.stage",
+        ),
         ('version = 1\n[[rule]]\nchannel = "fax"\nevent_type = "x"', "rule.0.channel"),
         (
             'version = 1\n[[rule]]\nchannel = "web"\nevent_type = "x"\n'
             'when = [{ property = "n", op = "gte", value = "two" }]',
             "needs a number",
         ),
-        ('version = 1\n[timeouts]\nawareness = "-1d"\n[[rule]]\nchannel = "web"\nevent_type = "x"', "timeouts"),
+        (
+            'version = 1\n[timeouts]\nawareness = "-1d"\n'
+            '[[rule]]\nchannel = "web"\nevent_type = "x"',
+            "timeouts",
+        ),
         ("version = 1", "rule"),
         (
             'version = 1\n[[rule]]\nid = "a"\nchannel = "web"\nevent_type = "x"\n'

@@ -107,7 +107,9 @@ def test_field_level_problems(changes: dict[str, object], reason: DeadLetterReas
         ("email_bounce", {"bounce_type": "maybe"}),
     ],
 )
-def test_known_event_types_check_their_payload(event_type: str, properties: dict[str, object]) -> None:
+def test_known_event_types_check_their_payload(
+    event_type: str, properties: dict[str, object]
+) -> None:
     record = event(event_type, at=datetime(2026, 1, 1, tzinfo=UTC), properties=properties)
     assert reason_for(raw(record)) is DeadLetterReason.INVALID_PAYLOAD
 

@@ -37,14 +37,29 @@ class FlakyClient:
 
 
 def batch() -> RowBatch:
-    row = DeadLetterRow("id", "invalid_json", "x", "{", 1, "h", False, "f", "line 1",
-                        datetime(2026, 1, 1, tzinfo=UTC))
+    row = DeadLetterRow(
+        "id",
+        "invalid_json",
+        "x",
+        "{",
+        1,
+        "h",
+        False,
+        "f",
+        "line 1",
+        datetime(2026, 1, 1, tzinfo=UTC),
+    )
     return RowBatch(token="run:7", tables={"dead_letters": [row], "touchpoints": []})
 
 
 def writer(client: FlakyClient, sleeps: list[float], retries: int = 3) -> ClickHouseWriter:
-    return ClickHouseWriter(client, "db", retries=retries,  # type: ignore[arg-type]
-                            backoff=timedelta(milliseconds=100), sleep=sleeps.append)
+    return ClickHouseWriter(
+        client,
+        "db",
+        retries=retries,  # type: ignore[arg-type]
+        backoff=timedelta(milliseconds=100),
+        sleep=sleeps.append,
+    )
 
 
 def test_a_retryable_failure_is_retried_with_backoff_and_the_same_token() -> None:
@@ -52,8 +67,13 @@ def test_a_retryable_failure_is_retried_with_backoff_and_the_same_token() -> Non
     writer(client, sleeps).write(batch())
     assert sleeps == [0.1, 0.2]
     assert client.inserts == [
-        ("dead_letters", {"insert_deduplication_token": "run:7:dead_letters",
-                          "deduplicate_blocks_in_dependent_materialized_views": 1})
+        (
+            "dead_letters",
+            {
+                "insert_deduplication_token": "run:7:dead_letters",
+                "deduplicate_blocks_in_dependent_materialized_views": 1,
+            },
+        )
     ]
 
 
