@@ -69,6 +69,8 @@ class DeadLetterReason(StrEnum):
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     TOO_LATE = "too_late"
     MALFORMED_ROW = "malformed_row"
+    INVALID_OUTPUT_ROW = "invalid_output_row"
+    """A message on an output topic that is not a valid row (seen by the sink)."""
 
 
 # The event types the shipped payload models and default rules know, per channel.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.duration import Duration
 
-__all__ = ["ClickHouseSettings", "ProcessingSettings", "Settings"]
+__all__ = ["ClickHouseSettings", "KafkaSettings", "ProcessingSettings", "Settings"]
 
 
 class ClickHouseSettings(BaseSettings):
@@ -23,6 +24,24 @@ class ClickHouseSettings(BaseSettings):
     password: SecretStr = SecretStr("")
     insert_retries: int = Field(default=5, ge=0)
     retry_backoff: Duration = timedelta(milliseconds=200)
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOUCHPOINT_KAFKA_", extra="ignore")
+
+    bootstrap: str = "127.0.0.1:9092"
+    """Comma-separated host:port list."""
+    partitions: int = Field(default=6, ge=1, le=10_000)
+    """Partitions of every topic the pipeline creates (raw and outputs alike)."""
+    replication: int = Field(default=1, ge=1, le=10)
+    sink_group: str = "touchpoint-sink"
+    app_id: str = "touchpoint"
+    """Faust app id: the workers' consumer group and the prefix of their table topics."""
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    store: str = "memory://"
+    """Faust table store: ``memory://`` or ``rocksdict://`` (needs the rocksdict extra)."""
+    sink_batch_rows: int = Field(default=20_000, ge=1)
+    sink_batch_seconds: float = Field(default=2.0, gt=0)
 
 
 class ProcessingSettings(BaseSettings):
@@ -42,6 +61,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("touchpoint-data")
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
 
     def clickhouse_url(self) -> str:

@@ -1,0 +1,51 @@
+"""Kafka topics of the distributed path and what each carries.
+
+``touchpoints.raw`` carries records as sources sent them (validated by the
+workers, so a bad one becomes a dead letter, never a crash). Every output topic
+carries one row type as JSON (:data:`schemas.rows.ROW_ADAPTERS`), keyed by
+buyer id, and has as many partitions as ``touchpoints.raw``: a worker writes each
+output to the *same partition number* it read the input from, so under
+``exactly_once`` the input offset and all its outputs commit in one transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from schemas.rows import (
+    DeadLetterRow,
+    DropoffRow,
+    JourneyStateRow,
+    StageTransitionRow,
+    TouchpointRow,
+)
+
+__all__ = [
+    "CONTROL_HEADER",
+    "CONTROL_WATERMARK",
+    "COMPACTED_TOPICS",
+    "OUTPUT_TOPICS",
+    "RAW_TOPIC",
+    "TABLE_BY_TOPIC",
+]
+
+RAW_TOPIC: Final = "touchpoints.raw"
+
+TABLE_BY_TOPIC: Final[dict[str, str]] = {
+    "touchpoints.classified": TouchpointRow.table,
+    "journey.transitions": StageTransitionRow.table,
+    "journey.state": JourneyStateRow.table,
+    "journey.dropoffs": DropoffRow.table,
+    "touchpoints.dlq": DeadLetterRow.table,
+}
+"""Output topic → the ClickHouse table (and row type) its messages are rows of."""
+
+OUTPUT_TOPICS: Final[tuple[str, ...]] = tuple(TABLE_BY_TOPIC)
+COMPACTED_TOPICS: Final[frozenset[str]] = frozenset({"journey.state"})
+
+CONTROL_HEADER: Final = "touchpoint-control"
+"""A record on ``touchpoints.raw`` with this header is a control message, not a touchpoint."""
+CONTROL_WATERMARK: Final = b"watermark"
+"""Control value: the record's value is an ISO-8601 event time; the partition's source
+promises no event older than it minus the allowed lateness will follow (a source
+watermark, e.g. sent by ``touchpoint produce`` at the end of its input)."""
