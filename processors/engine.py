@@ -91,8 +91,12 @@ class _Snapshot:
 class JourneyProcessor:
     """Turns touchpoints into journey rows. Feed events, then :meth:`flush` per batch.
 
-    The watermark is the newest event time seen minus ``allowed_lateness``; a
-    drop-off is judged when the watermark passes its deadline. Events older than
+    Event time is tracked per input partition (the local runner has one,
+    partition 0; a Kafka worker has one per assigned partition, and a buyer's
+    events all arrive on one of them). A partition's watermark is the newest
+    event time seen on it minus ``allowed_lateness`` (or a later source
+    watermark, see :meth:`advance_watermark`); a drop-off is judged when the
+    watermark of the buyer's partition passes its deadline. Events older than
     ``watermark - dedup_window`` cannot be de-duplicated any more and become
     ``too_late`` dead letters.
     """
@@ -114,31 +118,66 @@ class JourneyProcessor:
         self.dedup_window = dedup_window
         self.states: MutableMapping[str, JourneyState] = {} if states is None else states
         self.counters = ProcessorCounters()
-        self.max_event_time: datetime | None = None
+        self.max_event_times: dict[int, datetime] = {}
         self._clock = clock
-        self._timers: list[tuple[datetime, str, int]] = []
+        self._timers: dict[int, list[tuple[datetime, str, int]]] = {}
         self._snapshots: dict[str, _Snapshot] = {}
         self._output = BatchOutput()
 
-    # -- state ---------------------------------------------------------------
+    # -- event time ----------------------------------------------------------
+
+    def watermark(self, partition: int = 0) -> datetime | None:
+        newest = self.max_event_times.get(partition)
+        return None if newest is None else newest - self.allowed_lateness
 
     @property
-    def watermark(self) -> datetime | None:
-        if self.max_event_time is None:
-            return None
-        return self.max_event_time - self.allowed_lateness
+    def max_event_time(self) -> datetime | None:
+        """The newest event time seen on any partition."""
+        return max(self.max_event_times.values(), default=None)
 
-    def restore(self, max_event_time: datetime | None) -> None:
-        """Re-arm timers from the state store (after a restart or a rebalance)."""
-        self.max_event_time = max_event_time
-        self._timers.clear()
+    def advance_watermark(self, partition: int, event_time: datetime) -> None:
+        """A source watermark: no event older than ``event_time - allowed_lateness`` will follow.
+
+        Sent at the end of a finite input (and by idle sources), so drop-offs are
+        judged without waiting for newer events.
+        """
+        newest = self.max_event_times.get(partition)
+        if newest is None or event_time > newest:
+            self.max_event_times[partition] = event_time
+            self._fire_timers(partition)
+
+    def restore(self, partitions: set[int] | None = None) -> None:
+        """Re-arm timers and event time from the state store (after a restart or a rebalance).
+
+        A partition's event time restarts at the newest touch its buyers have;
+        that can only be behind the time it reached before, so a restart delays
+        judgements but never makes a wrong one.
+        """
+        for partition in partitions if partitions is not None else set(self._timers):
+            self._timers.pop(partition, None)
+            self.max_event_times.pop(partition, None)
         for buyer_id, state in self.states.items():
+            if partitions is not None and state.partition not in partitions:
+                continue
             self._schedule(buyer_id, state)
+            if state.last_touch is not None:
+                newest = self.max_event_times.get(state.partition)
+                if newest is None or state.last_touch.at > newest:
+                    self.max_event_times[state.partition] = state.last_touch.at
 
-    def _state_for_update(self, buyer_id: str) -> JourneyState:
+    def forget(self, partitions: set[int]) -> None:
+        """Drop timers and event time of partitions this processor no longer owns."""
+        for partition in partitions:
+            self._timers.pop(partition, None)
+            self.max_event_times.pop(partition, None)
+
+    # -- state ---------------------------------------------------------------
+
+    def _state_for_update(self, buyer_id: str, partition: int) -> JourneyState:
         state = self.states.get(buyer_id)
         if state is None:
             state = journey.new_state(buyer_id)
+            state.partition = partition
         if buyer_id not in self._snapshots:
             self._snapshots[buyer_id] = _Snapshot(
                 moves=journey.transitions(state), dropoffs=dict(state.dropoffs)
@@ -146,19 +185,22 @@ class JourneyProcessor:
         return state
 
     def _schedule(self, buyer_id: str, state: JourneyState) -> None:
+        timers = self._timers.setdefault(state.partition, [])
         for deadline, stage in journey.deadlines(state, self.timeouts):
-            heapq.heappush(self._timers, (deadline, buyer_id, STAGES.index(stage)))
+            heapq.heappush(timers, (deadline, buyer_id, STAGES.index(stage)))
 
     # -- input ---------------------------------------------------------------
 
-    def process_raw(self, data: bytes | str, *, source: str, position: str) -> Touchpoint | None:
+    def process_raw(
+        self, data: bytes | str, *, source: str, position: str, partition: int = 0
+    ) -> Touchpoint | None:
         """Validate one raw record and process it; a bad record becomes a dead letter."""
         try:
             touchpoint = parse_touchpoint(data)
         except SchemaValidationError as exc:
             self.dead_letter(exc.reason, exc.detail, data, source=source, position=position)
             return None
-        self.process(touchpoint, source=source, position=position)
+        self.process(touchpoint, source=source, position=position, partition=partition)
         return touchpoint
 
     def dead_letter(
@@ -181,10 +223,12 @@ class JourneyProcessor:
         self.counters.dead_letters[reason.value] += 1
         self._output.dead_letters.append(DeadLetterRow.from_dead_letter(letter))
 
-    def process(self, touchpoint: Touchpoint, *, source: str, position: str) -> None:
-        """Process one validated touchpoint."""
+    def process(
+        self, touchpoint: Touchpoint, *, source: str, position: str, partition: int = 0
+    ) -> None:
+        """Process one validated touchpoint that arrived on ``partition``."""
         at = touchpoint.occurred_at
-        watermark = self.watermark
+        watermark = self.watermark(partition)
         if watermark is not None and at < watermark - self.dedup_window:
             self.dead_letter(
                 DeadLetterReason.TOO_LATE,
@@ -203,7 +247,7 @@ class JourneyProcessor:
         if watermark is not None and at < watermark:
             self.counters.late += 1
 
-        state = self._state_for_update(buyer_id)
+        state = self._state_for_update(buyer_id, partition)
         classification = self.classifier.classify(touchpoint)
         journey.fold(state, touchpoint, classification)
         self.states[buyer_id] = state
@@ -217,16 +261,18 @@ class JourneyProcessor:
         if stage is not None and state.stage_hits[stage].event_id == touchpoint.event_id:
             self._schedule(buyer_id, state)
 
-        if self.max_event_time is None or at > self.max_event_time:
-            self.max_event_time = at
-            self._fire_timers()
+        newest = self.max_event_times.get(state.partition)
+        if newest is None or at > newest:
+            self.max_event_times[state.partition] = at
+            self._fire_timers(state.partition)
 
-    def _fire_timers(self) -> None:
-        watermark = self.watermark
-        if watermark is None:
+    def _fire_timers(self, partition: int) -> None:
+        watermark = self.watermark(partition)
+        timers = self._timers.get(partition)
+        if watermark is None or not timers:
             return
-        while self._timers and self._timers[0][0] <= watermark:
-            deadline, buyer_id, rank = heapq.heappop(self._timers)
+        while timers and timers[0][0] <= watermark:
+            deadline, buyer_id, rank = heapq.heappop(timers)
             state = self.states.get(buyer_id)
             if state is None:
                 continue
@@ -234,7 +280,7 @@ class JourneyProcessor:
             hit = state.stage_hits.get(stage)
             if hit is None or stage in state.judged or hit.at + self.timeouts[stage] != deadline:
                 continue  # superseded: a late event moved this stage's entry
-            state = self._state_for_update(buyer_id)
+            state = self._state_for_update(buyer_id, state.partition)
             record = journey.judge(state, stage, self.timeouts)
             self.states[buyer_id] = state
             if record is not None:
@@ -245,9 +291,9 @@ class JourneyProcessor:
     def flush(self) -> BatchOutput:
         """Rows produced since the last flush: touchpoints, dead letters, and changed journeys."""
         output, self._output = self._output, BatchOutput()
-        watermark = self.watermark
         for buyer_id, before in self._snapshots.items():
             state = self.states[buyer_id]
+            watermark = self.watermark(state.partition)
             if watermark is not None:
                 journey.prune(state, watermark, self.dedup_window, self.timeouts)
                 self.states[buyer_id] = state

@@ -71,7 +71,7 @@ def run_local(
     if on_progress is not None and in_batch:
         on_progress(in_batch)
     sink.flush()
-    summary.watermark = processor.watermark
+    summary.watermark = processor.watermark()
     return summary
 
 

@@ -11,6 +11,9 @@ The CLI turns any ``TouchpointError`` into a one-line message and exit code 1.
     │   └── RulesError                        a journey rules file that does not validate
     ├── InputError                            an input source that cannot be read at all
     ├── SchemaValidationError (ValueError)    one record breaks the Touchpoint contract
+    ├── BrokerError                           talking to Kafka failed
+    │   ├── BrokerUnavailableError            no broker reachable (yet)
+    │   └── DeliveryError                     a record was not acknowledged (acks=all)
     └── SinkError                             writing to ClickHouse failed
         ├── SinkRetryableError                worth another try (network, busy server)
         └── SinkFatalError                    retrying will not help (bad SQL, schema drift)
@@ -25,7 +28,10 @@ from __future__ import annotations
 from schemas.enums import DeadLetterReason
 
 __all__ = [
+    "BrokerError",
+    "BrokerUnavailableError",
     "ConfigError",
+    "DeliveryError",
     "InputError",
     "MigrationError",
     "RulesError",
@@ -64,6 +70,18 @@ class SchemaValidationError(TouchpointError, ValueError):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class BrokerError(TouchpointError):
+    """Talking to Kafka failed."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """No Kafka broker could be reached."""
+
+
+class DeliveryError(BrokerError):
+    """Kafka did not acknowledge one or more records; nothing was silently dropped."""
 
 
 class SinkError(TouchpointError):

@@ -73,6 +73,8 @@ class JourneyState:
     """Everything the fold remembers about one buyer (mutable: the fold updates it in place)."""
 
     buyer_id: str
+    partition: int = 0
+    """The input partition this buyer's events arrive on (0 in the local runner)."""
     version: int = 0
     events: int = 0
     unclassified: int = 0

@@ -34,9 +34,11 @@ class KafkaSettings(BaseSettings):
     partitions: int = Field(default=6, ge=1, le=10_000)
     """Partitions of every topic the pipeline creates (raw and outputs alike)."""
     replication: int = Field(default=1, ge=1, le=10)
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    """Prepended to every topic name (e.g. ``staging.``), so pipelines can share a cluster."""
     sink_group: str = "touchpoint-sink"
     app_id: str = "touchpoint"
-    """Faust app id: the workers' consumer group and the prefix of their table topics."""
+    """Faust app id: the workers' consumer group and the prefix of their state-table topics."""
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     store: str = "memory://"
     """Faust table store: ``memory://`` or ``rocksdict://`` (needs the rocksdict extra)."""

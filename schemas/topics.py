@@ -10,6 +10,7 @@ output to the *same partition number* it read the input from, so under
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from schemas.rows import (
@@ -22,6 +23,7 @@ from schemas.rows import (
 
 __all__ = [
     "CONTROL_HEADER",
+    "Topics",
     "CONTROL_WATERMARK",
     "COMPACTED_TOPICS",
     "OUTPUT_TOPICS",
@@ -49,3 +51,30 @@ CONTROL_WATERMARK: Final = b"watermark"
 """Control value: the record's value is an ISO-8601 event time; the partition's source
 promises no event older than it minus the allowed lateness will follow (a source
 watermark, e.g. sent by ``touchpoint produce`` at the end of its input)."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The pipeline's topic names under an optional prefix (``TOUCHPOINT_KAFKA_TOPIC_PREFIX``),
+    so several pipelines (environments, tests) can share one cluster."""
+
+    prefix: str = ""
+
+    @property
+    def raw(self) -> str:
+        return self.prefix + RAW_TOPIC
+
+    @property
+    def table_by_topic(self) -> dict[str, str]:
+        return {self.prefix + topic: table for topic, table in TABLE_BY_TOPIC.items()}
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(self.table_by_topic)
+
+    @property
+    def compacted(self) -> frozenset[str]:
+        return frozenset(self.prefix + topic for topic in COMPACTED_TOPICS)
+
+    def for_table(self, table: str) -> str:
+        return next(topic for topic, name in self.table_by_topic.items() if name == table)

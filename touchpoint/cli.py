@@ -8,11 +8,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
+from ingest.generator import generate as generate_lines
+from ingest.reader import read_records
 from processors.local import RunSummary
 from schemas.errors import TouchpointError
 from schemas.export import json_schemas
@@ -24,7 +26,10 @@ from touchpoint import wiring
 ENV = "TOUCHPOINT_"
 
 
-def _option(*names: str, env: str, **kwargs: Any) -> Callable[[Any], Any]:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*names, envvar=ENV + env, show_envvar=True, **kwargs)
 
 
@@ -272,6 +277,140 @@ def run(
     )
     _run(settings, inputs)
     click.echo(f"\nWritten to {wiring.target_description(settings)}.")
+
+
+def _kafka_options(command: F) -> F:
+    command = _option(
+        "--partitions",
+        env="KAFKA_PARTITIONS",
+        type=click.IntRange(1, 10_000),
+        help="Partitions of every pipeline topic.  [default: 6]",
+    )(command)
+    return _option(
+        "--bootstrap",
+        env="KAFKA_BOOTSTRAP",
+        help="Kafka bootstrap servers.  [default: 127.0.0.1:9092]",
+    )(command)
+
+
+@cli.command()
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="JSONL or CSV file (.gz ok) to send; repeat for more.",
+)
+@click.option(
+    "--generate",
+    type=click.IntRange(1, 5_000_000),
+    metavar="BUYERS",
+    help="Send synthetic journeys for this many buyers instead of a file.",
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed for --generate.")
+@click.option(
+    "--watermark/--no-watermark",
+    default=True,
+    show_default=True,
+    help="At the end, tell every partition the input is complete up to its newest "
+    "event time, so drop-offs are judged as a file run would. Turn off when "
+    "other live sources write the same topic.",
+)
+@_kafka_options
+@click.pass_context
+def produce(
+    ctx: click.Context,
+    inputs: tuple[Path, ...],
+    generate: int | None,
+    seed: int,
+    watermark: bool,
+    bootstrap: str | None,
+    partitions: int | None,
+) -> None:
+    """Send touchpoints to Kafka (touchpoints.raw, keyed by buyer, acks=all)."""
+    if bool(inputs) == bool(generate):
+        raise click.UsageError("give either --input FILE or --generate BUYERS")
+    settings = _settings(ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions)
+    from ingest.kafka import TouchpointProducer, ensure_topics
+    from schemas.topics import Topics
+
+    if generate:
+        rules = wiring.rules_for(settings)
+        config = GeneratorConfig(
+            buyers=generate,
+            seed=seed,
+            timeouts=dict(rules.timeouts),
+            allowed_lateness=settings.processing.allowed_lateness,
+        )
+        lines, _ = generate_lines(config)
+        payloads: Iterator[bytes] = (line.encode() for line in lines)
+        total = len(lines)
+    else:
+        files = wiring.inspect_inputs(inputs)
+        payloads = (record.data for item in files for record in read_records(item.path))
+        total = sum(item.lines for item in files)
+    ensure_topics(
+        settings.kafka.bootstrap,
+        {Topics(settings.kafka.topic_prefix).raw: settings.kafka.partitions},
+        replication=settings.kafka.replication,
+    )
+    raw_topic = Topics(settings.kafka.topic_prefix).raw
+    producer = TouchpointProducer(settings.kafka.bootstrap, topic=raw_topic)
+    try:
+        with _progress(total, "Producing") as advance:
+            for payload in payloads:
+                producer.send(payload)
+                advance(1)
+            producer.flush()
+        told = producer.send_watermark() if watermark else 0
+        stats = producer.flush()
+    finally:
+        producer.close()
+    click.echo(
+        f"Sent {stats.acknowledged:,} records to {raw_topic} on {settings.kafka.bootstrap}, "
+        f"all acknowledged"
+        + (f"; end-of-input watermark sent to {told} partitions" if told else "")
+        + "."
+    )
+
+
+@cli.command()
+@_kafka_options
+@_option(
+    "--rules",
+    env="RULES_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Journey rules (TOML).  [default: the shipped rules]",
+)
+@click.pass_context
+def worker(
+    ctx: click.Context, bootstrap: str | None, partitions: int | None, rules: Path | None
+) -> None:
+    """Run a Faust journey worker (touchpoints.raw → journey topics) until stopped."""
+    settings = _settings(
+        ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions, rules_file=rules
+    )
+    from ingest.kafka import ensure_topics
+    from processors.faust_app import run_worker
+    from schemas.topics import Topics
+
+    journey_rules = wiring.rules_for(settings)
+    kafka = settings.kafka
+    topics = Topics(kafka.topic_prefix)
+    ensure_topics(
+        kafka.bootstrap,
+        {topic: kafka.partitions for topic in (topics.raw, *topics.outputs)},
+        replication=kafka.replication,
+        compacted=topics.compacted,
+    )
+    verbosity = ctx.find_root().params.get("verbose", 0)
+    run_worker(
+        kafka,
+        settings.processing,
+        journey_rules,
+        loglevel=("warning", "info", "debug")[min(verbosity, 2)],
+    )
 
 
 @cli.command("report")

@@ -19,7 +19,7 @@ from schemas.duration import format_duration
 from schemas.errors import ConfigError, InputError
 from schemas.raw import RawRecord
 from schemas.rules import JourneyRules
-from schemas.settings import ClickHouseSettings, ProcessingSettings, Settings
+from schemas.settings import ClickHouseSettings, KafkaSettings, ProcessingSettings, Settings
 from sinks.clickhouse import Client, connect, describe_target
 from sinks.migrate import apply_migrations
 from sinks.writer import ClickHouseWriter
@@ -43,7 +43,8 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from ``TOUCHPOINT_*`` env vars, with explicit (flag) values on top.
 
     ``clickhouse_<name>`` keys go to :class:`ClickHouseSettings`, processing keys to
-    :class:`ProcessingSettings`, ``data_dir`` to :class:`Settings`; None means "not given".
+    :class:`ProcessingSettings`, ``kafka_<name>`` to :class:`KafkaSettings`, ``data_dir`` to
+    :class:`Settings`; None means "not given".
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     clickhouse = {
@@ -52,11 +53,17 @@ def load_settings(**overrides: Any) -> Settings:
         if key.startswith("clickhouse_")
     }
     processing = {key: value for key, value in given.items() if key in _PROCESSING_KEYS}
+    kafka = {
+        key.removeprefix("kafka_"): value
+        for key, value in given.items()
+        if key.startswith("kafka_")
+    }
     top = {key: value for key, value in given.items() if key == "data_dir"}
     try:
         return Settings(
             **top,
             clickhouse=ClickHouseSettings(**clickhouse),
+            kafka=KafkaSettings(**kafka),
             processing=ProcessingSettings(**processing),
         )
     except ValidationError as exc:
