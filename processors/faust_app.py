@@ -146,7 +146,7 @@ def create_app(
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == raw_name}
 
-    @table.on_recover
+    @table.on_recover  # type: ignore[untyped-decorator]  # table is Any: see the codec note above
     async def _recovered() -> None:
         states.forget_cache()
         owned = owned_partitions()

@@ -22,13 +22,13 @@ from schemas.rows import (
 )
 
 __all__ = [
-    "CONTROL_HEADER",
-    "Topics",
-    "CONTROL_WATERMARK",
     "COMPACTED_TOPICS",
+    "CONTROL_HEADER",
+    "CONTROL_WATERMARK",
     "OUTPUT_TOPICS",
     "RAW_TOPIC",
     "TABLE_BY_TOPIC",
+    "Topics",
 ]
 
 RAW_TOPIC: Final = "touchpoints.raw"
