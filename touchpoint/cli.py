@@ -13,8 +13,6 @@ from typing import Any, TypeVar
 import click
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from ingest.generator import generate as generate_lines
-from ingest.reader import read_records
 from processors.local import RunSummary
 from schemas.errors import TouchpointError
 from schemas.export import json_schemas
@@ -332,46 +330,18 @@ def produce(
     if bool(inputs) == bool(generate):
         raise click.UsageError("give either --input FILE or --generate BUYERS")
     settings = _settings(ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions)
-    from ingest.kafka import TouchpointProducer, ensure_topics
-    from schemas.topics import Topics
-
     if generate:
-        rules = wiring.rules_for(settings)
-        config = GeneratorConfig(
-            buyers=generate,
-            seed=seed,
-            timeouts=dict(rules.timeouts),
-            allowed_lateness=settings.processing.allowed_lateness,
-        )
-        lines, _ = generate_lines(config)
-        payloads: Iterator[bytes] = (line.encode() for line in lines)
-        total = len(lines)
+        payloads, total = wiring.generated_payloads(settings, generate, seed)
     else:
-        files = wiring.inspect_inputs(inputs)
-        payloads = (record.data for item in files for record in read_records(item.path))
-        total = sum(item.lines for item in files)
-    ensure_topics(
-        settings.kafka.bootstrap,
-        {Topics(settings.kafka.topic_prefix).raw: settings.kafka.partitions},
-        replication=settings.kafka.replication,
-    )
-    raw_topic = Topics(settings.kafka.topic_prefix).raw
-    producer = TouchpointProducer(settings.kafka.bootstrap, topic=raw_topic)
-    try:
-        with _progress(total, "Producing") as advance:
-            for payload in payloads:
-                producer.send(payload)
-                advance(1)
-            producer.flush()
-        told = producer.send_watermark() if watermark else 0
-        stats = producer.flush()
-    finally:
-        producer.close()
+        payloads, total = wiring.file_payloads(inputs)
+    with _progress(total, "Producing") as advance:
+        topic, sent, told = wiring.produce(
+            settings, payloads, watermark=watermark, on_progress=advance
+        )
+    told_text = f"; end-of-input watermark sent to {told} partitions" if told else ""
     click.echo(
-        f"Sent {stats.acknowledged:,} records to {raw_topic} on {settings.kafka.bootstrap}, "
-        f"all acknowledged"
-        + (f"; end-of-input watermark sent to {told} partitions" if told else "")
-        + "."
+        f"Sent {sent:,} records to {topic} on {settings.kafka.bootstrap}, "
+        f"all acknowledged{told_text}."
     )
 
 
@@ -391,26 +361,8 @@ def worker(
     settings = _settings(
         ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions, rules_file=rules
     )
-    from ingest.kafka import ensure_topics
-    from processors.faust_app import run_worker
-    from schemas.topics import Topics
-
-    journey_rules = wiring.rules_for(settings)
-    kafka = settings.kafka
-    topics = Topics(kafka.topic_prefix)
-    ensure_topics(
-        kafka.bootstrap,
-        {topic: kafka.partitions for topic in (topics.raw, *topics.outputs)},
-        replication=kafka.replication,
-        compacted=topics.compacted,
-    )
     verbosity = ctx.find_root().params.get("verbose", 0)
-    run_worker(
-        kafka,
-        settings.processing,
-        journey_rules,
-        loglevel=("warning", "info", "debug")[min(verbosity, 2)],
-    )
+    wiring.run_worker(settings, loglevel=("warning", "info", "debug")[min(verbosity, 2)])
 
 
 @cli.command("report")

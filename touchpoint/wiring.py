@@ -171,3 +171,80 @@ def run_files(
         run_id=run_id,
         on_progress=on_progress,
     )
+
+
+# -- distributed path ----------------------------------------------------------
+
+
+def ensure_pipeline_topics(settings: Settings, *, raw_only: bool = False) -> list[str]:
+    """Create the pipeline's topics (idempotent) with the configured partition count."""
+    from ingest.kafka import ensure_topics
+    from schemas.topics import Topics
+
+    kafka = settings.kafka
+    topics = Topics(kafka.topic_prefix)
+    names = (topics.raw,) if raw_only else (topics.raw, *topics.outputs)
+    return ensure_topics(
+        kafka.bootstrap,
+        {name: kafka.partitions for name in names},
+        replication=kafka.replication,
+        compacted=topics.compacted,
+    )
+
+
+def generated_payloads(settings: Settings, buyers: int, seed: int) -> tuple[Iterator[bytes], int]:
+    """Synthetic journeys as raw records (and their count), shaped by the configured rules."""
+    from ingest.generator import GeneratorConfig, generate
+
+    rules = rules_for(settings)
+    config = GeneratorConfig(
+        buyers=buyers,
+        seed=seed,
+        timeouts=dict(rules.timeouts),
+        allowed_lateness=settings.processing.allowed_lateness,
+    )
+    lines, _ = generate(config)
+    return (line.encode() for line in lines), len(lines)
+
+
+def file_payloads(paths: Sequence[Path]) -> tuple[Iterator[bytes], int]:
+    """Raw records of input files (and a line count for the progress bar)."""
+    files = inspect_inputs(paths)
+    payloads = (record.data for item in files for record in read_records(item.path))
+    return payloads, sum(item.lines for item in files)
+
+
+def produce(
+    settings: Settings,
+    payloads: Iterator[bytes],
+    *,
+    watermark: bool,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[str, int, int]:
+    """Send raw records to the raw topic; returns (topic, records acknowledged, partitions told)."""
+    from ingest.kafka import TouchpointProducer
+    from schemas.topics import Topics
+
+    ensure_pipeline_topics(settings, raw_only=True)
+    topic = Topics(settings.kafka.topic_prefix).raw
+    producer = TouchpointProducer(settings.kafka.bootstrap, topic=topic)
+    try:
+        for payload in payloads:
+            producer.send(payload)
+            if on_progress is not None:
+                on_progress(1)
+        producer.flush()
+        told = producer.send_watermark() if watermark else 0
+        stats = producer.flush()
+    finally:
+        producer.close()
+    return topic, stats.acknowledged, told
+
+
+def run_worker(settings: Settings, *, loglevel: str) -> None:
+    """Create the topics, then run one Faust journey worker until it is stopped."""
+    from processors.faust_app import run_worker as run_faust_worker
+
+    rules = rules_for(settings)
+    ensure_pipeline_topics(settings)
+    run_faust_worker(settings.kafka, settings.processing, rules, loglevel=loglevel)

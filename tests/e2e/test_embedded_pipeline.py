@@ -15,7 +15,7 @@ import pytest
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from processors.rules import default_rules
-from sinks import queries
+from tests.readback import read_back
 from touchpoint import wiring
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,41 +44,6 @@ def run(chdb_url: str, database: str, events: Path) -> Any:
     inputs = wiring.inspect_inputs([events])
     with wiring.clickhouse(settings) as client:
         return wiring.run_files(settings, inputs, client)
-
-
-def read_back(client: Any, database: str) -> dict[str, Any]:
-    funnel = {
-        step.stage.value: {
-            "reached": step.reached,
-            "moved_on": step.moved_on,
-            "dropped": step.dropped,
-        }
-        for step in queries.stage_funnel(client, database)
-    }
-    dropoffs = {
-        (d.stage.value, d.channel): d.buyers
-        for d in queries.dropoffs_by_stage_channel(client, database)
-    }
-    exits = {
-        (e.kind, e.stage, e.channel): e.exits
-        for e in queries.exits_by_stage_channel(client, database)
-    }
-    purchases, revenue, buyers = client.query(
-        f"SELECT sum(purchases), sum(revenue), count() FROM {database}.journey_state FINAL"
-    ).result_rows[0]
-    return {
-        "funnel": funnel,
-        "dropoffs": dropoffs,
-        "exits": exits,
-        "dead_letters": queries.dead_letter_counts(client, database),
-        "tables": queries.table_counts(client, database),
-        "purchases": int(purchases),
-        "revenue": Decimal(revenue),
-        "buyers": int(buyers),
-        "unclassified": client.query(
-            f"SELECT count() FROM {database}.touchpoints FINAL WHERE rule_id IS NULL"
-        ).result_rows[0][0],
-    }
 
 
 def test_every_number_equals_the_ground_truth_and_a_rerun_changes_nothing(

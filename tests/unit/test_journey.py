@@ -202,6 +202,57 @@ def test_restore_rearms_drop_off_timers_from_the_state_store() -> None:
     second = JourneyProcessor(
         default_rules(), allowed_lateness=2 * HOUR, dedup_window=7 * DAY, states=first.states
     )
-    second.restore(first.max_event_time)
+    second.restore()
     tables = feed(second, clock(30 * DAY))
     assert [d.stage for d in tables["dropoffs"]] == [Stage.AWARENESS]
+
+
+def test_each_partition_keeps_its_own_event_time() -> None:
+    proc = processor()
+    proc.process_raw(
+        json.dumps(event("email_open", at=0 * DAY, buyer="p0")),
+        source="k",
+        position="0:0",
+        partition=0,
+    )
+    # Partition 1 is far ahead; partition 0's buyer must not be judged by it.
+    proc.process_raw(
+        json.dumps(event("page_view", at=60 * DAY, buyer="p1")),
+        source="k",
+        position="1:0",
+        partition=1,
+    )
+    assert proc.flush().dropoffs == []
+    assert proc.watermark(1) == T0 + 60 * DAY - 2 * HOUR
+    proc.process_raw(
+        json.dumps(event("email_sent", at=1 * DAY, buyer="p0b")),
+        source="k",
+        position="0:1",
+        partition=0,
+    )
+    assert proc.counters.late == 0
+
+
+def test_a_source_watermark_judges_what_is_due() -> None:
+    proc = processor()
+    feed(proc, event("email_open", at=0 * DAY))
+    proc.advance_watermark(0, T0 + 21 * DAY + 2 * HOUR)
+    [dropoff] = proc.flush().dropoffs
+    assert dropoff.stage is Stage.AWARENESS
+
+
+def test_journey_state_survives_a_json_round_trip() -> None:
+    from schemas.journey import JOURNEY_STATE_ADAPTER
+
+    proc = processor()
+    feed(
+        proc,
+        event("email_open", at=0 * DAY, properties={"persona": "smb_owner"}),
+        event("purchase", at=DAY, revenue="10.50", currency="USD"),
+        event("refund", at=2 * DAY),
+        clock(90 * DAY),
+    )
+    state = proc.states["b1"]
+    assert state.dropoffs and state.exits and state.pruned_last
+    again = JOURNEY_STATE_ADAPTER.validate_json(JOURNEY_STATE_ADAPTER.dump_json(state))
+    assert again == state
