@@ -33,14 +33,16 @@ pushed through, in the same invocation and on the same machine:
     process only + ceiling (writer) + one hashing pass over the file.
 
 Events/s always divides the number of input records (lines of the file, including the
-generator's duplicates and malformed records) by the phase's wall-clock seconds. Every
-timed phase runs in its own fresh ``spawn`` subprocess (chDB hosts one data directory per
-process; this also gives each phase its own peak RSS), with its own chDB directory.
-With ``--repeat N`` the phases are interleaved N times and the median seconds are used.
+generator's duplicates and malformed records) by the phase's wall-clock seconds. Each
+pipeline run gets a fresh ``spawn`` subprocess and chDB directory, like a real
+``touchpoint run``; the ceilings share one subprocess (chDB hosts one data directory per
+process, and the rows are produced there), one chDB directory, a fresh database each, and
+wait for background merges to finish before they start. With ``--repeat N`` every timed
+phase runs N times and the median seconds are reported.
 
 Run from the repository root::
 
-    python -m bench.embedded                 # 1M events, about 5 minutes on 2 cores
+    python -m bench.embedded                 # ~1M events, about 10 minutes on 2 cores
     python -m bench.embedded --events 100000 --repeat 3
 
 Results are printed and written as JSON to ``bench/results/embedded-<timestamp>.json``.
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -59,6 +62,7 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +80,7 @@ from processors.local import run_local
 from schemas.settings import Settings
 from sinks.base import RowBatch, Sink
 from sinks.clickhouse import Client
+from sinks.migrate import apply_migrations
 from sinks.writer import ClickHouseWriter
 from touchpoint import wiring
 
@@ -241,15 +246,17 @@ def _load_batches(batches_file: Path) -> list[RowBatch]:
                 return batches
 
 
-def materialize_phase(events: Path, batches_file: Path, batch_size: int) -> PhaseResult:
-    """The processor with a spooling sink; its batches are saved for the ceilings.
+def _materialize(events: Path, spool_file: Path, batch_size: int) -> PhaseResult:
+    """The processor with a spooling sink: the ceilings' rows, and the ``process only`` time.
 
-    Timed minus the spooling: the cost of processing with no ClickHouse at all.
+    Spooling (rather than keeping the rows) stops them from piling up in memory, where
+    the garbage collector would rescan them and slow the processor down; its time is
+    measured by the sink and subtracted.
     """
     settings = wiring.load_settings(batch_size=batch_size)
     processor = wiring.build_processor(settings, wiring.rules_for(settings))
     lines = wiring.inspect_inputs([events])[0].lines
-    with batches_file.open("wb") as handle:
+    with spool_file.open("wb") as handle:
         sink = _SpoolSink(handle)
         started = time.perf_counter()
         summary = run_local(
@@ -270,61 +277,90 @@ def materialize_phase(events: Path, batches_file: Path, batch_size: int) -> Phas
         details={
             "batches": sink.batches,
             "spool_seconds": sink.seconds,
-            "spool_bytes": batches_file.stat().st_size,
+            "spool_bytes": spool_file.stat().st_size,
         },
     )
 
 
-def ceiling_phase(
-    kind: str, batches_file: Path, records: int, chdb_dir: Path, database: str, batch_size: int
-) -> PhaseResult:
-    """Insert the materialized batches into a fresh database: ``writer`` or ``raw``."""
-    batches = _load_batches(batches_file)
+def _wait_for_merges(client: Client, limit: float = 120.0) -> float:
+    """Let background merges of an earlier phase finish, so phases do not share the CPU."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        running = client.command("SELECT count() FROM system.merges")
+        if not isinstance(running, int | str) or int(running) == 0:
+            break
+        time.sleep(0.5)
+    return time.perf_counter() - started
+
+
+def ceilings_phase(
+    events: Path, spool_file: Path, chdb_dir: Path, batch_size: int, repeat: int
+) -> list[PhaseResult]:
+    """Materialize the pipeline's rows, then insert them into fresh databases, ``repeat`` times.
+
+    One process throughout, so the spooled rows are read back by the very classes that
+    made them. Each repeat times the ``writer`` ceiling (the batches through
+    :class:`ClickHouseWriter`) and the ``raw`` one (pre-transposed columns through a bare
+    ``client.insert``), each into a database of its own in one chDB directory.
+    """
+    materialized = _materialize(events, spool_file, batch_size)
+    results = [materialized]
+    batches = _load_batches(spool_file)
+    spool_file.unlink()
+    inserts = [
+        (table, list(type(table_rows[0]).columns()), _transpose(table_rows))
+        for batch in batches
+        for table, table_rows in batch.tables.items()
+        if table_rows
+    ]
+    gc.collect()
     gc.freeze()  # the loaded rows never die: keep the collector from rescanning them
-    settings = _settings(chdb_dir, database, batch_size)
-    rows: dict[str, int] = {}
-    for batch in batches:
-        for table, table_rows in batch.tables.items():
-            rows[table] = rows.get(table, 0) + len(table_rows)
-    setup_started = time.perf_counter()
-    with wiring.clickhouse(settings) as client:
-        if kind == "writer":
-            writer = ClickHouseWriter(client, database)
-            setup = time.perf_counter() - setup_started
-            progress = _Progress("ceiling (writer)", len(batches))
-            started = time.perf_counter()
-            for batch in batches:
-                writer.write(batch)
-                progress(1)
-            seconds = time.perf_counter() - started
-        elif kind == "raw":
-            inserts = [
-                (table, list(type(table_rows[0]).columns()), _transpose(table_rows))
-                for batch in batches
-                for table, table_rows in batch.tables.items()
-                if table_rows
-            ]
-            del batches
-            setup = time.perf_counter() - setup_started
-            progress = _Progress("ceiling (raw insert)", len(inserts))
-            started = time.perf_counter()
-            for table, names, columns in inserts:
-                client.insert(
-                    table, columns, column_names=names, database=database, column_oriented=True
+    settings = _settings(chdb_dir, "default", batch_size)
+    with wiring.clickhouse(settings, migrate=False) as client:
+        for number in range(1, repeat + 1):
+            for kind in ("writer", "raw"):
+                label = "ceiling (writer)" if kind == "writer" else "ceiling (raw insert)"
+                database = f"bench_ceiling_{kind}_{number}"
+                settled = _wait_for_merges(client)
+                setup_started = time.perf_counter()
+                apply_migrations(client, database)
+                setup = time.perf_counter() - setup_started
+                if kind == "writer":
+                    writer = ClickHouseWriter(client, database)
+                    progress = _Progress(label, len(batches))
+                    started = time.perf_counter()
+                    for batch in batches:
+                        writer.write(batch)
+                        progress(1)
+                    seconds = time.perf_counter() - started
+                else:
+                    progress = _Progress(label, len(inserts))
+                    started = time.perf_counter()
+                    for table, names, columns in inserts:
+                        client.insert(
+                            table,
+                            columns,
+                            column_names=names,
+                            database=database,
+                            column_oriented=True,
+                        )
+                        progress(1)
+                    seconds = time.perf_counter() - started
+                results.append(
+                    PhaseResult(
+                        phase=label,
+                        records=materialized.records,
+                        seconds=seconds,
+                        peak_rss_mib=_peak_rss_mib(),
+                        rows_written=dict(materialized.rows_written),
+                        details={
+                            "setup_seconds": setup,
+                            "waited_for_merges_seconds": settled,
+                            "touchpoints_stored": _count_touchpoints(client, database),
+                        },
+                    )
                 )
-                progress(1)
-            seconds = time.perf_counter() - started
-        else:
-            raise ValueError(f"unknown ceiling kind {kind!r}")
-        stored = _count_touchpoints(client, database)
-    return PhaseResult(
-        phase=f"ceiling ({'writer' if kind == 'writer' else 'raw insert'})",
-        records=records,
-        seconds=seconds,
-        peak_rss_mib=_peak_rss_mib(),
-        rows_written=rows,
-        details={"setup_seconds": setup, "touchpoints_stored": stored},
-    )
+    return results
 
 
 def _transpose(rows: Sequence[Any]) -> list[list[object]]:
@@ -375,25 +411,21 @@ def _summarize(runs: Sequence[PhaseResult]) -> dict[str, Any]:
     }
 
 
-def _git_revision() -> str | None:
-    import subprocess
-
+def _git_revision() -> dict[str, str] | None:
+    """HEAD, whether tracked files differ from it, and a fingerprint of both (code under test)."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
+        diff = subprocess.run(["git", "diff", "HEAD"], cwd=root, capture_output=True, text=True)
     except OSError:
         return None
-    if head.returncode != 0:
+    if head.returncode != 0 or diff.returncode != 0:
         return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    revision = head.stdout.strip() + ("-dirty" if diff.stdout else "")
+    fingerprint = hashlib.sha256((head.stdout + diff.stdout).encode()).hexdigest()[:16]
+    return {"revision": revision, "fingerprint": fingerprint}
 
 
 def _environment() -> dict[str, Any]:
@@ -417,6 +449,7 @@ def _environment() -> dict[str, Any]:
 
 def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """Generate (or take) the input, run every phase ``args.repeat`` times, summarize."""
+    environment = _environment()
     dataset: dict[str, Any]
     if args.input is not None:
         events = args.input.resolve()
@@ -429,37 +462,33 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     dataset["bytes"] = events.stat().st_size
     logger.info("input: %s records, %.0f MiB", f"{dataset['records']:,}", dataset["bytes"] / 2**20)
 
-    batches_file = run_dir / "batches.pickle"
-    logger.info("materializing the pipeline's rows for the ceilings (untimed preparation)")
-    materialized = _in_child(materialize_phase, events, batches_file, args.batch_size)
-    records = materialized.records
-
-    runs: dict[str, list[PhaseResult]] = {"pipeline": [], "writer": [], "raw": []}
-    for repeat in range(1, args.repeat + 1):
-        logger.info("repeat %d/%d: pipeline", repeat, args.repeat)
-        runs["pipeline"].append(
+    pipelines = []
+    for number in range(1, args.repeat + 1):
+        logger.info("pipeline, run %d of %d", number, args.repeat)
+        pipelines.append(
             _in_child(
                 pipeline_phase,
                 events,
-                run_dir / f"chdb-pipeline-{repeat}",
-                f"bench_pipeline_{repeat}",
+                run_dir / f"chdb-pipeline-{number}",
+                f"bench_pipeline_{number}",
                 args.batch_size,
             )
         )
-        for kind in ("writer", "raw"):
-            logger.info("repeat %d/%d: ceiling (%s)", repeat, args.repeat, kind)
-            runs[kind].append(
-                _in_child(
-                    ceiling_phase,
-                    kind,
-                    batches_file,
-                    records,
-                    run_dir / f"chdb-ceiling-{kind}-{repeat}",
-                    f"bench_ceiling_{kind}_{repeat}",
-                    args.batch_size,
-                )
-            )
-    batches_file.unlink()
+    logger.info("ceilings: materializing the pipeline's rows (untimed), then inserting them")
+    ceilings = _in_child(
+        ceilings_phase,
+        events,
+        run_dir / "batches.pickle",
+        run_dir / "chdb-ceilings",
+        args.batch_size,
+        args.repeat,
+    )
+    materialized = ceilings[0]
+    runs = {
+        "pipeline": pipelines,
+        "writer": [run for run in ceilings if run.phase == "ceiling (writer)"],
+        "raw": [run for run in ceilings if run.phase == "ceiling (raw insert)"],
+    }
 
     pipeline = _summarize(runs["pipeline"])
     writer = _summarize(runs["writer"])
@@ -471,6 +500,9 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             pipeline["rows_written"],
             materialized.rows_written,
         )
+    code_changed = _git_revision() != environment["git"]
+    if code_changed:
+        logger.warning("the code under test changed during the run: results may mix versions")
     return {
         "benchmark": "embedded",
         "started_at": args.started_at,
@@ -480,7 +512,8 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             "repeat": args.repeat,
             "seed": args.seed,
         },
-        "environment": _environment(),
+        "environment": environment,
+        "code_changed_during_run": code_changed,
         "dataset": dataset,
         "phases": [_summarize([materialized]), pipeline, writer, raw],
         "rows_match": rows_match,
@@ -509,7 +542,7 @@ def _render(result: dict[str, Any]) -> str:
             f"{dataset['records'] / dataset['seconds']:>10,.0f}"
         )
     for phase in result["phases"]:
-        name = phase["phase"] + (" (prep)" if phase["phase"] == "process only" else "")
+        name = phase["phase"] + (" (no CH)" if phase["phase"] == "process only" else "")
         lines.append(
             f"{name:<22} {phase['records']:>11,} {phase['seconds']:>9.1f} "
             f"{phase['events_per_second']:>10,.0f} "
@@ -529,8 +562,13 @@ def _render(result: dict[str, Any]) -> str:
     lines.append(
         f"batch size {result['config']['batch_size']:,}; "
         + (f"median of {repeat} runs" if repeat > 1 else "1 run")
-        + "; peak RSS is per phase subprocess"
+        + "; peak RSS per subprocess (ceilings: incl. making the rows)"
         + ("" if result["rows_match"] else "; WARNING: row counts differ, see log")
+        + (
+            "; WARNING: the code changed during the run"
+            if result["code_changed_during_run"]
+            else ""
+        )
         + "."
     )
     return "\n".join(lines)
@@ -597,7 +635,7 @@ def _parser() -> argparse.ArgumentParser:
         "--repeat",
         type=_positive,
         default=1,
-        help="run the timed phases this many times, interleaved; report medians [default: 1]",
+        help="run every timed phase this many times and report medians [default: 1]",
     )
     parser.add_argument(
         "--results-dir",

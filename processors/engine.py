@@ -18,7 +18,7 @@ from processors.rules import Classifier
 from schemas.dead_letter import DeadLetter
 from schemas.enums import STAGES, DeadLetterReason, Stage
 from schemas.errors import SchemaValidationError
-from schemas.journey import DropoffRecord, JourneyState
+from schemas.journey import DropoffRecord, JourneyState, TouchRef
 from schemas.rows import (
     DeadLetterRow,
     DropoffRow,
@@ -84,7 +84,9 @@ class BatchOutput:
 
 @dataclass
 class _Snapshot:
-    moves: list[journey.Transition]
+    """A buyer's state as it was before this batch touched it (what flush compares against)."""
+
+    stage_hits: dict[Stage, TouchRef]
     dropoffs: dict[Stage, DropoffRecord]
 
 
@@ -180,7 +182,7 @@ class JourneyProcessor:
             state.partition = partition
         if buyer_id not in self._snapshots:
             self._snapshots[buyer_id] = _Snapshot(
-                moves=journey.transitions(state), dropoffs=dict(state.dropoffs)
+                stage_hits=dict(state.stage_hits), dropoffs=dict(state.dropoffs)
             )
         return state
 
@@ -293,15 +295,17 @@ class JourneyProcessor:
         output, self._output = self._output, BatchOutput()
         for buyer_id, before in self._snapshots.items():
             state = self.states[buyer_id]
+            moves = journey.transitions(state)
             watermark = self.watermark(state.partition)
             if watermark is not None:
-                journey.prune(state, watermark, self.dedup_window, self.timeouts)
+                journey.prune(state, watermark, self.dedup_window, self.timeouts, moves)
                 self.states[buyer_id] = state
-            moves = journey.transitions(state)
-            changed = [move for move in moves if move not in before.moves]
-            still_moves = {to_stage for _, to_stage, _ in moves}
-            retracted = [move for move in before.moves if move[1] not in still_moves]
-            output.transitions.extend(journey.transition_rows(state, changed, retracted))
+            if state.stage_hits != before.stage_hits:
+                previous = journey.moves_of(before.stage_hits)
+                changed = [move for move in moves if move not in previous]
+                still_moves = {to_stage for _, to_stage, _ in moves}
+                retracted = [move for move in previous if move[1] not in still_moves]
+                output.transitions.extend(journey.transition_rows(state, changed, retracted))
             for stage, record in state.dropoffs.items():
                 if before.dropoffs.get(stage) != record:
                     output.dropoffs.append(journey.dropoff_row(state, record))

@@ -14,6 +14,7 @@ on ``touchpoints.dlq`` with its partition and offset.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
 from datetime import datetime
@@ -159,7 +160,13 @@ def create_app(
         processor.forget({tp.partition for tp in revoked if tp.topic == raw_name})
         states.forget_cache()
 
+    handled = 0
+
     async def handle(event: Any) -> None:
+        nonlocal handled
+        handled += 1
+        if handled % 10_000 == 0:
+            gc.freeze()  # long-lived journey state: keep the collector from rescanning it
         message = event.message
         partition = int(message.partition)
         position = f"{partition}:{message.offset}"

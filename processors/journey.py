@@ -10,11 +10,12 @@ when every event before it has arrived (see :func:`judge`).
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+
+from pydantic_core import to_json
 
 from processors.rules import Classification
 from schemas.enums import STAGES, Channel, Stage
@@ -31,6 +32,7 @@ __all__ = [
     "is_duplicate",
     "judge",
     "last_touch_until",
+    "moves_of",
     "new_state",
     "preferred_channel",
     "prune",
@@ -150,7 +152,11 @@ def transitions(state: JourneyState) -> list[Transition]:
     A stage is a move when it was hit before every higher stage; a stage reached
     only by skipping past it is not a move of its own.
     """
-    hits = state.stage_hits
+    return moves_of(state.stage_hits)
+
+
+def moves_of(hits: Mapping[Stage, TouchRef]) -> list[Transition]:
+    """:func:`transitions` of a buyer whose first hit per stage is ``hits``."""
     found: list[tuple[Stage, TouchRef]] = []
     earliest: TouchRef | None = None
     for stage in _DESCENDING:
@@ -204,10 +210,12 @@ def preferred_channel(state: JourneyState) -> Channel | None:
 
 
 def deadlines(
-    state: JourneyState, timeouts: Mapping[Stage, timedelta]
+    state: JourneyState,
+    timeouts: Mapping[Stage, timedelta],
+    moves: Sequence[Transition] | None = None,
 ) -> Iterator[tuple[datetime, Stage]]:
     """Drop-off deadlines of the buyer's moves that are not judged yet."""
-    for _, stage, hit in transitions(state):
+    for _, stage, hit in transitions(state) if moves is None else moves:
         timeout = timeouts.get(stage)
         if timeout is not None and stage not in state.judged:
             yield hit.at + timeout, stage
@@ -269,15 +277,19 @@ def prune(
     watermark: datetime,
     dedup_window: timedelta,
     timeouts: Mapping[Stage, timedelta],
+    moves: Sequence[Transition] | None = None,
 ) -> None:
     """Forget touches no dedup check or drop-off judgement can need any more."""
     cutoff = watermark - dedup_window
-    for deadline, _ in deadlines(state, timeouts):
+    recent = state.recent
+    if not recent or recent[0].at >= cutoff:
+        return
+    for deadline, _ in deadlines(state, timeouts, moves):
         cutoff = min(cutoff, deadline)
-    index = bisect.bisect_left(state.recent, cutoff, key=lambda touch: touch.at)
+    index = bisect.bisect_left(recent, cutoff, key=lambda touch: touch.at)
     if index:
-        state.pruned_last = state.recent[index - 1]
-        del state.recent[:index]
+        state.pruned_last = recent[index - 1]
+        del recent[:index]
 
 
 # --- rows ------------------------------------------------------------------
@@ -299,7 +311,7 @@ def touchpoint_row(
         promo=touchpoint.promo,
         revenue=touchpoint.revenue,
         currency=touchpoint.currency,
-        properties=json.dumps(touchpoint.properties, sort_keys=True, separators=(",", ":")),
+        properties=to_json(touchpoint.properties).decode(),
         persona=touchpoint.persona,
         stage=classification.stage,
         exit_kind=classification.exit,

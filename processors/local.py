@@ -6,6 +6,7 @@ each batch's rows to a sink (chDB through the ClickHouse writer, by default).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ def run_local(
 
     def write_batch() -> None:
         output = processor.flush()
+        # The journey state is long-lived and cycle-free; without this, every full
+        # collection rescans all of it for nothing (it halves a 1M-event run).
+        gc.freeze()
         tables = output.tables()
         sink.write(RowBatch(token=f"{run_id}:{summary.batches}", tables=tables))
         for table, rows in tables.items():
