@@ -1,0 +1,738 @@
+"""The Kafka → ClickHouse sink of the distributed path: effectively-once batched inserts.
+
+:class:`KafkaClickHouseSink` reads the output topics (:data:`schemas.topics.TABLE_BY_TOPIC`)
+as one consumer group member (kafka-python, ``isolation_level=read_committed`` because the
+workers write in Kafka transactions, no auto-commit) and writes their rows to any
+:class:`~sinks.base.Sink` — :class:`~sinks.writer.ClickHouseWriter` in production.
+
+Batching
+    Messages are buffered per topic-partition. All buffered partitions are flushed when
+    ``max_rows`` messages are buffered or the oldest has waited ``max_seconds``; each
+    partition becomes one :class:`~sinks.base.RowBatch` (one insert per table) whose
+    token is ``"{topic}:{partition}:{first}-{last}"`` (its offset range), so ClickHouse's
+    ``insert_deduplication_token`` drops a replayed batch.
+
+The intent protocol (insert first, then commit — and replay the *same* batch)
+    The token only protects a replay that reproduces the batch exactly, so the batch's
+    boundaries are written to Kafka before the insert, in the group's commit metadata:
+
+    1. *intent*: commit the partition at the batch's first offset (the position does not
+       move) with metadata ``{"sink":1,"start":first,"end":last+1}``;
+    2. insert the batch (``ClickHouseWriter`` retries with backoff; if it gives up, the
+       error propagates, nothing more is committed, the process exits non-zero);
+    3. *done*: commit ``last + 1`` with empty metadata.
+
+    When a partition is assigned, its committed offset is read *with* metadata
+    (``KafkaConsumer.committed(tp, metadata=True)``). If an intent is there, a previous
+    owner may have inserted ``[start, end)`` before dying, so the first batch of the
+    partition is exactly ``[start, end)`` with token ``{topic}:{partition}:{start}-{end-1}``
+    (later messages wait for the next batch), whatever ``max_rows`` says: the replay is
+    dropped by ClickHouse if the first insert happened, written if it did not. An offset
+    is never committed past rows that are not written.
+
+Rebalances
+    kafka-python 3 runs rebalance callbacks on its IO thread, where blocking consumer
+    calls (``commit``, ``committed``) raise ``RuntimeError``, so nothing is written from
+    a callback. Nothing needs to be: what is buffered has neither an intent nor an insert
+    behind it, and every flush completes (intent, insert, done) before the next ``poll``,
+    the only place a rebalance happens. A partition that moves to another sink simply has
+    its buffer dropped — the new owner reads it again from the committed offset — and a
+    partition this sink keeps keeps its buffer (kafka-python keeps its position). So no
+    work is lost or written twice across sink processes. On a clean stop (``stop`` event,
+    ``idle_timeout``) everything buffered is flushed before :meth:`KafkaClickHouseSink.run`
+    returns.
+
+Bad messages
+    A message that does not validate as its table's row becomes a ``dead_letters`` row
+    (reason ``invalid_output_row``, position ``"{partition}:{offset}"``, recorded at the
+    message's Kafka timestamp so a replay builds the identical row) in the same batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Protocol
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from schemas.dead_letter import DeadLetter
+from schemas.enums import DeadLetterReason
+from schemas.errors import BrokerError, BrokerUnavailableError, ConfigError
+from schemas.rows import ROW_ADAPTERS, DeadLetterRow, Row
+from schemas.settings import KafkaSettings
+from schemas.topics import TABLE_BY_TOPIC
+from sinks.base import RowBatch, Sink
+
+__all__ = [
+    "BatchPlanner",
+    "ConsumerLike",
+    "Intent",
+    "KafkaClickHouseSink",
+    "Message",
+    "PartitionBatch",
+    "SinkStats",
+    "decode_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+"""(topic, partition); kafka-python's ``TopicPartition`` is a namedtuple equal to it."""
+
+_MAX_POLL_RECORDS: Final = 2000
+_POLL_CEILING_SECONDS: Final = 0.5
+_KAFKA_TIMEOUT_MS: Final = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record of an output topic, as the sink needs it (no kafka-python type)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp_ms: int = -1
+
+    @property
+    def tp(self) -> Partition:
+        return (self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A batch ``[start, end)`` of one partition that may have been inserted, not yet committed."""
+
+    start: int
+    end: int
+
+    def encode(self) -> str:
+        return json.dumps({"sink": 1, "start": self.start, "end": self.end}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, offset: int | None, metadata: str | None) -> Intent | None:
+        """The intent stored with a committed offset, or None (no intent, or not ours)."""
+        if offset is None or offset < 0 or not metadata:
+            return None
+        try:
+            data = json.loads(metadata)
+        except ValueError:
+            logger.warning("ignoring commit metadata that is not a sink intent: %r", metadata)
+            return None
+        if (
+            not isinstance(data, dict)
+            or data.get("sink") != 1
+            or not isinstance(data.get("start"), int)
+            or not isinstance(data.get("end"), int)
+        ):
+            logger.warning("ignoring commit metadata that is not a sink intent: %r", metadata)
+            return None
+        start, end = data["start"], data["end"]
+        if start != offset or end <= start:
+            logger.warning(
+                "ignoring stale sink intent %r: the committed offset is %d", metadata, offset
+            )
+            return None
+        return cls(start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionBatch:
+    """Consecutive messages of one partition, written as one :class:`RowBatch`.
+
+    ``replay`` marks the batch that re-does a recovered :class:`Intent`: its range is the
+    intent's (even if some of its messages are gone from the log) and its intent is
+    already committed.
+    """
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+    messages: tuple[Message, ...]
+    replay: bool = False
+
+    @property
+    def tp(self) -> Partition:
+        return (self.topic, self.partition)
+
+    @property
+    def token(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.first}-{self.last}"
+
+    @property
+    def end(self) -> int:
+        """The offset to commit once the batch is written."""
+        return self.last + 1
+
+    @property
+    def intent(self) -> Intent:
+        return Intent(self.first, self.end)
+
+
+@dataclass
+class _PartitionBuffer:
+    intent: Intent | None = None
+    intent_complete: bool = False
+    messages: list[Message] = field(default_factory=list)
+    since: float | None = None
+    next_offset: int = -1
+    """One past the last offset added: a message below it is a re-delivery and is ignored."""
+
+    @property
+    def held(self) -> bool:
+        """Waiting for the rest of a recovered intent's range."""
+        return self.intent is not None and not self.intent_complete
+
+    @property
+    def flushable(self) -> bool:
+        if self.held:
+            return False
+        return bool(self.messages) or self.intent is not None
+
+
+class BatchPlanner:
+    """Decides which messages go into which batch; pure (no Kafka, no ClickHouse, no clock).
+
+    Partitions are opened (with the intent their committed offset carries, if any) before
+    their messages are added, and closed when they are no longer owned.
+    """
+
+    def __init__(self, max_rows: int, max_seconds: float) -> None:
+        if max_rows < 1:
+            raise ConfigError(f"max_rows must be at least 1, got {max_rows}")
+        if max_seconds <= 0:
+            raise ConfigError(f"max_seconds must be positive, got {max_seconds}")
+        self.max_rows = max_rows
+        self.max_seconds = max_seconds
+        self._parts: dict[Partition, _PartitionBuffer] = {}
+
+    # -- ownership ---------------------------------------------------------------------
+
+    def open(self, tp: Partition, intent: Intent | None = None) -> None:
+        self._parts[tp] = _PartitionBuffer(intent=intent)
+
+    def is_open(self, tp: Partition) -> bool:
+        return tp in self._parts
+
+    def partitions(self) -> list[Partition]:
+        return list(self._parts)
+
+    def close(self, tps: Iterable[Partition]) -> int:
+        """Forget these partitions; returns how many buffered messages were dropped."""
+        dropped = 0
+        for tp in tps:
+            part = self._parts.pop(tp, None)
+            if part is not None:
+                dropped += len(part.messages)
+        return dropped
+
+    # -- input -------------------------------------------------------------------------
+
+    def add(self, message: Message, now: float) -> bool:
+        """Buffer a message; False if it was ignored (a re-delivery below what was seen)."""
+        part = self._parts.get(message.tp)
+        if part is None:
+            raise KeyError(f"partition {message.tp} is not open")
+        if message.offset < part.next_offset:
+            return False
+        part.next_offset = message.offset + 1
+        if part.intent is not None and message.offset >= part.intent.end - 1:
+            part.intent_complete = True
+        if not part.messages:
+            part.since = now
+        part.messages.append(message)
+        return True
+
+    def advance(self, tp: Partition, position: int) -> None:
+        """The consumer's position: a recovered intent is complete once it is reached."""
+        part = self._parts.get(tp)
+        if part is not None and part.intent is not None and position >= part.intent.end:
+            part.intent_complete = True
+
+    def awaiting_intent(self) -> list[Partition]:
+        """Partitions still reading the range of a recovered intent."""
+        return [tp for tp, part in self._parts.items() if part.held]
+
+    def is_idle(self, tp: Partition) -> bool:
+        """Nothing buffered and no intent pending: the position may be committed as is."""
+        part = self._parts.get(tp)
+        return part is not None and not part.messages and part.intent is None
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def buffered(self, exclude: Collection[Partition] = ()) -> int:
+        """Messages that the next :meth:`take` would write."""
+        return sum(
+            len(part.messages)
+            for tp, part in self._parts.items()
+            if part.flushable and tp not in exclude
+        )
+
+    def full(self, exclude: Collection[Partition] = ()) -> bool:
+        return self.buffered(exclude) >= self.max_rows
+
+    def due(self, now: float, exclude: Collection[Partition] = ()) -> bool:
+        """Size or time bound reached, or a recovered intent is ready to be replayed."""
+        if self.full(exclude):
+            return True
+        wait = self.seconds_until_due(now, exclude)
+        return wait is not None and wait <= 0
+
+    def seconds_until_due(self, now: float, exclude: Collection[Partition] = ()) -> float | None:
+        """How long until the time bound is reached (None: nothing is waiting)."""
+        deadlines: list[float] = []
+        for tp, part in self._parts.items():
+            if not part.flushable or tp in exclude:
+                continue
+            if part.intent is not None:
+                return 0.0  # a complete replay: write it now
+            if part.since is not None:
+                deadlines.append(part.since + self.max_seconds - now)
+        return min(deadlines) if deadlines else None
+
+    def take(self, exclude: Collection[Partition] = ()) -> list[PartitionBatch]:
+        """Every flushable partition's batches, in offset order per partition.
+
+        A recovered intent gives its exact range as the partition's first batch; the rest
+        is cut into batches of at most ``max_rows`` messages.
+        """
+        batches: list[PartitionBatch] = []
+        for tp, part in self._parts.items():
+            if not part.flushable or tp in exclude:
+                continue
+            messages = part.messages
+            if part.intent is not None:
+                end = part.intent.end
+                inside = tuple(m for m in messages if m.offset < end)
+                messages = [m for m in messages if m.offset >= end]
+                batches.append(
+                    PartitionBatch(tp[0], tp[1], part.intent.start, end - 1, inside, replay=True)
+                )
+                part.intent = None
+                part.intent_complete = False
+            for index in range(0, len(messages), self.max_rows):
+                chunk = tuple(messages[index : index + self.max_rows])
+                batches.append(
+                    PartitionBatch(tp[0], tp[1], chunk[0].offset, chunk[-1].offset, chunk)
+                )
+            part.messages = []
+            part.since = None
+        return batches
+
+
+def rounds(batches: Sequence[PartitionBatch]) -> list[list[PartitionBatch]]:
+    """Groups batches so that each group holds at most one batch per partition, in order."""
+    result: list[list[PartitionBatch]] = []
+    seen: dict[Partition, int] = {}
+    for batch in batches:
+        index = seen.get(batch.tp, 0)
+        seen[batch.tp] = index + 1
+        if index == len(result):
+            result.append([])
+        result[index].append(batch)
+    return result
+
+
+def _recorded_at(timestamp_ms: int) -> datetime:
+    return datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, tz=UTC)
+
+
+def decode_batch(batch: PartitionBatch, table: str) -> tuple[RowBatch, int]:
+    """The rows of a batch (invalid messages as dead letters) and how many were dead letters."""
+    adapter = ROW_ADAPTERS[table]
+    tables: dict[str, list[Row]] = {}
+    dead = 0
+    for message in batch.messages:
+        row: Row
+        try:
+            if message.value is None:
+                raise ValueError("the message has no value (a tombstone)")
+            decoded = adapter.validate_json(message.value)
+            if not isinstance(decoded, Row):  # pragma: no cover - the adapters build Rows
+                raise ValueError(f"not a {table} row")
+            row = decoded
+        except ValueError as exc:
+            dead += 1
+            row = DeadLetterRow.from_dead_letter(
+                DeadLetter.build(
+                    reason=DeadLetterReason.INVALID_OUTPUT_ROW,
+                    detail=f"not a valid {table} row: {exc}",
+                    raw=message.value or b"",
+                    source=message.topic,
+                    position=f"{message.partition}:{message.offset}",
+                    recorded_at=_recorded_at(message.timestamp_ms),
+                )
+            )
+        tables.setdefault(row.table, []).append(row)
+    return RowBatch(batch.token, tables), dead
+
+
+@dataclass
+class SinkStats:
+    """What one sink instance did: messages read, rows sent per table, batches, dead letters."""
+
+    messages: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    dead_letters: int = 0
+    replays: int = 0
+    """Batches that re-did a recovered intent (ClickHouse drops them if already written)."""
+
+
+class ConsumerLike(Protocol):
+    """The part of ``kafka.KafkaConsumer`` the sink uses (a test double implements it too)."""
+
+    def subscribe(self, topics: Sequence[str], *, listener: Any) -> None: ...
+
+    def poll(self, timeout_ms: int = ...) -> Mapping[Any, Sequence[Any]]: ...
+
+    def commit(self, offsets: Mapping[Any, Any]) -> None: ...
+
+    def committed(self, partition: Any, metadata: bool = ...) -> Any: ...
+
+    def position(self, partition: Any, timeout_ms: int | None = ...) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
+    """Runs on kafka-python's IO thread: only bookkeeping here, never a blocking call."""
+
+    def __init__(self, owner: KafkaClickHouseSink) -> None:
+        self._owner = owner
+
+    def on_partitions_revoked(self, revoked: Collection[Partition]) -> None:
+        self._owner._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: Collection[Partition]) -> None:
+        self._owner._on_assigned(assigned)
+
+    def on_partitions_lost(self, lost: Collection[Partition]) -> None:
+        self._owner._on_lost(lost)
+
+
+def _create_consumer(settings: KafkaSettings, max_rows: int) -> Any:
+    bootstrap = [server.strip() for server in settings.bootstrap.split(",") if server.strip()]
+    try:
+        return KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=settings.sink_group,
+            client_id="touchpoint-sink",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=min(max_rows, _MAX_POLL_RECORDS),
+        )
+    except (KafkaConfigurationError, ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
+    except KafkaError as exc:
+        raise BrokerUnavailableError(
+            f"cannot talk to Kafka at {settings.bootstrap}: {exc}"
+        ) from exc
+
+
+class KafkaClickHouseSink:
+    """Consumes the output topics and writes their rows to ``sink``, effectively once.
+
+    ``topics`` maps each topic to its table (default: every output topic). ``max_rows`` and
+    ``max_seconds`` bound a flush (default: the settings' ``sink_batch_rows`` and
+    ``sink_batch_seconds``). ``consumer`` replaces the kafka-python consumer (tests).
+    The sink is not closed by this class; the consumer is, by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        sink: Sink,
+        *,
+        topics: Mapping[str, str] = TABLE_BY_TOPIC,
+        max_rows: int | None = None,
+        max_seconds: float | None = None,
+        consumer: ConsumerLike | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not topics:
+            raise ConfigError("the sink needs at least one topic")
+        unknown = sorted(table for table in topics.values() if table not in ROW_ADAPTERS)
+        if unknown:
+            raise ConfigError(f"no row type for table(s) {', '.join(unknown)}")
+        self.topics = dict(topics)
+        self.sink = sink
+        self.stats = SinkStats()
+        self._clock = clock
+        self._planner = BatchPlanner(
+            max_rows if max_rows is not None else settings.sink_batch_rows,
+            max_seconds if max_seconds is not None else settings.sink_batch_seconds,
+        )
+        self._lock = threading.Lock()
+        self._revoking: set[Partition] = set()
+        self._to_open: set[Partition] = set()
+        self._committed: dict[Partition, int] = {}
+        self._rebalanced = False
+        self._closed = False
+        self._failed = False
+        self._consumer: ConsumerLike = (
+            consumer if consumer is not None else _create_consumer(settings, self._planner.max_rows)
+        )
+        try:
+            self._consumer.subscribe(list(self.topics), listener=_Listener(self))
+        except (KafkaError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot subscribe to {', '.join(self.topics)}: {exc}") from exc
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(
+        self, stop: threading.Event | None = None, idle_timeout: float | None = None
+    ) -> SinkStats:
+        """Poll, batch and write until ``stop`` is set or nothing arrived for ``idle_timeout`` s.
+
+        Returns after flushing everything buffered. Raises (without committing what is not
+        written) if Kafka or the sink fails; a restart replays from the committed offsets.
+        """
+        if self._failed:
+            raise BrokerError(
+                "this sink failed earlier and may have lost track of what it read; "
+                "create a new one (it resumes from the committed offsets)"
+            )
+        try:
+            return self._run(stop, idle_timeout)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _run(self, stop: threading.Event | None, idle_timeout: float | None) -> SinkStats:
+        last_activity = self._clock()
+        while stop is None or not stop.is_set():
+            now = self._clock()
+            records = self._poll(self._poll_timeout(now, last_activity, idle_timeout))
+            self._open_assigned()
+            now = self._clock()
+            if records or self._take_rebalanced():
+                last_activity = now
+            for message in records:
+                if not self._planner.is_open(message.tp):
+                    self._open_partitions([message.tp])
+                if self._planner.add(message, now):
+                    self.stats.messages += 1
+                if self._planner.full(self._revoking):
+                    self._flush(catch_up=False)
+            self._advance_intents()
+            if self._planner.due(self._clock(), self._revoking):
+                self._flush(catch_up=True)
+            if idle_timeout is not None and self._clock() - last_activity >= idle_timeout:
+                logger.info("nothing arrived for %.1fs; stopping", idle_timeout)
+                break
+        self._flush(catch_up=True)
+        return self.stats
+
+    def _poll_timeout(self, now: float, last_activity: float, idle_timeout: float | None) -> int:
+        wait = _POLL_CEILING_SECONDS
+        until_due = self._planner.seconds_until_due(now, self._revoking)
+        if until_due is not None:
+            wait = min(wait, until_due)
+        if idle_timeout is not None:
+            wait = min(wait, last_activity + idle_timeout - now)
+        return max(0, int(wait * 1000))
+
+    def _poll(self, timeout_ms: int) -> list[Message]:
+        try:
+            polled = self._consumer.poll(timeout_ms=timeout_ms)
+        except KafkaError as exc:
+            raise BrokerError(f"polling the output topics failed: {exc}") from exc
+        return [
+            Message(
+                record.topic,
+                record.partition,
+                record.offset,
+                record.value,
+                record.timestamp if record.timestamp is not None else -1,
+            )
+            for records in polled.values()
+            for record in records
+        ]
+
+    def _take_rebalanced(self) -> bool:
+        with self._lock:
+            rebalanced, self._rebalanced = self._rebalanced, False
+        return rebalanced
+
+    def _open_assigned(self) -> None:
+        with self._lock:
+            pending, self._to_open = sorted(self._to_open), set()
+        self._open_partitions(pending)
+
+    def _open_partitions(self, tps: Iterable[Partition]) -> None:
+        """Read the committed offset (and intent) of newly owned partitions; open them."""
+        for tp in tps:
+            try:
+                committed = self._consumer.committed(TopicPartition(*tp), metadata=True)
+            except KafkaError as exc:
+                raise BrokerError(f"reading the committed offset of {tp} failed: {exc}") from exc
+            offset = getattr(committed, "offset", None)
+            intent = Intent.decode(offset, getattr(committed, "metadata", None))
+            with self._lock:
+                if self._planner.is_open(tp):
+                    continue
+                self._planner.open(tp, intent)
+                if isinstance(offset, int) and offset >= 0:
+                    self._committed[tp] = offset
+            if intent is not None:
+                logger.warning(
+                    "partition %s:%d has an unfinished batch [%d, %d) from an earlier sink; "
+                    "replaying it with the same token",
+                    tp[0],
+                    tp[1],
+                    intent.start,
+                    intent.end,
+                )
+
+    def _position(self, tp: Partition) -> int | None:
+        try:
+            position = self._consumer.position(TopicPartition(*tp), timeout_ms=1000)
+        except KafkaError as exc:
+            logger.debug("no position for %s yet: %s", tp, exc)
+            return None
+        return position if isinstance(position, int) else None
+
+    def _advance_intents(self) -> None:
+        for tp in self._planner.awaiting_intent():
+            position = self._position(tp)
+            if position is not None:
+                self._planner.advance(tp, position)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _commit(self, offsets: Mapping[Partition, OffsetAndMetadata], what: str) -> None:
+        if not offsets:
+            return
+        try:
+            self._consumer.commit({TopicPartition(*tp): om for tp, om in offsets.items()})
+        except KafkaError as exc:
+            raise BrokerError(
+                f"committing {what} offsets for {len(offsets)} partition(s) failed: {exc}"
+            ) from exc
+
+    def _flush(self, *, catch_up: bool) -> None:
+        """Write every flushable partition: intent commit, insert, done commit, per round.
+
+        ``catch_up`` also commits the position of idle partitions (past transaction
+        markers); only safe once every polled message has been added.
+        """
+        batches = self._planner.take(self._revoking)
+        for group in rounds(batches):
+            self._commit(
+                {
+                    batch.tp: OffsetAndMetadata(batch.first, batch.intent.encode(), -1)
+                    for batch in group
+                    if not batch.replay
+                },
+                "intent",
+            )
+            for batch in group:
+                self._write(batch)
+            self.sink.flush()
+            self._commit(
+                {batch.tp: OffsetAndMetadata(batch.end, "", -1) for batch in group}, "written"
+            )
+            for batch in group:
+                self._committed[batch.tp] = batch.end
+        if catch_up:
+            self._commit_idle_positions()
+
+    def _write(self, batch: PartitionBatch) -> None:
+        row_batch, dead = decode_batch(batch, self.topics[batch.topic])
+        if batch.replay:
+            self.stats.replays += 1
+            logger.info("replaying batch %s (%d messages)", batch.token, len(batch.messages))
+        if not len(row_batch):
+            return
+        self.sink.write(row_batch)
+        self.stats.batches += 1
+        self.stats.dead_letters += dead
+        for table, rows in row_batch.tables.items():
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)
+        logger.debug("wrote batch %s: %d rows", batch.token, len(row_batch))
+
+    def _commit_idle_positions(self) -> None:
+        offsets: dict[Partition, OffsetAndMetadata] = {}
+        for tp in self._planner.partitions():
+            if tp in self._revoking or not self._planner.is_idle(tp):
+                continue
+            position = self._position(tp)
+            if position is not None and position > self._committed.get(tp, 0):
+                offsets[tp] = OffsetAndMetadata(position, "", -1)
+        self._commit(offsets, "caught-up")
+        for tp, om in offsets.items():
+            self._committed[tp] = om.offset
+
+    # -- rebalance bookkeeping (kafka-python's IO thread, inside poll) ------------------
+
+    def _on_revoked(self, revoked: Collection[Partition]) -> None:
+        with self._lock:
+            self._revoking.update((tp[0], tp[1]) for tp in revoked)
+
+    def _on_assigned(self, assigned: Collection[Partition]) -> None:
+        now_owned = {(tp[0], tp[1]) for tp in assigned}
+        with self._lock:
+            gone = self._revoking - now_owned
+            dropped = self._planner.close(gone)
+            for tp in gone:
+                self._committed.pop(tp, None)
+            self._revoking.clear()
+            self._to_open.difference_update(gone)
+            self._to_open.update(tp for tp in now_owned if not self._planner.is_open(tp))
+            self._rebalanced = True
+        if gone:
+            logger.info(
+                "%d partition(s) moved to another sink; %d unwritten message(s) left to it",
+                len(gone),
+                dropped,
+            )
+
+    def _on_lost(self, lost: Collection[Partition]) -> None:
+        tps = {(tp[0], tp[1]) for tp in lost}
+        with self._lock:
+            dropped = self._planner.close(tps)
+            for tp in tps:
+                self._committed.pop(tp, None)
+            self._revoking.difference_update(tps)
+            self._to_open.difference_update(tps)
+            self._rebalanced = True
+        logger.warning(
+            "lost %d partition(s) (evicted from the group); dropped %d unwritten message(s)",
+            len(tps),
+            dropped,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Leave the group and close the consumer (does not flush: :meth:`run` did)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._consumer.close()
+        except KafkaError as exc:
+            logger.warning("closing the Kafka consumer failed: %s", exc)
+
+    def __enter__(self) -> KafkaClickHouseSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

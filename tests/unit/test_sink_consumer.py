@@ -1,0 +1,503 @@
+"""The Kafka → ClickHouse sink's batching and intent protocol, without Kafka.
+
+The planner is pure; the loop runs against a small in-memory stand-in for a consumer
+group (committed offsets with metadata, positions, rebalance callbacks) and
+``MemorySink``, which drops a replayed token like ClickHouse does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kafka.errors import CommitFailedError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from schemas.enums import Channel, Stage
+from schemas.errors import BrokerError, ConfigError, SinkRetryableError
+from schemas.rows import ROW_ADAPTERS, StageTransitionRow
+from schemas.settings import KafkaSettings
+from sinks.base import RowBatch
+from sinks.consumer import (
+    BatchPlanner,
+    Intent,
+    KafkaClickHouseSink,
+    Message,
+    PartitionBatch,
+    decode_batch,
+    rounds,
+)
+from sinks.testing import MemorySink
+
+TOPIC = "journey.transitions"
+TOPICS = {TOPIC: "stage_transitions"}
+
+
+def msg(offset: int, partition: int = 0, topic: str = TOPIC) -> Message:
+    return Message(topic, partition, offset, b"{}")
+
+
+# -- the planner -------------------------------------------------------------------------
+
+
+def test_size_bound_counts_every_partition_and_take_gives_one_batch_per_partition() -> None:
+    planner = BatchPlanner(max_rows=4, max_seconds=60)
+    for tp in [(TOPIC, 0), (TOPIC, 1)]:
+        planner.open(tp)
+    for offset in range(2):
+        planner.add(msg(offset, 0), now=0)
+        planner.add(msg(offset + 10, 1), now=0)
+        assert planner.full() is (offset == 1)
+    batches = planner.take()
+    assert [(b.tp, b.first, b.last, b.token) for b in batches] == [
+        ((TOPIC, 0), 0, 1, f"{TOPIC}:0:0-1"),
+        ((TOPIC, 1), 10, 11, f"{TOPIC}:1:10-11"),
+    ]
+    assert planner.buffered() == 0 and planner.take() == []
+
+
+def test_time_bound_is_measured_from_the_oldest_buffered_message() -> None:
+    planner = BatchPlanner(max_rows=100, max_seconds=2.0)
+    planner.open((TOPIC, 0))
+    planner.open((TOPIC, 1))
+    assert planner.seconds_until_due(now=0) is None and not planner.due(now=100)
+    planner.add(msg(0, 0), now=10.0)
+    planner.add(msg(0, 1), now=11.0)
+    assert planner.seconds_until_due(now=11.5) == pytest.approx(0.5)
+    assert not planner.due(now=11.9)
+    assert planner.due(now=12.0)
+    assert planner.due(now=12.0, exclude={(TOPIC, 0)}) is False  # a partition being revoked
+
+
+def test_a_partition_holding_more_than_max_rows_is_cut_into_bounded_batches() -> None:
+    planner = BatchPlanner(max_rows=3, max_seconds=1)
+    planner.open((TOPIC, 0))
+    for offset in range(7):
+        planner.add(msg(offset), now=0)
+    assert [(b.first, b.last) for b in planner.take()] == [(0, 2), (3, 5), (6, 6)]
+
+
+def test_transaction_markers_leave_gaps_that_the_token_range_spans() -> None:
+    planner = BatchPlanner(max_rows=10, max_seconds=1)
+    planner.open((TOPIC, 0))
+    for offset in (5, 6, 8, 9):  # 7: a commit marker, never delivered
+        planner.add(msg(offset), now=0)
+    (batch,) = planner.take()
+    assert batch.token == f"{TOPIC}:0:5-9" and batch.end == 10
+    assert batch.intent == Intent(5, 10)
+
+
+def test_a_recovered_intent_is_replayed_exactly_and_later_messages_wait() -> None:
+    planner = BatchPlanner(max_rows=2, max_seconds=1)  # smaller than the intent: ignored
+    planner.open((TOPIC, 0), Intent(10, 15))
+    for offset in range(10, 14):
+        planner.add(msg(offset), now=0)
+    assert planner.awaiting_intent() == [(TOPIC, 0)]
+    assert not planner.full() and not planner.due(now=100) and planner.take() == []
+    planner.add(msg(14), now=0)
+    planner.add(msg(15), now=0)
+    planner.add(msg(16), now=0)
+    assert planner.due(now=0)
+    batches = planner.take()
+    assert [(b.token, b.replay, len(b.messages)) for b in batches] == [
+        (f"{TOPIC}:0:10-14", True, 5),
+        (f"{TOPIC}:0:15-16", False, 2),
+    ]
+    assert planner.awaiting_intent() == []
+
+
+def test_an_intent_whose_tail_is_gone_completes_on_the_consumer_position() -> None:
+    planner = BatchPlanner(max_rows=100, max_seconds=1)
+    planner.open((TOPIC, 0), Intent(10, 15))
+    planner.add(msg(11), now=0)  # 10 and 12-14 compacted away
+    planner.advance((TOPIC, 0), 14)
+    assert planner.take() == []
+    planner.advance((TOPIC, 0), 15)
+    (batch,) = planner.take()
+    assert batch.replay and batch.token == f"{TOPIC}:0:10-14" and len(batch.messages) == 1
+
+
+def test_an_intent_with_nothing_left_still_yields_an_empty_replay_to_commit_its_end() -> None:
+    planner = BatchPlanner(max_rows=100, max_seconds=1)
+    planner.open((TOPIC, 0), Intent(3, 8))
+    planner.advance((TOPIC, 0), 8)
+    (batch,) = planner.take()
+    assert batch.replay and batch.messages == () and batch.end == 8
+
+
+def test_redelivered_offsets_are_ignored_and_closing_drops_the_buffer() -> None:
+    planner = BatchPlanner(max_rows=100, max_seconds=1)
+    planner.open((TOPIC, 0))
+    assert planner.add(msg(4), now=0) and planner.add(msg(5), now=0)
+    assert not planner.add(msg(5), now=0) and not planner.add(msg(3), now=0)
+    assert planner.close([(TOPIC, 0), (TOPIC, 9)]) == 2
+    assert not planner.is_open((TOPIC, 0))
+    with pytest.raises(KeyError):
+        planner.add(msg(6), now=0)
+
+
+def test_rounds_keep_one_batch_per_partition_in_offset_order() -> None:
+    a1, a2, b1 = (
+        PartitionBatch(TOPIC, 0, 0, 1, ()),
+        PartitionBatch(TOPIC, 0, 2, 3, ()),
+        PartitionBatch(TOPIC, 1, 0, 0, ()),
+    )
+    assert rounds([a1, a2, b1]) == [[a1, b1], [a2]]
+
+
+def test_planner_bounds_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        BatchPlanner(max_rows=0, max_seconds=1)
+    with pytest.raises(ConfigError):
+        BatchPlanner(max_rows=1, max_seconds=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    max_rows=st.integers(1, 6),
+    steps=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3), st.booleans()), max_size=40),
+)
+def test_batches_partition_the_stream_exactly_without_overlap(
+    max_rows: int, steps: list[tuple[int, int, bool]]
+) -> None:
+    """Whatever the interleaving and flush points: every message once, in order, bounded."""
+    planner = BatchPlanner(max_rows=max_rows, max_seconds=1)
+    next_offset = {p: 0 for p in range(3)}
+    for p in range(3):
+        planner.open((TOPIC, p))
+    batches: list[PartitionBatch] = []
+    for partition, gap, flush in steps:
+        planner.add(msg(next_offset[partition], partition), now=0)
+        next_offset[partition] += gap  # gaps stand for transaction markers
+        if flush or planner.full():
+            batches.extend(planner.take())
+    batches.extend(planner.take())
+    for p in range(3):
+        mine = [b for b in batches if b.partition == p]
+        offsets = [m.offset for b in mine for m in b.messages]
+        assert offsets == sorted(set(offsets))
+        assert all(0 < len(b.messages) <= max_rows for b in mine)
+        assert all(
+            b.first == b.messages[0].offset and b.last == b.messages[-1].offset for b in mine
+        )
+        assert all(x.end <= y.first for x, y in pairwise(mine))
+    assert len({b.token for b in batches}) == len(batches)
+
+
+def test_intent_metadata_round_trips_and_foreign_or_stale_metadata_is_ignored() -> None:
+    intent = Intent(7, 12)
+    assert Intent.decode(7, intent.encode()) == intent
+    assert Intent.decode(7, "") is None
+    assert Intent.decode(None, intent.encode()) is None
+    assert Intent.decode(9, intent.encode()) is None  # offset moved since: not ours to replay
+    assert Intent.decode(7, "written by a tool") is None
+    assert Intent.decode(7, '{"end": 12}') is None
+    assert Intent.decode(7, '{"sink":1,"start":7,"end":7}') is None
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+
+def transition(buyer: str, version: int = 1) -> StageTransitionRow:
+    return StageTransitionRow(
+        buyer_id=buyer,
+        to_stage=Stage.AWARENESS,
+        from_stage=Stage.PRE_AWARENESS,
+        transitioned_at=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        event_id=f"e-{buyer}",
+        channel=Channel.ADS,
+        event_type="ad_click",
+        campaign="spring",
+        persona=None,
+        version=version,
+    )
+
+
+def payload(row: StageTransitionRow) -> bytes:
+    data: bytes = ROW_ADAPTERS["stage_transitions"].dump_json(row)
+    return data
+
+
+def test_invalid_messages_become_dead_letters_in_the_same_batch() -> None:
+    good = transition("b1")
+    batch = PartitionBatch(
+        TOPIC,
+        2,
+        40,
+        42,
+        (
+            Message(TOPIC, 2, 40, payload(good)),
+            Message(TOPIC, 2, 41, b'{"buyer_id": 1}', timestamp_ms=1_772_441_400_000),
+            Message(TOPIC, 2, 42, None),
+        ),
+    )
+    row_batch, dead = decode_batch(batch, "stage_transitions")
+    assert dead == 2 and row_batch.token == f"{TOPIC}:2:40-42"
+    assert list(row_batch.tables["stage_transitions"]) == [good]
+    letters = row_batch.tables["dead_letters"]
+    assert [(r.reason, r.source, r.position) for r in letters] == [  # type: ignore[attr-defined]
+        ("invalid_output_row", TOPIC, "2:41"),
+        ("invalid_output_row", TOPIC, "2:42"),
+    ]
+    assert letters[0].raw == '{"buyer_id": 1}'  # type: ignore[attr-defined]
+    assert letters[0].recorded_at == datetime(2026, 3, 2, 8, 50, tzinfo=UTC)  # type: ignore[attr-defined]
+    again, _ = decode_batch(batch, "stage_transitions")
+    assert again == row_batch  # a replay builds identical rows
+
+
+# -- the loop, against a stand-in consumer group ------------------------------------------
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp: int = 1_772_441_400_000
+
+
+@dataclass
+class Group:
+    """A topic log per partition (offsets may have gaps) and the group's committed offsets."""
+
+    logs: dict[tuple[str, int], list[Record]] = field(default_factory=dict)
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    committed: dict[tuple[str, int], OffsetAndMetadata] = field(default_factory=dict)
+    events: list[tuple[str, Any]] = field(default_factory=list)
+
+    def append(self, tp: tuple[str, int], value: bytes | None, marker_after: bool = False) -> int:
+        offset = self.ends.get(tp, 0)
+        self.logs.setdefault(tp, []).append(Record(tp[0], tp[1], offset, value))
+        self.ends[tp] = offset + (2 if marker_after else 1)
+        return offset
+
+
+class FakeConsumer:
+    """Joins on the first poll (every partition), serves records, records commits."""
+
+    def __init__(self, group: Group, per_poll: int = 1000, fail_commit_on: int | None = None):
+        self.group = group
+        self.per_poll = per_poll
+        self.listener: Any = None
+        self.topics: list[str] = []
+        self.positions: dict[tuple[str, int], int] = {}
+        self.commits = 0
+        self.fail_commit_on = fail_commit_on
+        self.closed = False
+
+    def subscribe(self, topics: Sequence[str], *, listener: Any) -> None:
+        self.topics = list(topics)
+        self.listener = listener
+
+    def rebalance(self, assigned: set[tuple[str, int]]) -> None:
+        self.listener.on_partitions_revoked({TopicPartition(*tp) for tp in self.positions})
+        kept = {tp: pos for tp, pos in self.positions.items() if tp in assigned}
+        self.positions = kept
+        for tp in assigned - set(kept):
+            om = self.group.committed.get(tp)
+            self.positions[tp] = om.offset if om else 0
+        self.listener.on_partitions_assigned({TopicPartition(*tp) for tp in assigned})
+
+    def poll(self, timeout_ms: int = 0) -> Mapping[Any, Sequence[Any]]:
+        if not self.positions:
+            self.rebalance({tp for tp in self.group.ends if tp[0] in self.topics})
+        result: dict[Any, list[Record]] = {}
+        budget = self.per_poll
+        for tp, position in sorted(self.positions.items()):
+            records = [r for r in self.group.logs.get(tp, []) if r.offset >= position][:budget]
+            if records:
+                result[TopicPartition(*tp)] = records
+                budget -= len(records)
+            if records and len(records) < self.per_poll and budget > 0:
+                self.positions[tp] = self.group.ends[tp]  # past any trailing marker
+            elif records:
+                self.positions[tp] = records[-1].offset + 1
+            else:
+                self.positions[tp] = max(position, self.group.ends.get(tp, 0))
+        return result
+
+    def commit(self, offsets: Mapping[Any, Any]) -> None:
+        self.commits += 1
+        if self.commits == self.fail_commit_on:
+            raise CommitFailedError("rebalanced away")
+        for tp, om in offsets.items():
+            assert isinstance(om, OffsetAndMetadata)
+            self.group.committed[(tp.topic, tp.partition)] = om
+            self.group.events.append(("commit", (tp.partition, om.offset, om.metadata)))
+
+    def committed(self, partition: Any, metadata: bool = False) -> Any:
+        om = self.group.committed.get((partition.topic, partition.partition))
+        return om if metadata or om is None else om.offset
+
+    def position(self, partition: Any, timeout_ms: int | None = None) -> int | None:
+        return self.positions.get((partition.topic, partition.partition))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingSink(MemorySink):
+    """A MemorySink that logs each write into the group's event list and may fail on one."""
+
+    def __init__(self, group: Group, fail_on: int | None = None, after_insert: bool = False):
+        super().__init__()
+        self.group = group
+        self.writes = 0
+        self.fail_on = fail_on
+        self.after_insert = after_insert
+
+    def write(self, batch: RowBatch) -> None:
+        self.writes += 1
+        failing = self.writes == self.fail_on
+        if failing and not self.after_insert:
+            raise SinkRetryableError("insert failed (gave up after 5 retries)")
+        super().write(batch)
+        self.group.events.append(("write", batch.token))
+        if failing:
+            raise SinkRetryableError("connection lost after the insert")
+
+
+def make_sink(
+    group: Group, sink: MemorySink, *, max_rows: int = 1000, **consumer: Any
+) -> KafkaClickHouseSink:
+    return KafkaClickHouseSink(
+        KafkaSettings(),
+        sink,
+        topics=TOPICS,
+        max_rows=max_rows,
+        max_seconds=0.05,
+        consumer=FakeConsumer(group, **consumer),
+    )
+
+
+def fill(group: Group, partitions: int = 2, per_partition: int = 5) -> None:
+    for p in range(partitions):
+        for i in range(per_partition):
+            group.append((TOPIC, p), payload(transition(f"b{p}-{i}")))
+
+
+def test_each_batch_commits_its_intent_then_inserts_then_commits_its_end() -> None:
+    group = Group()
+    fill(group, partitions=1, per_partition=3)
+    sink = RecordingSink(group)
+    stats = make_sink(group, sink).run(idle_timeout=0.2)
+    intent = Intent(0, 3).encode()
+    assert group.events == [
+        ("commit", (0, 0, intent)),
+        ("write", f"{TOPIC}:0:0-2"),
+        ("commit", (0, 3, "")),
+    ]
+    assert stats.messages == 3 and stats.batches == 1 and stats.rows == {"stage_transitions": 3}
+
+
+def test_a_failed_insert_commits_nothing_past_it_and_the_sink_refuses_to_go_on() -> None:
+    group = Group()
+    fill(group, partitions=1, per_partition=3)
+    consumer_sink = make_sink(group, RecordingSink(group, fail_on=1))
+    with pytest.raises(SinkRetryableError):
+        consumer_sink.run(idle_timeout=0.2)
+    assert group.committed[(TOPIC, 0)] == OffsetAndMetadata(0, Intent(0, 3).encode(), -1)
+    with pytest.raises(BrokerError):
+        consumer_sink.run(idle_timeout=0.2)
+
+
+def test_a_crash_between_insert_and_commit_replays_the_same_batch_which_is_dropped() -> None:
+    group = Group()
+    fill(group, partitions=2, per_partition=4)
+    store = RecordingSink(group, fail_on=2, after_insert=True)  # partition 1's insert "crashes"
+    with pytest.raises(SinkRetryableError):
+        make_sink(group, store, max_rows=8).run(idle_timeout=0.2)
+    # Both partitions' intents went out in one commit; neither got its end committed.
+    assert group.committed[(TOPIC, 0)].metadata == Intent(0, 4).encode()
+    assert group.committed[(TOPIC, 1)].metadata == Intent(0, 4).encode()
+    # More arrives before the restart: the replay must still end where the intent says.
+    for i in range(3):
+        group.append((TOPIC, 1), payload(transition(f"late-{i}")))
+    store.fail_on = None
+    stats = make_sink(group, store, max_rows=2).run(idle_timeout=0.2)
+    writes = [token for kind, token in group.events if kind == "write"]
+    assert writes[:2] == [f"{TOPIC}:0:0-3", f"{TOPIC}:1:0-3"]
+    # The replays carry the same tokens (dropped by the sink); the late messages come after.
+    assert writes[2:] == [f"{TOPIC}:0:0-3", f"{TOPIC}:1:0-3", f"{TOPIC}:1:4-5", f"{TOPIC}:1:6-6"]
+    assert stats.replays == 2
+    buyers = [r.buyer_id for r in store.rows("stage_transitions")]  # type: ignore[attr-defined]
+    assert len(buyers) == len(set(buyers)) == 11
+    assert {tp: om.offset for tp, om in group.committed.items()} == {(TOPIC, 0): 4, (TOPIC, 1): 7}
+    assert all(om.metadata == "" for om in group.committed.values())
+
+
+def test_a_failed_intent_commit_means_no_insert() -> None:
+    group = Group()
+    fill(group, partitions=1, per_partition=2)
+    store = RecordingSink(group)
+    with pytest.raises(BrokerError, match="intent"):
+        make_sink(group, store, fail_commit_on=1).run(idle_timeout=0.2)
+    assert store.batches == [] and group.committed == {}
+
+
+def test_trailing_transaction_markers_are_committed_past_when_the_partition_is_idle() -> None:
+    group = Group()
+    group.append((TOPIC, 0), payload(transition("b1")), marker_after=True)
+    make_sink(group, RecordingSink(group)).run(idle_timeout=0.2)
+    assert group.committed[(TOPIC, 0)].offset == 2 == group.ends[(TOPIC, 0)]
+
+
+def test_stop_event_flushes_what_is_buffered() -> None:
+    group = Group()
+    fill(group, partitions=1, per_partition=2)
+    store = RecordingSink(group)
+    sink = KafkaClickHouseSink(
+        KafkaSettings(),
+        store,
+        topics=TOPICS,
+        max_rows=1000,
+        max_seconds=3600,
+        consumer=FakeConsumer(group),
+    )
+    stop = threading.Event()
+    original = sink._poll
+
+    def poll_then_stop(timeout_ms: int) -> list[Message]:
+        messages = original(timeout_ms)
+        stop.set()
+        return messages
+
+    sink._poll = poll_then_stop  # type: ignore[method-assign]
+    stats = sink.run(stop=stop)
+    assert stats.batches == 1 and len(store.rows("stage_transitions")) == 2
+    sink.close()
+    assert sink._consumer.closed  # type: ignore[attr-defined]
+
+
+def test_rebalance_keeps_buffers_of_kept_partitions_and_drops_those_that_move() -> None:
+    group = Group()
+    fill(group, partitions=2, per_partition=3)
+    store = RecordingSink(group)
+    sink = make_sink(group, store)
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    for message in sink._poll(0):
+        if not sink._planner.is_open(message.tp):
+            sink._open_partitions([message.tp])
+        sink._planner.add(message, now=0)
+    consumer.rebalance({(TOPIC, 0)})  # partition 1 goes to another sink
+    sink._open_assigned()
+    assert sink._planner.partitions() == [(TOPIC, 0)]
+    assert sink._planner.buffered() == 3  # partition 0 kept its buffer (and position)
+    sink._flush(catch_up=True)
+    assert [t for kind, t in group.events if kind == "write"] == [f"{TOPIC}:0:0-2"]
+    assert (TOPIC, 1) not in group.committed  # the new owner starts from the beginning
+
+
+def test_unknown_tables_are_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        KafkaClickHouseSink(
+            KafkaSettings(), MemorySink(), topics={"x": "nope"}, consumer=FakeConsumer(Group())
+        )
