@@ -30,22 +30,28 @@ from schemas.rules import JourneyRules
 from schemas.settings import KafkaSettings, ProcessingSettings
 from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, Topics
 
-__all__ = ["TableStates", "control_kind", "create_app", "run_worker"]
+__all__ = ["RecoveryErrorWatch", "TableStates", "control_kind", "create_app", "run_worker"]
 
 logger = logging.getLogger(__name__)
 STATE_TABLE = "journeys"
 
 
 class TableStates(MutableMapping[str, JourneyState]):
-    """Journey states over a Faust table of JSON bytes, decoded once and cached.
+    """Journey states over a Faust table of JSON text, decoded once and cached.
 
-    Every assignment re-serializes the state into the table, so Faust writes its
-    changelog (a Faust table must never be mutated in place).
+    An assignment updates the table's local store at once and queues the key;
+    :meth:`write_changelog` then sends one changelog record per changed key with an
+    awaited send. Faust's own ``table[key] = value`` would hand the changelog record
+    to a background buffer that can still be sending after a rebalance has
+    committed the partition's transaction ("Can't send messages while not in
+    transaction"), losing the state change while its input offset commits; an
+    awaited send joins the event's transaction before the event is acknowledged.
     """
 
     def __init__(self, table: Any) -> None:
         self._table = table
         self._cache: dict[str, JourneyState] = {}
+        self._unsent: dict[str, str] = {}
 
     def __getitem__(self, key: str) -> JourneyState:
         state = self._cache.get(key)
@@ -58,11 +64,14 @@ class TableStates(MutableMapping[str, JourneyState]):
         return state
 
     def __setitem__(self, key: str, value: JourneyState) -> None:
+        raw = JOURNEY_STATE_ADAPTER.dump_json(value).decode()
         self._cache[key] = value
-        self._table[key] = JOURNEY_STATE_ADAPTER.dump_json(value)
+        self._table.data[key] = raw  # the local store only; the changelog follows below
+        self._unsent[key] = raw
 
     def __delitem__(self, key: str) -> None:
         self._cache.pop(key, None)
+        self._unsent.pop(key, None)
         del self._table[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -71,8 +80,36 @@ class TableStates(MutableMapping[str, JourneyState]):
     def __len__(self) -> int:
         return len(self._table)
 
+    async def write_changelog(self, partition: int) -> None:
+        """Send the changed states to the table's changelog, on the input's partition."""
+        if not self._unsent:
+            return
+        unsent, self._unsent = self._unsent, {}
+        changelog = self._table.changelog_topic
+        for key, raw in unsent.items():
+            await changelog.send(key=key, value=raw, partition=partition)
+
     def forget_cache(self) -> None:
         self._cache.clear()
+        self._unsent.clear()
+
+
+class RecoveryErrorWatch(logging.Handler):
+    """Catches the table-recovery errors Faust only logs, so the worker can crash instead.
+
+    Faust's recovery loop logs ``Error in recovery …`` as a warning and carries on
+    with whatever state it had read — a silent loss of journey state. A crash
+    lets the worker's supervisor restart it and recover again from the changelog.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Error in recovery"):
+            self.errors.append(message)
 
 
 def control_kind(headers: Any) -> bytes | None:
@@ -129,13 +166,11 @@ def create_app(
         )
         for topic, table in topics.table_by_topic.items()
     }
+    # Keys and values are str (the state as JSON text); Faust's JSON codec wraps them
+    # on the changelog, and recovery unwraps them with the same codec.
     table: Any = app.Table(
-        STATE_TABLE, default=None, key_type=str, value_type=bytes, partitions=kafka.partitions
+        STATE_TABLE, default=None, key_type=str, value_type=str, partitions=kafka.partitions
     )
-    # Faust derives table codecs from model types (JSON otherwise); ours are plain
-    # str/bytes, already serialized by pydantic, so the changelog carries them raw.
-    table.key_serializer = "raw"
-    table.value_serializer = "raw"
     states = TableStates(table)
     processor = JourneyProcessor(
         rules,
@@ -147,8 +182,15 @@ def create_app(
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == raw_name}
 
-    @table.on_recover  # type: ignore[untyped-decorator]  # table is Any: see the codec note above
+    recovery_errors = RecoveryErrorWatch()
+    logging.getLogger("faust.tables.recovery").addHandler(recovery_errors)
+
+    @table.on_recover  # type: ignore[untyped-decorator]  # the Faust table is typed Any
     async def _recovered() -> None:
+        if recovery_errors.errors:
+            problem = recovery_errors.errors[0]
+            await app.crash(RuntimeError(f"journey state recovery failed: {problem}"))
+            return
         states.forget_cache()
         owned = owned_partitions()
         processor.restore(owned)
@@ -186,6 +228,7 @@ def create_app(
         else:
             processor.process_raw(value, source=raw_name, position=position, partition=partition)
         output = processor.flush()
+        await states.write_changelog(partition)
         for table_name, rows in output.tables().items():
             if not rows:
                 continue

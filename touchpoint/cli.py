@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -363,6 +365,20 @@ def worker(
     )
     verbosity = ctx.find_root().params.get("verbose", 0)
     wiring.run_worker(settings, loglevel=("warning", "info", "debug")[min(verbosity, 2)])
+
+
+@cli.command()
+@_kafka_options
+@click.pass_context
+def sink(ctx: click.Context, bootstrap: str | None, partitions: int | None) -> None:
+    """Write the journey topics into ClickHouse until stopped (SIGTERM/SIGINT flush first)."""
+    settings = _settings(ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"Sink: Kafka {settings.kafka.bootstrap} → {wiring.target_description(settings)}")
+    stats = wiring.run_sink(settings, stop)
+    click.echo(f"Sink stopped after {stats.messages:,} messages in {stats.batches:,} batches.")
 
 
 @cli.command("report")

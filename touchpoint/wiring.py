@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ __all__ = [
     "load_settings",
     "rules_for",
     "run_files",
+    "run_sink",
+    "run_worker",
     "target_description",
 ]
 
@@ -248,3 +251,21 @@ def run_worker(settings: Settings, *, loglevel: str) -> None:
     rules = rules_for(settings)
     ensure_pipeline_topics(settings)
     run_faust_worker(settings.kafka, settings.processing, rules, loglevel=loglevel)
+
+
+def run_sink(settings: Settings, stop: threading.Event) -> Any:
+    """Consume the output topics into ClickHouse until ``stop`` is set; returns the sink stats."""
+    from schemas.topics import Topics
+    from sinks.consumer import KafkaClickHouseSink
+
+    ensure_pipeline_topics(settings)
+    with clickhouse(settings) as client:
+        writer = ClickHouseWriter(
+            client,
+            settings.clickhouse.database,
+            retries=settings.clickhouse.insert_retries,
+            backoff=settings.clickhouse.retry_backoff,
+        )
+        topics = Topics(settings.kafka.topic_prefix).table_by_topic
+        with KafkaClickHouseSink(settings.kafka, writer, topics=topics) as sink:
+            return sink.run(stop=stop)
