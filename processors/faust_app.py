@@ -1,11 +1,27 @@
 """The distributed driver: a Faust app that runs the same :class:`JourneyProcessor` over Kafka.
 
-``touchpoints.raw`` → one event at a time → ``JourneyProcessor`` (journey state
-in a Faust table with a changelog) → rows to the output topics of
-:mod:`schemas.topics`, each written to the partition number the input came
-from. Under ``exactly_once`` (the default) Faust sends the outputs, the table
-changelog and the input offset in one Kafka transaction per partition, so a
-crash at any point neither loses nor repeats anything.
+``touchpoints.raw`` → one event at a time → ``JourneyProcessor`` → rows to the
+output topics of :mod:`schemas.topics` and the buyer's full state to the
+compacted ``journey.store`` topic, each written to the partition number the input
+came from.
+
+Exactly once, and why it is done by hand
+    Under ``processing_guarantee="exactly_once"`` Faust commits a partition's input
+    offsets in a Kafka transaction of one producer per (topic group, partition).
+    Faust itself routes a send into that transaction only when the *consumer*
+    knows the destination topic; the output topics are only written, so Faust
+    would send them outside any transaction. Faust tables, for their part, hand
+    changelog records to a background buffer that can still be sending after a
+    rebalance committed the transaction. So this driver keeps journey state in a
+    plain dict (only the partitions it owns), and sends every output and every
+    state record itself, awaited, through the transactional producer of the
+    input partition, all of an event's records under the transaction's lock
+    (:func:`send_together`). An event's output rows and its state change then
+    commit or abort together, with its offset in the same or a later commit. A killed
+    worker's open transaction is aborted when the partition's new owner starts
+    its producer (fencing), and the new owner reloads the partition's state from
+    ``journey.store`` (read-committed) before it processes the partition's first
+    event.
 
 Raw bytes are validated inside the agent (never in a Faust deserializer, where
 a decode error would crash-loop the agent): a bad record becomes a dead letter
@@ -16,11 +32,12 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.engine import JourneyProcessor
 from schemas.enums import DeadLetterReason
@@ -30,86 +47,9 @@ from schemas.rules import JourneyRules
 from schemas.settings import KafkaSettings, ProcessingSettings
 from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, Topics
 
-__all__ = ["RecoveryErrorWatch", "TableStates", "control_kind", "create_app", "run_worker"]
+__all__ = ["PartitionStates", "Record", "control_kind", "create_app", "run_worker", "send_together"]
 
 logger = logging.getLogger(__name__)
-STATE_TABLE = "journeys"
-
-
-class TableStates(MutableMapping[str, JourneyState]):
-    """Journey states over a Faust table of JSON text, decoded once and cached.
-
-    An assignment updates the table's local store at once and queues the key;
-    :meth:`write_changelog` then sends one changelog record per changed key with an
-    awaited send. Faust's own ``table[key] = value`` would hand the changelog record
-    to a background buffer that can still be sending after a rebalance has
-    committed the partition's transaction ("Can't send messages while not in
-    transaction"), losing the state change while its input offset commits; an
-    awaited send joins the event's transaction before the event is acknowledged.
-    """
-
-    def __init__(self, table: Any) -> None:
-        self._table = table
-        self._cache: dict[str, JourneyState] = {}
-        self._unsent: dict[str, str] = {}
-
-    def __getitem__(self, key: str) -> JourneyState:
-        state = self._cache.get(key)
-        if state is None:
-            raw = self._table[key]
-            if raw is None:
-                raise KeyError(key)
-            state = JOURNEY_STATE_ADAPTER.validate_json(raw)
-            self._cache[key] = state
-        return state
-
-    def __setitem__(self, key: str, value: JourneyState) -> None:
-        raw = JOURNEY_STATE_ADAPTER.dump_json(value).decode()
-        self._cache[key] = value
-        self._table.data[key] = raw  # the local store only; the changelog follows below
-        self._unsent[key] = raw
-
-    def __delitem__(self, key: str) -> None:
-        self._cache.pop(key, None)
-        self._unsent.pop(key, None)
-        del self._table[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._table.keys()))
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    async def write_changelog(self, partition: int) -> None:
-        """Send the changed states to the table's changelog, on the input's partition."""
-        if not self._unsent:
-            return
-        unsent, self._unsent = self._unsent, {}
-        changelog = self._table.changelog_topic
-        for key, raw in unsent.items():
-            await changelog.send(key=key, value=raw, partition=partition)
-
-    def forget_cache(self) -> None:
-        self._cache.clear()
-        self._unsent.clear()
-
-
-class RecoveryErrorWatch(logging.Handler):
-    """Catches the table-recovery errors Faust only logs, so the worker can crash instead.
-
-    Faust's recovery loop logs ``Error in recovery …`` as a warning and carries on
-    with whatever state it had read — a silent loss of journey state. A crash
-    lets the worker's supervisor restart it and recover again from the changelog.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.errors: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Error in recovery"):
-            self.errors.append(message)
 
 
 def control_kind(headers: Any) -> bytes | None:
@@ -123,21 +63,107 @@ def control_kind(headers: Any) -> bytes | None:
     return None
 
 
+Record = tuple[str, bytes | None, bytes]
+"""(topic, key, value) of one output record."""
+
+
+async def send_together(app: Any, source_topic: str, partition: int, records: list[Record]) -> None:
+    """Send one event's records inside the transaction that commits its input partition.
+
+    All of them go in while holding the transaction's lock, so Faust's periodic
+    commit cannot fall between them: an event's state change and its output rows
+    are in one transaction, never split across two. (If a commit could split them
+    and the worker died before the second, the retried event would be found in
+    the restored state and not emit again — its remaining outputs lost.)
+    """
+    if not records:
+        return
+    producer = app.producer
+    if not app.in_transaction:
+        for topic, key, value in records:
+            await producer.send(topic, key, value, partition, None, None)
+        return
+    group = app.assignor.group_for_topic(source_topic)
+    transactional_id = f"{app.conf.id}-{group}-{partition}"
+    # Faust's aiokafka driver keeps one producer and one lock per transactional id
+    # (the lock its commit takes too); there is no public way to hold it.
+    lock = producer._trn_locks[transactional_id]
+    transaction = producer._transaction_producers.get(transactional_id)
+    if transaction is None:
+        raise RuntimeError(f"no transactional producer for {transactional_id}")
+    async with lock:
+        for topic, key, value in records:
+            await transaction.send(topic, value, key=key, partition=partition)
+
+
+class PartitionStates:
+    """Journey states of the partitions this worker owns, loaded from the store topic.
+
+    ``dirty`` collects the buyers changed while handling the current event; the
+    agent writes them to the store topic inside the event's transaction.
+    """
+
+    def __init__(self, bootstrap: list[str], store_topic: str) -> None:
+        self.states: dict[str, JourneyState] = {}
+        self.loaded: set[int] = set()
+        self._bootstrap = bootstrap
+        self._store_topic = store_topic
+        self._reader: AIOKafkaConsumer | None = None
+
+    async def load(self, partition: int) -> int:
+        """Read the partition's committed states (the compacted store) into memory."""
+        if self._reader is None:
+            self._reader = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+            )
+            await self._reader.start()
+        reader = self._reader
+        tp = TopicPartition(self._store_topic, partition)
+        reader.assign([tp])
+        await reader.seek_to_beginning(tp)
+        end = (await reader.end_offsets([tp]))[tp]
+        loaded = 0
+        while await reader.position(tp) < end:
+            batch = await reader.getmany(tp, timeout_ms=1000)
+            for record in batch.get(tp, []):
+                buyer = record.key.decode()
+                if record.value is None:
+                    self.states.pop(buyer, None)
+                else:
+                    self.states[buyer] = JOURNEY_STATE_ADAPTER.validate_json(record.value)
+                    loaded += 1
+        self.loaded.add(partition)
+        return loaded
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget the states of partitions this worker no longer owns."""
+        self.loaded -= partitions
+        for buyer in [b for b, state in self.states.items() if state.partition in partitions]:
+            del self.states[buyer]
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+            self._reader = None
+
+
 def create_app(
     kafka: KafkaSettings, processing: ProcessingSettings, rules: JourneyRules
 ) -> tuple[Any, JourneyProcessor]:
     """The Faust app (not started) and the processor its agent drives."""
     topics = Topics(kafka.topic_prefix)
     raw_name = topics.raw
+    bootstrap = [address.strip() for address in kafka.bootstrap.split(",")]
     app = faust.App(
         kafka.app_id,
-        broker=[f"kafka://{address.strip()}" for address in kafka.bootstrap.split(",")],
-        store=kafka.store,
+        broker=[f"kafka://{address}" for address in bootstrap],
         processing_guarantee=kafka.processing_guarantee,
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication,
         topic_allow_declare=True,
-        table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
@@ -155,52 +181,34 @@ def create_app(
         value_serializer="raw",
         partitions=kafka.partitions,
     )
-    output_topics = {
-        table: app.topic(
-            topic,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=kafka.partitions,
-        )
-        for topic, table in topics.table_by_topic.items()
-    }
-    # Keys and values are str (the state as JSON text); Faust's JSON codec wraps them
-    # on the changelog, and recovery unwraps them with the same codec.
-    table: Any = app.Table(
-        STATE_TABLE, default=None, key_type=str, value_type=str, partitions=kafka.partitions
-    )
-    states = TableStates(table)
+    topic_for_table = {table: topic for topic, table in topics.table_by_topic.items()}
+    store = PartitionStates(bootstrap, topics.store)
     processor = JourneyProcessor(
         rules,
         allowed_lateness=processing.allowed_lateness,
         dedup_window=processing.dedup_window,
-        states=states,
+        states=store.states,
     )
 
-    def owned_partitions() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == raw_name}
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        # Partitions kept across a rebalance keep their in-memory state: it matches
+        # their still-open transaction. Only partitions now owned elsewhere are
+        # forgotten; a partition (re)gained is loaded from the store on its first event.
+        assigned: set[Any] = args[0] if args else set()
+        owned = {tp.partition for tp in assigned if tp.topic == raw_name}
+        gone = store.loaded - owned
+        processor.forget(gone)
+        store.drop(gone)
 
-    recovery_errors = RecoveryErrorWatch()
-    logging.getLogger("faust.tables.recovery").addHandler(recovery_errors)
-
-    @table.on_recover  # type: ignore[untyped-decorator]  # the Faust table is typed Any
-    async def _recovered() -> None:
-        if recovery_errors.errors:
-            problem = recovery_errors.errors[0]
-            await app.crash(RuntimeError(f"journey state recovery failed: {problem}"))
+    async def ensure_loaded(partition: int) -> None:
+        if partition in store.loaded:
             return
-        states.forget_cache()
-        owned = owned_partitions()
-        processor.restore(owned)
-        logger.info("journey state recovered; partitions %s", sorted(owned))
-
-    @app.on_partitions_revoked.connect
-    async def _revoked(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        revoked: set[Any] = args[0] if args else set()
-        processor.forget({tp.partition for tp in revoked if tp.topic == raw_name})
-        states.forget_cache()
+        count = await store.load(partition)
+        processor.restore({partition})
+        logger.info(
+            "partition %d: %d journey states loaded from %s", partition, count, topics.store
+        )
 
     handled = 0
 
@@ -211,10 +219,10 @@ def create_app(
             gc.freeze()  # long-lived journey state: keep the collector from rescanning it
         message = event.message
         partition = int(message.partition)
+        await ensure_loaded(partition)
         position = f"{partition}:{message.offset}"
         value = event.value if event.value is not None else b""
-        control = control_kind(event.headers)
-        if control == CONTROL_WATERMARK:
+        if control_kind(event.headers) == CONTROL_WATERMARK:
             try:
                 processor.advance_watermark(partition, datetime.fromisoformat(value.decode()))
             except (UnicodeDecodeError, ValueError) as exc:
@@ -228,25 +236,32 @@ def create_app(
         else:
             processor.process_raw(value, source=raw_name, position=position, partition=partition)
         output = processor.flush()
-        await states.write_changelog(partition)
+        records: list[Record] = [
+            (
+                topics.store,
+                row.buyer_id.encode(),
+                JOURNEY_STATE_ADAPTER.dump_json(store.states[row.buyer_id]),
+            )
+            for row in output.states
+        ]
         for table_name, rows in output.tables().items():
-            if not rows:
-                continue
-            topic = output_topics[table_name]
             adapter = ROW_ADAPTERS[table_name]
+            topic = topic_for_table[table_name]
             for row in rows:
-                buyer = getattr(row, "buyer_id", None)
-                await topic.send(
-                    key=buyer.encode() if isinstance(buyer, str) else None,
-                    value=adapter.dump_json(row),
-                    partition=partition,
-                )
+                buyer_id = getattr(row, "buyer_id", None)
+                key = buyer_id.encode() if isinstance(buyer_id, str) else None
+                records.append((topic, key, adapter.dump_json(row)))
+        await send_together(app, raw_name, partition, records)
 
     @app.agent(raw_topic, name="journeys")
     async def journeys(stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             await handle(event)
             yield None
+
+    @app.on_before_shutdown.connect
+    async def _closing(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        await store.close()
 
     return app, processor
 

@@ -27,6 +27,7 @@ __all__ = [
     "CONTROL_WATERMARK",
     "OUTPUT_TOPICS",
     "RAW_TOPIC",
+    "STORE_TOPIC",
     "TABLE_BY_TOPIC",
     "Topics",
 ]
@@ -43,7 +44,11 @@ TABLE_BY_TOPIC: Final[dict[str, str]] = {
 """Output topic → the ClickHouse table (and row type) its messages are rows of."""
 
 OUTPUT_TOPICS: Final[tuple[str, ...]] = tuple(TABLE_BY_TOPIC)
-COMPACTED_TOPICS: Final[frozenset[str]] = frozenset({"journey.state"})
+STORE_TOPIC: Final = "journey.store"
+"""The workers' own state store (compacted): key buyer id, value the full
+:class:`~schemas.journey.JourneyState` as JSON. Read back by a worker when it is
+assigned a partition; not written to ClickHouse."""
+COMPACTED_TOPICS: Final[frozenset[str]] = frozenset({"journey.state", STORE_TOPIC})
 
 CONTROL_HEADER: Final = "touchpoint-control"
 """A record on ``touchpoints.raw`` with this header is a control message, not a touchpoint."""
@@ -71,6 +76,10 @@ class Topics:
     @property
     def outputs(self) -> tuple[str, ...]:
         return tuple(self.table_by_topic)
+
+    @property
+    def store(self) -> str:
+        return self.prefix + STORE_TOPIC
 
     @property
     def compacted(self) -> frozenset[str]:

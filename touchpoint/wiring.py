@@ -186,7 +186,7 @@ def ensure_pipeline_topics(settings: Settings, *, raw_only: bool = False) -> lis
 
     kafka = settings.kafka
     topics = Topics(kafka.topic_prefix)
-    names = (topics.raw,) if raw_only else (topics.raw, *topics.outputs)
+    names = (topics.raw,) if raw_only else (topics.raw, *topics.outputs, topics.store)
     return ensure_topics(
         kafka.bootstrap,
         {name: kafka.partitions for name in names},
