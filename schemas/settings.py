@@ -38,10 +38,9 @@ class KafkaSettings(BaseSettings):
     """Prepended to every topic name (e.g. ``staging.``), so pipelines can share a cluster."""
     sink_group: str = "touchpoint-sink"
     app_id: str = "touchpoint"
-    """Faust app id: the workers' consumer group and the prefix of their state-table topics."""
+    """Faust app id: the workers' consumer group and transactional-id prefix."""
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    store: str = "memory://"
-    """Faust table store: ``memory://`` or ``rocksdict://`` (needs the rocksdict extra)."""
+    """``at_least_once`` is for experiments only: a crash can then repeat output rows."""
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_batch_seconds: float = Field(default=2.0, gt=0)
 

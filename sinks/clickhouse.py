@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from pathlib import Path
@@ -73,6 +74,20 @@ def translate_error(exc: BaseException, action: str) -> SinkError:
     return SinkFatalError(text)
 
 
+def _locked_by_another_process(path: Path) -> bool:
+    """Whether the ClickHouse engine lock (``status``) of a chDB directory is held."""
+    status = path / "status"
+    if not status.exists():
+        return False
+    with status.open("rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def connect(url: str, settings: ClickHouseSettings) -> Client:
     """A clickhouse-connect client for ``url`` (``chdb:PATH`` or ``http(s)://host:port``)."""
     path = chdb_path(url)
@@ -97,6 +112,12 @@ def connect(url: str, settings: ClickHouseSettings) -> Client:
             ),
         )
     except ClickHouseError as exc:
+        if path is not None and _locked_by_another_process(path):
+            raise ConfigError(
+                f"another process has the chDB directory {path} open (a running `touchpoint "
+                "sink`, `demo` or `run`?); chDB allows one process per directory: stop it, or "
+                "point TOUCHPOINT_CLICKHOUSE_URL at another directory"
+            ) from exc
         raise translate_error(exc, f"connecting to {describe_target(url)}") from exc
     except OSError as exc:
         raise SinkRetryableError(f"connecting to {describe_target(url)} failed: {exc}") from exc

@@ -306,3 +306,65 @@ def _debug_missing(pipeline: Pipeline, events: Path, clickhouse_client: Any, dat
     ]
     consumer.close()
     return f"missing={sorted(missing)[:5]} in_topic={found[:5]}"
+
+
+def test_the_sink_command_runs_until_sigterm_and_the_report_reads_its_rows(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    env = dict(
+        pipeline.env,
+        TOUCHPOINT_CLICKHOUSE_URL=f"chdb:{tmp_path / 'ch'}",
+        TOUCHPOINT_KAFKA_SINK_GROUP=f"{pipeline.app_id}-cli-sink",
+        TOUCHPOINT_KAFKA_SINK_BATCH_SECONDS="1",
+    )
+    produced = pipeline.cli("produce", "--generate", "40")
+    assert produced.returncode == 0, produced.stderr
+    worker = pipeline.start_worker("worker")
+    try:
+        pipeline.wait_until_workers_consumed_everything()
+    finally:
+        stop(worker)
+
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "touchpoint", "sink"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    outputs = [TopicPartition(topic, p) for topic in pipeline.topics.outputs for p in range(6)]
+    probe = KafkaConsumer(bootstrap_servers=pipeline.bootstrap)
+    ends = probe.end_offsets(outputs)
+    probe.close()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        admin = KafkaAdminClient(bootstrap_servers=pipeline.bootstrap)
+        try:
+            committed = admin.list_group_offsets(env["TOUCHPOINT_KAFKA_SINK_GROUP"])
+            offsets = committed.get(env["TOUCHPOINT_KAFKA_SINK_GROUP"], {})
+        except KafkaError:
+            offsets = {}
+        finally:
+            admin.close()
+        # A transaction's commit marker takes the last offset of a partition.
+        if all(
+            ends[tp] == 0 or (tp in offsets and offsets[tp].offset >= ends[tp] - 1)
+            for tp in outputs
+        ):
+            break
+        time.sleep(1)
+    sink.send_signal(signal.SIGTERM)
+    out, err = sink.communicate(timeout=60)
+    assert sink.returncode == 0, err.decode()[-2000:]
+    assert b"Sink stopped after" in out
+
+    report = subprocess.run(
+        [sys.executable, "-m", "touchpoint", "report"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    pre_awareness = next(line for line in report.stdout.splitlines() if line.startswith("pre_aw"))
+    assert pre_awareness.split()[1] == "40"
