@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -73,6 +74,20 @@ def cli(
         "clickhouse_url": clickhouse_url,
         "clickhouse_database": database,
     }
+
+
+def _command_name() -> str:
+    """How the user can call this command again (the venv's script if it is not on PATH)."""
+    script = Path(sys.executable).parent / "touchpoint"
+    found = shutil.which("touchpoint")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "touchpoint"
+    if script.exists():
+        try:
+            return str(script.relative_to(Path.cwd()))
+        except ValueError:
+            return str(script)
+    return "touchpoint"
 
 
 def _settings(ctx: click.Context, **more: Any) -> Settings:
@@ -152,7 +167,7 @@ def demo(ctx: click.Context, buyers: int, seed: int, fresh: bool) -> None:
     click.echo(f"Ground truth: {truth}")
     click.echo(f"ClickHouse:   {wiring.target_description(settings)}")
     click.echo(
-        "Query it:     touchpoint report --by persona   (or any SQL over the tables "
+        f"Query it:     {_command_name()} report --by persona   (or any SQL over the tables "
         "touchpoints, journey_state, stage_transitions, dropoffs, dead_letters)"
     )
 
