@@ -15,9 +15,10 @@ Exactly once, and why it is done by hand
     rebalance committed the transaction. So this driver keeps journey state in a
     plain dict (only the partitions it owns), and sends every output and every
     state record itself, awaited, through the transactional producer of the
-    input partition, all of an event's records under the transaction's lock
-    (:func:`send_together`). An event's output rows and its state change then
-    commit or abort together, with its offset in the same or a later commit. A killed
+    input partition, all of a partition's records of a batch under the
+    transaction's lock (:func:`send_together`). An event's output rows and its state
+    change then commit or abort together, with its offset in the same or a later
+    commit (events are acknowledged only after their batch was sent). A killed
     worker's open transaction is aborted when the partition's new owner starts
     its producer (fencing), and the new owner reloads the partition's state from
     ``journey.store`` (read-committed) before it processes the partition's first
@@ -212,11 +213,7 @@ def create_app(
 
     handled = 0
 
-    async def handle(event: Any) -> None:
-        nonlocal handled
-        handled += 1
-        if handled % 10_000 == 0:
-            gc.freeze()  # long-lived journey state: keep the collector from rescanning it
+    async def process(event: Any) -> None:
         message = event.message
         partition = int(message.partition)
         await ensure_loaded(partition)
@@ -235,28 +232,46 @@ def create_app(
                 )
         else:
             processor.process_raw(value, source=raw_name, position=position, partition=partition)
+
+    def partition_of(row: Any) -> int:
+        buyer_id = getattr(row, "buyer_id", None)
+        if isinstance(buyer_id, str):
+            return store.states[buyer_id].partition
+        return int(row.position.split(":", 1)[0])  # a dead letter: "partition:offset"
+
+    async def handle(events: list[Any]) -> None:
+        """Process a batch, then send each partition's records together, in its transaction."""
+        nonlocal handled
+        handled += len(events)
+        if handled % 10_000 < len(events):
+            gc.freeze()  # long-lived journey state: keep the collector from rescanning it
+        for event in events:
+            await process(event)
         output = processor.flush()
-        records: list[Record] = [
-            (
-                topics.store,
-                row.buyer_id.encode(),
-                JOURNEY_STATE_ADAPTER.dump_json(store.states[row.buyer_id]),
+        records: dict[int, list[Record]] = {}
+        for state_row in output.states:
+            state = store.states[state_row.buyer_id]
+            records.setdefault(state.partition, []).append(
+                (topics.store, state.buyer_id.encode(), JOURNEY_STATE_ADAPTER.dump_json(state))
             )
-            for row in output.states
-        ]
         for table_name, rows in output.tables().items():
             adapter = ROW_ADAPTERS[table_name]
             topic = topic_for_table[table_name]
             for row in rows:
                 buyer_id = getattr(row, "buyer_id", None)
                 key = buyer_id.encode() if isinstance(buyer_id, str) else None
-                records.append((topic, key, adapter.dump_json(row)))
-        await send_together(app, raw_name, partition, records)
+                records.setdefault(partition_of(row), []).append(
+                    (topic, key, adapter.dump_json(row))
+                )
+        for partition, partition_records in records.items():
+            await send_together(app, raw_name, partition, partition_records)
 
     @app.agent(raw_topic, name="journeys")
     async def journeys(stream: Any) -> AsyncIterator[None]:
-        async for event in stream.events():
-            await handle(event)
+        # Events are acknowledged (and their offsets become committable) only after
+        # the whole batch has been handled and sent.
+        async for events in stream.take_events(kafka.worker_batch, within=kafka.worker_wait):
+            await handle(list(events))
             yield None
 
     @app.on_before_shutdown.connect

@@ -41,6 +41,10 @@ class KafkaSettings(BaseSettings):
     """Faust app id: the workers' consumer group and transactional-id prefix."""
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     """``at_least_once`` is for experiments only: a crash can then repeat output rows."""
+    worker_batch: int = Field(default=500, ge=1, le=100_000)
+    """Raw records a worker takes at once (state and rows are sent once per buyer per batch)."""
+    worker_wait: float = Field(default=0.2, gt=0)
+    """Seconds a worker waits to fill a batch before handling what it has."""
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_batch_seconds: float = Field(default=2.0, gt=0)
 
