@@ -11,7 +11,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.duration import Duration
 
-__all__ = ["ClickHouseSettings", "KafkaSettings", "ProcessingSettings", "Settings"]
+__all__ = [
+    "ClickHouseSettings",
+    "CollectorSettings",
+    "KafkaSettings",
+    "ProcessingSettings",
+    "Settings",
+]
 
 
 class ClickHouseSettings(BaseSettings):
@@ -49,6 +55,32 @@ class KafkaSettings(BaseSettings):
     sink_batch_seconds: float = Field(default=2.0, gt=0)
 
 
+class CollectorSettings(BaseSettings):
+    """The HTTP collector: where it listens, who may send, and how vendors prove who they are."""
+
+    model_config = SettingsConfigDict(env_prefix="TOUCHPOINT_COLLECTOR_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """Source name → API key (JSON), for ``/v1/touchpoints`` (send ``Authorization: Bearer
+    KEY``), ``segment`` (the Segment write key, HTTP Basic user) and ``ads``."""
+    sendgrid_public_key: SecretStr | None = None
+    """SendGrid's signed-event-webhook verification key (base64 DER, from Mail Settings)."""
+    mailgun_signing_key: SecretStr | None = None
+    twilio_auth_token: SecretStr | None = None
+    zendesk_signing_secret: SecretStr | None = None
+    public_url: str | None = None
+    """The URL vendors call (``https://collect.example.com``); Twilio signs the full URL."""
+    max_body_bytes: int = Field(default=5_000_000, ge=1024)
+    signature_tolerance: Duration = timedelta(minutes=5)
+    """How old a signed timestamp may be (replay protection)."""
+    hash_pii: bool = False
+    """Hash email addresses and phone numbers before they leave the collector."""
+    pii_salt: SecretStr = SecretStr("")
+    produce_timeout: Duration = timedelta(seconds=10)
+
+
 class ProcessingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOUCHPOINT_", extra="ignore")
 
@@ -67,6 +99,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("touchpoint-data")
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
 
     def clickhouse_url(self) -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "WebProperties",
     "deterministic_event_id",
     "parse_touchpoint",
+    "touchpoint_from_dict",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -206,6 +207,17 @@ def parse_touchpoint(data: bytes | str) -> Touchpoint:
         )
     try:
         return Touchpoint.model_validate(decoded)
+    except ValidationError as exc:
+        raise _translate(exc) from None
+
+
+def touchpoint_from_dict(record: dict[str, Any]) -> Touchpoint:
+    """Validate an already-decoded record (e.g. built by a webhook adapter).
+
+    Raises :class:`SchemaValidationError` with the same reasons as :func:`parse_touchpoint`.
+    """
+    try:
+        return Touchpoint.model_validate(record)
     except ValidationError as exc:
         raise _translate(exc) from None
 

@@ -396,6 +396,38 @@ def sink(ctx: click.Context, bootstrap: str | None, partitions: int | None) -> N
     click.echo(f"Sink stopped after {stats.messages:,} messages in {stats.batches:,} batches.")
 
 
+@cli.command()
+@_option("--host", env="COLLECTOR_HOST", help="Interface to listen on.  [default: 127.0.0.1]")
+@_option(
+    "--port",
+    env="COLLECTOR_PORT",
+    type=click.IntRange(0, 65535),
+    help="Port to listen on.  [default: 8080]",
+)
+@_kafka_options
+@click.pass_context
+def collector(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    bootstrap: str | None,
+    partitions: int | None,
+) -> None:
+    """Serve the HTTP collector: our API, Segment-style tracking, vendor webhooks."""
+    settings = _settings(
+        ctx,
+        collector_host=host,
+        collector_port=port,
+        kafka_bootstrap=bootstrap,
+        kafka_partitions=partitions,
+    )
+    click.echo(
+        f"Collector on http://{settings.collector.host}:{settings.collector.port} "
+        f"→ Kafka {settings.kafka.bootstrap} (API spec at /openapi.json)"
+    )
+    wiring.run_collector(settings)
+
+
 @cli.command("report")
 @click.option(
     "--by",

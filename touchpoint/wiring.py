@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,10 +19,16 @@ from processors.engine import JourneyProcessor
 from processors.local import RunSummary, run_local
 from processors.rules import load_rules
 from schemas.duration import format_duration
-from schemas.errors import ConfigError, InputError
+from schemas.errors import BrokerError, ConfigError, InputError
 from schemas.raw import RawRecord
 from schemas.rules import JourneyRules
-from schemas.settings import ClickHouseSettings, KafkaSettings, ProcessingSettings, Settings
+from schemas.settings import (
+    ClickHouseSettings,
+    CollectorSettings,
+    KafkaSettings,
+    ProcessingSettings,
+    Settings,
+)
 from sinks.clickhouse import Client, connect, describe_target
 from sinks.migrate import apply_migrations
 from sinks.writer import ClickHouseWriter
@@ -32,12 +40,15 @@ __all__ = [
     "inspect_inputs",
     "load_settings",
     "rules_for",
+    "run_collector",
     "run_files",
     "run_sink",
     "run_worker",
     "target_description",
 ]
 
+
+logger = logging.getLogger(__name__)
 
 _PROCESSING_KEYS = frozenset({"rules_file", "allowed_lateness", "dedup_window", "batch_size"})
 
@@ -46,27 +57,27 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from ``TOUCHPOINT_*`` env vars, with explicit (flag) values on top.
 
     ``clickhouse_<name>`` keys go to :class:`ClickHouseSettings`, processing keys to
-    :class:`ProcessingSettings`, ``kafka_<name>`` to :class:`KafkaSettings`, ``data_dir`` to
-    :class:`Settings`; None means "not given".
+    :class:`ProcessingSettings`, ``kafka_<name>`` to :class:`KafkaSettings`, ``collector_<name>``
+    to :class:`CollectorSettings`, ``data_dir`` to :class:`Settings`; None means "not given".
     """
     given = {key: value for key, value in overrides.items() if value is not None}
-    clickhouse = {
-        key.removeprefix("clickhouse_"): value
-        for key, value in given.items()
-        if key.startswith("clickhouse_")
-    }
+
+    def section(prefix: str) -> dict[str, Any]:
+        return {
+            key.removeprefix(prefix): value
+            for key, value in given.items()
+            if key.startswith(prefix)
+        }
+
+    clickhouse, kafka, collector = section("clickhouse_"), section("kafka_"), section("collector_")
     processing = {key: value for key, value in given.items() if key in _PROCESSING_KEYS}
-    kafka = {
-        key.removeprefix("kafka_"): value
-        for key, value in given.items()
-        if key.startswith("kafka_")
-    }
     top = {key: value for key, value in given.items() if key == "data_dir"}
     try:
         return Settings(
             **top,
             clickhouse=ClickHouseSettings(**clickhouse),
             kafka=KafkaSettings(**kafka),
+            collector=CollectorSettings(**collector),
             processing=ProcessingSettings(**processing),
         )
     except ValidationError as exc:
@@ -269,3 +280,37 @@ def run_sink(settings: Settings, stop: threading.Event) -> Any:
         topics = Topics(settings.kafka.topic_prefix).table_by_topic
         with KafkaClickHouseSink(settings.kafka, writer, topics=topics) as sink:
             return sink.run(stop=stop)
+
+
+def run_collector(settings: Settings) -> None:
+    """Serve the HTTP collector until SIGTERM/SIGINT (Kafka need not be up to start)."""
+    from aiohttp import web
+
+    from ingest.collector import Collector, KafkaPublisher, create_app, new_metrics
+    from schemas.topics import Topics
+
+    collector_settings = settings.collector
+    publisher = KafkaPublisher(
+        settings.kafka.bootstrap,
+        Topics(settings.kafka.topic_prefix),
+        timeout=collector_settings.produce_timeout.total_seconds(),
+    )
+    collector = Collector(collector_settings, publisher, new_metrics())
+
+    def create_topics_when_kafka_answers() -> None:
+        while True:
+            try:
+                ensure_pipeline_topics(settings)
+                return
+            except BrokerError as exc:
+                logger.warning("cannot create the pipeline topics yet (%s); retrying in 5 s", exc)
+                time.sleep(5)
+
+    threading.Thread(target=create_topics_when_kafka_answers, daemon=True).start()
+    web.run_app(
+        create_app(collector),
+        host=collector_settings.host,
+        port=collector_settings.port,
+        print=None,
+        access_log=None,
+    )

@@ -1,0 +1,1077 @@
+"""Throughput of the distributed path (produce → Faust workers → sink), against a raw consumer.
+
+What is measured
+----------------
+One synthetic JSONL file (default: about 1M records from :mod:`ingest.generator`) goes
+through a genuine Apache Kafka broker that this script starts for itself
+(``deploy/kafka/kafka.sh start --fresh`` on a dedicated port, stopped at the end), in one
+invocation and on the same machine, one phase after the other:
+
+``produce``
+    Wall time of ``touchpoint produce --input FILE`` (a subprocess: interpreter start, one
+    hashing pass over the file, every record sent with ``acks=all`` and acknowledged, the
+    end-of-input watermarks).
+
+``ceiling (raw aiokafka)``
+    A bare :class:`aiokafka.AIOKafkaConsumer` in this process, configured like the
+    workers' consumer (``read_committed``, the same fetch size, no consumer group, no
+    commits), reading the whole raw topic the producer just wrote, from the beginning,
+    doing nothing with the records. It is the peer: the rate at which the workers' own
+    client library can hand this topic to Python on this machine, i.e. what a worker
+    could reach if processing and writing the outputs cost nothing. Run ``--ceiling-repeat``
+    times (median reported), before the workers start, so nothing else competes.
+
+``workers``
+    ``--workers`` ``touchpoint worker`` processes (sharing the partitions) and one
+    ``touchpoint sink`` are launched together on the already-filled topic; timed from that
+    launch (so process start-up and the group join are included, and reported separately)
+    until the workers' consumer group (the app id) has committed every raw offset, i.e.
+    every record is processed and its outputs are committed to Kafka (exactly once, in
+    transactions).
+
+``pipeline (workers + sink)``
+    From the same launch until the sink's group has committed, for every output partition,
+    the end of what the workers wrote (``end - 1`` counts: a transaction's commit marker
+    takes the last offset), i.e. every row is inserted into ClickHouse (chDB). The sink is
+    then stopped (SIGTERM: flush and exit), the workers too, and this script opens the
+    chDB directory and counts the ``touchpoints`` rows against the generator's ground
+    truth (``events_unique``).
+
+Events/s always divides the number of input records (lines of the file, including the
+generator's duplicates and malformed records: what is on the raw topic apart from one
+watermark per partition) by the phase's wall-clock seconds, so every ``vs ceiling`` ratio
+is a ratio of seconds. The pipeline's rate of *unique events landed* is reported too.
+
+Producing first, rather than concurrently with the workers, keeps each phase alone on the
+machine; the pipeline figure is therefore a catch-up (backlog) rate, not the latency of a
+live stream. Setup is not timed: starting the broker, generating the file, creating the
+topics, migrating the chDB database.
+
+CPU: the CPU seconds (user + system, all threads) of the broker, the workers, the sink
+and this process are read from ``/proc`` and reported per phase as cores in use, beside
+the whole machine's busy time ("other" is anything else running, e.g. a test suite: it
+makes the figures unreliable, and the result says so). The producer's CPU is its rusage.
+
+Run from the repository root with the project's virtualenv (it starts ``python -m
+touchpoint`` with the same interpreter)::
+
+    .venv/bin/python -m bench.kafka_path --events 50000     # ~1-2 minutes
+    .venv/bin/python -m bench.kafka_path                    # ~1M records; long (see README)
+
+Results are printed and written as JSON to ``bench/results/kafka_path-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any, Final
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as AioTopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from bench.embedded import (
+    EVENTS_PER_BUYER,
+    RESULTS_DIR,
+    _count_lines,
+    _git_revision,
+    _positive,
+    _Progress,
+    _setup_logging,
+)
+from ingest.generator import GeneratorConfig, write_dataset
+from schemas.settings import Settings
+from schemas.topics import Topics
+from touchpoint import wiring
+
+__all__ = ["main"]
+
+logger = logging.getLogger("bench.kafka_path")
+
+REPO: Final = Path(__file__).resolve().parent.parent
+KAFKA_SH: Final = REPO / "deploy" / "kafka" / "kafka.sh"
+DEFAULT_PORT: Final = 29392
+"""Away from the test suite's broker (39092) and a developer's (9092, 29092)."""
+FAUST_FETCH_BYTES: Final = 4 * 1024 * 1024
+"""``consumer_max_fetch_size`` of the worker's Faust app (processors/faust_app.py)."""
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_MIB: Final = (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) / 2**20
+_POLL_SECONDS: Final = 0.5
+_SAMPLE_SECONDS: Final = 1.0
+_TIMELINE_SECONDS: Final = 10.0
+_OWN_SETTINGS: Final = frozenset(
+    {
+        "TOUCHPOINT_KAFKA_BOOTSTRAP",
+        "TOUCHPOINT_KAFKA_PARTITIONS",
+        "TOUCHPOINT_KAFKA_TOPIC_PREFIX",
+        "TOUCHPOINT_KAFKA_APP_ID",
+        "TOUCHPOINT_KAFKA_SINK_GROUP",
+        "TOUCHPOINT_CLICKHOUSE_URL",
+        "TOUCHPOINT_CLICKHOUSE_DATABASE",
+        "TOUCHPOINT_DATA_DIR",
+    }
+)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run to the end (its message says why and where the logs are)."""
+
+
+@dataclass
+class Phase:
+    """One timed phase."""
+
+    phase: str
+    records: int
+    seconds: float
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "records": self.records,
+            "seconds": self.seconds,
+            "events_per_second": self.events_per_second,
+            "cpu_cores": self.cpu_cores,
+            "details": self.details,
+        }
+
+
+# ------------------------------------------------------------------------------- CPU
+
+
+def _proc_stat(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds of all threads, RSS MiB) of a live process, None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    # after "pid (comm)": [0] state ... [11] utime, [12] stime, [21] rss (pages)
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE_MIB
+
+
+def _machine_busy() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (all cores), from /proc/stat."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / _CLK_TCK
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    seconds: dict[int, float]
+    machine: float | None
+
+
+class CpuMeter:
+    """CPU seconds of named processes and of the machine, from /proc.
+
+    Each process has a name and a group (``worker-1`` in ``workers``); both are reported.
+    A background thread samples every second, so a process's last value survives its exit,
+    and keeps each group's peak RSS; :meth:`timeline_point` records cores in use over time.
+    """
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.groups: dict[int, str] = {}
+        self.last: dict[int, float] = {}
+        self.peak_rss_mib: dict[int, float] = {}
+        self.timeline: list[dict[str, float]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_loop, name="cpu-meter", daemon=True)
+        self._timeline_from: CpuSnapshot | None = None
+        self._started = time.perf_counter()
+
+    def track(self, name: str, pid: int, group: str | None = None) -> None:
+        with self._lock:
+            self.names[pid] = name
+            self.groups[pid] = group or name
+        self.snapshot()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def snapshot(self) -> CpuSnapshot:
+        with self._lock:
+            pids = list(self.names)
+            for pid in pids:
+                stat = _proc_stat(pid)
+                if stat is not None:
+                    self.last[pid] = stat[0]
+                    self.peak_rss_mib[pid] = max(self.peak_rss_mib.get(pid, 0.0), stat[1])
+            return CpuSnapshot(
+                time.perf_counter(),
+                {pid: self.last[pid] for pid in pids if pid in self.last},
+                _machine_busy(),
+            )
+
+    def cores(self, begin: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
+        """Cores in use per group (and per process of a group), ``machine`` and ``other``."""
+        wall = end.at - begin.at
+        if wall <= 0:
+            return {}
+        used: dict[str, float] = {}
+        total = 0.0
+        for pid, seconds in end.seconds.items():
+            share = (seconds - begin.seconds.get(pid, 0.0)) / wall
+            total += share
+            keys = {self.groups[pid], self.names[pid]}
+            for key in keys:
+                used[key] = used.get(key, 0.0) + share
+        result = {key: round(value, 3) for key, value in sorted(used.items())}
+        if begin.machine is not None and end.machine is not None:
+            machine = (end.machine - begin.machine) / wall
+            result["machine"] = round(machine, 3)
+            result["other"] = round(max(0.0, machine - total), 3)
+        return result
+
+    def peak_rss_by_group(self) -> dict[str, float]:
+        peaks: dict[str, float] = {}
+        for pid, rss in self.peak_rss_mib.items():
+            name = self.names[pid]
+            peaks[name] = round(max(peaks.get(name, 0.0), rss), 1)
+        return peaks
+
+    def timeline_point(self, label: str, **values: float) -> None:
+        """Record (and log) cores in use since the previous point, with ``values``."""
+        now = self.snapshot()
+        previous, self._timeline_from = self._timeline_from, now
+        if previous is None:
+            return
+        cores = self.cores(previous, now)
+        self.timeline.append({"t": round(now.at - self._started, 1), **values, **cores})
+        logger.info("%s cpu cores: %s", label, _cpu_text(cores))
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(_SAMPLE_SECONDS):
+            self.snapshot()
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---------------------------------------------------------------------------- broker
+
+
+@contextmanager
+def kafka_broker(port: int, meter: CpuMeter, log: Path) -> Iterator[str]:
+    """A fresh single-node broker on ``port`` (deploy/kafka/kafka.sh), stopped on exit."""
+    env = dict(os.environ, TOUCHPOINT_KAFKA_PORT=str(port))
+    env.pop("TOUCHPOINT_KAFKA_CONTROLLER_PORT", None)
+    logger.info("starting a fresh Kafka broker on port %d (%s)", port, KAFKA_SH)
+    started = subprocess.run(
+        ["bash", str(KAFKA_SH), "start", "--fresh"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    log.write_text(started.stdout + started.stderr, encoding="utf-8")
+    try:
+        if started.returncode != 0:
+            raise BenchError(f"kafka.sh start failed:\n{started.stderr[-3000:]}")
+        found = re.search(r"^bootstrap=(\S+)$", started.stdout, re.MULTILINE)
+        if found is None:
+            raise BenchError(f"kafka.sh start printed no bootstrap line: {started.stdout!r}")
+        home = Path(os.environ.get("TOUCHPOINT_KAFKA_HOME", REPO / ".cache" / "kafka"))
+        pid_file = home / f"run-{port}" / "kafka.pid"
+        try:
+            meter.track("broker", int(pid_file.read_text().strip()))
+        except (OSError, ValueError):
+            logger.warning("no broker pid in %s: its CPU is not measured", pid_file)
+        yield found.group(1)
+    finally:
+        logger.info("stopping the Kafka broker on port %d", port)
+        stopped = subprocess.run(
+            ["bash", str(KAFKA_SH), "stop"], env=env, capture_output=True, text=True, check=False
+        )
+        if stopped.returncode != 0:
+            logger.warning("kafka.sh stop failed: %s", stopped.stderr[-2000:])
+
+
+# ------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Deployment:
+    """Names and settings of one pipeline (its own topics, groups and chDB directory)."""
+
+    bootstrap: str
+    partitions: int
+    run_dir: Path
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def prefix(self) -> str:
+        return f"bench{self.tag}."
+
+    @property
+    def app_id(self) -> str:
+        return f"bench-kafka-{self.tag}"
+
+    @property
+    def sink_group(self) -> str:
+        return f"bench-kafka-{self.tag}-sink"
+
+    @property
+    def chdb_dir(self) -> Path:
+        return self.run_dir / "clickhouse"
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.prefix)
+
+    def env(self) -> dict[str, str]:
+        """The environment of every ``touchpoint`` subprocess: the caller's, with our names."""
+        env = {key: value for key, value in os.environ.items() if key not in _OWN_SETTINGS}
+        env.update(
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            TOUCHPOINT_KAFKA_BOOTSTRAP=self.bootstrap,
+            TOUCHPOINT_KAFKA_PARTITIONS=str(self.partitions),
+            TOUCHPOINT_KAFKA_TOPIC_PREFIX=self.prefix,
+            TOUCHPOINT_KAFKA_APP_ID=self.app_id,
+            TOUCHPOINT_KAFKA_SINK_GROUP=self.sink_group,
+            TOUCHPOINT_CLICKHOUSE_URL=f"chdb:{self.chdb_dir}",
+        )
+        return env
+
+    def settings(self) -> Settings:
+        return wiring.load_settings(
+            clickhouse_url=f"chdb:{self.chdb_dir}",
+            kafka_bootstrap=self.bootstrap,
+            kafka_partitions=self.partitions,
+            kafka_topic_prefix=self.prefix,
+            kafka_app_id=self.app_id,
+            kafka_sink_group=self.sink_group,
+        )
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "touchpoint", *args]
+
+    def run(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a ``touchpoint`` command to completion (cwd: the scratch directory), logged."""
+        result = subprocess.run(
+            self.command(*args),
+            env=self.env(),
+            cwd=self.run_dir,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        (self.run_dir / f"{name}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+        if result.returncode != 0:
+            raise BenchError(
+                f"touchpoint {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}"
+            )
+        return result
+
+    def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+        """Start a long-running ``touchpoint`` command; its output goes to ``<name>.log``."""
+        log = (self.run_dir / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            self.command(*args), env=self.env(), cwd=self.run_dir, stdout=log, stderr=log
+        )
+        return process, log
+
+
+def _stop(process: subprocess.Popen[bytes], name: str, timeout: float = 120.0) -> int:
+    """SIGTERM (the commands flush and exit cleanly), SIGKILL after ``timeout`` s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning(
+                "%s (pid %d) ignored SIGTERM for %.0f s: killing it", name, process.pid, timeout
+            )
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------- offsets
+
+
+class Offsets:
+    """Committed offsets of the two consumer groups and end offsets of the topics."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.admin = KafkaAdminClient(
+            bootstrap_servers=deployment.bootstrap, client_id="bench-kafka-path"
+        )
+        self.probe = KafkaConsumer(
+            bootstrap_servers=deployment.bootstrap, client_id="bench-kafka-path"
+        )
+
+    def close(self) -> None:
+        self.admin.close()
+        self.probe.close()
+
+    def partitions(self, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for p in range(self.deployment.partitions)]
+
+    def ends(self, topics: Sequence[str]) -> dict[TopicPartition, int]:
+        tps = [tp for topic in topics for tp in self.partitions(topic)]
+        ends: dict[TopicPartition, int] = self.probe.end_offsets(tps)
+        return ends
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        try:
+            offsets = self.admin.list_group_offsets(group).get(group, {})
+        except KafkaError as exc:
+            logger.debug("no committed offsets for %s yet: %s", group, exc)
+            return {}
+        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def produce_phase(deployment: Deployment, events: Path, records: int) -> Phase:
+    """``touchpoint produce --input events``, wall time of the whole command."""
+    logger.info("produce: sending %s records", f"{records:,}")
+    cpu_before = _children_cpu()
+    started = time.perf_counter()
+    result = deployment.run("produce", "produce", "--input", str(events))
+    seconds = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before
+    found = re.search(r"Sent ([\d,]+) records", result.stdout)
+    sent = int(found.group(1).replace(",", "")) if found else -1
+    told = re.search(r"watermark sent to (\d+) partitions", result.stdout)
+    watermarks = int(told.group(1)) if told else 0
+    logger.info(
+        "produce: %s records (%d of them watermarks) in %.1f s", f"{sent:,}", watermarks, seconds
+    )
+    if sent - watermarks != records:
+        raise BenchError(f"produce sent {sent} records ({watermarks} watermarks), file: {records}")
+    return Phase(
+        "produce",
+        records,
+        seconds,
+        cpu_cores={"producer": round(cpu / seconds, 3)},
+        details={
+            "acknowledged": sent,
+            "watermarks": watermarks,
+            "summary": result.stdout.strip().splitlines()[-1:],
+        },
+    )
+
+
+async def _drain(bootstrap: str, topic: str, partitions: int) -> tuple[int, int, float]:
+    """Read ``topic`` from the beginning to its end, touching nothing; (records, bytes, s)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=FAUST_FETCH_BYTES,
+    )
+    started = time.perf_counter()
+    await consumer.start()
+    try:
+        tps = [AioTopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        records = size = 0
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, messages in batches.items():
+                if not messages:
+                    continue
+                records += len(messages)
+                size += sum(len(message.value or b"") for message in messages)
+                if messages[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        seconds = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return records, size, seconds
+
+
+def ceiling_phase(
+    deployment: Deployment, meter: CpuMeter, records: int, repeat: int, raw_end: int
+) -> Phase:
+    """A raw aiokafka consumer over the whole raw topic, ``repeat`` times; the median run."""
+    runs: list[Phase] = []
+    for number in range(1, repeat + 1):
+        before = meter.snapshot()
+        read, size, seconds = asyncio.run(
+            _drain(deployment.bootstrap, deployment.topics.raw, deployment.partitions)
+        )
+        cores = meter.cores(before, meter.snapshot())
+        logger.info(
+            "ceiling run %d of %d: %s records (%.0f MiB) in %.2f s",
+            number,
+            repeat,
+            f"{read:,}",
+            size / 2**20,
+            seconds,
+        )
+        if read != raw_end:
+            raise BenchError(f"the raw consumer read {read} records, the topic holds {raw_end}")
+        runs.append(
+            Phase(
+                "ceiling (raw aiokafka)",
+                records,
+                seconds,
+                cpu_cores=cores,
+                details={"records_read": read, "value_bytes": size},
+            )
+        )
+    middle = statistics.median_low(run.seconds for run in runs)
+    chosen = next(run for run in runs if run.seconds == middle)
+    chosen.details["runs_seconds"] = [run.seconds for run in runs]
+    return chosen
+
+
+def _sink_done(committed: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]) -> bool:
+    # A transaction's commit marker takes a partition's last offset: the sink's committed
+    # position may rest on it (end - 1) or past it (end).
+    return all(end == 0 or committed.get(tp, -1) >= end - 1 for tp, end in ends.items())
+
+
+def pipeline_phases(
+    deployment: Deployment,
+    meter: CpuMeter,
+    records: int,
+    raw_end: int,
+    workers: int,
+    timeout: float,
+) -> tuple[Phase, Phase, dict[str, Any]]:
+    """Workers + sink on the filled topic: (workers phase, pipeline phase, sink stop details)."""
+    offsets = Offsets(deployment)
+    raw_tps = offsets.partitions(deployment.topics.raw)
+    processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+    try:
+        before = meter.snapshot()
+        started = time.perf_counter()
+        for number in range(1, workers + 1):
+            name = f"worker-{number}"
+            process, log = deployment.start(name, "worker")
+            processes.append((name, process, log))
+        sink, sink_log = deployment.start("sink", "sink")
+        processes.append(("sink", sink, sink_log))
+        for name, process, _ in processes:
+            meter.track(name, process.pid, "sink" if name == "sink" else "workers")
+        logger.info(
+            "pipeline: %d worker(s) and a sink started (pids %s); waiting for %s raw offsets",
+            workers,
+            ", ".join(str(process.pid) for _, process, _ in processes),
+            f"{raw_end:,}",
+        )
+        meter.timeline_point("start")
+        progress = _Progress("workers committed", raw_end)
+        first_commit: float | None = None
+        workers_done: float | None = None
+        workers_cpu: dict[str, float] = {}
+        output_ends: dict[TopicPartition, int] = {}
+        sink_committed: dict[TopicPartition, int] = {}
+        done_raw = first_raw = 0
+        sink_sum = 0
+        sink_advanced = 0.0
+        last_point = time.perf_counter()
+        while True:
+            now = time.perf_counter()
+            if now - started > timeout:
+                raise BenchError(
+                    f"gave up after {timeout:.0f} s: workers committed {done_raw:,} of "
+                    f"{raw_end:,} raw offsets"
+                    + (
+                        f"; sink at {sum(sink_committed.values()):,} of "
+                        f"{sum(output_ends.values()):,} output offsets"
+                        if workers_done is not None
+                        else ""
+                    )
+                )
+            for name, process, _ in processes:
+                if process.poll() is not None:
+                    raise BenchError(
+                        f"{name} exited early with code {process.returncode}:\n"
+                        + _tail(deployment.run_dir / f"{name}.log")
+                    )
+            if workers_done is None:
+                committed = offsets.committed(deployment.app_id)
+                now_raw = sum(committed.get(tp, 0) for tp in raw_tps)
+                now = time.perf_counter()
+                if now_raw > done_raw:
+                    if first_commit is None:
+                        first_commit = now - started
+                        first_raw = now_raw
+                        logger.info("first raw offsets committed after %.1f s", first_commit)
+                    progress(now_raw - done_raw)
+                    done_raw = now_raw
+                if done_raw >= raw_end:
+                    workers_done = now - started
+                    workers_cpu = meter.cores(before, meter.snapshot())
+                    output_ends = offsets.ends(deployment.topics.outputs)
+                    logger.info(
+                        "workers done after %.1f s; the sink has %s output offsets to reach",
+                        workers_done,
+                        f"{sum(output_ends.values()):,}",
+                    )
+            sink_committed = offsets.committed(deployment.sink_group)
+            if sum(sink_committed.values()) > sink_sum:
+                sink_sum = sum(sink_committed.values())
+                sink_advanced = time.perf_counter() - started
+            if workers_done is not None and _sink_done(sink_committed, output_ends):
+                break
+            if now - last_point >= _TIMELINE_SECONDS:
+                last_point = now
+                meter.timeline_point(
+                    f"{now - started:.0f} s:",
+                    committed_raw=float(done_raw),
+                    sink_committed=float(sink_sum),
+                )
+            time.sleep(_POLL_SECONDS)
+        pipeline_seconds = time.perf_counter() - started
+        pipeline_cpu = meter.cores(before, meter.snapshot())
+        meter.timeline_point("end", committed_raw=float(done_raw), sink_committed=float(sink_sum))
+        logger.info("sink done after %.1f s: stopping it", pipeline_seconds)
+        stopped_at = time.perf_counter()
+        code = _stop(sink, "sink")
+        sink_log.close()
+        sink_out = (deployment.run_dir / "sink.log").read_text(errors="replace")
+        if code != 0:
+            raise BenchError(
+                f"the sink exited {code} on SIGTERM:\n{_tail(deployment.run_dir / 'sink.log')}"
+            )
+        stats = re.search(r"Sink stopped after ([\d,]+) messages in ([\d,]+) batches", sink_out)
+        sink_details: dict[str, Any] = {
+            "stop_seconds": time.perf_counter() - stopped_at,
+            "messages": int(stats.group(1).replace(",", "")) if stats else None,
+            "batches": int(stats.group(2).replace(",", "")) if stats else None,
+            "output_offsets": sum(output_ends.values()),
+        }
+    finally:
+        for name, process, log in processes:
+            code = _stop(process, name)
+            log.close()
+            if code not in (0, -signal.SIGTERM):
+                logger.warning(
+                    "%s exited %d; see %s", name, code, deployment.run_dir / f"{name}.log"
+                )
+        offsets.close()
+    assert workers_done is not None
+    workers_phase = Phase(
+        "workers",
+        records,
+        workers_done,
+        cpu_cores=workers_cpu,
+        details={
+            "workers": workers,
+            "startup_seconds": first_commit,
+            "raw_offsets": raw_end,
+            "after_first_commit_events_per_second": (
+                (raw_end - first_raw) / (workers_done - first_commit)
+                if first_commit is not None and workers_done > first_commit
+                else None
+            ),
+        },
+    )
+    pipeline_phase = Phase(
+        "pipeline (workers+sink)",
+        records,
+        pipeline_seconds,
+        cpu_cores=pipeline_cpu,
+        details={
+            "sink_lag_after_workers_seconds": pipeline_seconds - workers_done,
+            "sink_last_commit_seconds": sink_advanced,
+        },
+    )
+    return workers_phase, pipeline_phase, sink_details
+
+
+def count_rows(deployment: Deployment) -> dict[str, Any]:
+    """Rows in ClickHouse after the sink exited (this process opens the chDB directory)."""
+    settings = deployment.settings()
+    database = settings.clickhouse.database
+    with wiring.clickhouse(settings, migrate=False) as client:
+
+        def count(sql: str) -> int:
+            value = client.command(sql)
+            assert isinstance(value, int | str), value
+            return int(value)
+
+        tables = ("touchpoints", "stage_transitions", "journey_state", "dropoffs", "dead_letters")
+        return {
+            "touchpoints_rows": count(f"SELECT count() FROM {database}.touchpoints"),
+            "touchpoints_final": count(f"SELECT count() FROM {database}.touchpoints FINAL"),
+            "tables_final": {
+                table: count(f"SELECT count() FROM {database}.{table} FINAL") for table in tables
+            },
+        }
+
+
+# ----------------------------------------------------------------------- orchestration
+
+
+def _generate(events: Path, buyers: int, seed: int) -> dict[str, Any]:
+    """What ``touchpoint generate --buyers N --seed S`` writes (same generator settings)."""
+    settings = wiring.load_settings()
+    rules = wiring.rules_for(settings)
+    config = GeneratorConfig(
+        buyers=buyers,
+        seed=seed,
+        timeouts=dict(rules.timeouts),
+        allowed_lateness=settings.processing.allowed_lateness,
+    )
+    logger.info("generating %s buyers (seed %d) into %s", f"{buyers:,}", seed, events)
+    started = time.perf_counter()
+    truth = write_dataset(config, events, on_buyer=_Progress("generate", buyers))
+    return {
+        "seconds": time.perf_counter() - started,
+        "buyers": buyers,
+        "seed": seed,
+        "events_unique": truth.events_unique,
+        "duplicates": truth.duplicates,
+        "malformed": sum(truth.malformed.values()),
+    }
+
+
+def _environment() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for package in ("faust-streaming", "aiokafka", "kafka-python", "chdb", "clickhouse-connect"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "git": _git_revision(),
+        "packages": versions,
+        "kafka_version": os.environ.get("TOUCHPOINT_KAFKA_VERSION", "4.4.0 (kafka.sh default)"),
+        "touchpoint_env": {
+            name: value
+            for name, value in sorted(os.environ.items())
+            if name.startswith("TOUCHPOINT_") and "PASSWORD" not in name and "USER" not in name
+        },
+    }
+
+
+def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    environment = _environment()
+    buyers = args.buyers or max(1, round(args.events / EVENTS_PER_BUYER))
+    events = run_dir / f"events-seed{args.seed}-buyers{buyers}.jsonl"
+    dataset: dict[str, Any] = {"path": str(events), **_generate(events, buyers, args.seed)}
+    records = _count_lines(events)
+    dataset["records"] = records
+    dataset["bytes"] = events.stat().st_size
+    logger.info("input: %s records, %.0f MiB", f"{records:,}", dataset["bytes"] / 2**20)
+
+    meter = CpuMeter()
+    meter.track("bench", os.getpid())
+    meter.start()
+    try:
+        with kafka_broker(args.port, meter, run_dir / "kafka-start.log") as bootstrap:
+            deployment = Deployment(bootstrap, args.partitions, run_dir)
+            setup_started = time.perf_counter()
+            wiring.ensure_pipeline_topics(deployment.settings())
+            deployment.run("migrate", "migrate")
+            setup = time.perf_counter() - setup_started
+            logger.info(
+                "topics under %s created, chDB migrated in %.1f s", deployment.prefix, setup
+            )
+
+            produce = produce_phase(deployment, events, records)
+            offsets = Offsets(deployment)
+            try:
+                raw_end = sum(offsets.ends([deployment.topics.raw]).values())
+            finally:
+                offsets.close()
+            ceiling = ceiling_phase(deployment, meter, records, args.ceiling_repeat, raw_end)
+            workers, pipeline, sink = pipeline_phases(
+                deployment, meter, records, raw_end, args.workers, args.timeout
+            )
+        stored = count_rows(deployment)
+    finally:
+        meter.stop()
+    complete = stored["touchpoints_final"] == dataset["events_unique"]
+    if not complete:
+        logger.warning(
+            "ClickHouse holds %s unique touchpoints, the generator made %s",
+            f"{stored['touchpoints_final']:,}",
+            f"{dataset['events_unique']:,}",
+        )
+    pipeline.details["unique_events"] = dataset["events_unique"]
+    pipeline.details["unique_events_per_second"] = dataset["events_unique"] / pipeline.seconds
+    code_changed = _git_revision() != environment["git"]
+    if code_changed:
+        logger.warning("the code under test changed during the run: results may mix versions")
+    contention = max(
+        phase.cpu_cores.get("other", 0.0) for phase in (produce, ceiling, workers, pipeline)
+    )
+    if contention > 0.25:
+        logger.warning(
+            "other processes used up to %.2f cores during a phase: figures are disturbed",
+            contention,
+        )
+    phases = [produce, ceiling, workers, pipeline]
+    return {
+        "benchmark": "kafka_path",
+        "started_at": args.started_at,
+        "config": {
+            "events_target": args.events,
+            "buyers": buyers,
+            "seed": args.seed,
+            "workers": args.workers,
+            "partitions": args.partitions,
+            "port": args.port,
+            "ceiling_repeat": args.ceiling_repeat,
+            "timing": "produce first; workers and pipeline timed from the launch of the "
+            "worker and sink processes on the filled topic",
+        },
+        "environment": environment,
+        "code_changed_during_run": code_changed,
+        "max_other_cpu_cores": contention,
+        "dataset": dataset,
+        "setup_seconds": setup,
+        "raw_topic_records": raw_end,
+        "phases": [phase.as_dict() for phase in phases],
+        "sink": sink,
+        "clickhouse": stored,
+        "complete": complete,
+        "peak_rss_mib": meter.peak_rss_by_group(),
+        "cpu_timeline": meter.timeline,
+        "ratio_pipeline_to_ceiling": _ratio(pipeline, ceiling),
+        "ratio_workers_to_ceiling": _ratio(workers, ceiling),
+        "ratio_produce_to_ceiling": _ratio(produce, ceiling),
+    }
+
+
+def _ratio(phase: Phase, ceiling: Phase) -> float:
+    top = ceiling.events_per_second
+    return phase.events_per_second / top if top else 0.0
+
+
+def _cpu_text(cores: Mapping[str, float]) -> str:
+    shown = [
+        f"{role} {cores[role]:.2f}"
+        for role in ("producer", "bench", "workers", "sink", "broker", "other")
+        if role in cores
+    ]
+    return ", ".join(shown)
+
+
+def _render(result: dict[str, Any]) -> str:
+    dataset = result["dataset"]
+    phases = result["phases"]
+    ceiling = phases[1]["events_per_second"]
+    header = (
+        f"{'phase':<24} {'events':>11} {'seconds':>9} {'events/s':>10} {'vs ceiling':>10}  "
+        "CPU (cores in use)"
+    )
+    lines = [header, "-" * (len(header) + 40)]
+    lines.append(
+        f"{'generate (prep)':<24} {dataset['records']:>11,} {dataset['seconds']:>9.1f} "
+        f"{dataset['records'] / dataset['seconds']:>10,.0f}"
+    )
+    for phase in phases:
+        lines.append(
+            f"{phase['phase']:<24} {phase['records']:>11,} {phase['seconds']:>9.1f} "
+            f"{phase['events_per_second']:>10,.0f} "
+            f"{phase['events_per_second'] / ceiling:>9.3f}x  {_cpu_text(phase['cpu_cores'])}"
+        )
+    pipeline = phases[3]
+    workers = phases[2]
+    stored = result["clickhouse"]
+    lines.append("")
+    lines.append(
+        f"pipeline runs at {result['ratio_pipeline_to_ceiling']:.3f}x and the workers alone at "
+        f"{result['ratio_workers_to_ceiling']:.3f}x a raw aiokafka consumer of the same topic "
+        f"({workers['details']['workers']} worker(s), {result['config']['partitions']} partitions)."
+    )
+    startup = workers["details"]["startup_seconds"]
+    lines.append(
+        f"workers: first commit after {startup:.1f} s; "
+        f"{workers['details']['after_first_commit_events_per_second']:,.0f} events/s after it. "
+        f"sink done {pipeline['details']['sink_lag_after_workers_seconds']:.1f} s after the "
+        f"workers (its offsets last moved at {pipeline['details']['sink_last_commit_seconds']:.1f}"
+        " s)."
+        if startup is not None
+        else "workers: no commit observed before the end."
+    )
+    lines.append(
+        f"unique events landed: {stored['touchpoints_final']:,} of {dataset['events_unique']:,} "
+        f"({'all' if result['complete'] else 'INCOMPLETE'}; {stored['touchpoints_rows']:,} rows "
+        f"before FINAL); {pipeline['details']['unique_events_per_second']:,.0f} unique events/s "
+        "end to end."
+    )
+    lines.append(
+        "produce first, then the ceiling, then workers + sink launched together on the filled "
+        "topic (their start-up is timed)."
+        + (
+            f" WARNING: other processes used up to {result['max_other_cpu_cores']:.2f} cores."
+            if result["max_other_cpu_cores"] > 0.25
+            else ""
+        )
+        + (
+            " WARNING: the code changed during the run."
+            if result["code_changed_during_run"]
+            else ""
+        )
+    )
+    return "\n".join(lines)
+
+
+def _write_json(result: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = result["started_at"].replace(":", "").replace("-", "")
+    path = directory / f"kafka_path-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.kafka_path",
+        description=(
+            "Events/s of the distributed path (touchpoint produce → touchpoint worker × N → "
+            "touchpoint sink → chDB) on a genuine Kafka broker started for the run, beside a "
+            "raw aiokafka consumer reading the same topic with no processing (the ceiling), "
+            "measured in the same run; reports the ratios. Progress goes to stderr, the table "
+            "to stdout, and JSON to bench/results/."
+        ),
+    )
+    parser.add_argument(
+        "--events",
+        type=_positive,
+        default=1_000_000,
+        help=f"input records to aim for: buyers = events / {EVENTS_PER_BUYER} "
+        "(the actual count is reported) [default: 1000000]",
+    )
+    parser.add_argument(
+        "--buyers", type=_positive, help="generate exactly this many buyers (overrides --events)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
+    parser.add_argument(
+        "--workers", type=_positive, default=2, help="touchpoint worker processes [default: 2]"
+    )
+    parser.add_argument(
+        "--partitions",
+        type=_positive,
+        default=6,
+        help="partitions of every pipeline topic [default: 6]",
+    )
+    parser.add_argument(
+        "--port",
+        type=_positive,
+        default=DEFAULT_PORT,
+        help=f"port of the broker this run starts (and the controller on port + 1) "
+        f"[default: {DEFAULT_PORT}]",
+    )
+    parser.add_argument(
+        "--ceiling-repeat",
+        type=_positive,
+        default=3,
+        help="runs of the raw consumer; the median is reported [default: 3]",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="give up if workers + sink take longer than this many seconds [default: 3600]",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="create the run's scratch directory (events file, chDB data, process logs) under "
+        "this one [default: the system temp directory]",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch directory instead of deleting it"
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where the JSON result goes [default: bench/results]",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _setup_logging()
+    for noisy in ("kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="touchpoint-bench-kafka-", dir=args.workdir))
+    logger.info("scratch directory %s", run_dir)
+    failed = True
+    try:
+        result = benchmark(args, run_dir)
+        failed = False
+    except BenchError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        if args.keep or failed:
+            logger.info("kept %s (process logs, events file, chDB data)", run_dir)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(_render(result))
+    print(f"results written to {_write_json(result, args.results_dir)}")
+    return 0 if result["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

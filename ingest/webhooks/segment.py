@@ -1,0 +1,177 @@
+"""Segment HTTP Tracking API: ``track``, ``page``, ``identify`` and ``batch`` calls.
+
+Existing Segment SDKs can point at the collector unchanged. ``messageId`` becomes
+the event id (so an SDK retry collapses), ``userId`` the buyer, ``anonymousId``
+the anonymous id; after an ``identify`` the collector remembers which user an
+anonymous id belongs to and files that visitor's later anonymous calls under the user.
+Segment's e-commerce spec events map to our event types; other event names are
+kept in snake case (``"Video Played"`` → ``video_played``) and count as
+unclassified until a rule covers them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from ingest.webhooks.base import (
+    Parsed,
+    PayloadError,
+    Rejection,
+    as_object,
+    decode_json,
+    raw_item,
+    scalar_properties,
+    snake_case,
+    validate_all,
+)
+from schemas.enums import DeadLetterReason
+from schemas.touchpoint import deterministic_event_id
+
+__all__ = ["SEGMENT_EVENTS", "IdentityMap", "SegmentCall", "parse_segment"]
+
+SegmentCall = Literal["track", "page", "identify", "batch"]
+
+SEGMENT_EVENTS: Final[dict[str, str]] = {
+    "Order Completed": "purchase",
+    "Order Refunded": "refund",
+    "Product Viewed": "product_view",
+    "Product Added": "add_to_cart",
+    "Checkout Started": "checkout_started",
+    "Signed Up": "signup",
+    "Product Reviewed": "review",
+    "Subscription Cancelled": "subscription_cancelled",
+    "Referral Sent": "referral",
+    "Booking Completed": "booking",
+}
+"""Segment e-commerce / B2B SaaS spec event names → our web event types."""
+
+
+class IdentityMap:
+    """anonymousId → userId, learned from ``identify`` calls (bounded, least recent dropped)."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._users: OrderedDict[str, str] = OrderedDict()
+
+    def link(self, anonymous_id: str, user_id: str) -> None:
+        self._users[anonymous_id] = user_id
+        self._users.move_to_end(anonymous_id)
+        while len(self._users) > self.capacity:
+            self._users.popitem(last=False)
+
+    def user_for(self, anonymous_id: str) -> str | None:
+        return self._users.get(anonymous_id)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _convert(
+    kind: str, item: dict[str, Any], received_at: datetime, identities: IdentityMap
+) -> dict[str, Any] | Rejection:
+    raw = raw_item(item)
+    user_id = _text(item.get("userId"))
+    anonymous_id = _text(item.get("anonymousId"))
+    if kind == "identify" and user_id and anonymous_id:
+        identities.link(anonymous_id, user_id)
+    if user_id is None and anonymous_id is not None:
+        user_id = identities.user_for(anonymous_id)
+    buyer_id = user_id or (f"anonymous:{anonymous_id}" if anonymous_id else None)
+    if buyer_id is None:
+        return Rejection(
+            0, DeadLetterReason.MISSING_FIELD, "a userId or anonymousId is required", raw
+        )
+    properties_in = as_object(item.get("properties"))
+    context = as_object(item.get("context"))
+    if kind == "track":
+        name = _text(item.get("event"))
+        if name is None:
+            return Rejection(0, DeadLetterReason.MISSING_FIELD, "track needs an event name", raw)
+        event_type = SEGMENT_EVENTS.get(name, snake_case(name))
+    elif kind == "page":
+        event_type = "page_view"
+    elif kind == "identify":
+        event_type = "identify"
+    else:
+        return Rejection(0, DeadLetterReason.INVALID_FIELD, f"unsupported call type {kind!r}", raw)
+
+    properties = scalar_properties(properties_in)
+    page = as_object(context.get("page"))
+    if kind == "page":
+        properties.setdefault("url", page.get("url"))
+        if _text(item.get("name")):
+            properties.setdefault("page_name", item["name"])
+    traits = as_object(item.get("traits"))
+    if isinstance(traits.get("persona"), str):
+        properties["persona"] = traits["persona"]
+    if event_type == "purchase":
+        properties.setdefault("order_id", properties_in.get("order_id"))
+    for key in ("revenue", "total", "value", "coupon", "currency", "email", "phone"):
+        properties.pop(key, None)  # carried as envelope fields, or personal data
+
+    message_id = _text(item.get("messageId")) or deterministic_event_id(
+        "segment-body", raw.decode()
+    )
+    campaign = as_object(context.get("campaign"))
+    record: dict[str, Any] = {
+        "event_id": deterministic_event_id("segment", message_id),
+        "buyer_id": buyer_id,
+        "anonymous_id": anonymous_id,
+        "channel": "web",
+        "event_type": event_type,
+        "occurred_at": item.get("timestamp")
+        or item.get("originalTimestamp")
+        or received_at.isoformat(),
+        "received_at": received_at.isoformat(),
+        "campaign": _text(campaign.get("name")),
+        "promo": _text(properties_in.get("coupon")),
+        "properties": {key: value for key, value in properties.items() if value is not None},
+    }
+    amount = properties_in.get("revenue", properties_in.get("total"))
+    if event_type in ("purchase", "booking", "refund") and amount is not None:
+        record["revenue"] = str(amount)
+        record["currency"] = str(properties_in.get("currency") or "USD").upper()
+    account = context.get("groupId") or item.get("groupId")
+    if isinstance(account, str) and account:
+        record["account_id"] = account
+    return record
+
+
+def parse_segment(
+    kind: SegmentCall, body: bytes, received_at: datetime, identities: IdentityMap
+) -> Parsed:
+    """Convert one Segment API call (``batch`` carries many) into touchpoints."""
+    decoded = decode_json(body)
+    if not isinstance(decoded, dict):
+        raise PayloadError(DeadLetterReason.NOT_AN_OBJECT, "a Segment call body is a JSON object")
+    if kind == "batch":
+        items = decoded.get("batch")
+        if not isinstance(items, list):
+            raise PayloadError(DeadLetterReason.MISSING_FIELD, "batch needs a 'batch' array")
+        calls = [(item.get("type") if isinstance(item, dict) else None, item) for item in items]
+    else:
+        calls = [(kind, decoded)]
+
+    def candidates() -> Any:
+        for index, (call, item) in enumerate(calls):
+            if not isinstance(item, dict):
+                yield (
+                    index,
+                    Rejection(
+                        index,
+                        DeadLetterReason.NOT_AN_OBJECT,
+                        "a batch item is a JSON object",
+                        raw_item(item),
+                    ),
+                    b"",
+                )
+                continue
+            converted = _convert(str(call), item, received_at, identities)
+            if isinstance(converted, Rejection):
+                converted = Rejection(index, converted.reason, converted.detail, converted.raw)
+            yield index, converted, raw_item(item)
+
+    return validate_all(candidates())
