@@ -72,9 +72,15 @@ def _key(touch: TouchRef) -> tuple[datetime, str]:
 
 
 def is_duplicate(state: JourneyState, event_id: str, at: datetime) -> bool:
-    """True if this event is already folded into ``state`` (within the dedup window)."""
+    """True if this event id is already folded into ``state`` (within the dedup window).
+
+    Matched on the id alone: a source that stamps events with their receive time
+    (Twilio) redelivers the same event with a later time.
+    """
     index = bisect.bisect_left(state.recent, (at, event_id), key=_key)
-    return index < len(state.recent) and state.recent[index].event_id == event_id
+    if index < len(state.recent) and state.recent[index].event_id == event_id:
+        return True
+    return any(touch.event_id == event_id for touch in state.recent)
 
 
 def _later(current: Latest | None, touch: TouchRef, value: str | None) -> Latest | None:

@@ -77,3 +77,11 @@ def kafka_bootstrap() -> Iterator[str]:
             timeout=120,
             check=False,
         )
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Any:
+    """A fresh pipeline (topic prefix, app id) on the test broker; see tests/kafka_pipeline.py."""
+    from tests.kafka_pipeline import new_pipeline
+
+    return new_pipeline(kafka_bootstrap, tmp_path)

@@ -49,20 +49,43 @@ SEGMENT_EVENTS: Final[dict[str, str]] = {
 
 
 class IdentityMap:
-    """anonymousId → userId, learned from ``identify`` calls (bounded, least recent dropped)."""
+    """anonymousId → (userId, from when), learned from ``identify`` calls.
+
+    A link applies to anonymous calls that happened at or after the identify, so
+    a visitor's earlier anonymous history (and any redelivery of it) stays filed
+    under the anonymous buyer: the same call always maps to the same buyer.
+    Bounded: the least recently linked ids are forgotten first.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
-        self._users: OrderedDict[str, str] = OrderedDict()
+        self._users: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
 
-    def link(self, anonymous_id: str, user_id: str) -> None:
-        self._users[anonymous_id] = user_id
+    def link(self, anonymous_id: str, user_id: str, since: datetime) -> None:
+        known = self._users.get(anonymous_id)
+        if known is not None and known[0] == user_id:
+            since = min(since, known[1])
+        self._users[anonymous_id] = (user_id, since)
         self._users.move_to_end(anonymous_id)
         while len(self._users) > self.capacity:
             self._users.popitem(last=False)
 
-    def user_for(self, anonymous_id: str) -> str | None:
-        return self._users.get(anonymous_id)
+    def user_for(self, anonymous_id: str, at: datetime) -> str | None:
+        known = self._users.get(anonymous_id)
+        return known[0] if known is not None and at >= known[1] else None
+
+
+def _when(item: dict[str, Any], received_at: datetime) -> datetime:
+    for key in ("timestamp", "originalTimestamp"):
+        value = item.get(key)
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                continue
+            if parsed.tzinfo is not None:
+                return parsed
+    return received_at
 
 
 def _text(value: Any) -> str | None:
@@ -75,10 +98,11 @@ def _convert(
     raw = raw_item(item)
     user_id = _text(item.get("userId"))
     anonymous_id = _text(item.get("anonymousId"))
+    when = _when(item, received_at)
     if kind == "identify" and user_id and anonymous_id:
-        identities.link(anonymous_id, user_id)
+        identities.link(anonymous_id, user_id, when)
     if user_id is None and anonymous_id is not None:
-        user_id = identities.user_for(anonymous_id)
+        user_id = identities.user_for(anonymous_id, when)
     buyer_id = user_id or (f"anonymous:{anonymous_id}" if anonymous_id else None)
     if buyer_id is None:
         return Rejection(

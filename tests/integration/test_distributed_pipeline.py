@@ -9,14 +9,11 @@ over the same file — also when a worker is killed with SIGKILL mid-stream.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +24,7 @@ from kafka.structs import TopicPartition
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from processors.rules import default_rules
-from schemas.settings import KafkaSettings
-from schemas.topics import Topics
-from sinks.consumer import KafkaClickHouseSink
-from sinks.writer import ClickHouseWriter
+from tests.kafka_pipeline import Pipeline, assert_aggregates_match_the_raw_table, stop
 from tests.readback import expected_from_truth, read_back
 from touchpoint import wiring
 
@@ -65,114 +59,6 @@ def embedded_numbers(
     with wiring.clickhouse(settings) as client:
         wiring.run_files(settings, wiring.inspect_inputs([events]), client)
     return read_back(clickhouse_client, database)
-
-
-@dataclass
-class Pipeline:
-    bootstrap: str
-    topics: Topics
-    app_id: str
-    env: dict[str, str]
-    logs: Path
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "touchpoint", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{name}.log").open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "touchpoint", "-v", "worker"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def committed_raw(self) -> int:
-        """Input records the workers have committed (0 while their group is still forming)."""
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        try:
-            offsets = admin.list_group_offsets(self.app_id).get(self.app_id, {})
-        except KafkaError:
-            return 0
-        finally:
-            admin.close()
-        return sum(
-            meta.offset
-            for tp, meta in offsets.items()
-            if tp.topic == self.topics.raw and meta.offset > 0
-        )
-
-    def raw_end(self) -> int:
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
-        try:
-            tps = [TopicPartition(self.topics.raw, p) for p in range(PARTITIONS)]
-            return sum(consumer.end_offsets(tps).values())
-        finally:
-            consumer.close()
-
-    def wait_until_workers_consumed_everything(self, timeout: float = 300) -> None:
-        end = self.raw_end()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.committed_raw() >= end:
-                return
-            time.sleep(1)
-        pytest.fail(f"workers did not catch up: {self.committed_raw()} of {end}; see {self.logs}")
-
-    def sink_into(self, clickhouse_client: Any, database: str) -> None:
-        from sinks.migrate import apply_migrations
-
-        apply_migrations(clickhouse_client, database)
-        settings = KafkaSettings(bootstrap=self.bootstrap, sink_group=f"{self.app_id}-sink")
-        writer = ClickHouseWriter(clickhouse_client, database)
-        with KafkaClickHouseSink(
-            settings, writer, topics=self.topics.table_by_topic, max_rows=5000, max_seconds=1.0
-        ) as sink:
-            sink.run(idle_timeout=8.0)
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    tag = uuid.uuid4().hex[:8]
-    topics = Topics(prefix=f"t{tag}.")
-    app_id = f"touchpoint-{tag}"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TOUCHPOINT_")}
-    env.update(
-        PYTHONPATH=str(REPO),
-        TOUCHPOINT_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        TOUCHPOINT_KAFKA_PARTITIONS=str(PARTITIONS),
-        TOUCHPOINT_KAFKA_TOPIC_PREFIX=topics.prefix,
-        TOUCHPOINT_KAFKA_APP_ID=app_id,
-    )
-    yield Pipeline(kafka_bootstrap, topics, app_id, env, tmp_path)
-
-
-def assert_aggregates_match_the_raw_table(clickhouse_client: Any, database: str) -> None:
-    """No output row was written twice: the daily funnel aggregate equals a FINAL recount."""
-    from_view = clickhouse_client.query(
-        f"SELECT sum(touches) FROM {database}.funnel_daily"
-    ).result_rows[0][0]
-    from_raw = clickhouse_client.query(
-        f"SELECT count() FROM {database}.touchpoints FINAL WHERE stage IS NOT NULL"
-    ).result_rows[0][0]
-    assert from_view == from_raw
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_two_workers_give_exactly_the_ground_truth_and_the_embedded_numbers(

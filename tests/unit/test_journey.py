@@ -256,3 +256,11 @@ def test_journey_state_survives_a_json_round_trip() -> None:
     assert state.dropoffs and state.exits and state.pruned_last
     again = JOURNEY_STATE_ADAPTER.validate_json(JOURNEY_STATE_ADAPTER.dump_json(state))
     assert again == state
+
+
+def test_a_redelivery_with_a_later_receive_time_is_still_a_duplicate() -> None:
+    proc = processor()
+    first = event("sms_delivered", at=HOUR, event_id="twilio-SM1-delivered")
+    again = dict(first, occurred_at=(T0 + 2 * HOUR).isoformat())
+    feed(proc, first, again)
+    assert proc.counters.duplicates == 1

@@ -119,9 +119,11 @@ def test_segment_calls_and_identity_linking() -> None:
     assert identify.buyer_id == "crm-zoe"
     assert identify.persona == "ops_manager"
     assert "email" not in identify.properties
-    later = {**vendor.SEGMENT_PAGE, "messageId": "ajs-page-2"}
+    later = {**vendor.SEGMENT_PAGE, "messageId": "ajs-page-2", "timestamp": "2026-03-02T09:30:00Z"}
     [linked] = parse_segment("page", body(later), NOW, identities).touchpoints
     assert (linked.buyer_id, linked.anonymous_id) == ("crm-zoe", "anon-9")
+    [redelivered] = parse_segment("page", body(vendor.SEGMENT_PAGE), NOW, identities).touchpoints
+    assert redelivered.buyer_id == "anonymous:anon-9"  # it happened before the identify
     [order] = parse_segment("track", body(vendor.SEGMENT_TRACK), NOW, identities).touchpoints
     assert (order.event_type, str(order.revenue), order.currency) == ("purchase", "25.0", "USD")
     assert (order.campaign, order.promo) == ("spring_sale", "hasbros")
