@@ -313,8 +313,8 @@ def test_the_same_vendor_delivery_sent_twice_is_one_row_after_the_pipeline(
     server.pipeline.sink_into(clickhouse_client, database)
     rows = clickhouse_client.query(f"SELECT count() FROM {database}.touchpoints FINAL").result_rows
     repeated = clickhouse_client.query(
-        f"SELECT event_id, channel, event_type, groupArray(occurred_at) FROM {database}.touchpoints "
-        "GROUP BY event_id, channel, event_type HAVING count() > 1"
+        "SELECT event_id, channel, event_type, groupArray(occurred_at) "
+        f"FROM {database}.touchpoints GROUP BY event_id, channel, event_type HAVING count() > 1"
     ).result_rows
     assert rows[0][0] == accepted, repeated
     raw_rows = clickhouse_client.query(f"SELECT count() FROM {database}.touchpoints").result_rows
