@@ -9,7 +9,7 @@ internal Kafka topics. The SQL column types live in ``sinks/migrations``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -21,6 +21,7 @@ from schemas.enums import Channel, ExitKind, Stage
 __all__ = [
     "ROW_ADAPTERS",
     "ROW_TYPES",
+    "AdSpendRow",
     "DeadLetterRow",
     "DropoffRow",
     "ExitTuple",
@@ -180,12 +181,30 @@ class DeadLetterRow(Row):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class AdSpendRow(Row):
+    """One day of one campaign's spend on one ad platform (from an export)."""
+
+    table: ClassVar[str] = "ad_spend"
+
+    day: date
+    platform: str
+    campaign: str
+    impressions: int
+    clicks: int
+    cost: Decimal
+    currency: str
+    source: str
+    position: str
+
+
 ROW_TYPES: tuple[type[Row], ...] = (
     TouchpointRow,
     StageTransitionRow,
     JourneyStateRow,
     DropoffRow,
     DeadLetterRow,
+    AdSpendRow,
 )
 ROW_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     row_type.table: TypeAdapter(row_type) for row_type in ROW_TYPES

@@ -455,6 +455,31 @@ def migrate(ctx: click.Context) -> None:
     click.echo(f"Migrations applied to {wiring.target_description(settings)}: {names}")
 
 
+@cli.group("import")
+def import_group() -> None:
+    """Load other exports."""
+
+
+@import_group.command("ads-csv")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--platform",
+    default="ads",
+    show_default=True,
+    help="Ad platform name when the export has no platform column.",
+)
+@click.pass_context
+def import_ads_csv(ctx: click.Context, file: Path, platform: str) -> None:
+    """Load an ad-platform export (impressions, clicks, cost per campaign and day)."""
+    settings = _settings(ctx)
+    rows, rejected = wiring.import_ads_csv(settings, file, platform)
+    click.echo(
+        f"Loaded {rows:,} ad-spend rows from {file} into ad_spend"
+        + (f"; {rejected} unreadable rows dead-lettered (table dead_letters)" if rejected else "")
+        + "."
+    )
+
+
 @cli.group()
 def schema() -> None:
     """Data contracts."""

@@ -29,6 +29,7 @@ from schemas.settings import (
     ProcessingSettings,
     Settings,
 )
+from sinks.base import RowBatch
 from sinks.clickhouse import Client, connect, describe_target
 from sinks.migrate import apply_migrations
 from sinks.writer import ClickHouseWriter
@@ -37,6 +38,7 @@ __all__ = [
     "InputFile",
     "build_processor",
     "clickhouse",
+    "import_ads_csv",
     "inspect_inputs",
     "load_settings",
     "rules_for",
@@ -314,3 +316,26 @@ def run_collector(settings: Settings) -> None:
         print=None,
         access_log=None,
     )
+
+
+def import_ads_csv(settings: Settings, path: Path, platform: str) -> tuple[int, int]:
+    """Load an ad-platform spend export into ``ad_spend``; returns (rows, dead letters)."""
+    from ingest.ads_csv import read_ads_csv
+    from schemas.rows import AdSpendRow, DeadLetterRow
+
+    loaded = read_ads_csv(path, platform=platform)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+    with clickhouse(settings) as client:
+        writer = ClickHouseWriter(client, settings.clickhouse.database)
+        writer.write(
+            RowBatch(
+                token=f"ads-csv:{digest}:{platform}",
+                tables={
+                    AdSpendRow.table: loaded.rows,
+                    DeadLetterRow.table: [
+                        DeadLetterRow.from_dead_letter(letter) for letter in loaded.dead_letters
+                    ],
+                },
+            )
+        )
+    return len(loaded.rows), len(loaded.dead_letters)
