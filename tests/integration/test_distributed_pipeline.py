@@ -87,13 +87,29 @@ def test_two_workers_give_exactly_the_ground_truth_and_the_embedded_numbers(
     assert_aggregates_match_the_raw_table(clickhouse_client, database)
 
 
+@pytest.fixture(scope="module")
+def big_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth]:
+    """Large enough that two workers are still busy when the first offsets commit."""
+    folder = tmp_path_factory.mktemp("distributed-big")
+    config = GeneratorConfig(
+        buyers=5000,
+        seed=777,
+        duplicate_rate=0.03,
+        out_of_order_rate=0.10,
+        malformed_rate=0.002,
+        timeouts=dict(default_rules().timeouts),
+    )
+    events = folder / "events.jsonl"
+    return events, write_dataset(config, events)
+
+
 def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     pipeline: Pipeline,
-    dataset: tuple[Path, GroundTruth],
+    big_dataset: tuple[Path, GroundTruth],
     clickhouse_client: Any,
     database: str,
 ) -> None:
-    events, truth = dataset
+    events, truth = big_dataset
     produced = pipeline.cli("produce", "--input", str(events))
     assert produced.returncode == 0, produced.stderr
     end = pipeline.raw_end()
@@ -101,10 +117,10 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     restarted = None
     try:
         deadline = time.monotonic() + 180
-        while pipeline.committed_raw() < end // 4 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while pipeline.committed_raw() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # kill right after the first commit: mid-stream
         progress = pipeline.committed_raw()
-        assert 0 < progress < end, "the kill must land mid-stream"
+        assert 0 < progress < end, f"the kill must land mid-stream ({progress} of {end})"
         first.send_signal(signal.SIGKILL)
         first.wait()
         time.sleep(2)
