@@ -29,13 +29,18 @@ invocation and on the same machine, one phase after the other:
     every record is processed and its outputs are committed to Kafka (exactly once, in
     transactions).
 
-``pipeline (workers + sink)``
+``pipeline (workers+sink)``
     From the same launch until the sink's group has committed, for every output partition,
     the end of what the workers wrote (``end - 1`` counts: a transaction's commit marker
     takes the last offset), i.e. every row is inserted into ClickHouse (chDB). The sink is
     then stopped (SIGTERM: flush and exit), the workers too, and this script opens the
     chDB directory and counts the ``touchpoints`` rows against the generator's ground
     truth (``events_unique``).
+
+With ``--staged`` the sink is started only once the workers are done (and stopped), so
+``workers (alone)`` and ``sink (alone)`` (from its launch to the same end condition) are
+each measured without the other competing for the CPU; ``pipeline (staged)`` is then the
+wall time of both, one after the other.
 
 Events/s always divides the number of input records (lines of the file, including the
 generator's duplicates and malformed records: what is on the raw topic apart from one
@@ -591,26 +596,45 @@ def pipeline_phases(
     raw_end: int,
     workers: int,
     timeout: float,
-) -> tuple[Phase, Phase, dict[str, Any]]:
-    """Workers + sink on the filled topic: (workers phase, pipeline phase, sink stop details)."""
+    staged: bool,
+) -> tuple[list[Phase], dict[str, Any]]:
+    """Workers and sink on the filled topic: the workers, (sink,) pipeline phases; sink stats.
+
+    Together (default): the workers and the sink start at once. ``staged``: the workers run
+    alone until they are done and are stopped, then the sink runs alone.
+    """
     offsets = Offsets(deployment)
     raw_tps = offsets.partitions(deployment.topics.raw)
-    processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+    processes: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
+
+    def launch(name: str, *args: str) -> None:
+        process, log = deployment.start(name, *args)
+        processes[name] = (process, log)
+        meter.track(name, process.pid, "sink" if name == "sink" else "workers")
+
+    def stop(name: str) -> int:
+        process, log = processes.pop(name)
+        code = _stop(process, name)
+        log.close()
+        if code not in (0, -signal.SIGTERM):
+            logger.warning("%s exited %d; see %s", name, code, deployment.run_dir / f"{name}.log")
+        return code
+
     try:
         before = meter.snapshot()
         started = time.perf_counter()
         for number in range(1, workers + 1):
-            name = f"worker-{number}"
-            process, log = deployment.start(name, "worker")
-            processes.append((name, process, log))
-        sink, sink_log = deployment.start("sink", "sink")
-        processes.append(("sink", sink, sink_log))
-        for name, process, _ in processes:
-            meter.track(name, process.pid, "sink" if name == "sink" else "workers")
+            launch(f"worker-{number}", "worker")
+        sink_started: float | None = None
+        sink_before = before
+        if not staged:
+            launch("sink", "sink")
+            sink_started = 0.0
         logger.info(
-            "pipeline: %d worker(s) and a sink started (pids %s); waiting for %s raw offsets",
+            "%d worker(s)%s started (pids %s); waiting for %s raw offsets to be committed",
             workers,
-            ", ".join(str(process.pid) for _, process, _ in processes),
+            " and a sink" if not staged else "",
+            ", ".join(str(process.pid) for process, _ in processes.values()),
             f"{raw_end:,}",
         )
         meter.timeline_point("start")
@@ -620,8 +644,7 @@ def pipeline_phases(
         workers_cpu: dict[str, float] = {}
         output_ends: dict[TopicPartition, int] = {}
         sink_committed: dict[TopicPartition, int] = {}
-        done_raw = first_raw = 0
-        sink_sum = 0
+        done_raw = first_raw = sink_sum = 0
         sink_advanced = 0.0
         last_point = time.perf_counter()
         while True:
@@ -629,15 +652,10 @@ def pipeline_phases(
             if now - started > timeout:
                 raise BenchError(
                     f"gave up after {timeout:.0f} s: workers committed {done_raw:,} of "
-                    f"{raw_end:,} raw offsets"
-                    + (
-                        f"; sink at {sum(sink_committed.values()):,} of "
-                        f"{sum(output_ends.values()):,} output offsets"
-                        if workers_done is not None
-                        else ""
-                    )
+                    f"{raw_end:,} raw offsets; the sink {sink_sum:,} of "
+                    f"{sum(output_ends.values()) or '(not known yet)'} output offsets"
                 )
-            for name, process, _ in processes:
+            for name, (process, _) in processes.items():
                 if process.poll() is not None:
                     raise BenchError(
                         f"{name} exited early with code {process.returncode}:\n"
@@ -649,8 +667,7 @@ def pipeline_phases(
                 now = time.perf_counter()
                 if now_raw > done_raw:
                     if first_commit is None:
-                        first_commit = now - started
-                        first_raw = now_raw
+                        first_commit, first_raw = now - started, now_raw
                         logger.info("first raw offsets committed after %.1f s", first_commit)
                     progress(now_raw - done_raw)
                     done_raw = now_raw
@@ -659,16 +676,27 @@ def pipeline_phases(
                     workers_cpu = meter.cores(before, meter.snapshot())
                     output_ends = offsets.ends(deployment.topics.outputs)
                     logger.info(
-                        "workers done after %.1f s; the sink has %s output offsets to reach",
+                        "workers done after %.1f s; %s output offsets for the sink",
                         workers_done,
                         f"{sum(output_ends.values()):,}",
                     )
-            sink_committed = offsets.committed(deployment.sink_group)
-            if sum(sink_committed.values()) > sink_sum:
-                sink_sum = sum(sink_committed.values())
-                sink_advanced = time.perf_counter() - started
-            if workers_done is not None and _sink_done(sink_committed, output_ends):
-                break
+                    if staged:
+                        for name in [name for name in processes if name.startswith("worker-")]:
+                            stop(name)
+                        sink_before = meter.snapshot()
+                        sink_started = time.perf_counter() - started
+                        launch("sink", "sink")
+                        logger.info(
+                            "sink started %.1f s after the workers finished",
+                            sink_started - workers_done,
+                        )
+            if sink_started is not None:
+                sink_committed = offsets.committed(deployment.sink_group)
+                if sum(sink_committed.values()) > sink_sum:
+                    sink_sum = sum(sink_committed.values())
+                    sink_advanced = time.perf_counter() - started
+                if workers_done is not None and _sink_done(sink_committed, output_ends):
+                    break
             if now - last_point >= _TIMELINE_SECONDS:
                 last_point = now
                 meter.timeline_point(
@@ -678,12 +706,13 @@ def pipeline_phases(
                 )
             time.sleep(_POLL_SECONDS)
         pipeline_seconds = time.perf_counter() - started
-        pipeline_cpu = meter.cores(before, meter.snapshot())
+        end = meter.snapshot()
+        pipeline_cpu = meter.cores(before, end)
+        sink_cpu = meter.cores(sink_before, end)
         meter.timeline_point("end", committed_raw=float(done_raw), sink_committed=float(sink_sum))
         logger.info("sink done after %.1f s: stopping it", pipeline_seconds)
         stopped_at = time.perf_counter()
-        code = _stop(sink, "sink")
-        sink_log.close()
+        code = stop("sink")
         sink_out = (deployment.run_dir / "sink.log").read_text(errors="replace")
         if code != 0:
             raise BenchError(
@@ -697,42 +726,52 @@ def pipeline_phases(
             "output_offsets": sum(output_ends.values()),
         }
     finally:
-        for name, process, log in processes:
-            code = _stop(process, name)
-            log.close()
-            if code not in (0, -signal.SIGTERM):
-                logger.warning(
-                    "%s exited %d; see %s", name, code, deployment.run_dir / f"{name}.log"
-                )
+        for name in list(processes):
+            stop(name)
         offsets.close()
-    assert workers_done is not None
-    workers_phase = Phase(
-        "workers",
-        records,
-        workers_done,
-        cpu_cores=workers_cpu,
-        details={
-            "workers": workers,
-            "startup_seconds": first_commit,
-            "raw_offsets": raw_end,
-            "after_first_commit_events_per_second": (
-                (raw_end - first_raw) / (workers_done - first_commit)
-                if first_commit is not None and workers_done > first_commit
-                else None
-            ),
-        },
+    assert workers_done is not None and sink_started is not None
+    phases = [
+        Phase(
+            "workers (alone)" if staged else "workers",
+            records,
+            workers_done,
+            cpu_cores=workers_cpu,
+            details={
+                "workers": workers,
+                "startup_seconds": first_commit,
+                "raw_offsets": raw_end,
+                "after_first_commit_events_per_second": (
+                    (raw_end - first_raw) / (workers_done - first_commit)
+                    if first_commit is not None and workers_done > first_commit
+                    else None
+                ),
+            },
+        )
+    ]
+    if staged:
+        phases.append(
+            Phase(
+                "sink (alone)",
+                records,
+                pipeline_seconds - sink_started,
+                cpu_cores=sink_cpu,
+                details={"output_messages": sink_details["messages"]},
+            )
+        )
+    phases.append(
+        Phase(
+            "pipeline (staged)" if staged else "pipeline (workers+sink)",
+            records,
+            pipeline_seconds,
+            cpu_cores=pipeline_cpu,
+            details={
+                "sink_lag_after_workers_seconds": pipeline_seconds - workers_done,
+                "sink_last_commit_seconds": sink_advanced,
+                "staged": staged,
+            },
+        )
     )
-    pipeline_phase = Phase(
-        "pipeline (workers+sink)",
-        records,
-        pipeline_seconds,
-        cpu_cores=pipeline_cpu,
-        details={
-            "sink_lag_after_workers_seconds": pipeline_seconds - workers_done,
-            "sink_last_commit_seconds": sink_advanced,
-        },
-    )
-    return workers_phase, pipeline_phase, sink_details
+    return phases, sink_details
 
 
 def count_rows(deployment: Deployment) -> dict[str, Any]:
@@ -836,8 +875,8 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             finally:
                 offsets.close()
             ceiling = ceiling_phase(deployment, meter, records, args.ceiling_repeat, raw_end)
-            workers, pipeline, sink = pipeline_phases(
-                deployment, meter, records, raw_end, args.workers, args.timeout
+            downstream, sink = pipeline_phases(
+                deployment, meter, records, raw_end, args.workers, args.timeout, args.staged
             )
         stored = count_rows(deployment)
     finally:
@@ -849,20 +888,19 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             f"{stored['touchpoints_final']:,}",
             f"{dataset['events_unique']:,}",
         )
+    workers, pipeline = downstream[0], downstream[-1]
     pipeline.details["unique_events"] = dataset["events_unique"]
     pipeline.details["unique_events_per_second"] = dataset["events_unique"] / pipeline.seconds
     code_changed = _git_revision() != environment["git"]
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
-    contention = max(
-        phase.cpu_cores.get("other", 0.0) for phase in (produce, ceiling, workers, pipeline)
-    )
+    phases = [produce, ceiling, *downstream]
+    contention = max(phase.cpu_cores.get("other", 0.0) for phase in phases)
     if contention > 0.25:
         logger.warning(
             "other processes used up to %.2f cores during a phase: figures are disturbed",
             contention,
         )
-    phases = [produce, ceiling, workers, pipeline]
     return {
         "benchmark": "kafka_path",
         "started_at": args.started_at,
@@ -874,8 +912,10 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             "partitions": args.partitions,
             "port": args.port,
             "ceiling_repeat": args.ceiling_repeat,
+            "staged": args.staged,
             "timing": "produce first; workers and pipeline timed from the launch of the "
-            "worker and sink processes on the filled topic",
+            "worker processes on the filled topic; the sink starts with them, or when they "
+            "are done if staged",
         },
         "environment": environment,
         "code_changed_during_run": code_changed,
@@ -892,6 +932,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         "ratio_pipeline_to_ceiling": _ratio(pipeline, ceiling),
         "ratio_workers_to_ceiling": _ratio(workers, ceiling),
         "ratio_produce_to_ceiling": _ratio(produce, ceiling),
+        "ratio_sink_to_ceiling": _ratio(downstream[1], ceiling) if args.staged else None,
     }
 
 
@@ -928,12 +969,14 @@ def _render(result: dict[str, Any]) -> str:
             f"{phase['events_per_second']:>10,.0f} "
             f"{phase['events_per_second'] / ceiling:>9.3f}x  {_cpu_text(phase['cpu_cores'])}"
         )
-    pipeline = phases[3]
+    pipeline = phases[-1]
     workers = phases[2]
+    staged = result["config"]["staged"]
     stored = result["clickhouse"]
     lines.append("")
     lines.append(
-        f"pipeline runs at {result['ratio_pipeline_to_ceiling']:.3f}x and the workers alone at "
+        f"pipeline runs at {result['ratio_pipeline_to_ceiling']:.3f}x and the workers "
+        f"{'alone ' if staged else ''}at "
         f"{result['ratio_workers_to_ceiling']:.3f}x a raw aiokafka consumer of the same topic "
         f"({workers['details']['workers']} worker(s), {result['config']['partitions']} partitions)."
     )
@@ -954,8 +997,13 @@ def _render(result: dict[str, Any]) -> str:
         "end to end."
     )
     lines.append(
-        "produce first, then the ceiling, then workers + sink launched together on the filled "
-        "topic (their start-up is timed)."
+        "produce first, then the ceiling, then "
+        + (
+            "the workers alone, then the sink alone"
+            if staged
+            else "workers + sink launched together"
+        )
+        + " on the filled topic (start-up timed)."
         + (
             f" WARNING: other processes used up to {result['max_other_cpu_cores']:.2f} cores."
             if result["max_other_cpu_cores"] > 0.25
@@ -1021,6 +1069,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         default=3,
         help="runs of the raw consumer; the median is reported [default: 3]",
+    )
+    parser.add_argument(
+        "--staged",
+        action="store_true",
+        help="run the workers alone until they are done, then the sink alone (each timed), "
+        "instead of both at once",
     )
     parser.add_argument(
         "--timeout",

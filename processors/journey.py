@@ -108,6 +108,7 @@ def fold(state: JourneyState, touchpoint: Touchpoint, classification: Classifica
     if state.last_touch is None or key > state.last_touch.key:
         state.last_touch = touch
     state.persona = _later(state.persona, touch, touchpoint.persona)
+    state.tier = _later(state.tier, touch, touchpoint.tier)
     state.account_id = _later(state.account_id, touch, touchpoint.account_id)
     state.anonymous_id = _later(state.anonymous_id, touch, touchpoint.anonymous_id)
 
@@ -397,6 +398,7 @@ def state_row(state: JourneyState) -> JourneyStateRow:
     return JourneyStateRow(
         buyer_id=state.buyer_id,
         persona=_value(state.persona),
+        tier=_value(state.tier),
         account_id=_value(state.account_id),
         anonymous_id=_value(state.anonymous_id),
         furthest_stage=furthest,

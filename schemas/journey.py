@@ -92,6 +92,7 @@ class JourneyState:
     first_purchase_at: datetime | None = None
     last_purchase_at: datetime | None = None
     persona: Latest | None = None
+    tier: Latest | None = None
     account_id: Latest | None = None
     anonymous_id: Latest | None = None
     recent: list[TouchRef] = field(default_factory=list)

@@ -105,6 +105,7 @@ class JourneyStateRow(Row):
 
     buyer_id: str
     persona: str | None
+    tier: str | None
     account_id: str | None
     anonymous_id: str | None
     furthest_stage: Stage | None

@@ -177,6 +177,12 @@ class Touchpoint(BaseModel):
         value = self.properties.get("persona")
         return value if isinstance(value, str) else None
 
+    @property
+    def tier(self) -> str | None:
+        """The account tier (B2B), e.g. ``smb``, ``mid_market``, ``enterprise``."""
+        value = self.properties.get("tier")
+        return value if isinstance(value, str) else None
+
 
 def parse_touchpoint(data: bytes | str) -> Touchpoint:
     """Validate one raw record into a Touchpoint.
