@@ -1,0 +1,999 @@
+"""Throughput and latency of the HTTP collector on real Kafka, against a bare aiohttp ceiling.
+
+What is measured
+----------------
+A genuine Apache Kafka broker is started for the run (``deploy/kafka/kafka.sh start
+--fresh`` on a dedicated port, stopped at the end), then two HTTP servers, each its own
+subprocess on loopback:
+
+``collector``
+    The real one, ``python -m touchpoint collector``, exactly as deployed: API-key
+    authentication, validation of every item, each request's touchpoints produced to the
+    raw topic with ``acks=all`` (idempotent kafka-python producer, zstd, run in a worker
+    thread) and the answer sent only once Kafka acknowledged them.
+
+``ceiling (bare aiohttp)``
+    ``python -m bench.collector --serve-bare``: the same framework (aiohttp, the same
+    ``web.run_app`` with no access log, the same body limit) with a single POST handler
+    that does ``await request.read()`` and answers 200 with a constant body — no
+    authentication, no validation, no Kafka. It is what HTTP on this machine costs; the
+    collector cannot beat it, and ``collector / ceiling`` is the share of it that the
+    collector's own work (validation, serialization, the Kafka round trip) leaves.
+
+A load generator in this process (an ``aiohttp.ClientSession``, keep-alive) keeps
+exactly ``--concurrency`` requests in flight: each of that many tasks sends a request,
+waits for the whole answer, and sends the next. Two modes, each against both servers,
+with the same bodies:
+
+``single``
+    ``POST /v1/touchpoints`` with one Touchpoint JSON object per request.
+
+``batch``
+    ``POST /v1/touchpoints`` with a JSON array of ``--batch`` Touchpoints per request.
+
+Every event has a unique ``event_id``. A collector request counts as good only if it is
+answered 200 with ``accepted`` equal to the events sent and nothing rejected; a ceiling
+request if it is answered 200. Anything else (another status, a short count, a timeout, a
+connection error) is an error, counted by kind, and its events are not counted.
+
+Each phase first warms up (``--warmup`` seconds, same session and concurrency; not
+measured), then runs ``--duration`` seconds (or ``--requests`` requests): tasks start no
+new request after the end and the phase ends when the last answer is in. Events/s is
+the events accepted in the measured part divided by its wall-clock seconds; latency is
+``perf_counter`` around each request (send to last byte of the answer; every request,
+errors included), reported as p50/p99 (nearest rank). The phases run one after the
+other: for each mode, the ceiling, then the collector; ``--repeat N`` runs the whole
+sequence N times and reports, per phase, the run with the median events/s.
+
+CPU (user + system, all threads) of the collector, the bare server, the broker and this
+process (the load generator) is read from ``/proc`` over each measured part and reported
+as cores in use, beside the whole machine's ("other": anything else running, which makes
+the figures unreliable — the result says so above a quarter of a core). All of them share
+the machine's cores, as they would on a small host: read the ratios, not the absolutes.
+The collector's mean Kafka hand-off time per request (its
+``touchpoint_collector_produce_seconds`` histogram, scraped before and after) is reported
+too.
+
+At the end, the raw topic's end offsets are summed (kafka-python ``end_offsets``) and
+compared with every event the collector accepted, warm-ups included; the dead-letter
+topic must be empty. A mismatch makes the exit code 1.
+
+Run from the repository root with the project's virtualenv (the servers are started with
+the same interpreter)::
+
+    .venv/bin/python -m bench.collector                          # 4 phases × 20 s, ~2 minutes
+    .venv/bin/python -m bench.collector --duration 3 --warmup 1  # quick check
+
+Results are printed and written as JSON to ``bench/results/collector-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any, Final
+
+import aiohttp
+from aiohttp import web
+
+__all__ = ["main", "serve_bare"]
+
+logger = logging.getLogger("bench.collector")
+
+REPO: Final = Path(__file__).resolve().parent.parent
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+KAFKA_SH: Final = REPO / "deploy" / "kafka" / "kafka.sh"
+DEFAULT_KAFKA_PORT: Final = 29492
+"""Away from the test suite's broker (39092), a developer's (9092, 29092) and
+bench.kafka_path's (29392)."""
+MAX_BODY_BYTES: Final = 5_000_000
+"""The collector's default ``TOUCHPOINT_COLLECTOR_MAX_BODY_BYTES``, given to the bare server too."""
+ENDPOINT: Final = "/v1/touchpoints"
+_BARE_ANSWER: Final = b'{"accepted": 0, "rejected": []}'
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_READY_TIMEOUT: Final = 120.0
+_OTHER_CPU_LIMIT: Final = 0.25
+_PRODUCE_METRIC: Final = re.compile(
+    r"^touchpoint_collector_produce_seconds_(sum|count) ([0-9.eE+-]+)$", re.MULTILINE
+)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run to the end (its message says why and where the logs are)."""
+
+
+# ------------------------------------------------------------------- the bare ceiling
+
+
+def serve_bare(host: str, port: int) -> None:
+    """The ceiling: aiohttp, one POST handler that only reads the body and answers 200."""
+
+    async def touchpoints(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=_BARE_ANSWER, content_type="application/json")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(body=b'{"status": "ready"}', content_type="application/json")
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.add_routes([web.post(ENDPOINT, touchpoints), web.get("/readyz", readyz)])
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
+
+
+# ------------------------------------------------------------------------------- CPU
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) of a live process, None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": [11] utime, [12] stime
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _machine_busy() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (all cores), from /proc/stat."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / _CLK_TCK
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    at: float
+    seconds: dict[str, float]
+    machine: float | None
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of named processes (``collector``, ``broker``, …) and of the machine."""
+
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> CpuSnapshot:
+        seconds = {name: _proc_cpu(pid) for name, pid in self.pids.items()}
+        return CpuSnapshot(
+            time.perf_counter(),
+            {name: value for name, value in seconds.items() if value is not None},
+            _machine_busy(),
+        )
+
+    @staticmethod
+    def cores(begin: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
+        """Cores in use per process between two snapshots, plus ``machine`` and ``other``."""
+        wall = end.at - begin.at
+        if wall <= 0:
+            return {}
+        used = {
+            name: (seconds - begin.seconds[name]) / wall
+            for name, seconds in end.seconds.items()
+            if name in begin.seconds
+        }
+        result = {name: round(value, 3) for name, value in used.items()}
+        if begin.machine is not None and end.machine is not None:
+            machine = (end.machine - begin.machine) / wall
+            result["machine"] = round(machine, 3)
+            result["other"] = round(max(0.0, machine - sum(used.values())), 3)
+        return result
+
+
+# --------------------------------------------------------------------- broker, servers
+
+
+@contextmanager
+def kafka_broker(port: int, log: Path) -> Iterator[tuple[str, int | None]]:
+    """A fresh single-node broker on ``port`` (deploy/kafka/kafka.sh): (bootstrap, pid)."""
+    env = dict(os.environ, TOUCHPOINT_KAFKA_PORT=str(port))
+    env.pop("TOUCHPOINT_KAFKA_CONTROLLER_PORT", None)
+    logger.info("starting a fresh Kafka broker on port %d (%s)", port, KAFKA_SH)
+    started = subprocess.run(
+        ["bash", str(KAFKA_SH), "start", "--fresh"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    log.write_text(started.stdout + started.stderr, encoding="utf-8")
+    try:
+        if started.returncode != 0:
+            raise BenchError(f"kafka.sh start failed:\n{started.stderr[-3000:]}")
+        found = re.search(r"^bootstrap=(\S+)$", started.stdout, re.MULTILINE)
+        if found is None:
+            raise BenchError(f"kafka.sh start printed no bootstrap line: {started.stdout!r}")
+        home = Path(os.environ.get("TOUCHPOINT_KAFKA_HOME", REPO / ".cache" / "kafka"))
+        pid_file = home / f"run-{port}" / "kafka.pid"
+        try:
+            pid: int | None = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            logger.warning("no broker pid in %s: its CPU is not measured", pid_file)
+            pid = None
+        yield found.group(1), pid
+    finally:
+        logger.info("stopping the Kafka broker on port %d", port)
+        stopped = subprocess.run(
+            ["bash", str(KAFKA_SH), "stop"], env=env, capture_output=True, text=True, check=False
+        )
+        if stopped.returncode != 0:
+            logger.warning("kafka.sh stop failed: %s", stopped.stderr[-2000:])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """An HTTP server subprocess on loopback, its output going to ``log``."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    handle: IO[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0f s: killing it", self.name, timeout)
+                self.process.kill()
+                self.process.wait()
+        self.handle.close()
+        return self.process.returncode
+
+
+def start_server(name: str, command: Sequence[str], env: Mapping[str, str], log: Path) -> Server:
+    port = int(command[command.index("--port") + 1])
+    handle = log.open("wb")
+    logger.info("starting %s on port %d (log: %s)", name, port, log)
+    process = subprocess.Popen(
+        list(command), cwd=REPO, env=dict(env), stdout=handle, stderr=subprocess.STDOUT
+    )
+    return Server(name, process, port, log, handle)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def wait_ready(server: Server, timeout: float = _READY_TIMEOUT) -> float:
+    """Poll ``GET /readyz`` until 200; the seconds it took."""
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while time.perf_counter() - started < timeout:
+            if server.process.poll() is not None:
+                raise BenchError(
+                    f"{server.name} exited with {server.process.returncode}:\n{_tail(server.log)}"
+                )
+            try:
+                async with session.get(f"{server.base_url}/readyz") as response:
+                    if response.status == 200:
+                        return time.perf_counter() - started
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.25)
+    raise BenchError(f"{server.name} not ready after {timeout:.0f} s:\n{_tail(server.log)}")
+
+
+async def produce_totals(session: aiohttp.ClientSession, server: Server) -> tuple[float, float]:
+    """(seconds, requests) of the collector's Kafka hand-off histogram so far."""
+    async with session.get(f"{server.base_url}/metrics") as response:
+        text = await response.text()
+    found = dict(_PRODUCE_METRIC.findall(text))
+    return float(found.get("sum", 0.0)), float(found.get("count", 0.0))
+
+
+# --------------------------------------------------------------------- load generator
+
+
+class Bodies:
+    """Request bodies with unique event ids: one object, or a JSON array of ``batch``."""
+
+    def __init__(self, run_id: str, batch: int | None) -> None:
+        self.run_id = run_id
+        self.batch = batch
+        self.next_id = 0
+
+    def _event(self) -> str:
+        number = self.next_id
+        self.next_id += 1
+        return (
+            f'{{"event_id": "bench-{self.run_id}-{number}", "buyer_id": "b-{number % 10007}", '
+            '"channel": "web", "event_type": "page_view", '
+            '"occurred_at": "2026-03-02T09:00:00Z", "properties": {"url": "/pricing"}}'
+        )
+
+    def next(self) -> tuple[bytes, int]:
+        """The next body and how many events it carries."""
+        if self.batch is None:
+            return self._event().encode(), 1
+        return ("[" + ", ".join(self._event() for _ in range(self.batch)) + "]").encode(), (
+            self.batch
+        )
+
+
+@dataclass
+class Load:
+    """What one stretch of load (a warm-up or a measured part) did."""
+
+    requests: int = 0
+    good_requests: int = 0
+    events_sent: int = 0
+    events_accepted: int = 0
+    seconds: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+
+def _percentile(ordered: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of sorted values (0 if there are none)."""
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+async def drive(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: Mapping[str, str],
+    bodies: Bodies,
+    *,
+    concurrency: int,
+    seconds: float | None,
+    requests: int | None,
+    check_accepted: bool,
+) -> Load:
+    """Keep ``concurrency`` requests in flight for ``seconds`` (or ``requests`` in all)."""
+    load = Load()
+    started = time.perf_counter()
+    stop_at = started + seconds if seconds is not None else math.inf
+    issued = 0
+
+    def more() -> bool:
+        nonlocal issued
+        if requests is not None:
+            if issued >= requests:
+                return False
+        elif time.perf_counter() >= stop_at:
+            return False
+        issued += 1
+        return True
+
+    async def one(body: bytes, events: int) -> None:
+        load.requests += 1
+        load.events_sent += events
+        error: str | None = None
+        sent = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                answer = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            load.latencies.append(time.perf_counter() - sent)
+            load.errors[type(exc).__name__] += 1
+            return
+        load.latencies.append(time.perf_counter() - sent)
+        if status != 200:
+            error = f"status {status}"
+        elif check_accepted:
+            try:
+                reply = json.loads(answer)
+            except ValueError:
+                reply = None
+            if not isinstance(reply, dict) or reply.get("accepted") != events:
+                got = reply.get("accepted") if isinstance(reply, dict) else None
+                error = f"accepted {got} of {events}"
+            elif reply.get("rejected"):
+                error = "rejected items"
+        if error is None:
+            load.good_requests += 1
+            load.events_accepted += events
+        else:
+            load.errors[error] += 1
+
+    async def worker() -> None:
+        while more():
+            await one(*bodies.next())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    load.seconds = time.perf_counter() - started
+    return load
+
+
+# ------------------------------------------------------------------------------ phases
+
+
+@dataclass
+class Target:
+    """One server under load: ``collector`` or ``ceiling (bare aiohttp)``."""
+
+    label: str
+    server: Server
+    headers: dict[str, str]
+    check_accepted: bool
+    is_collector: bool
+
+
+@dataclass
+class Phase:
+    mode: str
+    target: str
+    load: Load
+    warmup: Load
+    cpu_cores: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        load = self.load
+        ordered = sorted(load.latencies)
+        seconds = load.seconds or math.inf
+        return {
+            "mode": self.mode,
+            "target": self.target,
+            "requests": load.requests,
+            "good_requests": load.good_requests,
+            "events_sent": load.events_sent,
+            "events_accepted": load.events_accepted,
+            "seconds": load.seconds,
+            "requests_per_second": load.good_requests / seconds,
+            "events_per_second": load.events_accepted / seconds,
+            "latency_ms": {
+                "p50": _percentile(ordered, 0.50) * 1000,
+                "p90": _percentile(ordered, 0.90) * 1000,
+                "p99": _percentile(ordered, 0.99) * 1000,
+                "max": (ordered[-1] if ordered else 0.0) * 1000,
+                "mean": (statistics.fmean(ordered) if ordered else 0.0) * 1000,
+            },
+            "errors": sum(load.errors.values()),
+            "errors_by_kind": dict(load.errors),
+            "warmup": {
+                "seconds": self.warmup.seconds,
+                "requests": self.warmup.requests,
+                "events_accepted": self.warmup.events_accepted,
+                "errors": sum(self.warmup.errors.values()),
+            },
+            "cpu_cores": self.cpu_cores,
+            "details": self.details,
+        }
+
+
+async def run_phase(
+    args: argparse.Namespace, mode: str, target: Target, bodies: Bodies, meter: CpuMeter
+) -> Phase:
+    url = f"{target.server.base_url}{ENDPOINT}"
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    timeout = aiohttp.ClientTimeout(total=args.request_timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        common: dict[str, Any] = {
+            "concurrency": args.concurrency,
+            "check_accepted": target.check_accepted,
+        }
+        logger.info("%s / %s: warming up for %.0f s", mode, target.label, args.warmup)
+        warmup = await drive(
+            session,
+            url,
+            target.headers,
+            bodies,
+            seconds=args.warmup,
+            requests=None,
+            **common,
+        )
+        produce_before = (
+            await produce_totals(session, target.server) if target.is_collector else None
+        )
+        logger.info(
+            "%s / %s: measuring %s",
+            mode,
+            target.label,
+            f"{args.requests:,} requests" if args.requests else f"{args.duration:.0f} s",
+        )
+        begin = meter.snapshot()
+        load = await drive(
+            session,
+            url,
+            target.headers,
+            bodies,
+            seconds=None if args.requests else args.duration,
+            requests=args.requests,
+            **common,
+        )
+        end = meter.snapshot()
+        details: dict[str, Any] = {}
+        if produce_before is not None:
+            after = await produce_totals(session, target.server)
+            calls = after[1] - produce_before[1]
+            details["kafka_handoff_mean_ms"] = (
+                (after[0] - produce_before[0]) / calls * 1000 if calls else None
+            )
+    phase = Phase(mode, target.label, load, warmup, CpuMeter.cores(begin, end), details)
+    summary = phase.as_dict()
+    logger.info(
+        "%s / %s: %s events/s, %s req/s, p50 %.1f ms, p99 %.1f ms, %d errors; cpu %s",
+        mode,
+        target.label,
+        f"{summary['events_per_second']:,.0f}",
+        f"{summary['requests_per_second']:,.0f}",
+        summary["latency_ms"]["p50"],
+        summary["latency_ms"]["p99"],
+        summary["errors"],
+        _cpu_text(phase.cpu_cores),
+    )
+    return phase
+
+
+async def run_phases(
+    args: argparse.Namespace, targets: Sequence[Target], run_id: str, meter: CpuMeter
+) -> list[Phase]:
+    for target in targets:
+        waited = await wait_ready(target.server)
+        logger.info("%s ready after %.1f s", target.server.name, waited)
+    modes: list[tuple[str, int | None]] = [("single", None), (f"batch x{args.batch}", args.batch)]
+    phases: list[Phase] = []
+    for number in range(1, args.repeat + 1):
+        if args.repeat > 1:
+            logger.info("run %d of %d", number, args.repeat)
+        for mode, batch in modes:
+            for target in targets:
+                tag = f"{run_id}-{number}-{'b' if batch else 's'}-{target.server.name}"
+                phases.append(await run_phase(args, mode, target, Bodies(tag, batch), meter))
+    return phases
+
+
+# ------------------------------------------------------------------------ verification
+
+
+def topic_end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    """Sum of end offsets per topic (non-transactional producer: one offset per record)."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="bench-collector")
+    try:
+        totals: dict[str, int] = {}
+        for topic in topics:
+            partitions = [
+                TopicPartition(topic, number)
+                for number in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            ends = consumer.end_offsets(partitions) if partitions else {}
+            totals[topic] = sum(ends.values())
+        return totals
+    finally:
+        consumer.close()
+
+
+# ----------------------------------------------------------------------- orchestration
+
+
+def _environment() -> dict[str, Any]:
+    from bench.embedded import _git_revision
+
+    versions: dict[str, str | None] = {}
+    for package in ("aiohttp", "kafka-python", "pydantic"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "git": _git_revision(),
+        "packages": versions,
+        "kafka_version": os.environ.get("TOUCHPOINT_KAFKA_VERSION", "4.4.0 (kafka.sh default)"),
+        "touchpoint_env": sorted(
+            name
+            for name in os.environ
+            if name.startswith("TOUCHPOINT_") and "PASSWORD" not in name and "KEY" not in name
+        ),
+    }
+
+
+def _pick(runs: Sequence[Phase]) -> Phase:
+    """The run with the median events/s (the lower one for an even count)."""
+    rates = [run.as_dict()["events_per_second"] for run in runs]
+    middle = statistics.median_low(rates)
+    return runs[rates.index(middle)]
+
+
+def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    from schemas.rows import DeadLetterRow
+    from schemas.topics import Topics
+
+    environment = _environment()
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench-collector-{run_id}."
+    topics = Topics(prefix)
+    dead_letter_topic = topics.for_table(DeadLetterRow.table)
+    key = secrets.token_urlsafe(24)
+    meter = CpuMeter({"bench": os.getpid()})
+    servers: list[Server] = []
+    with kafka_broker(args.kafka_port, run_dir / "kafka-start.log") as (bootstrap, broker_pid):
+        if broker_pid is not None:
+            meter.pids["broker"] = broker_pid
+        try:
+            env = dict(
+                os.environ,
+                TOUCHPOINT_KAFKA_BOOTSTRAP=bootstrap,
+                TOUCHPOINT_KAFKA_TOPIC_PREFIX=prefix,
+                TOUCHPOINT_COLLECTOR_API_KEYS=json.dumps({"bench": key}),
+            )
+            collector_port = args.collector_port or _free_port()
+            collector = start_server(
+                "collector",
+                [sys.executable, "-m", "touchpoint", "collector", "--port", str(collector_port)],
+                env,
+                run_dir / "collector.log",
+            )
+            servers.append(collector)
+            meter.pids["collector"] = collector.process.pid
+            bare_port = args.bare_port or _free_port()
+            bare = start_server(
+                "bare",
+                [sys.executable, "-m", "bench.collector", "--serve-bare", "--port", str(bare_port)],
+                env,
+                run_dir / "bare.log",
+            )
+            servers.append(bare)
+            meter.pids["bare"] = bare.process.pid
+            targets = [
+                Target(
+                    "ceiling (bare aiohttp)",
+                    bare,
+                    {"Content-Type": "application/json"},
+                    False,
+                    False,
+                ),
+                Target(
+                    "collector",
+                    collector,
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+                    True,
+                    True,
+                ),
+            ]
+            phases = asyncio.run(run_phases(args, targets, run_id, meter))
+            on_topics = topic_end_offsets(bootstrap, [topics.raw, dead_letter_topic])
+        finally:
+            for server in servers:
+                code = server.stop()
+                if code not in (0, None, -signal.SIGTERM):
+                    logger.warning("%s exited with %s (log: %s)", server.name, code, server.log)
+
+    accepted_total = sum(
+        phase.load.events_accepted + phase.warmup.events_accepted
+        for phase in phases
+        if phase.target == "collector"
+    )
+    topic_matches = on_topics[topics.raw] == accepted_total and on_topics[dead_letter_topic] == 0
+    if not topic_matches:
+        logger.warning(
+            "the raw topic holds %d records, the collector accepted %d (dead letters: %d)",
+            on_topics[topics.raw],
+            accepted_total,
+            on_topics[dead_letter_topic],
+        )
+    chosen: list[dict[str, Any]] = []
+    ratios: dict[str, dict[str, float | None]] = {}
+    for mode in dict.fromkeys(phase.mode for phase in phases):
+        pair: dict[str, dict[str, Any]] = {}
+        for target in ("ceiling (bare aiohttp)", "collector"):
+            runs = [p for p in phases if p.mode == mode and p.target == target]
+            summary = _pick(runs).as_dict()
+            summary["runs_events_per_second"] = [run.as_dict()["events_per_second"] for run in runs]
+            pair[target] = summary
+            chosen.append(summary)
+        ceiling, measured = pair["ceiling (bare aiohttp)"], pair["collector"]
+        ratios[mode] = {
+            "events_per_second": _ratio(
+                measured["events_per_second"], ceiling["events_per_second"]
+            ),
+            "p50_latency": _ratio(measured["latency_ms"]["p50"], ceiling["latency_ms"]["p50"]),
+            "p99_latency": _ratio(measured["latency_ms"]["p99"], ceiling["latency_ms"]["p99"]),
+        }
+    from bench.embedded import _git_revision
+
+    code_changed = _git_revision() != environment["git"]
+    if code_changed:
+        logger.warning("the code under test changed during the run: results may mix versions")
+    return {
+        "benchmark": "collector",
+        "started_at": args.started_at,
+        "config": {
+            "duration_seconds": None if args.requests else args.duration,
+            "requests": args.requests,
+            "warmup_seconds": args.warmup,
+            "batch": args.batch,
+            "concurrency": args.concurrency,
+            "repeat": args.repeat,
+            "kafka_port": args.kafka_port,
+            "topic_prefix": prefix,
+        },
+        "environment": environment,
+        "code_changed_during_run": code_changed,
+        "phases": chosen,
+        "all_runs": [phase.as_dict() for phase in phases] if args.repeat > 1 else None,
+        "ratios_collector_to_ceiling": ratios,
+        "raw_topic": {
+            "records": on_topics[topics.raw],
+            "accepted_by_collector": accepted_total,
+            "dead_letters": on_topics[dead_letter_topic],
+            "matches": topic_matches,
+        },
+        "max_other_cpu_cores": max(
+            (phase["cpu_cores"].get("other", 0.0) for phase in chosen), default=0.0
+        ),
+        "errors_total": sum(phase["errors"] for phase in chosen),
+    }
+
+
+def _ratio(value: float, ceiling: float) -> float | None:
+    return value / ceiling if ceiling else None
+
+
+def _cpu_text(cores: Mapping[str, float]) -> str:
+    return ", ".join(
+        f"{name} {cores[name]:.2f}"
+        for name in ("collector", "bare", "broker", "bench", "other")
+        if name in cores
+    )
+
+
+def _render(result: dict[str, Any]) -> str:
+    header = (
+        f"{'mode':<10} {'target':<22} {'requests':>9} {'events':>9} {'seconds':>7} "
+        f"{'req/s':>8} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'vs ceiling':>10}"
+    )
+    lines = [header, "-" * len(header)]
+    ceilings: dict[str, float] = {}
+    for phase in result["phases"]:
+        rate = phase["events_per_second"]
+        if phase["target"].startswith("ceiling"):
+            ceilings[phase["mode"]] = rate
+        top = ceilings.get(phase["mode"])
+        versus = f"{rate / top:>9.3f}x" if top else f"{'':>10}"
+        lines.append(
+            f"{phase['mode']:<10} {phase['target']:<22} {phase['good_requests']:>9,} "
+            f"{phase['events_accepted']:>9,} {phase['seconds']:>7.1f} "
+            f"{phase['requests_per_second']:>8,.0f} {rate:>9,.0f} "
+            f"{phase['latency_ms']['p50']:>7.1f} {phase['latency_ms']['p99']:>7.1f} "
+            f"{phase['errors']:>6,} {versus}"
+        )
+    lines.append("")
+    lines.append("CPU, cores in use while measuring (bench = the load generator):")
+    for phase in result["phases"]:
+        handoff = phase["details"].get("kafka_handoff_mean_ms")
+        lines.append(
+            f"  {phase['mode']:<10} {phase['target']:<22} {_cpu_text(phase['cpu_cores'])}"
+            + (f"; Kafka hand-off {handoff:.1f} ms/request" if handoff is not None else "")
+        )
+    lines.append("")
+    for mode, ratio in result["ratios_collector_to_ceiling"].items():
+        events = ratio["events_per_second"]
+        p99 = ratio["p99_latency"]
+        lines.append(
+            f"{mode}: the collector reaches "
+            + (f"{events:.3f}x" if events is not None else "n/a")
+            + " the events/s of a bare aiohttp handler, at "
+            + (f"{p99:.1f}x" if p99 is not None else "n/a")
+            + " its p99 latency."
+        )
+    raw = result["raw_topic"]
+    lines.append(
+        f"raw topic: {raw['records']:,} records for {raw['accepted_by_collector']:,} events "
+        f"accepted (warm-ups included), {raw['dead_letters']:,} dead letters: "
+        + ("match." if raw["matches"] else "MISMATCH.")
+    )
+    config = result["config"]
+    lines.append(
+        f"concurrency {config['concurrency']}; "
+        + (
+            f"{config['requests']:,} requests"
+            if config["requests"]
+            else f"{config['duration_seconds']:.0f} s"
+        )
+        + f" per phase after a {config['warmup_seconds']:.0f} s warm-up; "
+        + (f"median of {config['repeat']} runs" if config["repeat"] > 1 else "1 run")
+        + "."
+        + (
+            f" WARNING: other processes used up to {result['max_other_cpu_cores']:.2f} cores."
+            if result["max_other_cpu_cores"] > _OTHER_CPU_LIMIT
+            else ""
+        )
+        + (
+            " WARNING: the code changed during the run."
+            if result["code_changed_during_run"]
+            else ""
+        )
+    )
+    return "\n".join(lines)
+
+
+def _write_json(result: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = result["started_at"].replace(":", "").replace("-", "")
+    path = directory / f"collector-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _positive(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.collector",
+        description=(
+            "Events/s and p50/p99 latency of `touchpoint collector` (POST /v1/touchpoints, "
+            "single events and batches) with a genuine Kafka broker behind it, beside a bare "
+            "aiohttp handler that only reads the body (the ceiling), measured in the same run "
+            "by a load generator with a fixed number of requests in flight on loopback; "
+            "reports collector/ceiling ratios. Progress goes to stderr, the table to stdout, "
+            "and JSON to bench/results/."
+        ),
+    )
+    parser.add_argument(
+        "--duration",
+        type=_seconds,
+        default=20.0,
+        help="measured seconds per phase [default: 20]",
+    )
+    parser.add_argument(
+        "--requests",
+        type=_positive,
+        help="measure this many requests per phase instead of --duration seconds",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_seconds,
+        default=3.0,
+        help="unmeasured seconds of the same load before each phase [default: 3]",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_positive,
+        default=100,
+        help="touchpoints per request in the batch mode [default: 100]",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=32,
+        help="requests in flight at any time [default: 32]",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="run the four phases this many times; report the median run [default: 1]",
+    )
+    parser.add_argument(
+        "--kafka-port",
+        type=_positive,
+        default=DEFAULT_KAFKA_PORT,
+        help="port of the broker this run starts (and the controller on port + 1) "
+        f"[default: {DEFAULT_KAFKA_PORT}]",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=30.0,
+        help="seconds before a request counts as an error [default: 30]",
+    )
+    parser.add_argument(
+        "--collector-port", type=int, default=0, help="port of the collector [default: a free port]"
+    )
+    parser.add_argument(
+        "--bare-port", type=int, default=0, help="port of the bare server [default: a free port]"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="create the run's scratch directory (server logs) under this one "
+        "[default: the system temp directory]",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch directory instead of deleting it"
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where the JSON result goes [default: bench/results]",
+    )
+    parser.add_argument(
+        "--serve-bare",
+        action="store_true",
+        help="instead of benchmarking, serve the bare ceiling handler on --port (used by the "
+        "benchmark itself)",
+    )
+    parser.add_argument("--port", type=int, default=8089, help="port for --serve-bare")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.serve_bare:
+        serve_bare("127.0.0.1", args.port)
+        return 0
+    from bench.embedded import _setup_logging  # not for --serve-bare: keep the ceiling lean
+
+    args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _setup_logging()
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="touchpoint-bench-collector-", dir=args.workdir))
+    logger.info("scratch directory %s", run_dir)
+    failed = True
+    try:
+        result = benchmark(args, run_dir)
+        failed = False
+    except BenchError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        if args.keep or failed:
+            logger.info("kept %s (server logs)", run_dir)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(_render(result))
+    print(f"results written to {_write_json(result, args.results_dir)}")
+    return 0 if result["raw_topic"]["matches"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

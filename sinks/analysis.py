@@ -1,0 +1,688 @@
+"""The analyst's questions of the journey map, as parameterized SQL over ClickHouse.
+
+Every function takes the client, the database and typed parameters; values travel
+as bound query parameters, never spliced into SQL text. Each query reads the
+deduplicated tables (``FINAL``). ``docs/analysis.md`` shows each question's SQL
+with an example. A :class:`Period` restricts a question to event time
+``[start, end)``: the funnel and cohort questions to buyers whose first touch (or
+first purchase) falls in it, the others to the touchpoints in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from schemas.enums import STAGES, Stage
+from sinks.clickhouse import Client, identifier, translate_error
+
+__all__ = [
+    "ACTION_KINDS",
+    "ATTRIBUTION_MODELS",
+    "AttributionModel",
+    "AttributionShare",
+    "ChannelEffect",
+    "CohortCell",
+    "DropoffDiagnosis",
+    "FunnelGroup",
+    "FunnelRow",
+    "HeatCell",
+    "HighIntentBuyer",
+    "Period",
+    "PromoEffect",
+    "WhyNot",
+    "attribution",
+    "channel_effectiveness",
+    "dropoff_diagnosis",
+    "funnel",
+    "high_intent",
+    "hour_of_week",
+    "promo_effectiveness",
+    "retention_cohorts",
+    "why_not_buy_or_stay",
+]
+
+FunnelGroup = Literal["channel", "campaign", "persona", "tier"]
+AttributionModel = Literal["first_touch", "last_touch", "linear", "time_decay", "position_based"]
+ATTRIBUTION_MODELS: Final[tuple[AttributionModel, ...]] = (
+    "first_touch",
+    "last_touch",
+    "linear",
+    "time_decay",
+    "position_based",
+)
+ACTION_KINDS: Final[dict[str, tuple[str, ...]]] = {
+    "click": ("ad_click", "email_click", "sms_click"),
+    "book": ("purchase", "booking"),
+}
+"""Kinds of action for the hour-of-week question; every other event is ``interact``."""
+
+_GROUPS: Final[dict[FunnelGroup | None, str]] = {
+    None: "'all'",
+    "channel": "ifNull(first_touch_channel, '(none)')",
+    "campaign": "ifNull(first_touch_campaign, '(none)')",
+    "persona": "ifNull(persona, '(unknown)')",
+    "tier": "ifNull(tier, '(unknown)')",
+}
+_STAGE_NAMES: Final = "[" + ", ".join(f"'{stage.value}'" for stage in STAGES) + "]"
+_FAR_PAST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FAR_FUTURE: Final = datetime(2300, 1, 1, tzinfo=UTC)
+_DAY: Final = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Event time ``[start, end)``; either end open."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        return {"start": self.start or _FAR_PAST, "end": self.end or _FAR_FUTURE}
+
+
+_IN_PERIOD: Final = (
+    "{column} >= {{start:DateTime64(3, 'UTC')}} AND {column} < {{end:DateTime64(3, 'UTC')}}"
+)
+
+
+def _in_period(column: str) -> str:
+    return _IN_PERIOD.format(column=column)
+
+
+def _rows(client: Client, sql: str, parameters: dict[str, Any], action: str) -> list[Any]:
+    try:
+        return list(client.query(sql, parameters=parameters).result_rows)
+    except ClickHouseError as exc:
+        raise translate_error(exc, action) from exc
+
+
+# -- stage funnel -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelRow:
+    group: str
+    stage: Stage
+    reached: int
+    moved_on: int
+    moved_on_in_window: int
+    dropped: int
+    median_days_to_next: float | None
+    p90_days_to_next: float | None
+
+    @property
+    def in_progress(self) -> int:
+        return self.reached - self.moved_on - self.dropped
+
+    @property
+    def conversion_pct(self) -> float | None:
+        """Moved on within the conversion window, as a share of those who reached the stage."""
+        if self.reached == 0 or self.stage is STAGES[-1]:
+            return None
+        return 100.0 * self.moved_on_in_window / self.reached
+
+    @property
+    def dropoff_pct(self) -> float | None:
+        return None if self.reached == 0 else 100.0 * self.dropped / self.reached
+
+
+def funnel(
+    client: Client,
+    database: str,
+    *,
+    by: FunnelGroup | None = None,
+    period: Period | None = None,
+    window: timedelta | None = None,
+) -> list[FunnelRow]:
+    """Per stage: reached, moved on (within ``window`` of reaching it), dropped, and the
+    median / p90 time to the next stage; buyers whose first touch is in ``period``."""
+    db = identifier(database)
+    sql = f"""
+        SELECT
+            {_GROUPS[by]} AS grp,
+            rank,
+            countIf(toInt8(furthest_stage) >= rank) AS reached,
+            countIf(toInt8(furthest_stage) > rank) AS moved_on,
+            countIf(toInt8(furthest_stage) > rank AND ({{window:UInt64}} = 0 OR
+                dateDiff('second', stage_entered_at[{_STAGE_NAMES}[rank]],
+                         stage_entered_at[{_STAGE_NAMES}[rank + 1]]) <= {{window:UInt64}}))
+                AS moved_on_in_window,
+            countIf(toInt8(furthest_stage) = rank AND toInt8(dropoff_stage) = rank) AS dropped,
+            quantileExactIf(0.5)(
+                dateDiff('second', stage_entered_at[{_STAGE_NAMES}[rank]],
+                         stage_entered_at[{_STAGE_NAMES}[rank + 1]]),
+                toInt8(furthest_stage) > rank) AS median_seconds,
+            quantileExactIf(0.9)(
+                dateDiff('second', stage_entered_at[{_STAGE_NAMES}[rank]],
+                         stage_entered_at[{_STAGE_NAMES}[rank + 1]]),
+                toInt8(furthest_stage) > rank) AS p90_seconds
+        FROM {db}.journey_state FINAL
+        ARRAY JOIN range(1, 7) AS rank
+        WHERE furthest_stage IS NOT NULL AND {_in_period("first_touch_at")}
+        GROUP BY grp, rank
+        ORDER BY grp, rank
+    """
+    parameters = {
+        **(period or Period()).parameters(),
+        "window": int(window.total_seconds()) if window else 0,
+    }
+    result = []
+    for grp, rank, reached, moved, in_window, dropped, median, p90 in _rows(
+        client, sql, parameters, "funnel query"
+    ):
+        moved_any = int(moved) > 0
+        result.append(
+            FunnelRow(
+                str(grp),
+                STAGES[int(rank) - 1],
+                int(reached),
+                int(moved),
+                int(in_window),
+                int(dropped),
+                float(median) / _DAY if moved_any else None,
+                float(p90) / _DAY if moved_any else None,
+            )
+        )
+    return result
+
+
+# -- drop-off diagnosis -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DropoffDiagnosis:
+    stage: Stage
+    last_channel: str
+    last_action: str
+    buyers: int
+    came_back: int
+    next_actions: tuple[str, ...]
+    """The most common first action after the drop (of those who came back)."""
+
+
+def dropoff_diagnosis(
+    client: Client, database: str, *, period: Period | None = None
+) -> list[DropoffDiagnosis]:
+    """Per stage: the last touch before the drop, and the next action after it (if any)."""
+    db = identifier(database)
+    sql = f"""
+        WITH drops AS (
+            SELECT buyer_id, stage, deadline,
+                   ifNull(last_touch_channel, '(none)') AS last_channel,
+                   ifNull(last_touch_event_type, '(none)') AS last_action
+            FROM {db}.dropoffs FINAL
+            WHERE {_in_period("deadline")}
+        ),
+        next_actions AS (
+            SELECT d.buyer_id AS buyer_id, d.stage AS stage,
+                   argMinIf(t.event_type, t.occurred_at, t.occurred_at > d.deadline) AS next_action
+            FROM drops AS d
+            INNER JOIN {db}.touchpoints AS t ON t.buyer_id = d.buyer_id
+            GROUP BY buyer_id, stage
+        )
+        SELECT d.stage, d.last_channel, d.last_action, count() AS buyers,
+               countIf(n.next_action != '') AS came_back,
+               topKIf(3)(n.next_action, n.next_action != '') AS next_actions
+        FROM drops AS d
+        LEFT JOIN next_actions AS n ON n.buyer_id = d.buyer_id AND n.stage = d.stage
+        GROUP BY d.stage, d.last_channel, d.last_action
+        ORDER BY d.stage, buyers DESC, d.last_channel, d.last_action
+    """
+    return [
+        DropoffDiagnosis(
+            Stage(str(stage)),
+            str(channel),
+            str(action),
+            int(buyers),
+            int(back),
+            tuple(str(item) for item in nexts),
+        )
+        for stage, channel, action, buyers, back, nexts in _rows(
+            client, sql, (period or Period()).parameters(), "drop-off diagnosis query"
+        )
+    ]
+
+
+# -- hour of week -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeatCell:
+    channel: str
+    kind: str
+    day_of_week: int
+    """1 = Monday … 7 = Sunday (UTC)."""
+    hour: int
+    touches: int
+
+
+def _kind_expression(column: str) -> str:
+    clauses = ", ".join(
+        f"{column} IN ({', '.join(repr(event) for event in events)}), '{kind}'"
+        for kind, events in ACTION_KINDS.items()
+    )
+    return f"multiIf({clauses}, 'interact')"
+
+
+def hour_of_week(client: Client, database: str, *, period: Period | None = None) -> list[HeatCell]:
+    """Touches per channel × kind of action (interact, click, book) × weekday × hour (UTC).
+
+    Without a period this reads the ``interactions_hour_of_week`` aggregate; with one, the
+    raw touchpoints in it.
+    """
+    db = identifier(database)
+    kind = _kind_expression("event_type")
+    if period is None:
+        sql = f"""
+            SELECT channel, {kind} AS kind, day_of_week, hour, sum(touches) AS touches
+            FROM {db}.interactions_hour_of_week
+            GROUP BY channel, kind, day_of_week, hour
+            ORDER BY channel, kind, day_of_week, hour
+        """
+        parameters: dict[str, Any] = {}
+    else:
+        sql = f"""
+            SELECT channel, {kind} AS kind, toDayOfWeek(occurred_at) AS day_of_week,
+                   toHour(occurred_at) AS hour, count() AS touches
+            FROM {db}.touchpoints FINAL
+            WHERE {_in_period("occurred_at")}
+            GROUP BY channel, kind, day_of_week, hour
+            ORDER BY channel, kind, day_of_week, hour
+        """
+        parameters = period.parameters()
+    return [
+        HeatCell(str(channel), str(kind_), int(day), int(hour), int(touches))
+        for channel, kind_, day, hour, touches in _rows(
+            client, sql, parameters, "hour-of-week query"
+        )
+    ]
+
+
+# -- channels and promos ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEffect:
+    channel: str
+    touches: int
+    buyers: int
+    purchasers: int
+    revenue: Decimal
+    """Revenue credited to the channel (linear attribution)."""
+
+    @property
+    def conversion_pct(self) -> float | None:
+        return None if self.buyers == 0 else 100.0 * self.purchasers / self.buyers
+
+    @property
+    def revenue_per_touch(self) -> Decimal | None:
+        return None if self.touches == 0 else self.revenue / self.touches
+
+
+def channel_effectiveness(
+    client: Client, database: str, *, period: Period | None = None, lookback: timedelta
+) -> list[ChannelEffect]:
+    """Per channel: touches, buyers touched, how many of them purchased, revenue credited."""
+    db = identifier(database)
+    sql = f"""
+        SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
+               uniqExactIf(buyer_id, buyer_purchases > 0) AS purchasers
+        FROM {db}.touchpoints AS t FINAL
+        LEFT JOIN (
+            SELECT buyer_id, purchases AS buyer_purchases FROM {db}.journey_state FINAL
+        ) AS j USING (buyer_id)
+        WHERE NOT t.is_purchase AND {_in_period("t.occurred_at")}
+        GROUP BY channel
+        ORDER BY channel
+    """
+    credited = {
+        share.key: share.revenue
+        for share in attribution(
+            client, database, model="linear", by="channel", period=period, lookback=lookback
+        )
+    }
+    return [
+        ChannelEffect(
+            str(channel),
+            int(touches),
+            int(buyers),
+            int(purchasers),
+            credited.get(str(channel), Decimal(0)),
+        )
+        for channel, touches, buyers, purchasers in _rows(
+            client, sql, (period or Period()).parameters(), "channel effectiveness query"
+        )
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PromoEffect:
+    promo: str
+    purchases: int
+    buyers: int
+    revenue: Decimal
+    promo_only_buyers: int
+    """Buyers every one of whose purchases used a promo."""
+
+    @property
+    def average_order(self) -> Decimal | None:
+        return None if self.purchases == 0 else self.revenue / self.purchases
+
+
+def promo_effectiveness(
+    client: Client, database: str, *, period: Period | None = None
+) -> list[PromoEffect]:
+    """Per promo code (``(none)`` = full price): purchases, buyers, revenue, promo-only buyers."""
+    db = identifier(database)
+    sql = f"""
+        WITH orders AS (
+            SELECT buyer_id, ifNull(promo, '(none)') AS promo,
+                   toDecimal128(ifNull(revenue, 0), 4) AS revenue
+            FROM {db}.touchpoints FINAL
+            WHERE is_purchase AND {_in_period("occurred_at")}
+        ),
+        promo_only AS (
+            SELECT buyer_id FROM orders GROUP BY buyer_id HAVING countIf(promo = '(none)') = 0
+        )
+        SELECT promo, count() AS purchases, uniqExact(buyer_id) AS buyers, sum(revenue) AS revenue,
+               uniqExactIf(buyer_id, buyer_id IN (SELECT buyer_id FROM promo_only)) AS promo_only
+        FROM orders
+        GROUP BY promo
+        ORDER BY revenue DESC, promo
+    """
+    return [
+        PromoEffect(str(promo), int(purchases), int(buyers), Decimal(revenue), int(only))
+        for promo, purchases, buyers, revenue, only in _rows(
+            client, sql, (period or Period()).parameters(), "promo effectiveness query"
+        )
+    ]
+
+
+# -- attribution --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionShare:
+    model: AttributionModel
+    key: str
+    """The channel or campaign credited."""
+    purchases: float
+    """Purchases credited (fractions; all keys of one model sum to the purchase count)."""
+    revenue: Decimal
+
+
+_WEIGHTS: Final[dict[AttributionModel, str]] = {
+    "first_touch": "arrayMap(i -> if(i = 1, 1., 0.), arrayEnumerate(path))",
+    "last_touch": "arrayMap(i -> if(i = n, 1., 0.), arrayEnumerate(path))",
+    "linear": "arrayMap(i -> 1. / n, arrayEnumerate(path))",
+    "time_decay": ("arrayMap(x -> x / arraySum(decay), decay)"),
+    "position_based": (
+        "arrayMap(i -> multiIf(n = 1, 1., n = 2, 0.5, i = 1 OR i = n, 0.4, 0.2 / (n - 2)),"
+        " arrayEnumerate(path))"
+    ),
+}
+
+
+def attribution(
+    client: Client,
+    database: str,
+    *,
+    model: AttributionModel,
+    by: Literal["channel", "campaign"] = "channel",
+    period: Period | None = None,
+    lookback: timedelta = timedelta(days=30),
+    half_life: timedelta = timedelta(days=7),
+) -> list[AttributionShare]:
+    """Credit each purchase (in ``period``) to the touches before it within ``lookback``.
+
+    Models: first touch, last touch, linear (equal shares), time decay (a touch's weight
+    halves every ``half_life`` before the purchase), position based (40 % first, 40 % last,
+    20 % shared by the middle). Credits of one purchase sum to 1; a purchase with no touch
+    in the look-back window is credited to its own channel and campaign.
+    """
+    db = identifier(database)
+    weights = _WEIGHTS[model]
+    key = "touch.2" if by == "channel" else "touch.3"
+    sql = f"""
+        WITH purchases AS (
+            SELECT buyer_id, event_id, occurred_at AS at,
+                   toFloat64(ifNull(revenue, 0)) AS revenue,
+                   channel AS own_channel, ifNull(campaign, '(none)') AS own_campaign
+            FROM {db}.touchpoints FINAL
+            WHERE is_purchase AND {_in_period("occurred_at")}
+        ),
+        paths AS (
+            SELECT buyer_id,
+                   groupArray((occurred_at, channel, ifNull(campaign, '(none)'))) AS touches
+            FROM {db}.touchpoints FINAL
+            WHERE NOT is_purchase AND buyer_id IN (SELECT buyer_id FROM purchases)
+            GROUP BY buyer_id
+        ),
+        credited AS (
+            SELECT p.revenue AS revenue,
+                arraySort(x -> x.1, arrayFilter(
+                    x -> x.1 < p.at AND x.1 >= p.at - toIntervalSecond({{lookback:UInt32}}),
+                    t.touches)) AS found,
+                if(empty(found), [(p.at, p.own_channel, p.own_campaign)], found) AS path,
+                length(path) AS n,
+                arrayMap(x -> pow(2, -dateDiff('millisecond', x.1, p.at)
+                                  / (1000. * {{half_life:UInt32}})), path) AS decay,
+                {weights} AS weights
+            FROM purchases AS p LEFT JOIN paths AS t USING (buyer_id)
+        )
+        SELECT {key} AS credited_key, sum(w) AS purchases, sum(w * revenue) AS revenue
+        FROM credited
+        ARRAY JOIN path AS touch, weights AS w
+        GROUP BY credited_key
+        ORDER BY revenue DESC, credited_key
+    """
+    parameters = {
+        **(period or Period()).parameters(),
+        "lookback": int(lookback.total_seconds()),
+        "half_life": max(1, int(half_life.total_seconds())),
+    }
+    return [
+        AttributionShare(model, str(name), float(purchases), Decimal(str(round(float(revenue), 4))))
+        for name, purchases, revenue in _rows(client, sql, parameters, "attribution query")
+    ]
+
+
+# -- high intent now ----------------------------------------------------------------------
+
+_INTENT_WEIGHTS: Final[dict[str, float]] = {
+    "checkout_started": 8.0,
+    "add_to_cart": 6.0,
+    "product_view": 3.0,
+    "signup": 3.0,
+    "sms_reply": 3.0,
+    "ad_click": 2.0,
+    "email_click": 2.0,
+    "sms_click": 2.0,
+    "page_view": 1.0,
+    "email_open": 0.5,
+    "ticket_opened": 1.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HighIntentBuyer:
+    buyer_id: str
+    persona: str | None
+    score: float
+    last_touch_at: datetime
+    last_channel: str | None
+    preferred_channel: str | None
+
+
+def high_intent(
+    client: Client,
+    database: str,
+    *,
+    as_of: datetime | None = None,
+    recent: timedelta = timedelta(days=14),
+    limit: int = 50,
+) -> list[HighIntentBuyer]:
+    """Buyers in consideration, not dropped or unsubscribed, ranked by recent engagement.
+
+    Score = Σ weight(action) × 2^(−age / 7 days) over touches in the last ``recent``
+    before ``as_of`` (default: the newest event time in the data, so a replayed history
+    reads as "now").
+    """
+    db = identifier(database)
+    weights = (
+        "map(" + ", ".join(f"'{name}', {value}" for name, value in _INTENT_WEIGHTS.items()) + ")"
+    )
+    sql = f"""
+        WITH
+            (SELECT if({{as_of:DateTime64(3, 'UTC')}} > toDateTime64('1970-01-02', 3, 'UTC'),
+                       {{as_of:DateTime64(3, 'UTC')}}, max(occurred_at))
+             FROM {db}.touchpoints) AS now_at,
+            candidates AS (
+                SELECT buyer_id, persona, last_touch_at, last_touch_channel, preferred_channel
+                FROM {db}.journey_state FINAL
+                WHERE furthest_stage = 'consideration' AND dropoff_stage IS NULL
+                  AND NOT arrayExists(e -> tupleElement(e, 'kind') IN
+                                      ('unsubscribe', 'opt_out', 'spam_complaint'), exits)
+            )
+        SELECT c.buyer_id, c.persona,
+               sum(({weights})[t.event_type] *
+                   pow(2, -dateDiff('second', t.occurred_at, now_at) / (7 * 86400.))) AS score,
+               c.last_touch_at, c.last_touch_channel, c.preferred_channel
+        FROM candidates AS c
+        INNER JOIN {db}.touchpoints AS t ON t.buyer_id = c.buyer_id
+        WHERE t.occurred_at <= now_at
+          AND t.occurred_at > now_at - toIntervalSecond({{recent:UInt32}})
+        GROUP BY c.buyer_id, c.persona, c.last_touch_at, c.last_touch_channel, c.preferred_channel
+        HAVING score > 0
+        ORDER BY score DESC, c.buyer_id
+        LIMIT {{limit:UInt32}}
+    """
+    parameters = {
+        "as_of": as_of or _FAR_PAST,
+        "recent": int(recent.total_seconds()),
+        "limit": limit,
+    }
+    return [
+        HighIntentBuyer(
+            str(buyer), persona, round(float(score), 3), last_at, last_channel, preferred
+        )
+        for buyer, persona, score, last_at, last_channel, preferred in _rows(
+            client, sql, parameters, "high-intent query"
+        )
+    ]
+
+
+# -- why buyers do not buy or stay ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WhyNot:
+    segment: Literal["never_bought", "bought_once"]
+    last_channel: str
+    last_action: str
+    buyers: int
+    with_support_ticket: int
+    exited: int
+    top_exits: tuple[str, ...]
+
+
+def why_not_buy_or_stay(
+    client: Client, database: str, *, period: Period | None = None
+) -> list[WhyNot]:
+    """Buyers who never purchased, and first-time buyers who never came back: by their last
+    touch, how many had a support ticket, how many exited (and how)."""
+    db = identifier(database)
+    sql = f"""
+        SELECT
+            if(purchases = 0, 'never_bought', 'bought_once') AS segment,
+            ifNull(j.last_touch_channel, '(none)') AS last_channel,
+            ifNull(t.last_action, '(none)') AS last_action,
+            count() AS buyers,
+            countIf(t.tickets > 0) AS with_ticket,
+            countIf(length(j.exits) > 0) AS exited,
+            topKArray(3)(arrayMap(e -> tupleElement(e, 'kind'), j.exits)) AS top_exits
+        FROM {db}.journey_state AS j FINAL
+        LEFT JOIN (
+            SELECT buyer_id, argMax(event_type, occurred_at) AS last_action,
+                   countIf(event_type = 'ticket_opened') AS tickets
+            FROM {db}.touchpoints FINAL
+            GROUP BY buyer_id
+        ) AS t USING (buyer_id)
+        WHERE (j.purchases = 0 OR (j.purchases = 1 AND toInt8(j.furthest_stage) < 5))
+          AND {_in_period("j.first_touch_at")}
+        GROUP BY segment, last_channel, last_action
+        ORDER BY segment DESC, buyers DESC, last_channel, last_action
+    """
+    return [
+        WhyNot(
+            segment,
+            str(channel),
+            str(action),
+            int(buyers),
+            int(ticket),
+            int(exited),
+            tuple(str(kind) for kind in exits),
+        )
+        for segment, channel, action, buyers, ticket, exited, exits in _rows(
+            client, sql, (period or Period()).parameters(), "why-not query"
+        )
+    ]
+
+
+# -- retention cohorts ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CohortCell:
+    cohort_week: datetime
+    """Monday of the week of the buyers' first purchase."""
+    week: int
+    """Weeks after the first purchase (0 = the first week)."""
+    cohort_size: int
+    active: int
+    """Buyers of the cohort who purchased in that week."""
+
+    @property
+    def retention_pct(self) -> float:
+        return 100.0 * self.active / self.cohort_size if self.cohort_size else 0.0
+
+
+def retention_cohorts(
+    client: Client, database: str, *, period: Period | None = None, weeks: int = 12
+) -> Sequence[CohortCell]:
+    """Retention by first-purchase week: the share of each cohort purchasing k weeks later."""
+    db = identifier(database)
+    sql = f"""
+        WITH orders AS (
+            SELECT buyer_id, occurred_at FROM {db}.touchpoints FINAL WHERE is_purchase
+        ),
+        firsts AS (
+            SELECT buyer_id, toMonday(min(occurred_at)) AS cohort FROM orders GROUP BY buyer_id
+            HAVING {_in_period("min(occurred_at)")}
+        ),
+        sizes AS (SELECT cohort, count() AS size FROM firsts GROUP BY cohort)
+        SELECT f.cohort, intDiv(dateDiff('day', f.cohort, toMonday(o.occurred_at)), 7) AS week,
+               any(s.size) AS size, uniqExact(o.buyer_id) AS active
+        FROM orders AS o
+        INNER JOIN firsts AS f USING (buyer_id)
+        INNER JOIN sizes AS s ON s.cohort = f.cohort
+        WHERE week < {{weeks:UInt32}}
+        GROUP BY f.cohort, week
+        ORDER BY f.cohort, week
+    """
+    parameters = {**(period or Period()).parameters(), "weeks": weeks}
+    return [
+        CohortCell(
+            datetime(cohort.year, cohort.month, cohort.day, tzinfo=UTC),
+            int(week),
+            int(size),
+            int(active),
+        )
+        for cohort, week, size, active in _rows(client, sql, parameters, "retention cohort query")
+    ]
