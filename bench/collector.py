@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -116,6 +117,8 @@ _BARE_ANSWER: Final = b'{"accepted": 0, "rejected": []}'
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _READY_TIMEOUT: Final = 120.0
 _OTHER_CPU_LIMIT: Final = 0.25
+_BUSY_GENERATOR: Final = 0.9
+"""Cores of this process (one event loop) at which the load generator is the bottleneck."""
 _PRODUCE_METRIC: Final = re.compile(
     r"^touchpoint_collector_produce_seconds_(sum|count) ([0-9.eE+-]+)$", re.MULTILINE
 )
@@ -588,7 +591,9 @@ def topic_end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="bench-collector")
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, client_id="bench-collector", enable_auto_commit=False
+    )
     try:
         totals: dict[str, int] = {}
         for topic in topics:
@@ -606,9 +611,38 @@ def topic_end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
 # ----------------------------------------------------------------------- orchestration
 
 
-def _environment() -> dict[str, Any]:
-    from bench.embedded import _git_revision
+CODE_UNDER_TEST: Final = ("schemas", "ingest", "touchpoint", "pyproject.toml")
 
+
+def _code_revision() -> dict[str, str] | None:
+    """HEAD, and a fingerprint of it, of the collector's code as it is now and of this file.
+
+    Narrower than bench.embedded's (the whole tree): other benchmarks being edited meanwhile
+    do not change what this one measures.
+    """
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--", *CODE_UNDER_TEST],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        this = Path(__file__).read_bytes()
+    except OSError:
+        return None
+    if head.returncode != 0 or diff.returncode != 0:
+        return None
+    digest = hashlib.sha256((head.stdout + diff.stdout).encode() + this).hexdigest()[:16]
+    return {
+        "revision": head.stdout.strip() + ("-dirty" if diff.stdout else ""),
+        "fingerprint": digest,
+    }
+
+
+def _environment() -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for package in ("aiohttp", "kafka-python", "pydantic"):
         try:
@@ -619,7 +653,7 @@ def _environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "git": _git_revision(),
+        "git": _code_revision(),
         "packages": versions,
         "kafka_version": os.environ.get("TOUCHPOINT_KAFKA_VERSION", "4.4.0 (kafka.sh default)"),
         "touchpoint_env": sorted(
@@ -732,9 +766,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             "p50_latency": _ratio(measured["latency_ms"]["p50"], ceiling["latency_ms"]["p50"]),
             "p99_latency": _ratio(measured["latency_ms"]["p99"], ceiling["latency_ms"]["p99"]),
         }
-    from bench.embedded import _git_revision
-
-    code_changed = _git_revision() != environment["git"]
+    code_changed = _code_revision() != environment["git"]
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
     return {
@@ -819,6 +851,19 @@ def _render(result: dict[str, Any]) -> str:
             + " the events/s of a bare aiohttp handler, at "
             + (f"{p99:.1f}x" if p99 is not None else "n/a")
             + " its p99 latency."
+        )
+    generator = max(
+        (
+            phase["cpu_cores"].get("bench", 0.0)
+            for phase in result["phases"]
+            if phase["target"].startswith("ceiling")
+        ),
+        default=0.0,
+    )
+    if generator >= _BUSY_GENERATOR:
+        lines.append(
+            f"the load generator used {generator:.2f} cores under the ceiling: the bare server "
+            "could go faster, so the ratios are upper bounds."
         )
     raw = result["raw_topic"]
     lines.append(

@@ -480,6 +480,7 @@ def attribution(
         FROM credited
         ARRAY JOIN path AS touch, weights AS w
         GROUP BY credited_key
+        HAVING purchases > 0
         ORDER BY revenue DESC, credited_key
     """
     parameters = {
@@ -538,36 +539,34 @@ def high_intent(
     weights = (
         "map(" + ", ".join(f"'{name}', {value}" for name, value in _INTENT_WEIGHTS.items()) + ")"
     )
+    if as_of is None:
+        newest = _rows(client, f"SELECT max(occurred_at) FROM {db}.touchpoints", {}, "newest time")
+        as_of = newest[0][0] if newest and newest[0][0] is not None else _FAR_PAST
+        if as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=UTC)
     sql = f"""
-        WITH
-            (SELECT if({{as_of:DateTime64(3, 'UTC')}} > toDateTime64('1970-01-02', 3, 'UTC'),
-                       {{as_of:DateTime64(3, 'UTC')}}, max(occurred_at))
-             FROM {db}.touchpoints) AS now_at,
-            candidates AS (
-                SELECT buyer_id, persona, last_touch_at, last_touch_channel, preferred_channel
-                FROM {db}.journey_state FINAL
-                WHERE furthest_stage = 'consideration' AND dropoff_stage IS NULL
-                  AND NOT arrayExists(e -> tupleElement(e, 'kind') IN
-                                      ('unsubscribe', 'opt_out', 'spam_complaint'), exits)
-            )
+        WITH candidates AS (
+            SELECT buyer_id, persona, last_touch_at, last_touch_channel, preferred_channel
+            FROM {db}.journey_state FINAL
+            WHERE furthest_stage = 'consideration' AND dropoff_stage IS NULL
+              AND NOT arrayExists(e -> tupleElement(e, 'kind') IN
+                                  ('unsubscribe', 'opt_out', 'spam_complaint'), exits)
+        )
         SELECT c.buyer_id, c.persona,
                sum(({weights})[t.event_type] *
-                   pow(2, -dateDiff('second', t.occurred_at, now_at) / (7 * 86400.))) AS score,
+                   pow(2, -dateDiff('second', t.occurred_at, {{as_of:DateTime64(3, 'UTC')}})
+                          / (7 * 86400.))) AS score,
                c.last_touch_at, c.last_touch_channel, c.preferred_channel
         FROM candidates AS c
         INNER JOIN {db}.touchpoints AS t ON t.buyer_id = c.buyer_id
-        WHERE t.occurred_at <= now_at
-          AND t.occurred_at > now_at - toIntervalSecond({{recent:UInt32}})
+        WHERE t.occurred_at <= {{as_of:DateTime64(3, 'UTC')}}
+          AND t.occurred_at > {{as_of:DateTime64(3, 'UTC')}} - toIntervalSecond({{recent:UInt32}})
         GROUP BY c.buyer_id, c.persona, c.last_touch_at, c.last_touch_channel, c.preferred_channel
         HAVING score > 0
         ORDER BY score DESC, c.buyer_id
         LIMIT {{limit:UInt32}}
     """
-    parameters = {
-        "as_of": as_of or _FAR_PAST,
-        "recent": int(recent.total_seconds()),
-        "limit": limit,
-    }
+    parameters = {"as_of": as_of, "recent": int(recent.total_seconds()), "limit": limit}
     return [
         HighIntentBuyer(
             str(buyer), persona, round(float(score), 3), last_at, last_channel, preferred
