@@ -242,6 +242,7 @@ def test_high_intent_lists_engaged_buyers_in_consideration_now(
     buyers = analysis.high_intent(clickhouse_client, database)
     assert [b.buyer_id for b in buyers] == ["hot", "warm"]
     now = T0 + 2 * DAY
+    assert buyers[0].score == pytest.approx(
         2 * 0.5 ** (2 / 7)
         + 6 * 0.5 ** (1 / 7)
         + 8 * 0.5 ** (((now - (T0 + DAY + timedelta(hours=1))) / DAY) / 7),
