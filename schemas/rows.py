@@ -22,6 +22,7 @@ __all__ = [
     "ROW_ADAPTERS",
     "ROW_TYPES",
     "AdSpendRow",
+    "CrmClientRow",
     "DeadLetterRow",
     "DropoffRow",
     "ExitTuple",
@@ -199,6 +200,24 @@ class AdSpendRow(Row):
     position: str
 
 
+@dataclass(frozen=True, slots=True)
+class CrmClientRow(Row):
+    """One client from a CRM export, keyed by buyer id or account id."""
+
+    table: ClassVar[str] = "crm_clients"
+
+    client_key: str
+    client_name: str
+    client_type: str
+    region: str
+    persona: str
+    key_decision_maker: str
+    payment_terms: str
+    contract_on_file: bool
+    sla: str
+    source: str
+
+
 ROW_TYPES: tuple[type[Row], ...] = (
     TouchpointRow,
     StageTransitionRow,
@@ -206,6 +225,7 @@ ROW_TYPES: tuple[type[Row], ...] = (
     DropoffRow,
     DeadLetterRow,
     AdSpendRow,
+    CrmClientRow,
 )
 ROW_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     row_type.table: TypeAdapter(row_type) for row_type in ROW_TYPES

@@ -34,16 +34,22 @@ __all__ = [
     "HeatCell",
     "HighIntentBuyer",
     "Period",
+    "PersonaStats",
     "PromoEffect",
+    "TrackedBuyer",
+    "WeekSales",
     "WhyNot",
     "attribution",
+    "buyer_tracker",
     "channel_effectiveness",
     "dropoff_diagnosis",
     "funnel",
     "high_intent",
     "hour_of_week",
+    "persona_stats",
     "promo_effectiveness",
     "retention_cohorts",
+    "weekly_sales",
     "why_not_buy_or_stay",
 ]
 
@@ -685,3 +691,285 @@ def retention_cohorts(
         )
         for cohort, week, size, active in _rows(client, sql, parameters, "retention cohort query")
     ]
+
+
+# -- buyer tracker --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedBuyer:
+    buyer_id: str
+    client_type: str
+    frequency_class: str
+    """prospect (no purchase), new (one), existing (several), lapsed (none for a while)."""
+    buyer_type: str
+    """promo-only, mature, seasonal, repeat, one-time or prospect (see docs/analysis.md)."""
+    revenue: Decimal
+    potential_revenue: Decimal
+    """The 75th percentile revenue of repeat buyers of the same persona (at least ``revenue``)."""
+    preferred_channel: str | None
+    touches_per_week: float
+    purchases: int
+    discounted_purchases: int
+    peak_week: datetime | None
+    dip_week: datetime | None
+    revenue_per_touch: Decimal
+    """Reward over effort: revenue per touch spent on the buyer (the tracker's ranking)."""
+    client_name: str
+    region: str
+    key_decision_maker: str
+    payment_terms: str
+    contract_on_file: bool | None
+    sla: str
+
+
+def buyer_tracker(
+    client: Client,
+    database: str,
+    *,
+    as_of: datetime | None = None,
+    lapsed_after: timedelta = timedelta(days=90),
+    limit: int = 100,
+) -> list[TrackedBuyer]:
+    """The buyer tracker, ranked by reward over effort (revenue per touch), CRM joined."""
+    db = identifier(database)
+    if as_of is None:
+        newest = _rows(client, f"SELECT max(occurred_at) FROM {db}.touchpoints", {}, "newest time")
+        as_of = newest[0][0] if newest and newest[0][0] is not None else _FAR_FUTURE
+    sql = f"""
+        WITH orders AS (
+            SELECT buyer_id, occurred_at, toFloat64(ifNull(revenue, 0)) AS revenue,
+                   promo IS NOT NULL AS discounted
+            FROM {db}.touchpoints FINAL WHERE is_purchase
+        ),
+        per_buyer AS (
+            SELECT buyer_id, count() AS orders, countIf(discounted) AS discounted,
+                   min(occurred_at) AS first_order, max(occurred_at) AS last_order,
+                   uniqExact(toStartOfQuarter(occurred_at)) AS quarters
+            FROM orders GROUP BY buyer_id
+        ),
+        weekly AS (
+            SELECT buyer_id, toMonday(occurred_at) AS week, sum(revenue) AS revenue
+            FROM orders GROUP BY buyer_id, week
+        ),
+        peaks AS (
+            SELECT buyer_id, argMax(week, revenue) AS peak_week, argMin(week, revenue) AS dip_week
+            FROM weekly GROUP BY buyer_id
+        ),
+        benchmark AS (
+            SELECT ifNull(persona, '') AS persona_key, quantileExact(0.75)(revenue) AS potential
+            FROM {db}.journey_state FINAL WHERE purchases >= 2 GROUP BY persona_key
+        ),
+        crm AS (SELECT * FROM {db}.crm_clients FINAL)
+        SELECT
+            j.buyer_id,
+            multiIf(ifNull(c1.client_type, '') != '', c1.client_type,
+                    ifNull(c2.client_type, '') != '', c2.client_type,
+                    ifNull(j.tier, ifNull(j.persona, '(unknown)'))) AS client_type,
+            multiIf(j.purchases = 0, 'prospect',
+                    dateDiff('second', j.last_purchase_at, {{as_of:DateTime64(3, 'UTC')}})
+                        > {{lapsed:UInt32}}, 'lapsed',
+                    j.purchases = 1, 'new', 'existing') AS frequency_class,
+            multiIf(ifNull(o.orders, 0) = 0, 'prospect',
+                    o.discounted = o.orders, 'promo-only',
+                    o.orders >= 3 AND dateDiff('day', o.first_order, o.last_order) >= 60, 'mature',
+                    o.orders >= 2 AND o.quarters = 1, 'seasonal',
+                    o.orders >= 2, 'repeat', 'one-time') AS buyer_type,
+            j.revenue,
+            greatest(toDecimal64(ifNull(b.potential, 0), 4), toDecimal64(j.revenue, 4))
+                AS potential,
+            j.preferred_channel,
+            j.events / greatest(1., dateDiff('second', j.first_touch_at, j.last_touch_at)
+                                    / (7 * 86400.)) AS per_week,
+            j.purchases,
+            ifNull(o.discounted, 0) AS discounted,
+            p.peak_week, p.dip_week,
+            j.revenue / greatest(1, j.events) AS per_touch,
+            coalesce(c1.client_name, c2.client_name, '') AS client_name,
+            coalesce(c1.region, c2.region, '') AS region,
+            coalesce(c1.key_decision_maker, c2.key_decision_maker, '') AS decision_maker,
+            coalesce(c1.payment_terms, c2.payment_terms, '') AS payment_terms,
+            coalesce(c1.contract_on_file, c2.contract_on_file) AS contract,
+            coalesce(c1.sla, c2.sla, '') AS sla
+        FROM {db}.journey_state AS j FINAL
+        LEFT JOIN per_buyer AS o ON o.buyer_id = j.buyer_id
+        LEFT JOIN peaks AS p ON p.buyer_id = j.buyer_id
+        LEFT JOIN benchmark AS b ON b.persona_key = ifNull(j.persona, '')
+        LEFT JOIN crm AS c1 ON c1.client_key = j.buyer_id
+        LEFT JOIN crm AS c2 ON c2.client_key = ifNull(j.account_id, '')
+        ORDER BY per_touch DESC, j.revenue DESC, j.buyer_id
+        LIMIT {{limit:UInt32}}
+    """
+    parameters = {"as_of": as_of, "lapsed": int(lapsed_after.total_seconds()), "limit": limit}
+    result = []
+    for row in _rows(client, sql, parameters, "buyer tracker query"):
+        (
+            buyer,
+            client_type,
+            frequency,
+            kind,
+            revenue,
+            potential,
+            preferred,
+            per_week,
+            purchases,
+            discounted,
+            peak,
+            dip,
+            per_touch,
+            name,
+            region,
+            maker,
+            terms,
+            contract,
+            sla,
+        ) = row
+        has_orders = int(purchases) > 0
+        result.append(
+            TrackedBuyer(
+                str(buyer),
+                str(client_type),
+                str(frequency),
+                str(kind),
+                Decimal(revenue),
+                Decimal(potential),
+                preferred,
+                round(float(per_week), 3),
+                int(purchases),
+                int(discounted),
+                _date_time(peak) if has_orders else None,
+                _date_time(dip) if has_orders else None,
+                Decimal(per_touch).quantize(Decimal("0.01")),
+                str(name),
+                str(region),
+                str(maker),
+                str(terms),
+                None if contract is None else bool(contract),
+                str(sla),
+            )
+        )
+    return result
+
+
+def _date_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime(value.year, value.month, value.day, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class WeekSales:
+    week: datetime
+    purchases: int
+    revenue: Decimal
+
+
+def weekly_sales(client: Client, database: str, *, period: Period | None = None) -> list[WeekSales]:
+    """Sales volume and revenue per week (Monday), for peaks and dips."""
+    db = identifier(database)
+    sql = f"""
+        SELECT toMonday(occurred_at) AS week, count(), sum(toDecimal128(ifNull(revenue, 0), 4))
+        FROM {db}.touchpoints FINAL
+        WHERE is_purchase AND {_in_period("occurred_at")}
+        GROUP BY week ORDER BY week
+    """
+    return [
+        WeekSales(_date_time(week) or _FAR_PAST, int(count), Decimal(revenue))
+        for week, count, revenue in _rows(
+            client, sql, (period or Period()).parameters(), "weekly sales query"
+        )
+    ]
+
+
+# -- personas ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaStats:
+    persona: str
+    buyers: int
+    purchasers: int
+    revenue: Decimal
+    web_visits_per_week: float
+    csat: float | None
+    nps: float | None
+    preferred_channel: str | None
+    exits: dict[str, int]
+    tickets: int
+    advocates: int
+
+
+def persona_stats(
+    client: Client, database: str, *, period: Period | None = None
+) -> list[PersonaStats]:
+    """Per persona: KPIs (revenue, visit frequency, CSAT, NPS), exits, tickets, advocates."""
+    db = identifier(database)
+    sql = f"""
+        WITH scores AS (
+            SELECT buyer_id,
+                   avgIf(JSONExtractInt(properties, 'score'), event_type = 'csat') AS csat,
+                   countIf(event_type = 'nps') AS nps_answers,
+                   countIf(event_type = 'nps' AND JSONExtractInt(properties, 'score') >= 9)
+                       AS promoters,
+                   countIf(event_type = 'nps' AND JSONExtractInt(properties, 'score') <= 6)
+                       AS detractors,
+                   countIf(event_type = 'ticket_opened') AS tickets
+            FROM {db}.touchpoints FINAL
+            WHERE channel = 'support'
+            GROUP BY buyer_id
+        )
+        SELECT ifNull(j.persona, '(unknown)') AS persona, count() AS buyers,
+               countIf(j.purchases > 0) AS purchasers, sum(j.revenue) AS revenue,
+               avg(j.touches_by_channel['web'] / greatest(1., dateDiff('second', j.first_touch_at,
+                   j.last_touch_at) / (7 * 86400.))) AS visits,
+               avgIf(s.csat, s.csat > 0) AS csat,
+               sum(s.nps_answers) AS answers, sum(s.promoters) AS promoters,
+               sum(s.detractors) AS detractors,
+               topK(1)(j.preferred_channel) AS preferred,
+               sumMap(arrayMap(e -> tupleElement(e, 'kind'), j.exits),
+                      arrayMap(e -> toUInt64(1), j.exits)) AS exits,
+               sum(ifNull(s.tickets, 0)) AS tickets,
+               countIf(j.furthest_stage = 'advocacy') AS advocates
+        FROM {db}.journey_state AS j FINAL
+        LEFT JOIN scores AS s ON s.buyer_id = j.buyer_id
+        WHERE {_in_period("j.first_touch_at")}
+        GROUP BY persona
+        ORDER BY persona
+    """
+    result = []
+    for (
+        persona,
+        buyers,
+        purchasers,
+        revenue,
+        visits,
+        csat,
+        answers,
+        promoters,
+        detractors,
+        preferred,
+        exits,
+        tickets,
+        advocates,
+    ) in _rows(client, sql, (period or Period()).parameters(), "persona query"):
+        answered = int(answers)
+        result.append(
+            PersonaStats(
+                str(persona),
+                int(buyers),
+                int(purchasers),
+                Decimal(revenue),
+                round(float(visits), 3),
+                None if csat is None or csat != csat else round(float(csat), 2),
+                None
+                if answered == 0
+                else round(100.0 * (int(promoters) - int(detractors)) / answered, 1),
+                preferred[0] if preferred else None,
+                {str(kind): int(count) for kind, count in zip(exits[0], exits[1], strict=True)},
+                int(tickets),
+                int(advocates),
+            )
+        )
+    return result
