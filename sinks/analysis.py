@@ -29,6 +29,7 @@ __all__ = [
     "ChannelEffect",
     "CohortCell",
     "DropoffDiagnosis",
+    "Flow",
     "FunnelGroup",
     "FunnelRow",
     "HeatCell",
@@ -49,6 +50,7 @@ __all__ = [
     "persona_stats",
     "promo_effectiveness",
     "retention_cohorts",
+    "transition_flow",
     "weekly_sales",
     "why_not_buy_or_stay",
 ]
@@ -973,3 +975,29 @@ def persona_stats(
             )
         )
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    from_stage: str
+    """``(entry)`` for a buyer's first stage."""
+    to_stage: Stage
+    buyers: int
+
+
+def transition_flow(client: Client, database: str, *, period: Period | None = None) -> list[Flow]:
+    """How buyers moved between stages: counts of (from, to) moves."""
+    db = identifier(database)
+    sql = f"""
+        SELECT ifNull(toString(from_stage), '(entry)') AS source, to_stage, count()
+        FROM {db}.stage_transitions FINAL
+        WHERE {_in_period("transitioned_at")}
+        GROUP BY source, to_stage
+        ORDER BY to_stage, source
+    """
+    return [
+        Flow(str(source), Stage(str(target)), int(count))
+        for source, target, count in _rows(
+            client, sql, (period or Period()).parameters(), "transition flow query"
+        )
+    ]

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from itertools import groupby
 
+from sinks.answers import Answers
 from sinks.queries import DropoffCount, ExitCount, FunnelStep
 
-__all__ = ["render_dropoffs", "render_exits", "render_funnel", "render_table"]
+__all__ = [
+    "render_answers",
+    "render_dropoffs",
+    "render_exits",
+    "render_funnel",
+    "render_table",
+]
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> str:
@@ -98,3 +106,298 @@ def render_exits(counts: Sequence[ExitCount]) -> str:
         [(count.stage, count.kind, count.channel, count.exits) for count in counts],
         "Exits by stage × channel",
     )
+
+
+def _money(value: Decimal | float | None) -> str:
+    return "-" if value is None else f"{float(value):,.2f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render_answers(answers: Answers) -> str:
+    """Every answer of the report as terminal tables, in the order analysts ask them."""
+    blocks: list[str] = []
+    rows: list[Sequence[object]] = [
+        (
+            row.stage.value,
+            row.reached,
+            row.moved_on,
+            row.moved_on_in_window,
+            row.dropped,
+            row.in_progress,
+            _pct(row.conversion_pct),
+            _pct(row.dropoff_pct),
+            "-" if row.median_days_to_next is None else f"{row.median_days_to_next:.1f}",
+            "-" if row.p90_days_to_next is None else f"{row.p90_days_to_next:.1f}",
+        )
+        for row in answers.funnel
+    ]
+    blocks.append(
+        render_table(
+            (
+                "stage",
+                "reached",
+                "moved on",
+                "in window",
+                "dropped",
+                "in progress",
+                "conversion %",
+                "drop-off %",
+                "median days",
+                "p90 days",
+            ),
+            rows,
+            "Where do customers drop off? Stage funnel (conversion within the window)",
+        )
+    )
+    if answers.funnel_by:
+        rows = [
+            (
+                row.group,
+                row.stage.value,
+                row.reached,
+                row.moved_on_in_window,
+                row.dropped,
+                _pct(row.conversion_pct),
+            )
+            for row in answers.funnel_by
+        ]
+        blocks.append(
+            render_table(
+                ("group", "stage", "reached", "moved on in window", "dropped", "conversion %"),
+                rows,
+                f"Funnel by {answers.by}",
+            )
+        )
+    blocks.append(render_dropoffs(answers.dropoffs))
+    blocks.append(
+        render_table(
+            ("stage", "last channel", "last action", "buyers", "came back", "next actions"),
+            [
+                (
+                    d.stage.value,
+                    d.last_channel,
+                    d.last_action,
+                    d.buyers,
+                    d.came_back,
+                    ", ".join(d.next_actions) or "-",
+                )
+                for d in answers.diagnosis[:20]
+            ],
+            "Drop-off diagnosis: last touch before the drop, and what came next",
+        )
+    )
+    blocks.append(render_exits(answers.exits))
+    blocks.append(
+        render_table(
+            ("channel", "kind", "busiest", "touches", "quietest", "touches"),
+            [
+                (best.channel, best.kind, best.label, best.touches, worst.label, worst.touches)
+                for best, worst in zip(answers.best_slots, answers.worst_slots, strict=True)
+            ],
+            "When do they interact, click and book most and least? (hour of week)",
+        )
+    )
+    blocks.append(
+        render_table(
+            (
+                "channel",
+                "touches",
+                "buyers",
+                "purchasers",
+                "conversion %",
+                "revenue (linear)",
+                "revenue / touch",
+            ),
+            [
+                (
+                    c.channel,
+                    c.touches,
+                    c.buyers,
+                    c.purchasers,
+                    _pct(c.conversion_pct),
+                    _money(c.revenue),
+                    _money(c.revenue_per_touch),
+                )
+                for c in answers.channels
+            ],
+            "Which channels work?",
+        )
+    )
+    blocks.append(
+        render_table(
+            ("promo", "purchases", "buyers", "revenue", "avg order", "promo-only buyers"),
+            [
+                (
+                    p.promo,
+                    p.purchases,
+                    p.buyers,
+                    _money(p.revenue),
+                    _money(p.average_order),
+                    p.promo_only_buyers,
+                )
+                for p in answers.promos
+            ],
+            "Which promos work?",
+        )
+    )
+    channels = sorted({share.key for shares in answers.attribution.values() for share in shares})
+    rows = []
+    for channel in channels:
+        cells: list[object] = [channel]
+        for model in answers.attribution:
+            share = next((s for s in answers.attribution[model] if s.key == channel), None)
+            cells.append(_money(share.revenue if share else 0))
+        rows.append(cells)
+    blocks.append(
+        render_table(
+            ("channel", *answers.attribution),
+            rows,
+            "Attribution of revenue by channel, five models",
+        )
+    )
+    blocks.append(
+        render_table(
+            ("buyer", "persona", "score", "last touch", "last channel", "preferred channel"),
+            [
+                (
+                    b.buyer_id,
+                    b.persona or "-",
+                    f"{b.score:.2f}",
+                    b.last_touch_at.isoformat()[:16],
+                    b.last_channel or "-",
+                    b.preferred_channel or "-",
+                )
+                for b in answers.high_intent
+            ],
+            "High intent now: buyers in consideration, ready to contact",
+        )
+    )
+    blocks.append(
+        render_table(
+            (
+                "segment",
+                "last channel",
+                "last action",
+                "buyers",
+                "with ticket",
+                "exited",
+                "top exits",
+            ),
+            [
+                (
+                    w.segment,
+                    w.last_channel,
+                    w.last_action,
+                    w.buyers,
+                    w.with_support_ticket,
+                    w.exited,
+                    ", ".join(w.top_exits) or "-",
+                )
+                for w in answers.why_not[:20]
+            ],
+            "Why don't new customers buy, or stay?",
+        )
+    )
+    weeks = sorted({cell.week for cell in answers.cohorts})
+    cohort_rows: dict[str, list[object]] = {}
+    for cell in answers.cohorts:
+        row = cohort_rows.setdefault(
+            cell.cohort_week.date().isoformat(),
+            [cell.cohort_week.date().isoformat(), cell.cohort_size] + ["-"] * len(weeks),
+        )
+        row[2 + weeks.index(cell.week)] = f"{cell.retention_pct:.0f}%"
+    blocks.append(
+        render_table(
+            ("cohort", "buyers", *(f"w{w}" for w in weeks)),
+            list(cohort_rows.values()),
+            "Retention by first-purchase week",
+        )
+    )
+    for card in answers.personas:
+        stats = card.stats
+        lines = [f"Persona: {card.label} ({card.name})"]
+        if card.description:
+            lines.append(f"  {card.description}")
+        if stats is not None:
+            lines.append(
+                f"  buyers {stats.buyers}, purchasers {stats.purchasers}, revenue "
+                f"{_money(stats.revenue)}, web visits/week {stats.web_visits_per_week}, "
+                f"CSAT {stats.csat if stats.csat is not None else '-'}, NPS "
+                f"{stats.nps if stats.nps is not None else '-'}, prefers "
+                f"{stats.preferred_channel or '-'}"
+            )
+        lines.append("  pain points: " + ("; ".join(card.pain_points) or "-"))
+        lines.append("  delights:    " + ("; ".join(card.delights) or "-"))
+        lines.append("  growth:      " + ("; ".join(card.growth) or "-"))
+        blocks.append("\n".join(lines))
+    blocks.append(
+        render_table(
+            (
+                "buyer",
+                "client type",
+                "frequency",
+                "type",
+                "revenue",
+                "potential",
+                "prefers",
+                "touches/wk",
+                "discounts",
+                "peak week",
+                "revenue/touch",
+                "client",
+                "region",
+            ),
+            [
+                (
+                    t.buyer_id,
+                    t.client_type,
+                    t.frequency_class,
+                    t.buyer_type,
+                    _money(t.revenue),
+                    _money(t.potential_revenue),
+                    t.preferred_channel or "-",
+                    t.touches_per_week,
+                    t.discounted_purchases,
+                    t.peak_week.date().isoformat() if t.peak_week else "-",
+                    _money(t.revenue_per_touch),
+                    t.client_name or "-",
+                    t.region or "-",
+                )
+                for t in answers.tracker
+            ],
+            "Buyer tracker (top 25 by reward over effort)",
+        )
+    )
+    if answers.weekly:
+        peak = max(answers.weekly, key=lambda w: w.revenue)
+        dip = min(answers.weekly, key=lambda w: w.revenue)
+        blocks.append(
+            f"Sales peak: week of {peak.week.date()} ({_money(peak.revenue)}); "
+            f"dip: week of {dip.week.date()} ({_money(dip.revenue)})"
+        )
+    if answers.comparison:
+        blocks.append(
+            render_table(
+                ("metric", "current", "previous", "change"),
+                [
+                    (c.metric, _money(c.current), _money(c.previous), _money(c.change))
+                    for c in answers.comparison
+                ],
+                "Current vs previous period",
+            )
+        )
+    if answers.targets:
+        blocks.append(
+            render_table(
+                ("metric", "actual", "target", "progress %"),
+                [
+                    (t.metric, _money(t.actual), _money(t.target), _pct(t.progress_pct))
+                    for t in answers.targets
+                ],
+                "Progress against targets",
+            )
+        )
+    return "\n\n".join(blocks)

@@ -1,0 +1,304 @@
+"""Everything the report shows, gathered once: the analysis queries plus what is derived
+from them (best and worst hours, persona cards, progress against targets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from schemas.enums import STAGES, Stage
+from schemas.report_config import ReportConfig
+from sinks import analysis, queries
+from sinks.analysis import Period
+from sinks.clickhouse import Client
+
+__all__ = ["Answers", "Comparison", "PersonaCard", "Slot", "TargetProgress", "gather"]
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    channel: str
+    kind: str
+    day_of_week: int
+    hour: int
+    touches: int
+
+    @property
+    def label(self) -> str:
+        day = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[self.day_of_week - 1]
+        return f"{day} {self.hour:02d}:00 UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaCard:
+    name: str
+    label: str
+    description: str
+    stats: analysis.PersonaStats | None
+    pain_points: list[str]
+    delights: list[str]
+    growth: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    metric: str
+    current: float | None
+    previous: float | None
+
+    @property
+    def change(self) -> float | None:
+        if self.current is None or self.previous is None:
+            return None
+        return self.current - self.previous
+
+
+@dataclass(frozen=True, slots=True)
+class TargetProgress:
+    metric: str
+    actual: float | None
+    target: float
+
+    @property
+    def progress_pct(self) -> float | None:
+        return None if self.actual is None or not self.target else 100.0 * self.actual / self.target
+
+
+@dataclass
+class Answers:
+    database: str
+    period: Period
+    by: analysis.FunnelGroup | None
+    funnel: list[analysis.FunnelRow]
+    funnel_by: list[analysis.FunnelRow]
+    dropoffs: list[queries.DropoffCount]
+    diagnosis: list[analysis.DropoffDiagnosis]
+    exits: list[queries.ExitCount]
+    heat: list[analysis.HeatCell]
+    best_slots: list[Slot]
+    worst_slots: list[Slot]
+    channels: list[analysis.ChannelEffect]
+    promos: list[analysis.PromoEffect]
+    attribution: dict[str, list[analysis.AttributionShare]]
+    attribution_campaigns: list[analysis.AttributionShare]
+    high_intent: list[analysis.HighIntentBuyer]
+    why_not: list[analysis.WhyNot]
+    cohorts: list[analysis.CohortCell]
+    tracker: list[analysis.TrackedBuyer]
+    weekly: list[analysis.WeekSales]
+    flow: list[analysis.Flow]
+    personas: list[PersonaCard]
+    comparison: list[Comparison] = field(default_factory=list)
+    compare_period: Period | None = None
+    targets: list[TargetProgress] = field(default_factory=list)
+    generated_at: datetime | None = None
+
+
+def _slots(heat: list[analysis.HeatCell]) -> tuple[list[Slot], list[Slot]]:
+    """Per channel × kind: the busiest and the quietest hour of the week (of 168)."""
+    best, worst = [], []
+    groups: dict[tuple[str, str], dict[tuple[int, int], int]] = {}
+    for cell in heat:
+        groups.setdefault((cell.channel, cell.kind), {})[(cell.day_of_week, cell.hour)] = (
+            cell.touches
+        )
+    for (channel, kind), cells in sorted(groups.items()):
+        full = {(day, hour): cells.get((day, hour), 0) for day in range(1, 8) for hour in range(24)}
+        top = max(full.items(), key=lambda item: (item[1], -item[0][0], -item[0][1]))
+        low = min(full.items(), key=lambda item: (item[1], item[0][0], item[0][1]))
+        best.append(Slot(channel, kind, top[0][0], top[0][1], top[1]))
+        worst.append(Slot(channel, kind, low[0][0], low[0][1], low[1]))
+    return best, worst
+
+
+def _persona_cards(
+    config: ReportConfig,
+    stats: list[analysis.PersonaStats],
+    funnel_by_persona: list[analysis.FunnelRow],
+) -> list[PersonaCard]:
+    by_name = {item.persona: item for item in stats}
+    names = [persona.name for persona in config.personas] or sorted(by_name)
+    labels = {persona.name: persona for persona in config.personas}
+    cards = []
+    for name in names:
+        item = by_name.get(name)
+        rows = [row for row in funnel_by_persona if row.group == name]
+        pains: list[str] = []
+        delights: list[str] = []
+        growth: list[str] = []
+        judged = [row for row in rows if row.reached and row.stage is not STAGES[-1]]
+        if judged:
+            worst = max(judged, key=lambda row: row.dropoff_pct or 0.0)
+            if worst.dropped:
+                pains.append(f"{worst.dropoff_pct:.0f}% drop off at {worst.stage.value}")
+            best = max(judged, key=lambda row: row.conversion_pct or 0.0)
+            delights.append(f"{best.conversion_pct or 0:.0f}% move on from {best.stage.value}")
+            revenue_per_purchaser = (
+                item.revenue / item.purchasers
+                if item is not None and item.purchasers
+                else Decimal(0)
+            )
+            at_stake = []
+            for row in judged:
+                if row.stage.rank >= Stage.PURCHASE.rank or not row.dropped:
+                    continue
+                purchase = next((r for r in rows if r.stage is Stage.PURCHASE), None)
+                later = next((r for r in rows if r.stage.rank == row.stage.rank + 1), None)
+                if purchase is None or later is None or not later.reached:
+                    continue
+                # Win back a tenth of this stage's drop-offs; they buy like those who moved on.
+                value = (
+                    Decimal(row.dropped)
+                    / 10
+                    * Decimal(purchase.reached)
+                    / Decimal(later.reached)
+                    * revenue_per_purchaser
+                )
+                at_stake.append((value, row))
+            if at_stake:
+                value, row = max(at_stake, key=lambda pair: pair[0])
+                growth.append(
+                    f"win back 10% of the {row.dropped} drop-offs at {row.stage.value}: "
+                    f"≈{value:,.0f} in revenue"
+                )
+        if item is not None:
+            top_exit = max(item.exits.items(), key=lambda pair: pair[1], default=None)
+            if top_exit:
+                pains.append(f"{top_exit[1]} {top_exit[0].replace('_', ' ')} exits")
+            if item.tickets:
+                pains.append(f"{item.tickets} support tickets")
+            if item.advocates:
+                delights.append(f"{item.advocates} advocates (reviews, referrals)")
+            if item.nps is not None:
+                (delights if item.nps >= 30 else pains).append(f"NPS {item.nps:+.0f}")
+        config_entry = labels.get(name)
+        cards.append(
+            PersonaCard(
+                name,
+                config_entry.label if config_entry else name,
+                config_entry.description if config_entry else "",
+                item,
+                pains,
+                delights,
+                growth,
+            )
+        )
+    return cards
+
+
+def _headline(client: Client, database: str, period: Period) -> dict[str, float | None]:
+    funnel = analysis.funnel(client, database, period=period)
+    stats = analysis.persona_stats(client, database, period=period)
+    values: dict[str, float | None] = {
+        "buyers reached": float(next((r.reached for r in funnel if r.stage is STAGES[0]), 0)),
+        "purchases": float(
+            sum(w.purchases for w in analysis.weekly_sales(client, database, period=period))
+        ),
+        "revenue": float(
+            sum(
+                (w.revenue for w in analysis.weekly_sales(client, database, period=period)),
+                Decimal(0),
+            )
+        ),
+    }
+    for row in funnel:
+        if row.stage is not STAGES[-1]:
+            values[f"conversion % {row.stage.value}"] = row.conversion_pct
+    answered = [s for s in stats if s.csat is not None]
+    values["csat"] = (sum(s.csat or 0 for s in answered) / len(answered)) if answered else None
+    nps = [s for s in stats if s.nps is not None]
+    values["nps"] = (sum(s.nps or 0 for s in nps) / len(nps)) if nps else None
+    return values
+
+
+def gather(
+    client: Client,
+    database: str,
+    config: ReportConfig,
+    *,
+    period: Period | None = None,
+    by: analysis.FunnelGroup | None = None,
+    compare: Period | None = None,
+    now: datetime | None = None,
+) -> Answers:
+    """Run every analysis query once and derive the report's answers."""
+    period = period or Period()
+    heat = analysis.hour_of_week(client, database, period=None if period == Period() else period)
+    best, worst = _slots(heat)
+    funnel_by_persona = analysis.funnel(
+        client, database, by="persona", period=period, window=config.conversion_window
+    )
+    personas = analysis.persona_stats(client, database, period=period)
+    attribution: dict[str, list[analysis.AttributionShare]] = {
+        model: analysis.attribution(
+            client,
+            database,
+            model=model,
+            period=period,
+            lookback=config.attribution_lookback,
+            half_life=config.attribution_half_life,
+        )
+        for model in analysis.ATTRIBUTION_MODELS
+    }
+    answers = Answers(
+        database=database,
+        period=period,
+        by=by,
+        funnel=analysis.funnel(client, database, period=period, window=config.conversion_window),
+        funnel_by=analysis.funnel(
+            client, database, by=by, period=period, window=config.conversion_window
+        )
+        if by
+        else [],
+        dropoffs=queries.dropoffs_by_stage_channel(client, database),
+        diagnosis=analysis.dropoff_diagnosis(client, database, period=period),
+        exits=queries.exits_by_stage_channel(client, database),
+        heat=heat,
+        best_slots=best,
+        worst_slots=worst,
+        channels=analysis.channel_effectiveness(
+            client, database, period=period, lookback=config.attribution_lookback
+        ),
+        promos=analysis.promo_effectiveness(client, database, period=period),
+        attribution=attribution,
+        attribution_campaigns=analysis.attribution(
+            client,
+            database,
+            model="linear",
+            by="campaign",
+            period=period,
+            lookback=config.attribution_lookback,
+        ),
+        high_intent=analysis.high_intent(client, database, limit=25),
+        why_not=analysis.why_not_buy_or_stay(client, database, period=period),
+        cohorts=list(analysis.retention_cohorts(client, database, period=period)),
+        tracker=analysis.buyer_tracker(
+            client, database, lapsed_after=config.lapsed_after, limit=25
+        ),
+        weekly=analysis.weekly_sales(client, database, period=period),
+        flow=analysis.transition_flow(client, database, period=period),
+        personas=_persona_cards(config, personas, funnel_by_persona),
+        generated_at=now,
+    )
+    current = _headline(client, database, period)
+    if compare is not None:
+        previous = _headline(client, database, compare)
+        answers.compare_period = compare
+        answers.comparison = [
+            Comparison(name, value, previous.get(name)) for name, value in current.items()
+        ]
+    targets = config.targets
+    wanted: list[tuple[str, float | None]] = [
+        ("revenue", targets.revenue),
+        ("purchases", targets.purchases),
+        ("buyers reached", targets.buyers_reached),
+        ("csat", targets.csat),
+        ("nps", targets.nps),
+    ] + [(f"conversion % {stage.value}", value) for stage, value in targets.conversion_pct.items()]
+    answers.targets = [
+        TargetProgress(name, current.get(name), float(target))
+        for name, target in wanted
+        if target is not None
+    ]
+    return answers
