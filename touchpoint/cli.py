@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -428,18 +429,66 @@ def collector(
     wiring.run_collector(settings)
 
 
+_DATES = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"])
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
 @cli.command("report")
 @click.option(
     "--by",
-    type=click.Choice(["channel", "campaign", "persona"]),
-    help="Split the funnel by first-touch channel, first-touch campaign or persona.",
+    type=click.Choice(["channel", "campaign", "persona", "tier"]),
+    help="Also split the funnel by first-touch channel, campaign, persona or tier.",
 )
+@click.option("--from", "start", type=_DATES, help="Event time from (UTC), e.g. 2026-03-01.")
+@click.option("--to", "end", type=_DATES, help="Event time up to, excluding (UTC).")
+@click.option("--compare-from", type=_DATES, help="Compare with another period (from).")
+@click.option("--compare-to", type=_DATES, help="Compare with another period (to).")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write one self-contained HTML file with charts.",
+)
+@_option(
+    "--config",
+    env="REPORT_CONFIG",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Personas and KPI targets (TOML).  [default: the shipped report config]",
+)
+@click.option("--brief", is_flag=True, help="Only the funnel, drop-offs and exits.")
 @click.pass_context
-def report_command(ctx: click.Context, by: queries.Grouping | None) -> None:
-    """Print the stage funnel, drop-offs and exits from ClickHouse."""
+def report_command(
+    ctx: click.Context,
+    by: Any,
+    start: datetime | None,
+    end: datetime | None,
+    compare_from: datetime | None,
+    compare_to: datetime | None,
+    html_path: Path | None,
+    config: Path | None,
+    brief: bool,
+) -> None:
+    """Answer the journey questions from ClickHouse: funnel, drop-offs, exits, timing,
+    channels, promos, attribution, high intent, personas, buyer tracker, targets."""
     settings = _settings(ctx)
-    with wiring.clickhouse(settings) as client:
-        _print_report(client, settings.clickhouse.database, by)
+    if brief:
+        with wiring.clickhouse(settings) as client:
+            _print_report(client, settings.clickhouse.database, by if by != "tier" else None)
+        return
+    compare = (_utc(compare_from), _utc(compare_to)) if compare_from or compare_to else None
+    answers = wiring.full_report(
+        settings, config_path=config, start=_utc(start), end=_utc(end), by=by, compare=compare
+    )
+    click.echo(report.render_answers(answers))
+    if html_path is not None:
+        from sinks.html_report import render_html
+
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(render_html(answers), encoding="utf-8")
+        click.echo(f"\nHTML report: {html_path}")
 
 
 @cli.command()
@@ -476,6 +525,19 @@ def import_ads_csv(ctx: click.Context, file: Path, platform: str) -> None:
     click.echo(
         f"Loaded {rows:,} ad-spend rows from {file} into ad_spend"
         + (f"; {rejected} unreadable rows dead-lettered (table dead_letters)" if rejected else "")
+        + "."
+    )
+
+
+@import_group.command("crm")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def import_crm(ctx: click.Context, file: Path) -> None:
+    """Load a CRM export (client name, type, region, persona, decision maker, terms, SLA)."""
+    rows, rejected = wiring.import_crm_csv(_settings(ctx), file)
+    click.echo(
+        f"Loaded {rows:,} clients from {file} into crm_clients"
+        + (f"; {rejected} rows without a key dead-lettered" if rejected else "")
         + "."
     )
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,11 @@ __all__ = [
     "InputFile",
     "build_processor",
     "clickhouse",
+    "full_report",
     "import_ads_csv",
+    "import_crm_csv",
     "inspect_inputs",
+    "load_report_config",
     "load_settings",
     "rules_for",
     "run_collector",
@@ -332,6 +336,74 @@ def import_ads_csv(settings: Settings, path: Path, platform: str) -> tuple[int, 
                 token=f"ads-csv:{digest}:{platform}",
                 tables={
                     AdSpendRow.table: loaded.rows,
+                    DeadLetterRow.table: [
+                        DeadLetterRow.from_dead_letter(letter) for letter in loaded.dead_letters
+                    ],
+                },
+            )
+        )
+    return len(loaded.rows), len(loaded.dead_letters)
+
+
+def load_report_config(path: Path | None) -> Any:
+    """Personas and KPI targets for the report; the shipped default when ``path`` is None."""
+    import tomllib
+    from importlib import resources
+
+    from schemas.report_config import ReportConfig
+
+    if path is None:
+        text = resources.files("sinks").joinpath("default_report.toml").read_text("utf-8")
+    else:
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read report config {path}: {exc.strerror}") from exc
+    try:
+        return ReportConfig.model_validate(tomllib.loads(text))
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ConfigError(f"report config {path or 'default'} is invalid: {exc}") from exc
+
+
+def full_report(
+    settings: Settings,
+    *,
+    config_path: Path | None,
+    start: datetime | None,
+    end: datetime | None,
+    by: Any,
+    compare: tuple[datetime | None, datetime | None] | None,
+) -> Any:
+    """Gather every analyst answer (see sinks.answers)."""
+    from sinks.analysis import Period
+    from sinks.answers import gather
+
+    config = load_report_config(config_path)
+    with clickhouse(settings) as client:
+        return gather(
+            client,
+            settings.clickhouse.database,
+            config,
+            period=Period(start, end),
+            by=by,
+            compare=Period(*compare) if compare else None,
+            now=datetime.now(UTC),
+        )
+
+
+def import_crm_csv(settings: Settings, path: Path) -> tuple[int, int]:
+    """Load a CRM export into ``crm_clients``; returns (rows, dead letters)."""
+    from ingest.crm_csv import read_crm_csv
+    from schemas.rows import CrmClientRow, DeadLetterRow
+
+    loaded = read_crm_csv(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+    with clickhouse(settings) as client:
+        ClickHouseWriter(client, settings.clickhouse.database).write(
+            RowBatch(
+                token=f"crm-csv:{digest}",
+                tables={
+                    CrmClientRow.table: loaded.rows,
                     DeadLetterRow.table: [
                         DeadLetterRow.from_dead_letter(letter) for letter in loaded.dead_letters
                     ],
