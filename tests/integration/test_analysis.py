@@ -259,3 +259,113 @@ def test_a_period_limits_the_questions(clickhouse_client: Any, two_purchases: st
     assert analysis.promo_effectiveness(clickhouse_client, two_purchases, period=later) == []
     early = analysis.Period(end=datetime(2026, 1, 1, tzinfo=UTC))
     assert analysis.funnel(clickhouse_client, two_purchases, period=early) == []
+
+
+def test_weekly_sales_personas_and_tracker_match_recounts(
+    clickhouse_client: Any, generated: tuple[str, GroundTruth]
+) -> None:
+    database, truth = generated
+    touches = raw_touchpoints(clickhouse_client, database)
+    orders = [t for t in touches if t["is_purchase"]]
+
+    weekly: Counter[str] = Counter()
+    for order in orders:
+        weekly[(order["at"] - timedelta(days=order["at"].weekday())).date().isoformat()] += 1
+    assert {
+        w.week.date().isoformat(): w.purchases
+        for w in analysis.weekly_sales(clickhouse_client, database)
+    } == dict(weekly)
+
+    stats = {s.persona: s for s in analysis.persona_stats(clickhouse_client, database)}
+    for persona in {b.persona for b in truth.buyers}:
+        members = [b for b in truth.buyers if b.persona == persona]
+        assert stats[persona].buyers == len(members)
+        assert stats[persona].purchasers == sum(1 for b in members if b.purchases)
+        assert stats[persona].revenue == sum((b.revenue for b in members), Decimal(0))
+        assert stats[persona].advocates == sum(
+            1 for b in members if b.furthest_stage.value == "advocacy"
+        )
+
+    as_of = max(t["at"] for t in touches).replace(tzinfo=UTC)
+    tracker = analysis.buyer_tracker(
+        clickhouse_client, database, as_of=as_of, limit=100_000, lapsed_after=timedelta(days=60)
+    )
+    assert len(tracker) == len(truth.buyers)
+    last_order: dict[str, datetime] = {}
+    count: Counter[str] = Counter()
+    for order in orders:
+        count[order["buyer"]] += 1
+        at = order["at"].replace(tzinfo=UTC)
+        last_order[order["buyer"]] = max(last_order.get(order["buyer"], at), at)
+    for row in tracker:
+        purchases = count[row.buyer_id]
+        if purchases == 0:
+            expected = "prospect"
+        elif as_of - last_order[row.buyer_id] > timedelta(days=60):
+            expected = "lapsed"
+        else:
+            expected = "new" if purchases == 1 else "existing"
+        assert (row.frequency_class, row.purchases) == (expected, purchases), row.buyer_id
+    ranks = [row.revenue_per_touch for row in tracker]
+    assert ranks == sorted(ranks, reverse=True)
+
+
+def test_the_transition_flow_matches_a_recount_from_raw_touchpoints(
+    clickhouse_client: Any, generated: tuple[str, GroundTruth]
+) -> None:
+    database, _ = generated
+    order = ["pre_awareness", "awareness", "consideration", "purchase", "retention", "advocacy"]
+    first_hit: dict[str, dict[str, tuple[datetime, str]]] = defaultdict(dict)
+    result = clickhouse_client.query(
+        "SELECT buyer_id, toString(stage), occurred_at, event_id "
+        f"FROM {database}.touchpoints FINAL WHERE stage IS NOT NULL"
+    )
+    for buyer, stage, at, event_id in result.result_rows:
+        known = first_hit[buyer].get(stage)
+        if known is None or (at, event_id) < known:
+            first_hit[buyer][stage] = (at, event_id)
+    expected: Counter[tuple[str, str]] = Counter()
+    for hits in first_hit.values():
+        moves, earliest = [], None
+        for stage in reversed(order):
+            if stage in hits and (earliest is None or hits[stage] < earliest):
+                moves.append(stage)
+                earliest = hits[stage]
+        moves.reverse()
+        for index, stage in enumerate(moves):
+            expected[(moves[index - 1] if index else "(entry)", stage)] += 1
+    flow = analysis.transition_flow(clickhouse_client, database)
+    assert {(f.from_stage, f.to_stage.value): f.buyers for f in flow} == dict(expected)
+
+
+def test_the_gathered_report_compares_periods_and_tracks_targets(
+    clickhouse_client: Any, generated: tuple[str, GroundTruth]
+) -> None:
+    from schemas.report_config import KpiTargets, ReportConfig
+    from sinks.answers import gather
+    from sinks.report import render_answers
+
+    database, truth = generated
+    config = ReportConfig(targets=KpiTargets(revenue=1_000_000.0, purchases=100))
+    split = datetime(2026, 3, 1, tzinfo=UTC)
+    answers = gather(
+        clickhouse_client,
+        database,
+        config,
+        period=analysis.Period(start=split),
+        compare=analysis.Period(end=split),
+        by="persona",
+    )
+    weekly = analysis.weekly_sales(clickhouse_client, database, period=analysis.Period(start=split))
+    revenue = next(c for c in answers.comparison if c.metric == "revenue")
+    assert revenue.current == pytest.approx(float(sum(w.revenue for w in weekly)))
+    target = next(t for t in answers.targets if t.metric == "revenue")
+    assert target.progress_pct == pytest.approx(100 * float(revenue.current or 0) / 1_000_000)
+    whole = gather(clickhouse_client, database, config)
+    purchases = next(t for t in whole.targets if t.metric == "purchases")
+    assert purchases.actual == sum(b.purchases for b in truth.buyers)
+    text = render_answers(whole)
+    for stage, counts in truth.funnel().items():
+        line = next(row for row in text.splitlines() if row.startswith(stage.value + " "))
+        assert line.split()[1:3] == [str(counts["reached"]), str(counts["moved_on"])]
+    assert {card.name for card in whole.personas} == {b.persona for b in truth.buyers}
