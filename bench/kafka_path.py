@@ -54,8 +54,9 @@ topics, migrating the chDB database.
 
 CPU: the CPU seconds (user + system, all threads) of the broker, the workers, the sink
 and this process are read from ``/proc`` and reported per phase as cores in use, beside
-the whole machine's busy time ("other" is anything else running, e.g. a test suite: it
-makes the figures unreliable, and the result says so). The producer's CPU is its rusage.
+the whole machine's busy time ("other" is anything else running, e.g. a test suite, which
+makes the figures unreliable, and the result says so; plus a little kernel time charged to
+no process). The producer's CPU is its rusage.
 
 Run from the repository root with the project's virtualenv (it starts ``python -m
 touchpoint`` with the same interpreter)::

@@ -63,7 +63,11 @@ def test_the_demo_prints_the_six_stage_funnel_and_a_rerun_changes_no_number(tmp_
 
     report = touchpoint(tmp_path, "report", "--by", "persona")
     assert report.returncode == 0, report.stderr
-    assert "persona = smb_owner" in report.stdout
+    assert "Funnel by persona" in report.stdout and "smb_owner" in report.stdout
+    assert "Attribution of revenue by channel, five models" in report.stdout
+    brief = touchpoint(tmp_path, "report", "--brief", "--by", "persona")
+    assert brief.returncode == 0, brief.stderr
+    assert "persona = smb_owner" in brief.stdout
 
 
 def test_bad_input_is_dead_lettered_and_counted_and_the_run_continues(tmp_path: Path) -> None:
