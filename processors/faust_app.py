@@ -41,6 +41,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.engine import JourneyProcessor
+from processors.metrics import WorkerMetrics
 from schemas.enums import DeadLetterReason
 from schemas.journey import JOURNEY_STATE_ADAPTER, JourneyState
 from schemas.rows import ROW_ADAPTERS
@@ -152,7 +153,10 @@ class PartitionStates:
 
 
 def create_app(
-    kafka: KafkaSettings, processing: ProcessingSettings, rules: JourneyRules
+    kafka: KafkaSettings,
+    processing: ProcessingSettings,
+    rules: JourneyRules,
+    metrics: WorkerMetrics | None = None,
 ) -> tuple[Any, JourneyProcessor]:
     """The Faust app (not started) and the processor its agent drives."""
     topics = Topics(kafka.topic_prefix)
@@ -248,6 +252,9 @@ def create_app(
         for event in events:
             await process(event)
         output = processor.flush()
+        if metrics is not None:
+            metrics.observe(output, processor.counters, len(store.states))
+            metrics.observe_watermarks(processor.max_event_times)
         records: dict[int, list[Record]] = {}
         for state_row in output.states:
             state = store.states[state_row.buyer_id]
@@ -287,8 +294,9 @@ def run_worker(
     rules: JourneyRules,
     *,
     loglevel: str = "warning",
+    metrics: WorkerMetrics | None = None,
 ) -> None:
     """Run one worker until SIGTERM/SIGINT (Faust handles the signals and a clean stop)."""
-    app, _ = create_app(kafka, processing, rules)
+    app, _ = create_app(kafka, processing, rules, metrics)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
     worker.execute_from_commandline()

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOUCHPOINT_", extra="ignore")
 
     data_dir: Path = Path("touchpoint-data")
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Serve Prometheus /metrics on this port (workers and sinks; 0 = do not serve)."""
+    metrics_host: str = "127.0.0.1"
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     collector: CollectorSettings = Field(default_factory=CollectorSettings)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.errors import SinkFatalError, SinkRetryableError
-from schemas.rows import Row
+from schemas.rows import Row, TouchpointRow
 from sinks.base import RowBatch, Sink
 from sinks.clickhouse import Client, identifier, translate_error
+from sinks.metrics import SinkMetrics
 
 __all__ = ["ClickHouseWriter"]
 
@@ -35,7 +36,11 @@ class ClickHouseWriter(Sink):
         retries: int = 5,
         backoff: timedelta = timedelta(milliseconds=200),
         sleep: Callable[[float], None] = time.sleep,
+        metrics: SinkMetrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.metrics = metrics
+        self._clock = clock
         self.client = client
         self.database = identifier(database)
         self.retries = retries
@@ -45,16 +50,26 @@ class ClickHouseWriter(Sink):
 
     def write(self, batch: RowBatch) -> None:
         attempt = 0
+        started = time.perf_counter()
         while True:
             try:
                 self._insert(batch)
+                self._observe(batch, time.perf_counter() - started)
                 return
+            except SinkFatalError:
+                if self.metrics is not None:
+                    self.metrics.failures.inc()
+                raise
             except SinkRetryableError as exc:
                 attempt += 1
                 if attempt > self.retries:
+                    if self.metrics is not None:
+                        self.metrics.failures.inc()
                     raise SinkRetryableError(
                         f"{exc} (gave up after {self.retries} retries)"
                     ) from exc
+                if self.metrics is not None:
+                    self.metrics.retries.inc()
                 delay = self.backoff.total_seconds() * 2 ** (attempt - 1)
                 logger.warning(
                     "insert of batch %s failed (%s); retry %d/%d in %.2fs",
@@ -89,6 +104,24 @@ class ClickHouseWriter(Sink):
                 raise SinkFatalError(f"insert into {self.database}.{table} failed: {exc}") from exc
         for table, rows in batch.tables.items():
             self.rows_written[table] = self.rows_written.get(table, 0) + len(rows)
+
+    def _observe(self, batch: RowBatch, seconds: float) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.insert_seconds.observe(seconds)
+        metrics.batch_rows.observe(len(batch))
+        now = self._clock()
+        for table, rows in batch.tables.items():
+            if rows:
+                metrics.rows.labels(table).inc(len(rows))
+            if table != TouchpointRow.table:
+                continue
+            for row in rows:
+                assert isinstance(row, TouchpointRow)
+                metrics.event_to_written.observe((now - row.occurred_at).total_seconds())
+                if row.received_at is not None:
+                    metrics.received_to_written.observe((now - row.received_at).total_seconds())
 
     def flush(self) -> None:
         """Nothing is buffered: every batch is written inside :meth:`write`."""

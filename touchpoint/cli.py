@@ -295,6 +295,15 @@ def run(
     click.echo(f"\nWritten to {wiring.target_description(settings)}.")
 
 
+def _metrics_option(command: F) -> F:
+    return _option(
+        "--metrics-port",
+        env="METRICS_PORT",
+        type=click.IntRange(0, 65535),
+        help="Serve Prometheus /metrics on this port (0 = off).  [default: 0]",
+    )(command)
+
+
 def _kafka_options(command: F) -> F:
     command = _option(
         "--partitions",
@@ -365,6 +374,7 @@ def produce(
 
 @cli.command()
 @_kafka_options
+@_metrics_option
 @_option(
     "--rules",
     env="RULES_FILE",
@@ -373,11 +383,19 @@ def produce(
 )
 @click.pass_context
 def worker(
-    ctx: click.Context, bootstrap: str | None, partitions: int | None, rules: Path | None
+    ctx: click.Context,
+    bootstrap: str | None,
+    partitions: int | None,
+    metrics_port: int | None,
+    rules: Path | None,
 ) -> None:
     """Run a Faust journey worker (touchpoints.raw → journey topics) until stopped."""
     settings = _settings(
-        ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions, rules_file=rules
+        ctx,
+        kafka_bootstrap=bootstrap,
+        kafka_partitions=partitions,
+        rules_file=rules,
+        metrics_port=metrics_port,
     )
     verbosity = ctx.find_root().params.get("verbose", 0)
     wiring.run_worker(settings, loglevel=("warning", "info", "debug")[min(verbosity, 2)])
@@ -385,10 +403,15 @@ def worker(
 
 @cli.command()
 @_kafka_options
+@_metrics_option
 @click.pass_context
-def sink(ctx: click.Context, bootstrap: str | None, partitions: int | None) -> None:
+def sink(
+    ctx: click.Context, bootstrap: str | None, partitions: int | None, metrics_port: int | None
+) -> None:
     """Write the journey topics into ClickHouse until stopped (SIGTERM/SIGINT flush first)."""
-    settings = _settings(ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions)
+    settings = _settings(
+        ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions, metrics_port=metrics_port
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -77,7 +77,11 @@ def load_settings(**overrides: Any) -> Settings:
 
     clickhouse, kafka, collector = section("clickhouse_"), section("kafka_"), section("collector_")
     processing = {key: value for key, value in given.items() if key in _PROCESSING_KEYS}
-    top = {key: value for key, value in given.items() if key == "data_dir"}
+    top = {
+        key: value
+        for key, value in given.items()
+        if key in ("data_dir", "metrics_port", "metrics_host")
+    }
     try:
         return Settings(
             **top,
@@ -261,27 +265,54 @@ def produce(
     return topic, stats.acknowledged, told
 
 
+def _registry(settings: Settings, component: str) -> Any:
+    """A metrics registry for this process, served on /metrics if a port is set."""
+    from prometheus_client import CollectorRegistry
+
+    from touchpoint.monitoring import build_info, serve_metrics
+
+    registry = CollectorRegistry()
+    build_info(registry, component)
+    if settings.metrics_port:
+        serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    return registry
+
+
 def run_worker(settings: Settings, *, loglevel: str) -> None:
     """Create the topics, then run one Faust journey worker until it is stopped."""
     from processors.faust_app import run_worker as run_faust_worker
+    from processors.metrics import WorkerMetrics
+    from schemas.topics import Topics
+    from touchpoint.monitoring import LagMonitor
 
     rules = rules_for(settings)
+    registry = _registry(settings, "worker")
+    metrics = WorkerMetrics(registry)
+    kafka = settings.kafka
     ensure_pipeline_topics(settings)
-    run_faust_worker(settings.kafka, settings.processing, rules, loglevel=loglevel)
+    LagMonitor(registry, kafka.bootstrap, kafka.app_id, [Topics(kafka.topic_prefix).raw]).start()
+    run_faust_worker(kafka, settings.processing, rules, loglevel=loglevel, metrics=metrics)
 
 
 def run_sink(settings: Settings, stop: threading.Event) -> Any:
     """Consume the output topics into ClickHouse until ``stop`` is set; returns the sink stats."""
     from schemas.topics import Topics
     from sinks.consumer import KafkaClickHouseSink
+    from sinks.metrics import SinkMetrics
+    from touchpoint.monitoring import LagMonitor
 
+    registry = _registry(settings, "sink")
+    metrics = SinkMetrics(registry)
     ensure_pipeline_topics(settings)
+    outputs = Topics(settings.kafka.topic_prefix).outputs
+    LagMonitor(registry, settings.kafka.bootstrap, settings.kafka.sink_group, outputs).start()
     with clickhouse(settings) as client:
         writer = ClickHouseWriter(
             client,
             settings.clickhouse.database,
             retries=settings.clickhouse.insert_retries,
             backoff=settings.clickhouse.retry_backoff,
+            metrics=metrics,
         )
         topics = Topics(settings.kafka.topic_prefix).table_by_topic
         with KafkaClickHouseSink(settings.kafka, writer, topics=topics) as sink:

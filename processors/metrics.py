@@ -1,0 +1,102 @@
+"""Worker metrics, created by a factory that takes a registry (never module globals).
+
+Label children are bound once per label value and reused; the hot path only calls
+``inc`` on cached children.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from processors.engine import BatchOutput, ProcessorCounters
+
+__all__ = ["WorkerMetrics"]
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "touchpoint_worker_events_total",
+            "Touchpoints processed (duplicates excluded), by channel and stage ('' = none).",
+            ["channel", "stage"],
+            registry=registry,
+        )
+        self.transitions = Counter(
+            "touchpoint_worker_stage_transitions_total",
+            "Moves of a buyer's furthest stage, by from (entry = first stage) and to.",
+            ["from_stage", "to_stage"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "touchpoint_worker_duplicates_total",
+            "Events dropped as duplicates (same event id).",
+            registry=registry,
+        )
+        self.late = Counter(
+            "touchpoint_worker_late_events_total",
+            "Events older than their partition's watermark when they arrived.",
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "touchpoint_worker_dead_letters_total",
+            "Records dead-lettered by the worker, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.dropoffs = Counter(
+            "touchpoint_worker_dropoffs_total",
+            "Drop-offs judged, by stage.",
+            ["stage"],
+            registry=registry,
+        )
+        self.journeys = Gauge(
+            "touchpoint_worker_journeys",
+            "Journeys held in memory (the partitions this worker owns).",
+            registry=registry,
+        )
+        self.watermark = Gauge(
+            "touchpoint_worker_watermark_seconds",
+            "Newest event time seen, per partition (Unix seconds).",
+            ["partition"],
+            registry=registry,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._duplicates_seen = 0
+        self._late_seen = 0
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe(self, output: BatchOutput, counters: ProcessorCounters, journeys: int) -> None:
+        """Count one handled batch (rows it produced, and the processor's running totals)."""
+        events = Tally((row.channel, row.stage or "") for row in output.touchpoints)
+        for (channel, stage), count in events.items():
+            self._child(self.events, str(channel), str(stage)).inc(count)
+        moves = Tally(
+            (str(row.from_stage or "entry"), str(row.to_stage))
+            for row in output.transitions
+            if not row.is_deleted
+        )
+        for (source, target), count in moves.items():
+            self._child(self.transitions, source, target).inc(count)
+        for reason, count in Tally(row.reason for row in output.dead_letters).items():
+            self._child(self.dead_letters, reason).inc(count)
+        for stage, count in Tally(
+            str(row.stage) for row in output.dropoffs if row.recovered_at is None
+        ).items():
+            self._child(self.dropoffs, stage).inc(count)
+        self.duplicates.inc(counters.duplicates - self._duplicates_seen)
+        self.late.inc(counters.late - self._late_seen)
+        self._duplicates_seen, self._late_seen = counters.duplicates, counters.late
+        self.journeys.set(journeys)
+
+    def observe_watermarks(self, newest: dict[int, Any]) -> None:
+        for partition, at in newest.items():
+            self._child(self.watermark, str(partition)).set(at.timestamp())
