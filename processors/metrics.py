@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processors.engine import BatchOutput, ProcessorCounters
+from schemas.enums import DeadLetterReason
 
 __all__ = ["WorkerMetrics"]
 
@@ -64,6 +65,8 @@ class WorkerMetrics:
             registry=registry,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        for reason in DeadLetterReason:  # exposed at 0 from the start, so rate() has a baseline
+            self._child(self.dead_letters, reason.value)
         self._duplicates_seen = 0
         self._late_seen = 0
 

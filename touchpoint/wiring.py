@@ -266,16 +266,31 @@ def produce(
 
 
 def _registry(settings: Settings, component: str) -> Any:
-    """A metrics registry for this process, served on /metrics if a port is set."""
+    """A metrics registry served on /metrics, or None when no metrics port is set.
+
+    Served before anything talks to Kafka, so it answers while Kafka is down.
+    """
+    if not settings.metrics_port:
+        return None
     from prometheus_client import CollectorRegistry
 
     from touchpoint.monitoring import build_info, serve_metrics
 
     registry = CollectorRegistry()
     build_info(registry, component)
-    if settings.metrics_port:
-        serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    serve_metrics(registry, settings.metrics_host, settings.metrics_port)
     return registry
+
+
+def wait_for_topics(settings: Settings) -> None:
+    """Create the pipeline's topics, retrying every 5 s while Kafka cannot be reached."""
+    while True:
+        try:
+            ensure_pipeline_topics(settings)
+            return
+        except BrokerError as exc:
+            logger.warning("Kafka is not reachable yet (%s); retrying in 5 s", exc)
+            time.sleep(5)
 
 
 def run_worker(settings: Settings, *, loglevel: str) -> None:
@@ -287,10 +302,12 @@ def run_worker(settings: Settings, *, loglevel: str) -> None:
 
     rules = rules_for(settings)
     registry = _registry(settings, "worker")
-    metrics = WorkerMetrics(registry)
+    metrics = WorkerMetrics(registry) if registry is not None else None
     kafka = settings.kafka
-    ensure_pipeline_topics(settings)
-    LagMonitor(registry, kafka.bootstrap, kafka.app_id, [Topics(kafka.topic_prefix).raw]).start()
+    wait_for_topics(settings)
+    if registry is not None:
+        raw = [Topics(kafka.topic_prefix).raw]
+        LagMonitor(registry, kafka.bootstrap, kafka.app_id, raw).start()
     run_faust_worker(kafka, settings.processing, rules, loglevel=loglevel, metrics=metrics)
 
 
@@ -302,10 +319,11 @@ def run_sink(settings: Settings, stop: threading.Event) -> Any:
     from touchpoint.monitoring import LagMonitor
 
     registry = _registry(settings, "sink")
-    metrics = SinkMetrics(registry)
-    ensure_pipeline_topics(settings)
-    outputs = Topics(settings.kafka.topic_prefix).outputs
-    LagMonitor(registry, settings.kafka.bootstrap, settings.kafka.sink_group, outputs).start()
+    metrics = SinkMetrics(registry) if registry is not None else None
+    wait_for_topics(settings)
+    if registry is not None:
+        outputs = Topics(settings.kafka.topic_prefix).outputs
+        LagMonitor(registry, settings.kafka.bootstrap, settings.kafka.sink_group, outputs).start()
     with clickhouse(settings) as client:
         writer = ClickHouseWriter(
             client,
@@ -334,16 +352,7 @@ def run_collector(settings: Settings) -> None:
     )
     collector = Collector(collector_settings, publisher, new_metrics())
 
-    def create_topics_when_kafka_answers() -> None:
-        while True:
-            try:
-                ensure_pipeline_topics(settings)
-                return
-            except BrokerError as exc:
-                logger.warning("cannot create the pipeline topics yet (%s); retrying in 5 s", exc)
-                time.sleep(5)
-
-    threading.Thread(target=create_topics_when_kafka_answers, daemon=True).start()
+    threading.Thread(target=wait_for_topics, args=(settings,), daemon=True).start()
     web.run_app(
         create_app(collector),
         host=collector_settings.host,

@@ -369,3 +369,18 @@ def test_the_gathered_report_compares_periods_and_tracks_targets(
         line = next(row for row in text.splitlines() if row.startswith(stage.value + " "))
         assert line.split()[1:3] == [str(counts["reached"]), str(counts["moved_on"])]
     assert {card.name for card in whole.personas} == {b.persona for b in truth.buyers}
+
+
+def test_every_sql_example_in_the_analysis_docs_runs(
+    clickhouse_client: Any, generated: tuple[str, GroundTruth]
+) -> None:
+    import re
+    from pathlib import Path
+
+    database, _ = generated
+    text = (Path(__file__).resolve().parents[2] / "docs" / "analysis.md").read_text()
+    examples = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    assert len(examples) >= 5
+    for sql in examples:
+        rows = clickhouse_client.query(sql.replace("touchpoint.", f"{database}.")).result_rows
+        assert rows, sql

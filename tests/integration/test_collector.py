@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,116 +16,23 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from kafka import KafkaConsumer
 
-from schemas.touchpoint import Touchpoint, parse_touchpoint
 from tests import vendor_payloads as vendor
-from tests.kafka_pipeline import REPO, Pipeline, stop
-from tests.signing import SendGridKeys, mailgun_signature, twilio_signature, zendesk_signature
+from tests.collector_server import (
+    ADS_KEY,
+    MAILGUN_KEY,
+    TWILIO_TOKEN,
+    WEB_KEY,
+    WRITE_KEY,
+    ZENDESK_SECRET,
+    Server,
+    send_request,
+    start_collector,
+)
+from tests.kafka_pipeline import Pipeline, stop
+from tests.signing import mailgun_signature, twilio_signature, zendesk_signature
 
 pytestmark = pytest.mark.integration
-
-WEB_KEY, ADS_KEY, WRITE_KEY = "key-web-1", "key-ads-1", "segment-write-key"
-MAILGUN_KEY, TWILIO_TOKEN, ZENDESK_SECRET = "mg-signing-key", "twilio-token", "zd-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    sendgrid: SendGridKeys
-    pipeline: Pipeline
-
-    def post(
-        self,
-        path: str,
-        body: bytes,
-        headers: dict[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.url + path,
-            data=body,
-            method="POST",
-            headers={"Content-Type": content_type, **(headers or {})},
-        )
-        return _send(request)
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return _send(urllib.request.Request(self.url + path))
-
-    def raw_touchpoints(self, expected: int, timeout: float = 20.0) -> list[Touchpoint]:
-        consumer = KafkaConsumer(
-            self.pipeline.topics.raw,
-            bootstrap_servers=self.pipeline.bootstrap,
-            auto_offset_reset="earliest",
-            consumer_timeout_ms=3000,
-        )
-        found: list[Touchpoint] = []
-        deadline = time.monotonic() + timeout
-        while len(found) < expected and time.monotonic() < deadline:
-            found.extend(parse_touchpoint(message.value) for message in consumer)
-        consumer.close()
-        return found
-
-
-def _send(request: urllib.request.Request) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            payload = response.read()
-            status = response.status
-    except urllib.error.HTTPError as error:
-        payload, status = error.read(), error.code
-    try:
-        return status, json.loads(payload)
-    except ValueError:
-        return status, payload.decode(errors="replace")
-
-
-def start_collector(
-    pipeline: Pipeline, logs: Path, bootstrap: str | None = None
-) -> tuple[subprocess.Popen[bytes], str, SendGridKeys]:
-    port = free_port()
-    keys = SendGridKeys()
-    env = dict(
-        pipeline.env,
-        TOUCHPOINT_COLLECTOR_PORT=str(port),
-        TOUCHPOINT_COLLECTOR_API_KEYS=json.dumps(
-            {"web": WEB_KEY, "ads": ADS_KEY, "segment": WRITE_KEY}
-        ),
-        TOUCHPOINT_COLLECTOR_SENDGRID_PUBLIC_KEY=keys.public_key,
-        TOUCHPOINT_COLLECTOR_MAILGUN_SIGNING_KEY=MAILGUN_KEY,
-        TOUCHPOINT_COLLECTOR_TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
-        TOUCHPOINT_COLLECTOR_ZENDESK_SIGNING_SECRET=ZENDESK_SECRET,
-        TOUCHPOINT_COLLECTOR_PUBLIC_URL=f"http://127.0.0.1:{port}",
-        TOUCHPOINT_COLLECTOR_MAX_BODY_BYTES="200000",
-        TOUCHPOINT_COLLECTOR_PRODUCE_TIMEOUT="3s",
-    )
-    if bootstrap is not None:
-        env["TOUCHPOINT_KAFKA_BOOTSTRAP"] = bootstrap
-    with (logs / f"collector-{port}.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "touchpoint", "collector"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            status, _ = _send(urllib.request.Request(url + "/healthz"))
-            if status == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.3)
-    return process, url, keys
 
 
 @pytest.fixture
@@ -403,8 +306,8 @@ def test_with_kafka_unreachable_the_collector_is_alive_but_answers_503(
 ) -> None:
     process, url, _ = start_collector(pipeline, tmp_path, bootstrap="127.0.0.1:1")
     try:
-        assert _send(urllib.request.Request(url + "/healthz"))[0] == 200
-        assert _send(urllib.request.Request(url + "/readyz"))[0] == 503
+        assert send_request(urllib.request.Request(url + "/healthz"))[0] == 200
+        assert send_request(urllib.request.Request(url + "/readyz"))[0] == 503
         body = json.dumps(
             {
                 "event_id": "e",
@@ -420,7 +323,7 @@ def test_with_kafka_unreachable_the_collector_is_alive_but_answers_503(
             method="POST",
             headers={"Authorization": f"Bearer {WEB_KEY}", "Content-Type": "application/json"},
         )
-        status, answer = _send(request)
+        status, answer = send_request(request)
         assert status == 503 and answer["error"] == "kafka_unavailable"
     finally:
         stop(process)

@@ -1,0 +1,122 @@
+"""Run the real HTTP collector as a subprocess for tests, with every vendor secret set."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from schemas.touchpoint import Touchpoint, parse_touchpoint
+from tests.kafka_pipeline import REPO, Pipeline
+from tests.signing import SendGridKeys
+
+WEB_KEY, ADS_KEY, WRITE_KEY = "key-web-1", "key-ads-1", "segment-write-key"
+MAILGUN_KEY, TWILIO_TOKEN, ZENDESK_SECRET = "mg-signing-key", "twilio-token", "zd-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    sendgrid: SendGridKeys
+    pipeline: Pipeline
+
+    def post(
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.url + path,
+            data=body,
+            method="POST",
+            headers={"Content-Type": content_type, **(headers or {})},
+        )
+        return send_request(request)
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return send_request(urllib.request.Request(self.url + path))
+
+    def raw_touchpoints(self, expected: int, timeout: float = 20.0) -> list[Touchpoint]:
+        consumer = KafkaConsumer(
+            self.pipeline.topics.raw,
+            bootstrap_servers=self.pipeline.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )
+        found: list[Touchpoint] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < expected and time.monotonic() < deadline:
+            found.extend(parse_touchpoint(message.value) for message in consumer)
+        consumer.close()
+        return found
+
+
+def send_request(request: urllib.request.Request) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = response.read()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        payload, status = error.read(), error.code
+    try:
+        return status, json.loads(payload)
+    except ValueError:
+        return status, payload.decode(errors="replace")
+
+
+def start_collector(
+    pipeline: Pipeline, logs: Path, bootstrap: str | None = None
+) -> tuple[subprocess.Popen[bytes], str, SendGridKeys]:
+    port = free_port()
+    keys = SendGridKeys()
+    env = dict(
+        pipeline.env,
+        TOUCHPOINT_COLLECTOR_PORT=str(port),
+        TOUCHPOINT_COLLECTOR_API_KEYS=json.dumps(
+            {"web": WEB_KEY, "ads": ADS_KEY, "segment": WRITE_KEY}
+        ),
+        TOUCHPOINT_COLLECTOR_SENDGRID_PUBLIC_KEY=keys.public_key,
+        TOUCHPOINT_COLLECTOR_MAILGUN_SIGNING_KEY=MAILGUN_KEY,
+        TOUCHPOINT_COLLECTOR_TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
+        TOUCHPOINT_COLLECTOR_ZENDESK_SIGNING_SECRET=ZENDESK_SECRET,
+        TOUCHPOINT_COLLECTOR_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        TOUCHPOINT_COLLECTOR_MAX_BODY_BYTES="200000",
+        TOUCHPOINT_COLLECTOR_PRODUCE_TIMEOUT="3s",
+    )
+    if bootstrap is not None:
+        env["TOUCHPOINT_KAFKA_BOOTSTRAP"] = bootstrap
+    with (logs / f"collector-{port}.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "touchpoint", "collector"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status, _ = send_request(urllib.request.Request(url + "/healthz"))
+            if status == 200:
+                break
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.3)
+    return process, url, keys

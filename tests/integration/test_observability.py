@@ -1,0 +1,235 @@
+"""SRE view: promtool checks, a real Prometheus scraping collector, worker and sink during
+a pipeline run, and dashboards that only use metrics a real scrape exposes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.collector_server import WEB_KEY, free_port, send_request, start_collector
+from tests.kafka_pipeline import REPO, Pipeline, stop
+
+pytestmark = pytest.mark.integration
+PROMETHEUS = REPO / "deploy" / "prometheus"
+DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Debian's Prometheus (promtool and the server); installed with apt-get if missing."""
+    if shutil.which("promtool") is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
+            check=False,
+            capture_output=True,
+            timeout=900,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    found = shutil.which("promtool")
+    if found is None or shutil.which("prometheus") is None:
+        pytest.fail("Debian's prometheus package is not installed and apt-get could not install it")
+    return found
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", "touchpoint.rules.yml"),
+        ("test", "rules", "touchpoint.rules.test.yml"),
+    ],
+)
+def test_promtool_accepts_the_config_rules_and_rule_tests(
+    promtool: str, check: tuple[str, ...]
+) -> None:
+    result = subprocess.run(
+        [promtool, *check], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def dashboard_queries() -> tuple[list[str], list[str]]:
+    promql, sql = [], []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                if "expr" in target:
+                    promql.append(target["expr"])
+                if "rawSql" in target:
+                    sql.append(target["rawSql"])
+    return promql, sql
+
+
+def metric_names(expression: str) -> set[str]:
+    names = set(re.findall(r"\b(touchpoint_[a-z0-9_]+)", expression))
+    return {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        if (name.endswith(("_bucket", "_count", "_sum")) and "seconds" in name)
+        or name.endswith("_rows_bucket")
+        else name
+        for name in names
+    }
+
+
+def query(base: str, promql: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())["data"]["result"]  # type: ignore[no-any-return]
+
+
+def scalar(base: str, promql: str) -> float | None:
+    result = query(base, promql)
+    return float(result[0]["value"][1]) if result else None
+
+
+def start_process(
+    pipeline: Pipeline, logs: Path, name: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with (logs / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "touchpoint", *args],
+            env={**pipeline.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_counts_every_event_and_the_dashboards_match_its_scrape(
+    promtool: str, pipeline: Pipeline, tmp_path: Path, clickhouse_client: Any, database: str
+) -> None:
+    worker_port, sink_port, prometheus_port = free_port(), free_port(), free_port()
+    collector, collector_url, _ = start_collector(pipeline, tmp_path)
+    worker = start_process(
+        pipeline, tmp_path, "worker", "worker", "--metrics-port", str(worker_port)
+    )
+    sink = start_process(
+        pipeline,
+        tmp_path,
+        "sink",
+        "sink",
+        "--metrics-port",
+        str(sink_port),
+        env={
+            "TOUCHPOINT_CLICKHOUSE_URL": f"chdb:{tmp_path / 'ch'}",
+            "TOUCHPOINT_KAFKA_SINK_GROUP": f"{pipeline.app_id}-sink",
+            "TOUCHPOINT_KAFKA_SINK_BATCH_SECONDS": "1",
+        },
+    )
+    collector_target = collector_url.removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\nscrape_configs:\n"
+        f"  - job_name: collector\n    static_configs: [{{targets: ['{collector_target}']}}]\n"
+        f"  - job_name: worker\n    static_configs: [{{targets: ['127.0.0.1:{worker_port}']}}]\n"
+        f"  - job_name: sink\n    static_configs: [{{targets: ['127.0.0.1:{sink_port}']}}]\n"
+    )
+    with (tmp_path / "prometheus.log").open("ab") as log:
+        prometheus = subprocess.Popen(
+            [
+                shutil.which("prometheus") or "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    base = f"http://127.0.0.1:{prometheus_port}"
+    try:
+        events = 0
+        for batch in range(6):
+            body = [
+                {
+                    "event_id": f"obs-{batch}-{i}",
+                    "buyer_id": f"b{i % 37}",
+                    "channel": "web",
+                    "event_type": "page_view" if i % 3 else "product_view",
+                    "occurred_at": f"2026-03-02T{10 + batch:02d}:{i % 60:02d}:00Z",
+                }
+                for i in range(50)
+            ]
+            body.append({"event_id": f"obs-bad-{batch}", "channel": "fax"})  # rejected
+            request = urllib.request.Request(
+                collector_url + "/v1/touchpoints",
+                data=json.dumps(body).encode(),
+                method="POST",
+                headers={"Authorization": f"Bearer {WEB_KEY}", "Content-Type": "application/json"},
+            )
+            status, answer = send_request(request)
+            assert status == 200, answer
+            events += answer["accepted"]
+        assert events == 300
+        assert answer["rejected"][0]["reason"] == "missing_field"
+        pipeline.wait_until_workers_consumed_everything()
+
+        wanted = {
+            "sum(touchpoint_collector_events_accepted_total)": events,
+            "sum(touchpoint_collector_events_rejected_total)": 6,
+            "sum(touchpoint_worker_events_total)": events,
+            'sum(touchpoint_sink_rows_total{table="touchpoints"})': events,
+        }
+        deadline = time.monotonic() + 90
+        got: dict[str, float | None] = {}
+        while time.monotonic() < deadline:
+            got = {promql: scalar(base, promql) for promql in wanted}
+            if all(got[promql] == value for promql, value in wanted.items()):
+                break
+            time.sleep(1)
+        assert got == {promql: float(value) for promql, value in wanted.items()}
+        assert scalar(base, 'sum(up{job=~"collector|worker|sink"})') == 3.0
+
+        with urllib.request.urlopen(f"{base}/api/v1/label/__name__/values", timeout=10) as response:
+            scraped = set(json.loads(response.read())["data"])
+        promql, sql = dashboard_queries()
+        used: set[str] = set()
+        for expression in promql:
+            used |= set(re.findall(r"\b(touchpoint_[a-z0-9_]+)", expression))
+        missing = sorted(name for name in used if name not in scraped)
+        assert missing == [], f"dashboard metrics no real scrape exposes: {missing}"
+        assert len(used) >= 12
+    finally:
+        for process in (prometheus, worker, sink, collector):
+            stop(process)
+
+    for statement in sql:  # the ClickHouse dashboard's SQL runs on the real engine
+        clickhouse_client.query(statement.replace("touchpoint.", f"{database}."))
+
+
+def test_metrics_are_served_while_kafka_is_unreachable(pipeline: Pipeline, tmp_path: Path) -> None:
+    port = free_port()
+    process = start_process(
+        pipeline,
+        tmp_path,
+        "worker-no-kafka",
+        "worker",
+        "--metrics-port",
+        str(port),
+        env={"TOUCHPOINT_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        body = ""
+        while time.monotonic() < deadline and "touchpoint_build_info" not in body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert 'touchpoint_build_info{component="worker"' in body
+        assert process.poll() is None  # still waiting for Kafka, not crashed
+    finally:
+        stop(process)
