@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -734,8 +734,3 @@ def write_dataset(
         truth_path.parent.mkdir(parents=True, exist_ok=True)
         truth_path.write_text(json.dumps(truth.to_json(), indent=1) + "\n", encoding="utf-8")
     return truth
-
-
-def iter_lines(lines: list[str]) -> Iterator[bytes]:
-    for line in lines:
-        yield line.encode()

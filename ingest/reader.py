@@ -18,7 +18,7 @@ from schemas.enums import DeadLetterReason
 from schemas.errors import InputError
 from schemas.raw import RawRecord
 
-__all__ = ["FORMATS", "count_records", "detect_format", "read_records"]
+__all__ = ["FORMATS", "detect_format", "read_records"]
 
 FORMATS: Final = ("jsonl", "csv")
 _TOP_LEVEL: Final = frozenset(
@@ -167,12 +167,3 @@ def _csv_to_json(header: list[str], cells: list[str]) -> bytes:
             {**existing, **properties} if isinstance(existing, dict) else properties
         )
     return json.dumps(record, separators=(",", ":")).encode()
-
-
-def count_records(path: Path) -> int:
-    """Number of lines in the file (a cheap upper bound for a progress bar)."""
-    count = 0
-    with _open(path) as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            count += chunk.count(b"\n")
-    return count

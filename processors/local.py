@@ -7,7 +7,6 @@ each batch's rows to a sink (chDB through the ClickHouse writer, by default).
 from __future__ import annotations
 
 import gc
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,12 +76,3 @@ def run_local(
     sink.flush()
     summary.watermark = processor.watermark()
     return summary
-
-
-def run_id_for(*parts: bytes | str) -> str:
-    """A short stable id for a run's input, from its content (and settings that shape batches)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode() if isinstance(part, str) else part)
-        digest.update(b"\x1f")
-    return digest.hexdigest()[:20]
