@@ -42,6 +42,21 @@ With ``--staged`` the sink is started only once the workers are done (and stoppe
 each measured without the other competing for the CPU; ``pipeline (staged)`` is then the
 wall time of both, one after the other.
 
+With ``--metrics-compare`` the workers+sink phase runs twice in the same invocation, on
+the same records: once with metrics off (no ``--metrics-port``, as above) and once with them
+on (each worker and the sink serves ``/metrics`` on its own free port). Each pass is a
+separate deployment: its own topic prefix, so its own raw, output and ``journey.store``
+topics (they all derive from ``TOUCHPOINT_KAFKA_TOPIC_PREFIX``: passes sharing the raw topic
+would share the store and append to the same outputs, and the second one would restore the
+first one's journeys), its own app id, sink group and chDB directory. The file is therefore
+produced once per pass; only the first produce is timed, and the ceiling reads that first
+copy. The order is off then on (``--compare-rounds N`` adds pairs, alternately on then off
+and off then on; medians). Just before the metrics-on processes are stopped, each one's
+``/metrics`` is scraped once: the workers' ``touchpoint_worker_events_total`` (summed) and
+the sink's ``touchpoint_sink_rows_total{table="touchpoints"}`` must reach the generator's
+unique events (exit code 1 if not; above it is reported too). The result reports both
+passes, events/s with metrics on over off, and what was scraped.
+
 Events/s always divides the number of input records (lines of the file, including the
 generator's duplicates and malformed records: what is on the raw topic apart from one
 watermark per partition) by the phase's wall-clock seconds, so every ``vs ceiling`` ratio
@@ -63,6 +78,7 @@ touchpoint`` with the same interpreter)::
 
     .venv/bin/python -m bench.kafka_path --events 50000     # ~1-2 minutes
     .venv/bin/python -m bench.kafka_path                    # ~1M records; long (see README)
+    .venv/bin/python -m bench.kafka_path --events 300000 --metrics-compare   # metrics cost
 
 Results are printed and written as JSON to ``bench/results/kafka_path-<timestamp>.json``.
 """
@@ -79,12 +95,14 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -99,6 +117,7 @@ from aiokafka import TopicPartition as AioTopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.embedded import (
     EVENTS_PER_BUYER,
@@ -139,6 +158,8 @@ _OWN_SETTINGS: Final = frozenset(
         "TOUCHPOINT_CLICKHOUSE_URL",
         "TOUCHPOINT_CLICKHOUSE_DATABASE",
         "TOUCHPOINT_DATA_DIR",
+        "TOUCHPOINT_METRICS_PORT",
+        "TOUCHPOINT_METRICS_HOST",
     }
 )
 
@@ -349,6 +370,8 @@ class Deployment:
     bootstrap: str
     partitions: int
     run_dir: Path
+    label: str = ""
+    """Names this deployment's chDB directory and process logs when a run has several."""
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     @property
@@ -365,7 +388,11 @@ class Deployment:
 
     @property
     def chdb_dir(self) -> Path:
-        return self.run_dir / "clickhouse"
+        return self.run_dir / (f"clickhouse-{self.label}" if self.label else "clickhouse")
+
+    def log(self, name: str) -> Path:
+        """The log file of this deployment's process ``name``."""
+        return self.run_dir / (f"{self.label}-{name}.log" if self.label else f"{name}.log")
 
     @property
     def topics(self) -> Topics:
@@ -408,7 +435,7 @@ class Deployment:
             text=True,
             check=False,
         )
-        (self.run_dir / f"{name}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+        self.log(name).write_text(result.stdout + result.stderr, encoding="utf-8")
         if result.returncode != 0:
             raise BenchError(
                 f"touchpoint {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}"
@@ -417,7 +444,7 @@ class Deployment:
 
     def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
         """Start a long-running ``touchpoint`` command; its output goes to ``<name>.log``."""
-        log = (self.run_dir / f"{name}.log").open("wb")
+        log = self.log(name).open("wb")
         process = subprocess.Popen(
             self.command(*args), env=self.env(), cwd=self.run_dir, stdout=log, stderr=log
         )
@@ -584,6 +611,45 @@ def ceiling_phase(
     return chosen
 
 
+def _free_port() -> int:
+    """A TCP port free on loopback now (the OS picks it; the process binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def scrape_metrics(port: int) -> dict[str, Any]:
+    """A few values from a worker's or sink's ``/metrics`` (served on 127.0.0.1, the default)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode("utf-8")
+    sums: dict[str, float] = {}
+    rows: dict[str, float] = {}
+    samples = 0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples += 1
+            if sample.name == "touchpoint_sink_rows_total":
+                rows[sample.labels["table"]] = sample.value
+            elif sample.name in (
+                "touchpoint_worker_events_total",
+                "touchpoint_worker_duplicates_total",
+                "touchpoint_worker_dead_letters_total",
+                "touchpoint_sink_batch_rows_count",
+            ):
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return {
+        "port": port,
+        "samples": samples,
+        **{name: int(value) for name, value in sorted(sums.items())},
+        **(
+            {"touchpoint_sink_rows_total": {t: int(v) for t, v in sorted(rows.items())}}
+            if rows
+            else {}
+        ),
+    }
+
+
 def _sink_done(committed: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]) -> bool:
     # A transaction's commit marker takes a partition's last offset: the sink's committed
     # position may rest on it (end - 1) or past it (end).
@@ -598,27 +664,48 @@ def pipeline_phases(
     workers: int,
     timeout: float,
     staged: bool,
+    metrics: bool = False,
 ) -> tuple[list[Phase], dict[str, Any]]:
     """Workers and sink on the filled topic: the workers, (sink,) pipeline phases; sink stats.
 
     Together (default): the workers and the sink start at once. ``staged``: the workers run
-    alone until they are done and are stopped, then the sink runs alone.
+    alone until they are done and are stopped, then the sink runs alone. ``metrics``: every
+    process serves /metrics on its own free port (``--metrics-port``), scraped once just
+    before it is stopped (the stats' ``scraped``, by process name).
     """
     offsets = Offsets(deployment)
     raw_tps = offsets.partitions(deployment.topics.raw)
     processes: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
+    ports: dict[str, int] = {}
+    scraped: dict[str, dict[str, Any]] = {}
 
     def launch(name: str, *args: str) -> None:
+        if metrics:
+            port = _free_port()
+            while port in ports.values():
+                port = _free_port()
+            ports[name] = port
+            args = (*args, "--metrics-port", str(port))
         process, log = deployment.start(name, *args)
         processes[name] = (process, log)
         meter.track(name, process.pid, "sink" if name == "sink" else "workers")
+
+    def scrape(names: Sequence[str]) -> None:
+        for name in names:
+            if name in ports:
+                try:
+                    scraped[name] = scrape_metrics(ports[name])
+                except (OSError, ValueError) as exc:
+                    raise BenchError(
+                        f"cannot scrape {name}'s /metrics on port {ports[name]}: {exc}"
+                    ) from exc
 
     def stop(name: str) -> int:
         process, log = processes.pop(name)
         code = _stop(process, name)
         log.close()
         if code not in (0, -signal.SIGTERM):
-            logger.warning("%s exited %d; see %s", name, code, deployment.run_dir / f"{name}.log")
+            logger.warning("%s exited %d; see %s", name, code, deployment.log(name))
         return code
 
     try:
@@ -660,7 +747,7 @@ def pipeline_phases(
                 if process.poll() is not None:
                     raise BenchError(
                         f"{name} exited early with code {process.returncode}:\n"
-                        + _tail(deployment.run_dir / f"{name}.log")
+                        + _tail(deployment.log(name))
                     )
             if workers_done is None:
                 committed = offsets.committed(deployment.app_id)
@@ -682,7 +769,9 @@ def pipeline_phases(
                         f"{sum(output_ends.values()):,}",
                     )
                     if staged:
-                        for name in [name for name in processes if name.startswith("worker-")]:
+                        started_workers = [name for name in processes if name.startswith("worker-")]
+                        scrape(started_workers)
+                        for name in started_workers:
                             stop(name)
                         sink_before = meter.snapshot()
                         sink_started = time.perf_counter() - started
@@ -712,19 +801,20 @@ def pipeline_phases(
         sink_cpu = meter.cores(sink_before, end)
         meter.timeline_point("end", committed_raw=float(done_raw), sink_committed=float(sink_sum))
         logger.info("sink done after %.1f s: stopping it", pipeline_seconds)
+        scrape(list(processes))
         stopped_at = time.perf_counter()
         code = stop("sink")
-        sink_out = (deployment.run_dir / "sink.log").read_text(errors="replace")
+        sink_out = deployment.log("sink").read_text(errors="replace")
         if code != 0:
-            raise BenchError(
-                f"the sink exited {code} on SIGTERM:\n{_tail(deployment.run_dir / 'sink.log')}"
-            )
+            raise BenchError(f"the sink exited {code} on SIGTERM:\n{_tail(deployment.log('sink'))}")
         stats = re.search(r"Sink stopped after ([\d,]+) messages in ([\d,]+) batches", sink_out)
         sink_details: dict[str, Any] = {
             "stop_seconds": time.perf_counter() - stopped_at,
             "messages": int(stats.group(1).replace(",", "")) if stats else None,
             "batches": int(stats.group(2).replace(",", "")) if stats else None,
             "output_offsets": sum(output_ends.values()),
+            "metrics_ports": ports or None,
+            "scraped": scraped or None,
         }
     finally:
         for name in list(processes):
@@ -845,6 +935,38 @@ def _environment() -> dict[str, Any]:
     }
 
 
+@dataclass
+class Pass:
+    """One workers+sink pass over its own copy of the raw topic (several with --metrics-compare)."""
+
+    deployment: Deployment
+    metrics: bool
+    round: int
+    produce_seconds: float = 0.0
+    phases: list[Phase] = field(default_factory=list)
+    sink: dict[str, Any] = field(default_factory=dict)
+    stored: dict[str, Any] = field(default_factory=dict)
+
+
+def _compare_plan(rounds: int) -> list[tuple[int, bool]]:
+    """(round, metrics on) in run order: off then on in odd rounds, on then off in even ones."""
+    return [
+        (number, metrics)
+        for number in range(1, rounds + 1)
+        for metrics in ((False, True) if number % 2 else (True, False))
+    ]
+
+
+def _raw_ends(deployment: Deployment) -> list[int]:
+    """End offset of each raw partition, by partition number."""
+    offsets = Offsets(deployment)
+    try:
+        ends = offsets.ends([deployment.topics.raw])
+    finally:
+        offsets.close()
+    return [ends[tp] for tp in sorted(ends, key=lambda tp: tp.partition)]
+
+
 def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     environment = _environment()
     buyers = args.buyers or max(1, round(args.events / EVENTS_PER_BUYER))
@@ -854,54 +976,114 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     dataset["records"] = records
     dataset["bytes"] = events.stat().st_size
     logger.info("input: %s records, %.0f MiB", f"{records:,}", dataset["bytes"] / 2**20)
+    compare = args.metrics_compare
 
     meter = CpuMeter()
     meter.track("bench", os.getpid())
     meter.start()
     try:
         with kafka_broker(args.port, meter, run_dir / "kafka-start.log") as bootstrap:
-            deployment = Deployment(bootstrap, args.partitions, run_dir)
+            # With --metrics-compare every pass has its own prefix (raw, output and store
+            # topics), app id, sink group and chDB directory: the same records are produced
+            # once per pass (only the first produce is timed), so no pass sees another's
+            # outputs or restores another's journey state.
+            passes = [
+                Pass(
+                    Deployment(
+                        bootstrap,
+                        args.partitions,
+                        run_dir,
+                        label=f"{'on' if metrics else 'off'}{number}" if compare else "",
+                    ),
+                    metrics,
+                    number,
+                )
+                for number, metrics in (
+                    _compare_plan(args.compare_rounds) if compare else [(1, False)]
+                )
+            ]
+            deployment = passes[0].deployment
             setup_started = time.perf_counter()
-            wiring.ensure_pipeline_topics(deployment.settings())
-            deployment.run("migrate", "migrate")
+            for each in passes:
+                wiring.ensure_pipeline_topics(each.deployment.settings())
+                each.deployment.run("migrate", "migrate")
             setup = time.perf_counter() - setup_started
             logger.info(
-                "topics under %s created, chDB migrated in %.1f s", deployment.prefix, setup
+                "topics under %s created, chDB migrated in %.1f s",
+                ", ".join(each.deployment.prefix for each in passes),
+                setup,
             )
 
             produce = produce_phase(deployment, events, records)
-            offsets = Offsets(deployment)
-            try:
-                raw_end = sum(offsets.ends([deployment.topics.raw]).values())
-            finally:
-                offsets.close()
+            passes[0].produce_seconds = produce.seconds
+            raw_ends = _raw_ends(deployment)
+            raw_end = sum(raw_ends)
+            for each in passes[1:]:
+                logger.info("produce again (untimed) under %s", each.deployment.prefix)
+                each.produce_seconds = produce_phase(each.deployment, events, records).seconds
+                # Keyed records land on the same partitions; records with no buyer id (some of
+                # the malformed ones, dead-lettered anyway) may not, so only totals must match.
+                copied = _raw_ends(each.deployment)
+                if sum(copied) != raw_end:
+                    raise BenchError(
+                        f"the raw topic under {each.deployment.prefix} holds {sum(copied)} "
+                        f"records, under {deployment.prefix} {raw_end}"
+                    )
             ceiling = ceiling_phase(deployment, meter, records, args.ceiling_repeat, raw_end)
-            downstream, sink = pipeline_phases(
-                deployment, meter, records, raw_end, args.workers, args.timeout, args.staged
-            )
-        stored = count_rows(deployment)
+            for number, each in enumerate(passes, 1):
+                if compare:
+                    logger.info(
+                        "pass %d of %d: metrics %s, topics under %s",
+                        number,
+                        len(passes),
+                        "on" if each.metrics else "off",
+                        each.deployment.prefix,
+                    )
+                each.phases, each.sink = pipeline_phases(
+                    each.deployment,
+                    meter,
+                    records,
+                    raw_end,
+                    args.workers,
+                    args.timeout,
+                    args.staged,
+                    metrics=each.metrics,
+                )
+        for each in passes:
+            each.stored = count_rows(each.deployment)
     finally:
         meter.stop()
-    complete = stored["touchpoints_final"] == dataset["events_unique"]
-    if not complete:
-        logger.warning(
-            "ClickHouse holds %s unique touchpoints, the generator made %s",
-            f"{stored['touchpoints_final']:,}",
-            f"{dataset['events_unique']:,}",
-        )
+    unique = dataset["events_unique"]
+    complete = True
+    for each in passes:
+        pipeline = each.phases[-1]
+        pipeline.details["unique_events"] = unique
+        pipeline.details["unique_events_per_second"] = unique / pipeline.seconds
+        if each.stored["touchpoints_final"] != unique:
+            complete = False
+            logger.warning(
+                "ClickHouse%s holds %s unique touchpoints, the generator made %s",
+                f" ({each.deployment.label})" if compare else "",
+                f"{each.stored['touchpoints_final']:,}",
+                f"{unique:,}",
+            )
+        if compare:
+            for phase in each.phases:
+                phase.phase = f"{phase.phase} [{each.deployment.label}]"
+    main = passes[0]
+    downstream, sink, stored = main.phases, main.sink, main.stored
     workers, pipeline = downstream[0], downstream[-1]
-    pipeline.details["unique_events"] = dataset["events_unique"]
-    pipeline.details["unique_events_per_second"] = dataset["events_unique"] / pipeline.seconds
     code_changed = _git_revision() != environment["git"]
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
-    phases = [produce, ceiling, *downstream]
+    phases = [produce, ceiling, *(phase for each in passes for phase in each.phases)]
     contention = max(phase.cpu_cores.get("other", 0.0) for phase in phases)
     if contention > 0.25:
         logger.warning(
             "other processes used up to %.2f cores during a phase: figures are disturbed",
             contention,
         )
+    metrics_compare = _metrics_comparison(passes, unique) if compare else None
     return {
         "benchmark": "kafka_path",
         "started_at": args.started_at,
@@ -914,9 +1096,18 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             "port": args.port,
             "ceiling_repeat": args.ceiling_repeat,
             "staged": args.staged,
+            "metrics_compare": compare,
+            "compare_rounds": args.compare_rounds if compare else None,
             "timing": "produce first; workers and pipeline timed from the launch of the "
             "worker processes on the filled topic; the sink starts with them, or when they "
-            "are done if staged",
+            "are done if staged"
+            + (
+                "; --metrics-compare: one workers+sink pass per (round, metrics off/on), each "
+                "on its own copy of the raw topic (produced untimed after the timed produce), "
+                "off then on in odd rounds, on then off in even ones"
+                if compare
+                else ""
+            ),
         },
         "environment": environment,
         "code_changed_during_run": code_changed,
@@ -928,6 +1119,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         "sink": sink,
         "clickhouse": stored,
         "complete": complete,
+        "metrics_compare": metrics_compare,
         "peak_rss_mib": meter.peak_rss_by_group(),
         "cpu_timeline": meter.timeline,
         "ratio_pipeline_to_ceiling": _ratio(pipeline, ceiling),
@@ -935,6 +1127,77 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         "ratio_produce_to_ceiling": _ratio(produce, ceiling),
         "ratio_sink_to_ceiling": _ratio(downstream[1], ceiling) if args.staged else None,
     }
+
+
+def _metrics_comparison(passes: Sequence[Pass], unique: int) -> dict[str, Any]:
+    """Events/s with metrics off and on (medians over rounds), their ratio, and the scrapes."""
+    rows: list[dict[str, Any]] = []
+    for each in passes:
+        workers, pipeline = each.phases[0], each.phases[-1]
+        scraped = each.sink.get("scraped") or {}
+        worker_events = sink_rows = None
+        if each.metrics:
+            worker_events = sum(
+                values.get("touchpoint_worker_events_total", 0)
+                for name, values in scraped.items()
+                if name.startswith("worker-")
+            )
+            sink_rows = (
+                scraped.get("sink", {}).get("touchpoint_sink_rows_total", {}).get("touchpoints")
+            )
+        rows.append(
+            {
+                "label": each.deployment.label,
+                "round": each.round,
+                "metrics": each.metrics,
+                "prefix": each.deployment.prefix,
+                "app_id": each.deployment.app_id,
+                "sink_group": each.deployment.sink_group,
+                "chdb_dir": each.deployment.chdb_dir.name,
+                "produce_seconds": each.produce_seconds,
+                "workers_seconds": workers.seconds,
+                "workers_events_per_second": workers.events_per_second,
+                "pipeline_seconds": pipeline.seconds,
+                "pipeline_events_per_second": pipeline.events_per_second,
+                "touchpoints_final": each.stored["touchpoints_final"],
+                "complete": each.stored["touchpoints_final"] == unique,
+                "scraped_worker_events": worker_events,
+                "scraped_sink_touchpoints_rows": sink_rows,
+                "sink": each.sink,
+            }
+        )
+
+    def median(metrics: bool, key: str) -> float:
+        return float(statistics.median(row[key] for row in rows if row["metrics"] == metrics))
+
+    on_rows = [row for row in rows if row["metrics"]]
+    collected = all(
+        (row["scraped_worker_events"] or 0) >= unique
+        and (row["scraped_sink_touchpoints_rows"] or 0) >= unique
+        for row in on_rows
+    )
+    exact = all(
+        row["scraped_worker_events"] == unique and row["scraped_sink_touchpoints_rows"] == unique
+        for row in on_rows
+    )
+    if not collected:
+        logger.warning("the scraped counters are below the %s unique events", f"{unique:,}")
+    elif not exact:
+        logger.warning("the scraped counters exceed the %s unique events", f"{unique:,}")
+    result: dict[str, Any] = {
+        "order": [row["label"] for row in rows],
+        "passes": rows,
+        "unique_events": unique,
+        "metrics_collected": collected,
+        "metrics_match_unique_events": exact,
+    }
+    for key in ("pipeline", "workers"):
+        off = median(False, f"{key}_events_per_second")
+        on = median(True, f"{key}_events_per_second")
+        result[f"{key}_events_per_second_off"] = off
+        result[f"{key}_events_per_second_on"] = on
+        result[f"ratio_{key}_on_to_off"] = on / off if off else 0.0
+    return result
 
 
 def _ratio(phase: Phase, ceiling: Phase) -> float:
@@ -955,22 +1218,23 @@ def _render(result: dict[str, Any]) -> str:
     dataset = result["dataset"]
     phases = result["phases"]
     ceiling = phases[1]["events_per_second"]
+    width = max(24, *(len(phase["phase"]) for phase in phases))
     header = (
-        f"{'phase':<24} {'events':>11} {'seconds':>9} {'events/s':>10} {'vs ceiling':>10}  "
+        f"{'phase':<{width}} {'events':>11} {'seconds':>9} {'events/s':>10} {'vs ceiling':>10}  "
         "CPU (cores in use)"
     )
     lines = [header, "-" * (len(header) + 40)]
     lines.append(
-        f"{'generate (prep)':<24} {dataset['records']:>11,} {dataset['seconds']:>9.1f} "
+        f"{'generate (prep)':<{width}} {dataset['records']:>11,} {dataset['seconds']:>9.1f} "
         f"{dataset['records'] / dataset['seconds']:>10,.0f}"
     )
     for phase in phases:
         lines.append(
-            f"{phase['phase']:<24} {phase['records']:>11,} {phase['seconds']:>9.1f} "
+            f"{phase['phase']:<{width}} {phase['records']:>11,} {phase['seconds']:>9.1f} "
             f"{phase['events_per_second']:>10,.0f} "
             f"{phase['events_per_second'] / ceiling:>9.3f}x  {_cpu_text(phase['cpu_cores'])}"
         )
-    pipeline = phases[-1]
+    pipeline = next(phase for phase in phases if phase["phase"].startswith("pipeline"))
     workers = phases[2]
     staged = result["config"]["staged"]
     stored = result["clickhouse"]
@@ -997,6 +1261,8 @@ def _render(result: dict[str, Any]) -> str:
         f"before FINAL); {pipeline['details']['unique_events_per_second']:,.0f} unique events/s "
         "end to end."
     )
+    if result["metrics_compare"] is not None:
+        lines.extend(_render_compare(result["metrics_compare"]))
     lines.append(
         "produce first, then the ceiling, then "
         + (
@@ -1017,6 +1283,43 @@ def _render(result: dict[str, Any]) -> str:
         )
     )
     return "\n".join(lines)
+
+
+def _render_compare(compare: Mapping[str, Any]) -> list[str]:
+    """The --metrics-compare lines: each pass, the on/off ratios, the scraped counters."""
+    unique = compare["unique_events"]
+    lines = [
+        "",
+        "metrics off vs on (each pass: its own copy of the raw topic, app id, sink group, chDB):",
+        f"{'pass':<6} {'metrics':<8} {'workers s':>10} {'events/s':>10} {'pipeline s':>11} "
+        f"{'events/s':>10}  scraped: worker events, sink touchpoints rows",
+    ]
+    for row in compare["passes"]:
+        scraped = (
+            f"{row['scraped_worker_events']:,}, {row['scraped_sink_touchpoints_rows'] or 0:,}"
+            if row["metrics"]
+            else "-"
+        )
+        lines.append(
+            f"{row['label']:<6} {'on' if row['metrics'] else 'off':<8} "
+            f"{row['workers_seconds']:>10.1f} {row['workers_events_per_second']:>10,.0f} "
+            f"{row['pipeline_seconds']:>11.1f} {row['pipeline_events_per_second']:>10,.0f}  "
+            f"{scraped}"
+        )
+    lines.append(
+        f"metrics on / off: pipeline {compare['ratio_pipeline_on_to_off']:.3f}x "
+        f"({compare['pipeline_events_per_second_on']:,.0f} vs "
+        f"{compare['pipeline_events_per_second_off']:,.0f} events/s), workers "
+        f"{compare['ratio_workers_on_to_off']:.3f}x; scraped counters "
+        + (
+            f"equal the {unique:,} unique events."
+            if compare["metrics_match_unique_events"]
+            else f"DIFFER from the {unique:,} unique events"
+            + ("" if compare["metrics_collected"] else " (BELOW: metrics not collected)")
+            + "."
+        )
+    )
+    return lines
 
 
 def _write_json(result: dict[str, Any], directory: Path) -> Path:
@@ -1078,6 +1381,21 @@ def _parser() -> argparse.ArgumentParser:
         "instead of both at once",
     )
     parser.add_argument(
+        "--metrics-compare",
+        action="store_true",
+        help="run the workers+sink phase twice on the same records, with metrics off (no "
+        "--metrics-port) then on (each worker and the sink on its own free port, scraped at "
+        "the end), each pass with its own topics, app id, sink group and chDB directory; "
+        "reports events/s of both and their ratio",
+    )
+    parser.add_argument(
+        "--compare-rounds",
+        type=_positive,
+        default=1,
+        help="with --metrics-compare: pairs of passes, off then on in odd rounds and on then "
+        "off in even ones; medians reported [default: 1]",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=3600.0,
@@ -1125,7 +1443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
     print(_render(result))
     print(f"results written to {_write_json(result, args.results_dir)}")
-    return 0 if result["complete"] else 1
+    compare = result["metrics_compare"]
+    collected = compare is None or compare["metrics_collected"]
+    return 0 if result["complete"] and collected else 1
 
 
 if __name__ == "__main__":

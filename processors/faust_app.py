@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.engine import JourneyProcessor
 from processors.metrics import WorkerMetrics
+from processors.state_stores import open_state_store
 from schemas.enums import DeadLetterReason
 from schemas.journey import JOURNEY_STATE_ADAPTER, JourneyState
 from schemas.rows import ROW_ADAPTERS
@@ -105,8 +107,13 @@ class PartitionStates:
     agent writes them to the store topic inside the event's transaction.
     """
 
-    def __init__(self, bootstrap: list[str], store_topic: str) -> None:
-        self.states: dict[str, JourneyState] = {}
+    def __init__(
+        self,
+        bootstrap: list[str],
+        store_topic: str,
+        states: MutableMapping[str, JourneyState] | None = None,
+    ) -> None:
+        self.states: MutableMapping[str, JourneyState] = {} if states is None else states
         self.loaded: set[int] = set()
         self._bootstrap = bootstrap
         self._store_topic = store_topic
@@ -150,6 +157,9 @@ class PartitionStates:
         if self._reader is not None:
             await self._reader.stop()
             self._reader = None
+        closer = getattr(self.states, "close", None)
+        if closer is not None:
+            closer()
 
 
 def create_app(
@@ -187,7 +197,11 @@ def create_app(
         partitions=kafka.partitions,
     )
     topic_for_table = {table: topic for topic, table in topics.table_by_topic.items()}
-    store = PartitionStates(bootstrap, topics.store)
+    store = PartitionStates(
+        bootstrap,
+        topics.store,
+        open_state_store(kafka.store, kafka.store_dir / f"{kafka.app_id}-{os.getpid()}"),
+    )
     processor = JourneyProcessor(
         rules,
         allowed_lateness=processing.allowed_lateness,

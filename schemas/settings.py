@@ -45,6 +45,10 @@ class KafkaSettings(BaseSettings):
     sink_group: str = "touchpoint-sink"
     app_id: str = "touchpoint"
     """Faust app id: the workers' consumer group and transactional-id prefix."""
+    store: Literal["memory", "rocksdict"] = "memory"
+    """Where a worker keeps its partitions' journeys: a dict, or a local RocksDB (extra
+    ``rocksdict``) for more journeys than fit in memory. The durable copy is in Kafka."""
+    store_dir: Path = Path("touchpoint-data/worker-state")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     """``at_least_once`` is for experiments only: a crash can then repeat output rows."""
     worker_batch: int = Field(default=500, ge=1, le=100_000)

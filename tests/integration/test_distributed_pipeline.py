@@ -158,6 +158,8 @@ def test_malformed_records_sent_straight_to_the_raw_topic_become_dead_letters(
         for value in bad
     ]
     producer.close()
+    pipeline.env["TOUCHPOINT_KAFKA_STORE"] = "rocksdict"  # this worker keeps state in RocksDB
+    pipeline.env["TOUCHPOINT_KAFKA_STORE_DIR"] = str(pipeline.logs / "state")
     worker = pipeline.start_worker("worker")
     try:
         pipeline.wait_until_workers_consumed_everything()
