@@ -68,6 +68,7 @@ Results are printed and written as JSON to ``bench/results/queries-<timestamp>.j
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -81,15 +82,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from bench.embedded import (
     EVENTS_PER_BUYER,
     RESULTS_DIR,
     _count_lines,
     _environment,
-    _git_revision,
     _in_child,
     _positive,
     _Progress,
@@ -112,6 +113,9 @@ DATABASE: Final = "bench_queries"
 REPORT_LIMIT: Final = 25
 """``limit`` of high_intent and buyer_tracker, as the report passes it."""
 _DATASET_FILE: Final = "dataset.json"
+_CODE_UNDER_TEST: Final = ("schemas", "ingest", "processors", "sinks", "touchpoint")
+_BUSY: Final = 0.25
+"""Cores used by other processes above which a figure is flagged as distorted."""
 _SUFFIX: Final = "concat({column}, '-r', toString(_replica))"
 _REPLICATED: Final[dict[str, tuple[str, ...]]] = {
     "touchpoints": ("event_id", "buyer_id", "anonymous_id", "account_id"),
@@ -258,6 +262,9 @@ class Timing:
     group: str
     seconds: list[float]
     rows: int
+    other_cores: float | None = None
+    """Cores other processes used while this was timed (above 0.25: distorted)."""
+    attempts: int = 1
 
     @property
     def median_ms(self) -> float:
@@ -287,6 +294,8 @@ class PairResult:
     raw: Timing
     rows_match: bool
     mismatches: list[str] = field(default_factory=list)
+    other_cores: float | None = None
+    attempts: int = 1
 
     @property
     def ratio(self) -> float:
@@ -301,6 +310,8 @@ class PairResult:
             "raw_to_aggregate": self.ratio,
             "rows_match": self.rows_match,
             "mismatches": self.mismatches,
+            "other_cores": self.other_cores,
+            "attempts": self.attempts,
         }
 
 
@@ -423,6 +434,53 @@ class _Cpu:
         return {"bench": own, "other": other}
 
 
+_Measured = TypeVar("_Measured", "Timing", "PairResult")
+
+
+@dataclass
+class _Quiet:
+    """Times each line while the rest of the machine is idle, and again if it was not.
+
+    Before a line, waits (up to ``max_wait`` seconds) until other processes use at most
+    ``_BUSY`` cores over a 2-second sample; a line during which they used more is timed
+    again, at most ``retries`` more times (the last attempt stands, flagged).
+    """
+
+    max_wait: float
+    retries: int
+    waited: float = 0.0
+
+    def wait(self) -> None:
+        started = time.perf_counter()
+        logged = False
+        while time.perf_counter() - started < self.max_wait:
+            probe = _Cpu()
+            time.sleep(2.0)
+            other = probe.cores()["other"]
+            if other is None or other <= _BUSY:
+                break
+            if not logged:
+                logger.info(
+                    "other processes use %.2f cores: waiting (up to %.0f s) for a quiet machine",
+                    other,
+                    self.max_wait,
+                )
+                logged = True
+        self.waited += time.perf_counter() - started
+
+    def run(self, label: str, attempt: Callable[[int], _Measured]) -> _Measured:
+        number = 1
+        while True:
+            self.wait()
+            result = attempt(number)
+            result.attempts = number
+            other = result.other_cores
+            if other is None or other <= _BUSY or number > self.retries:
+                return result
+            logger.info("%s: other processes used %.2f cores meanwhile: again", label, other)
+            number += 1
+
+
 # -------------------------------------------------------------------- build (a child)
 
 
@@ -515,6 +573,7 @@ def build_dataset(
 def _time(call: Callable[[], Sequence[Any]], repeat: int, warm_up: bool = True) -> Timing:
     if warm_up:
         call()
+    cpu = _Cpu()
     seconds = []
     rows = 0
     for _ in range(repeat):
@@ -522,7 +581,14 @@ def _time(call: Callable[[], Sequence[Any]], repeat: int, warm_up: bool = True) 
         result = call()
         seconds.append(time.perf_counter() - started)
         rows = len(result)
-    return Timing("", "", seconds, rows)
+    return Timing("", "", seconds, rows, cpu.cores()["other"])
+
+
+def _timed(
+    call: Callable[[], Sequence[Any]], repeat: int, warm_ups: int = 1
+) -> Callable[[int], Timing]:
+    """An attempt for :meth:`_Quiet.run`: warm up (first attempt only), then time."""
+    return lambda number: _time(call, repeat, warm_up=warm_ups > 0 and number == 1)
 
 
 def _cases(client: Client, config: ReportConfig) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -558,8 +624,13 @@ def _cases(client: Client, config: ReportConfig) -> list[tuple[str, str, Callabl
             (
                 f"attribution {model}",
                 "analysis",
-                lambda model=model: analysis.attribution(  # type: ignore[misc]
-                    client, db, model=model, lookback=lookback, half_life=half_life
+                partial(
+                    analysis.attribution,
+                    client,
+                    db,
+                    model=model,
+                    lookback=lookback,
+                    half_life=half_life,
                 ),
             )
         )
@@ -695,10 +766,12 @@ def _time_pair(
     aggregate: Callable[[], Rows],
     raw: Callable[[], Rows],
     repeat: int,
+    attempt: int = 1,
 ) -> PairResult:
-    """Warm both, compare their answers, then time them alternately."""
+    """Warm both, compare their answers, then time them alternately (``attempt``: unused)."""
     first_aggregate, first_raw = aggregate(), raw()
     mismatches = _compare(first_aggregate, first_raw)
+    cpu = _Cpu()
     times: dict[str, list[float]] = {"aggregate": [], "raw": []}
     for _ in range(repeat):
         for side, call in (("aggregate", aggregate), ("raw", raw)):
@@ -712,13 +785,17 @@ def _time_pair(
         raw=Timing(name, "raw", times["raw"], len(first_raw)),
         rows_match=not mismatches,
         mismatches=mismatches,
+        other_cores=cpu.cores()["other"],
     )
 
 
-def measure(chdb_dir: Path, repeat: int, gather_repeat: int) -> dict[str, Any]:
+def measure(
+    chdb_dir: Path, repeat: int, gather_repeat: int, max_wait: float, retries: int
+) -> dict[str, Any]:
     """Time every report query, the raw-vs-aggregate pairs and the whole report."""
     settings = _settings(chdb_dir)
     config: ReportConfig = wiring.load_report_config(None)
+    quiet = _Quiet(max_wait, retries)
     with wiring.clickhouse(settings) as client:
         waited = _settle(client, limit=300.0, quiet=3)
         counts = _table_counts(client)
@@ -726,7 +803,7 @@ def measure(chdb_dir: Path, repeat: int, gather_repeat: int) -> dict[str, Any]:
         cpu = _Cpu()
         timings: list[Timing] = []
         for name, group, call in _cases(client, config):
-            timing = _time(call, repeat)
+            timing = quiet.run(name, _timed(call, repeat))
             timing.name, timing.group = name, group
             logger.info(
                 "%-34s median %9.1f ms  p95 %9.1f ms  (%d rows)",
@@ -738,7 +815,7 @@ def measure(chdb_dir: Path, repeat: int, gather_repeat: int) -> dict[str, Any]:
             timings.append(timing)
         pairs = []
         for name, source, aggregate, raw in _pairs(client):
-            pair = _time_pair(name, source, aggregate, raw, repeat)
+            pair = quiet.run(name, partial(_time_pair, name, source, aggregate, raw, repeat))
             logger.info(
                 "%s: aggregate %.1f ms, raw %.1f ms (%.1fx)%s",
                 name,
@@ -749,16 +826,16 @@ def measure(chdb_dir: Path, repeat: int, gather_repeat: int) -> dict[str, Any]:
             )
             pairs.append(pair)
         now = datetime.now(UTC)
-        report = _time(
-            lambda: [answers.gather(client, DATABASE, config, now=now)],
-            gather_repeat,
-            warm_up=False,
+        report = quiet.run(
+            "whole report",
+            _timed(lambda: [answers.gather(client, DATABASE, config, now=now)], gather_repeat, 0),
         )
         report.name, report.group = "answers.gather (whole report)", "report"
         logger.info("whole report: median %.1f ms", report.median_ms)
         cores = cpu.cores()
     return {
         "waited_for_merges_seconds": waited,
+        "waited_for_quiet_seconds": quiet.waited,
         "rows": counts,
         "active_parts": parts,
         "timings": [timing.summary() for timing in timings],
@@ -817,16 +894,40 @@ def _prepare(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, Any], 
     return built, False
 
 
+def _code_fingerprint() -> str:
+    """A hash of the code under test (the packages and this bench, edits and new files too).
+
+    Narrower than the whole repository's ``git diff``: other benchmarks and docs may be
+    edited meanwhile without making these figures mix versions.
+    """
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    paths = [Path(__file__).resolve(), root / "bench" / "embedded.py"]
+    for package in _CODE_UNDER_TEST:
+        paths += sorted(
+            path
+            for path in (root / package).rglob("*")
+            if path.suffix in {".py", ".sql", ".toml"} and "__pycache__" not in path.parts
+        )
+    for path in paths:
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     environment = _environment()
+    code = _code_fingerprint()
     built, reused = _prepare(args, data_dir)
     logger.info("timing every query %d times after one warm-up", args.repeat)
-    measured = _in_child(measure, data_dir / "chdb", args.repeat, args.gather_repeat)
-    code_changed = _git_revision() != environment["git"]
+    measured = _in_child(
+        measure, data_dir / "chdb", args.repeat, args.gather_repeat, args.max_wait, args.retries
+    )
+    code_changed = _code_fingerprint() != code
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
     other = measured["cpu_cores"]["other"]
-    busy = other is not None and other > 0.25
+    busy = other is not None and other > _BUSY
     if busy:
         logger.warning("other processes used %.2f cores while timing: figures are distorted", other)
     return {
@@ -840,8 +941,11 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             "seed": args.seed,
             "optimize": args.optimize,
             "reuse": str(args.reuse) if args.reuse else None,
+            "max_wait": args.max_wait,
+            "retries": args.retries,
         },
         "environment": environment,
+        "code_fingerprint": code,
         "code_changed_during_run": code_changed,
         "machine_busy": busy,
         "dataset": {**built, "reused": reused},
@@ -869,7 +973,7 @@ def _render(result: dict[str, Any]) -> str:
     for timing in [*result["timings"], result["report"]]:
         lines.append(
             f"{timing['name']:<38} {timing['rows']:>7,} {timing['median_ms']:>10.1f} "
-            f"{timing['p95_ms']:>10.1f}"
+            f"{timing['p95_ms']:>10.1f}{_busy_mark(timing['other_cores'])}"
         )
     lines.append("")
     header = (
@@ -882,7 +986,8 @@ def _render(result: dict[str, Any]) -> str:
             f"{pair['question']:<52} {pair['aggregate_source']:<26} "
             f"{pair['aggregate']['median_ms']:>8.1f} {pair['aggregate']['p95_ms']:>8.1f} "
             f"{pair['raw']['median_ms']:>8.1f} {pair['raw']['p95_ms']:>8.1f} "
-            f"{pair['raw_to_aggregate']:>7.1f}x  {'yes' if pair['rows_match'] else 'NO'}"
+            f"{pair['raw_to_aggregate']:>7.1f}x  {'yes' if pair['rows_match'] else 'NO '}"
+            f"{_busy_mark(pair['other_cores'])}"
         )
     lines.append("")
     cpu = result["cpu_cores"]
@@ -891,7 +996,8 @@ def _render(result: dict[str, Any]) -> str:
         f"{result['config']['repeat']} timed runs per query after one warm-up "
         f"(the whole report: {result['config']['gather_repeat']}, no warm-up); "
         "p95 interpolated; raw/agg = ratio of medians; "
-        f"other processes used {'?' if other is None else f'{other:.2f}'} cores while timing"
+        f"other processes used {'?' if other is None else f'{other:.2f}'} cores while timing "
+        f"(* marks a line during which they used more than {_BUSY})"
         + ("; WARNING: the machine was busy" if result["machine_busy"] else "")
         + (
             "; WARNING: the code changed during the run"
@@ -903,6 +1009,10 @@ def _render(result: dict[str, Any]) -> str:
         + "."
     )
     return "\n".join(lines)
+
+
+def _busy_mark(other: float | None) -> str:
+    return f"  * other {other:.2f} cores" if other is not None and other > _BUSY else ""
 
 
 def _write_json(result: dict[str, Any], directory: Path) -> Path:
@@ -951,6 +1061,20 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         default=3,
         help="timed runs of the whole report (sinks.answers.gather) [default: 3]",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=600.0,
+        help="before each line, wait up to this many seconds for other processes to use at "
+        f"most {_BUSY} cores [default: 600]",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="time a line again (at most this many times) if other processes used more than "
+        f"{_BUSY} cores meanwhile [default: 2]",
     )
     parser.add_argument(
         "--optimize",
