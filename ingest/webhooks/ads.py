@@ -21,7 +21,7 @@ from ingest.webhooks.base import (
     Rejection,
     decode_json,
     raw_item,
-    validate_all,
+    validate_items,
 )
 from schemas.enums import DeadLetterReason
 from schemas.touchpoint import deterministic_event_id
@@ -76,23 +76,6 @@ def parse_ads(body: bytes, received_at: datetime) -> Parsed:
     if not isinstance(events, list):
         raise PayloadError(DeadLetterReason.MISSING_FIELD, "events: a JSON array is required")
 
-    def candidates() -> Any:
-        for index, item in enumerate(events):
-            if not isinstance(item, dict):
-                yield (
-                    index,
-                    Rejection(
-                        index,
-                        DeadLetterReason.NOT_AN_OBJECT,
-                        "an event is a JSON object",
-                        raw_item(item),
-                    ),
-                    b"",
-                )
-                continue
-            converted = _convert(item, received_at)
-            if isinstance(converted, Rejection):
-                converted = Rejection(index, converted.reason, converted.detail, converted.raw)
-            yield index, converted, raw_item(item)
-
-    return validate_all(candidates())
+    return validate_items(
+        events, lambda item: _convert(item, received_at), "an event is a JSON object"
+    )

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "scalar_properties",
     "snake_case",
     "validate_all",
+    "validate_items",
 ]
 
 
@@ -68,6 +69,33 @@ def validate_all(candidates: Iterable[tuple[int, dict[str, Any] | Rejection, byt
         except SchemaValidationError as exc:
             parsed.rejected.append(Rejection(index, exc.reason, exc.detail, raw))
     return parsed
+
+
+def validate_items(
+    items: Sequence[Any],
+    convert: Callable[[dict[str, Any]], dict[str, Any] | Rejection],
+    not_an_object: str,
+) -> Parsed:
+    """Convert each item of a vendor's JSON array, then validate: see :func:`validate_all`.
+
+    An item that is not a JSON object is rejected with ``not_an_object``; a rejection
+    ``convert`` returns is given the item's index.
+    """
+
+    def candidates() -> Iterable[tuple[int, dict[str, Any] | Rejection, bytes]]:
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                rejection = Rejection(
+                    index, DeadLetterReason.NOT_AN_OBJECT, not_an_object, raw_item(item)
+                )
+                yield index, rejection, b""
+                continue
+            converted = convert(item)
+            if isinstance(converted, Rejection):
+                converted = Rejection(index, converted.reason, converted.detail, converted.raw)
+            yield index, converted, raw_item(item)
+
+    return validate_all(candidates())
 
 
 def as_object(value: Any) -> dict[str, Any]:

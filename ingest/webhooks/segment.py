@@ -24,7 +24,7 @@ from ingest.webhooks.base import (
     raw_item,
     scalar_properties,
     snake_case,
-    validate_all,
+    validate_items,
 )
 from schemas.enums import DeadLetterReason
 from schemas.touchpoint import deterministic_event_id
@@ -171,31 +171,17 @@ def parse_segment(
     decoded = decode_json(body)
     if not isinstance(decoded, dict):
         raise PayloadError(DeadLetterReason.NOT_AN_OBJECT, "a Segment call body is a JSON object")
-    if kind == "batch":
-        items = decoded.get("batch")
-        if not isinstance(items, list):
-            raise PayloadError(DeadLetterReason.MISSING_FIELD, "batch needs a 'batch' array")
-        calls = [(item.get("type") if isinstance(item, dict) else None, item) for item in items]
-    else:
-        calls = [(kind, decoded)]
-
-    def candidates() -> Any:
-        for index, (call, item) in enumerate(calls):
-            if not isinstance(item, dict):
-                yield (
-                    index,
-                    Rejection(
-                        index,
-                        DeadLetterReason.NOT_AN_OBJECT,
-                        "a batch item is a JSON object",
-                        raw_item(item),
-                    ),
-                    b"",
-                )
-                continue
-            converted = _convert(str(call), item, received_at, identities)
-            if isinstance(converted, Rejection):
-                converted = Rejection(index, converted.reason, converted.detail, converted.raw)
-            yield index, converted, raw_item(item)
-
-    return validate_all(candidates())
+    if kind != "batch":
+        return validate_items(
+            [decoded],
+            lambda item: _convert(kind, item, received_at, identities),
+            "a batch item is a JSON object",
+        )
+    items = decoded.get("batch")
+    if not isinstance(items, list):
+        raise PayloadError(DeadLetterReason.MISSING_FIELD, "batch needs a 'batch' array")
+    return validate_items(
+        items,
+        lambda item: _convert(str(item.get("type")), item, received_at, identities),
+        "a batch item is a JSON object",
+    )

@@ -19,7 +19,7 @@ from ingest.webhooks.base import (
     from_unix,
     raw_item,
     snake_case,
-    validate_all,
+    validate_items,
 )
 from schemas.enums import DeadLetterReason
 from schemas.touchpoint import deterministic_event_id
@@ -90,23 +90,6 @@ def parse_sendgrid(body: bytes, received_at: datetime, pii: Pii) -> Parsed:
     if not isinstance(decoded, list):
         raise PayloadError(DeadLetterReason.NOT_AN_OBJECT, "the Event Webhook posts a JSON array")
 
-    def candidates() -> Any:
-        for index, item in enumerate(decoded):
-            if not isinstance(item, dict):
-                yield (
-                    index,
-                    Rejection(
-                        index,
-                        DeadLetterReason.NOT_AN_OBJECT,
-                        "an event is a JSON object",
-                        raw_item(item),
-                    ),
-                    b"",
-                )
-                continue
-            converted = _convert(item, received_at, pii)
-            if isinstance(converted, Rejection):
-                converted = Rejection(index, converted.reason, converted.detail, converted.raw)
-            yield index, converted, raw_item(item)
-
-    return validate_all(candidates())
+    return validate_items(
+        decoded, lambda item: _convert(item, received_at, pii), "an event is a JSON object"
+    )
