@@ -19,9 +19,11 @@ from ingest.reader import read_records
 from processors.engine import JourneyProcessor
 from processors.local import RunSummary, run_local
 from processors.rules import load_rules
+from schemas.dead_letter import DeadLetter
 from schemas.duration import format_duration
 from schemas.errors import BrokerError, ConfigError, InputError
 from schemas.raw import RawRecord
+from schemas.rows import Row
 from schemas.rules import JourneyRules
 from schemas.settings import (
     ClickHouseSettings,
@@ -365,24 +367,47 @@ def run_collector(settings: Settings) -> None:
 def import_ads_csv(settings: Settings, path: Path, platform: str) -> tuple[int, int]:
     """Load an ad-platform spend export into ``ad_spend``; returns (rows, dead letters)."""
     from ingest.ads_csv import read_ads_csv
-    from schemas.rows import AdSpendRow, DeadLetterRow
+    from schemas.rows import AdSpendRow
 
     loaded = read_ads_csv(path, platform=platform)
+    return _write_import(
+        settings,
+        path,
+        lambda digest: f"ads-csv:{digest}:{platform}",
+        AdSpendRow.table,
+        loaded.rows,
+        loaded.dead_letters,
+    )
+
+
+def _write_import(
+    settings: Settings,
+    path: Path,
+    token: Callable[[str], str],
+    table: str,
+    rows: Sequence[Row],
+    dead_letters: Sequence[DeadLetter],
+) -> tuple[int, int]:
+    """Write an imported file's rows and dead letters in one batch; (rows, dead letters).
+
+    ``token`` makes the batch's insert-deduplication token from the file's content hash.
+    """
+    from schemas.rows import DeadLetterRow
+
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
     with clickhouse(settings) as client:
-        writer = ClickHouseWriter(client, settings.clickhouse.database)
-        writer.write(
+        ClickHouseWriter(client, settings.clickhouse.database).write(
             RowBatch(
-                token=f"ads-csv:{digest}:{platform}",
+                token=token(digest),
                 tables={
-                    AdSpendRow.table: loaded.rows,
+                    table: rows,
                     DeadLetterRow.table: [
-                        DeadLetterRow.from_dead_letter(letter) for letter in loaded.dead_letters
+                        DeadLetterRow.from_dead_letter(letter) for letter in dead_letters
                     ],
                 },
             )
         )
-    return len(loaded.rows), len(loaded.dead_letters)
+    return len(rows), len(dead_letters)
 
 
 def load_report_config(path: Path | None) -> Any:
@@ -434,20 +459,14 @@ def full_report(
 def import_crm_csv(settings: Settings, path: Path) -> tuple[int, int]:
     """Load a CRM export into ``crm_clients``; returns (rows, dead letters)."""
     from ingest.crm_csv import read_crm_csv
-    from schemas.rows import CrmClientRow, DeadLetterRow
+    from schemas.rows import CrmClientRow
 
     loaded = read_crm_csv(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
-    with clickhouse(settings) as client:
-        ClickHouseWriter(client, settings.clickhouse.database).write(
-            RowBatch(
-                token=f"crm-csv:{digest}",
-                tables={
-                    CrmClientRow.table: loaded.rows,
-                    DeadLetterRow.table: [
-                        DeadLetterRow.from_dead_letter(letter) for letter in loaded.dead_letters
-                    ],
-                },
-            )
-        )
-    return len(loaded.rows), len(loaded.dead_letters)
+    return _write_import(
+        settings,
+        path,
+        lambda digest: f"crm-csv:{digest}",
+        CrmClientRow.table,
+        loaded.rows,
+        loaded.dead_letters,
+    )

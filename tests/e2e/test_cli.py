@@ -99,6 +99,57 @@ def test_bad_input_is_dead_lettered_and_counted_and_the_run_continues(tmp_path: 
         assert f"{reason} 1" in result.stdout
 
 
+def count_rows(cwd: Path, *tables: str) -> dict[str, int]:
+    """Rows as readers see them (FINAL), read by another process (chDB: one per process)."""
+    script = (
+        "import json, sys, clickhouse_connect\n"
+        "client = clickhouse_connect.get_client(interface='chdb', path=sys.argv[1])\n"
+        "print(json.dumps({t: client.command(f'SELECT count() FROM touchpoint.{t} FINAL')"
+        " for t in sys.argv[2:]}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(cwd / "touchpoint-data" / "clickhouse"), *tables],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    counts: dict[str, int] = json.loads(result.stdout.strip().splitlines()[-1])
+    return counts
+
+
+def test_imports_load_their_rows_dead_letter_the_rest_and_a_reimport_adds_nothing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "spend.csv").write_text(
+        "Day,Campaign,Impressions,Clicks,Cost\n"
+        "2026-03-01,spring,1000,40,12.50\n"
+        "2026-03-02,spring,900,31,11.00\n"
+        "not a day,spring,1,1,1\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "crm.csv").write_text(
+        "Client ID,Client name,Client type,Region\n"
+        "buyer-1,Acme,enterprise,EMEA\n"
+        ",Nameless,smb,US\n",
+        encoding="utf-8",
+    )
+    for _ in range(2):
+        ads = touchpoint(tmp_path, "import", "ads-csv", "spend.csv", "--platform", "google")
+        assert ads.returncode == 0, ads.stderr
+        assert "Loaded 2 ad-spend rows" in ads.stdout
+        assert "1 unreadable rows dead-lettered" in ads.stdout
+        crm = touchpoint(tmp_path, "import", "crm", "crm.csv")
+        assert crm.returncode == 0, crm.stderr
+        assert "Loaded 1 clients" in crm.stdout
+        assert "1 rows without a key dead-lettered" in crm.stdout
+    assert count_rows(tmp_path, "ad_spend", "crm_clients", "dead_letters") == {
+        "ad_spend": 2,
+        "crm_clients": 1,
+        "dead_letters": 2,
+    }
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
