@@ -81,7 +81,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -89,8 +88,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -100,13 +98,23 @@ from typing import IO, Any, Final
 import aiohttp
 from aiohttp import web
 
+from bench.common import (
+    CLK_TCK,
+    REPO,
+    RESULTS_DIR,
+    BenchError,
+    free_port,
+    kafka_broker,
+    machine_busy,
+    positive,
+    tail,
+    write_result,
+)
+
 __all__ = ["main", "serve_bare"]
 
 logger = logging.getLogger("bench.collector")
 
-REPO: Final = Path(__file__).resolve().parent.parent
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
-KAFKA_SH: Final = REPO / "deploy" / "kafka" / "kafka.sh"
 DEFAULT_KAFKA_PORT: Final = 29492
 """Away from the test suite's broker (39092), a developer's (9092, 29092) and
 bench.kafka_path's (29392)."""
@@ -114,7 +122,6 @@ MAX_BODY_BYTES: Final = 5_000_000
 """The collector's default ``TOUCHPOINT_COLLECTOR_MAX_BODY_BYTES``, given to the bare server too."""
 ENDPOINT: Final = "/v1/touchpoints"
 _BARE_ANSWER: Final = b'{"accepted": 0, "rejected": []}'
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _READY_TIMEOUT: Final = 120.0
 _OTHER_CPU_LIMIT: Final = 0.25
 _BUSY_GENERATOR: Final = 0.9
@@ -122,10 +129,6 @@ _BUSY_GENERATOR: Final = 0.9
 _PRODUCE_METRIC: Final = re.compile(
     r"^touchpoint_collector_produce_seconds_(sum|count) ([0-9.eE+-]+)$", re.MULTILINE
 )
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run to the end (its message says why and where the logs are)."""
 
 
 # ------------------------------------------------------------------- the bare ceiling
@@ -156,17 +159,7 @@ def _proc_cpu(pid: int) -> float | None:
     except OSError:
         return None
     fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": [11] utime, [12] stime
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def _machine_busy() -> float | None:
-    """Busy CPU seconds of the whole machine since boot (all cores), from /proc/stat."""
-    try:
-        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    ticks = [int(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
-    return (sum(ticks) - ticks[3] - ticks[4]) / _CLK_TCK
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @dataclass(frozen=True)
@@ -187,7 +180,7 @@ class CpuMeter:
         return CpuSnapshot(
             time.perf_counter(),
             {name: value for name, value in seconds.items() if value is not None},
-            _machine_busy(),
+            machine_busy(),
         )
 
     @staticmethod
@@ -210,50 +203,6 @@ class CpuMeter:
 
 
 # --------------------------------------------------------------------- broker, servers
-
-
-@contextmanager
-def kafka_broker(port: int, log: Path) -> Iterator[tuple[str, int | None]]:
-    """A fresh single-node broker on ``port`` (deploy/kafka/kafka.sh): (bootstrap, pid)."""
-    env = dict(os.environ, TOUCHPOINT_KAFKA_PORT=str(port))
-    env.pop("TOUCHPOINT_KAFKA_CONTROLLER_PORT", None)
-    logger.info("starting a fresh Kafka broker on port %d (%s)", port, KAFKA_SH)
-    started = subprocess.run(
-        ["bash", str(KAFKA_SH), "start", "--fresh"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    log.write_text(started.stdout + started.stderr, encoding="utf-8")
-    try:
-        if started.returncode != 0:
-            raise BenchError(f"kafka.sh start failed:\n{started.stderr[-3000:]}")
-        found = re.search(r"^bootstrap=(\S+)$", started.stdout, re.MULTILINE)
-        if found is None:
-            raise BenchError(f"kafka.sh start printed no bootstrap line: {started.stdout!r}")
-        home = Path(os.environ.get("TOUCHPOINT_KAFKA_HOME", REPO / ".cache" / "kafka"))
-        pid_file = home / f"run-{port}" / "kafka.pid"
-        try:
-            pid: int | None = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            logger.warning("no broker pid in %s: its CPU is not measured", pid_file)
-            pid = None
-        yield found.group(1), pid
-    finally:
-        logger.info("stopping the Kafka broker on port %d", port)
-        stopped = subprocess.run(
-            ["bash", str(KAFKA_SH), "stop"], env=env, capture_output=True, text=True, check=False
-        )
-        if stopped.returncode != 0:
-            logger.warning("kafka.sh stop failed: %s", stopped.stderr[-2000:])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -293,13 +242,6 @@ def start_server(name: str, command: Sequence[str], env: Mapping[str, str], log:
     return Server(name, process, port, log, handle)
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 async def wait_ready(server: Server, timeout: float = _READY_TIMEOUT) -> float:
     """Poll ``GET /readyz`` until 200; the seconds it took."""
     started = time.perf_counter()
@@ -307,7 +249,8 @@ async def wait_ready(server: Server, timeout: float = _READY_TIMEOUT) -> float:
         while time.perf_counter() - started < timeout:
             if server.process.poll() is not None:
                 raise BenchError(
-                    f"{server.name} exited with {server.process.returncode}:\n{_tail(server.log)}"
+                    f"{server.name} exited with {server.process.returncode}:\n"
+                    + tail(server.log, 20)
                 )
             try:
                 async with session.get(f"{server.base_url}/readyz") as response:
@@ -316,7 +259,7 @@ async def wait_ready(server: Server, timeout: float = _READY_TIMEOUT) -> float:
             except (aiohttp.ClientError, TimeoutError):
                 pass
             await asyncio.sleep(0.25)
-    raise BenchError(f"{server.name} not ready after {timeout:.0f} s:\n{_tail(server.log)}")
+    raise BenchError(f"{server.name} not ready after {timeout:.0f} s:\n{tail(server.log, 20)}")
 
 
 async def produce_totals(session: aiohttp.ClientSession, server: Server) -> tuple[float, float]:
@@ -693,7 +636,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 TOUCHPOINT_KAFKA_TOPIC_PREFIX=prefix,
                 TOUCHPOINT_COLLECTOR_API_KEYS=json.dumps({"bench": key}),
             )
-            collector_port = args.collector_port or _free_port()
+            collector_port = args.collector_port or free_port()
             collector = start_server(
                 "collector",
                 [sys.executable, "-m", "touchpoint", "collector", "--port", str(collector_port)],
@@ -702,7 +645,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             )
             servers.append(collector)
             meter.pids["collector"] = collector.process.pid
-            bare_port = args.bare_port or _free_port()
+            bare_port = args.bare_port or free_port()
             bare = start_server(
                 "bare",
                 [sys.executable, "-m", "bench.collector", "--serve-bare", "--port", str(bare_port)],
@@ -896,21 +839,6 @@ def _render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(result: dict[str, Any], directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = result["started_at"].replace(":", "").replace("-", "")
-    path = directory / f"collector-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def _positive(text: str) -> int:
-    value = int(text.replace("_", ""))
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -938,7 +866,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--requests",
-        type=_positive,
+        type=positive,
         help="measure this many requests per phase instead of --duration seconds",
     )
     parser.add_argument(
@@ -949,25 +877,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch",
-        type=_positive,
+        type=positive,
         default=100,
         help="touchpoints per request in the batch mode [default: 100]",
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive,
+        type=positive,
         default=32,
         help="requests in flight at any time [default: 32]",
     )
     parser.add_argument(
         "--repeat",
-        type=_positive,
+        type=positive,
         default=1,
         help="run the four phases this many times; report the median run [default: 1]",
     )
     parser.add_argument(
         "--kafka-port",
-        type=_positive,
+        type=positive,
         default=DEFAULT_KAFKA_PORT,
         help="port of the broker this run starts (and the controller on port + 1) "
         f"[default: {DEFAULT_KAFKA_PORT}]",
@@ -1036,7 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     print(_render(result))
-    print(f"results written to {_write_json(result, args.results_dir)}")
+    print(f"results written to {write_result('collector', result, args.results_dir)}")
     return 0 if result["raw_topic"]["matches"] else 1
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -74,6 +73,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO, Final, ParamSpec, TypeVar
 
+from bench.common import RESULTS_DIR, positive, write_result
 from ingest.generator import GeneratorConfig, write_dataset
 from ingest.reader import read_records
 from processors.local import run_local
@@ -91,7 +91,6 @@ logger = logging.getLogger("bench.embedded")
 EVENTS_PER_BUYER: Final = 7.5
 """Input records per generated buyer with the default generator settings (measured)."""
 
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 _LOG_FORMAT: Final = "%(asctime)s %(processName)s: %(message)s"
 _RUN_ID: Final = "bench-ceiling"
 
@@ -574,21 +573,6 @@ def _render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(result: dict[str, Any], directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = result["started_at"].replace(":", "").replace("-", "")
-    path = directory / f"embedded-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def _positive(text: str) -> int:
-    value = int(text.replace("_", ""))
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.embedded",
@@ -602,13 +586,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--events",
-        type=_positive,
+        type=positive,
         default=1_000_000,
         help=f"input records to aim for when generating: buyers = events / {EVENTS_PER_BUYER} "
         "(the actual count is reported) [default: 1000000]",
     )
     parser.add_argument(
-        "--buyers", type=_positive, help="generate exactly this many buyers (overrides --events)"
+        "--buyers", type=positive, help="generate exactly this many buyers (overrides --events)"
     )
     parser.add_argument(
         "--input",
@@ -618,7 +602,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
     parser.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive,
         default=5000,
         help="records per batch, as TOUCHPOINT_BATCH_SIZE [default: 5000, the product default]",
     )
@@ -633,7 +617,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeat",
-        type=_positive,
+        type=positive,
         default=1,
         help="run every timed phase this many times and report medians [default: 1]",
     )
@@ -665,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     print(_render(result))
-    print(f"results written to {_write_json(result, args.results_dir)}")
+    print(f"results written to {write_result('embedded', result, args.results_dir)}")
     return 0
 
 

@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import platform
@@ -95,7 +94,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -104,8 +102,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -119,12 +116,22 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import (
+    CLK_TCK,
+    REPO,
+    RESULTS_DIR,
+    BenchError,
+    free_port,
+    kafka_broker,
+    machine_busy,
+    positive,
+    tail,
+    write_result,
+)
 from bench.embedded import (
     EVENTS_PER_BUYER,
-    RESULTS_DIR,
     _count_lines,
     _git_revision,
-    _positive,
     _Progress,
     _setup_logging,
 )
@@ -137,13 +144,10 @@ __all__ = ["main"]
 
 logger = logging.getLogger("bench.kafka_path")
 
-REPO: Final = Path(__file__).resolve().parent.parent
-KAFKA_SH: Final = REPO / "deploy" / "kafka" / "kafka.sh"
 DEFAULT_PORT: Final = 29392
 """Away from the test suite's broker (39092) and a developer's (9092, 29092)."""
 FAUST_FETCH_BYTES: Final = 4 * 1024 * 1024
 """``consumer_max_fetch_size`` of the worker's Faust app (processors/faust_app.py)."""
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE_MIB: Final = (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) / 2**20
 _POLL_SECONDS: Final = 0.5
 _SAMPLE_SECONDS: Final = 1.0
@@ -162,10 +166,6 @@ _OWN_SETTINGS: Final = frozenset(
         "TOUCHPOINT_METRICS_HOST",
     }
 )
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run to the end (its message says why and where the logs are)."""
 
 
 @dataclass
@@ -206,17 +206,7 @@ def _proc_stat(pid: int) -> tuple[float, float] | None:
     if fields[0] == "Z":
         return None
     # after "pid (comm)": [0] state ... [11] utime, [12] stime, [21] rss (pages)
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE_MIB
-
-
-def _machine_busy() -> float | None:
-    """Busy CPU seconds of the whole machine since boot (all cores), from /proc/stat."""
-    try:
-        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    ticks = [int(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
-    return (sum(ticks) - ticks[3] - ticks[4]) / _CLK_TCK
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[21]) * _PAGE_MIB
 
 
 @dataclass
@@ -271,7 +261,7 @@ class CpuMeter:
             return CpuSnapshot(
                 time.perf_counter(),
                 {pid: self.last[pid] for pid in pids if pid in self.last},
-                _machine_busy(),
+                machine_busy(),
             )
 
     def cores(self, begin: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
@@ -322,42 +312,6 @@ def _children_cpu() -> float:
 
 
 # ---------------------------------------------------------------------------- broker
-
-
-@contextmanager
-def kafka_broker(port: int, meter: CpuMeter, log: Path) -> Iterator[str]:
-    """A fresh single-node broker on ``port`` (deploy/kafka/kafka.sh), stopped on exit."""
-    env = dict(os.environ, TOUCHPOINT_KAFKA_PORT=str(port))
-    env.pop("TOUCHPOINT_KAFKA_CONTROLLER_PORT", None)
-    logger.info("starting a fresh Kafka broker on port %d (%s)", port, KAFKA_SH)
-    started = subprocess.run(
-        ["bash", str(KAFKA_SH), "start", "--fresh"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    log.write_text(started.stdout + started.stderr, encoding="utf-8")
-    try:
-        if started.returncode != 0:
-            raise BenchError(f"kafka.sh start failed:\n{started.stderr[-3000:]}")
-        found = re.search(r"^bootstrap=(\S+)$", started.stdout, re.MULTILINE)
-        if found is None:
-            raise BenchError(f"kafka.sh start printed no bootstrap line: {started.stdout!r}")
-        home = Path(os.environ.get("TOUCHPOINT_KAFKA_HOME", REPO / ".cache" / "kafka"))
-        pid_file = home / f"run-{port}" / "kafka.pid"
-        try:
-            meter.track("broker", int(pid_file.read_text().strip()))
-        except (OSError, ValueError):
-            logger.warning("no broker pid in %s: its CPU is not measured", pid_file)
-        yield found.group(1)
-    finally:
-        logger.info("stopping the Kafka broker on port %d", port)
-        stopped = subprocess.run(
-            ["bash", str(KAFKA_SH), "stop"], env=env, capture_output=True, text=True, check=False
-        )
-        if stopped.returncode != 0:
-            logger.warning("kafka.sh stop failed: %s", stopped.stderr[-2000:])
 
 
 # ------------------------------------------------------------------------- processes
@@ -464,13 +418,6 @@ def _stop(process: subprocess.Popen[bytes], name: str, timeout: float = 120.0) -
             process.kill()
             process.wait()
     return process.returncode
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # --------------------------------------------------------------------------- offsets
@@ -611,14 +558,6 @@ def ceiling_phase(
     return chosen
 
 
-def _free_port() -> int:
-    """A TCP port free on loopback now (the OS picks it; the process binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def scrape_metrics(port: int) -> dict[str, Any]:
     """A few values from a worker's or sink's ``/metrics`` (served on 127.0.0.1, the default)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
@@ -681,9 +620,9 @@ def pipeline_phases(
 
     def launch(name: str, *args: str) -> None:
         if metrics:
-            port = _free_port()
+            port = free_port()
             while port in ports.values():
-                port = _free_port()
+                port = free_port()
             ports[name] = port
             args = (*args, "--metrics-port", str(port))
         process, log = deployment.start(name, *args)
@@ -747,7 +686,7 @@ def pipeline_phases(
                 if process.poll() is not None:
                     raise BenchError(
                         f"{name} exited early with code {process.returncode}:\n"
-                        + _tail(deployment.log(name))
+                        + tail(deployment.log(name))
                     )
             if workers_done is None:
                 committed = offsets.committed(deployment.app_id)
@@ -806,7 +745,7 @@ def pipeline_phases(
         code = stop("sink")
         sink_out = deployment.log("sink").read_text(errors="replace")
         if code != 0:
-            raise BenchError(f"the sink exited {code} on SIGTERM:\n{_tail(deployment.log('sink'))}")
+            raise BenchError(f"the sink exited {code} on SIGTERM:\n{tail(deployment.log('sink'))}")
         stats = re.search(r"Sink stopped after ([\d,]+) messages in ([\d,]+) batches", sink_out)
         sink_details: dict[str, Any] = {
             "stop_seconds": time.perf_counter() - stopped_at,
@@ -982,7 +921,9 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     meter.track("bench", os.getpid())
     meter.start()
     try:
-        with kafka_broker(args.port, meter, run_dir / "kafka-start.log") as bootstrap:
+        with kafka_broker(args.port, run_dir / "kafka-start.log") as (bootstrap, broker_pid):
+            if broker_pid is not None:
+                meter.track("broker", broker_pid)
             # With --metrics-compare every pass has its own prefix (raw, output and store
             # topics), app id, sink group and chDB directory: the same records are produced
             # once per pass (only the first produce is timed), so no pass sees another's
@@ -1322,14 +1263,6 @@ def _render_compare(compare: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _write_json(result: dict[str, Any], directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = result["started_at"].replace(":", "").replace("-", "")
-    path = directory / f"kafka_path-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.kafka_path",
@@ -1343,34 +1276,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--events",
-        type=_positive,
+        type=positive,
         default=1_000_000,
         help=f"input records to aim for: buyers = events / {EVENTS_PER_BUYER} "
         "(the actual count is reported) [default: 1000000]",
     )
     parser.add_argument(
-        "--buyers", type=_positive, help="generate exactly this many buyers (overrides --events)"
+        "--buyers", type=positive, help="generate exactly this many buyers (overrides --events)"
     )
     parser.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
     parser.add_argument(
-        "--workers", type=_positive, default=2, help="touchpoint worker processes [default: 2]"
+        "--workers", type=positive, default=2, help="touchpoint worker processes [default: 2]"
     )
     parser.add_argument(
         "--partitions",
-        type=_positive,
+        type=positive,
         default=6,
         help="partitions of every pipeline topic [default: 6]",
     )
     parser.add_argument(
         "--port",
-        type=_positive,
+        type=positive,
         default=DEFAULT_PORT,
         help=f"port of the broker this run starts (and the controller on port + 1) "
         f"[default: {DEFAULT_PORT}]",
     )
     parser.add_argument(
         "--ceiling-repeat",
-        type=_positive,
+        type=positive,
         default=3,
         help="runs of the raw consumer; the median is reported [default: 3]",
     )
@@ -1390,7 +1323,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--compare-rounds",
-        type=_positive,
+        type=positive,
         default=1,
         help="with --metrics-compare: pairs of passes, off then on in odd rounds and on then "
         "off in even ones; medians reported [default: 1]",
@@ -1442,7 +1375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     print(_render(result))
-    print(f"results written to {_write_json(result, args.results_dir)}")
+    print(f"results written to {write_result('kafka_path', result, args.results_dir)}")
     compare = result["metrics_compare"]
     collected = compare is None or compare["metrics_collected"]
     return 0 if result["complete"] and collected else 1

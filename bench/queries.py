@@ -71,7 +71,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import resource
 import shutil
 import statistics
@@ -86,13 +85,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from bench.common import RESULTS_DIR, machine_busy, positive, write_result
 from bench.embedded import (
     EVENTS_PER_BUYER,
-    RESULTS_DIR,
     _count_lines,
     _environment,
     _in_child,
-    _positive,
     _Progress,
     _setup_logging,
 )
@@ -405,27 +403,17 @@ class _Cpu:
     def __init__(self) -> None:
         self.wall = time.perf_counter()
         self.own = self._own()
-        self.machine = self._machine()
+        self.machine = machine_busy()
 
     @staticmethod
     def _own() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    @staticmethod
-    def _machine() -> float | None:
-        try:
-            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        except OSError:
-            return None
-        ticks = [int(value) for value in fields[:8]]
-        busy = sum(ticks) - ticks[3] - ticks[4]  # minus idle and iowait
-        return busy / os.sysconf("SC_CLK_TCK")
-
     def cores(self) -> dict[str, float | None]:
         wall = time.perf_counter() - self.wall
         own = (self._own() - self.own) / wall
-        machine = self._machine()
+        machine = machine_busy()
         other = (
             None
             if machine is None or self.machine is None
@@ -1015,14 +1003,6 @@ def _busy_mark(other: float | None) -> str:
     return f"  * other {other:.2f} cores" if other is not None and other > _BUSY else ""
 
 
-def _write_json(result: dict[str, Any], directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = result["started_at"].replace(":", "").replace("-", "")
-    path = directory / f"queries-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    return path
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.queries",
@@ -1035,30 +1015,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--events",
-        type=_positive,
+        type=positive,
         default=1_000_000,
         help="records to generate and run through the pipeline, before scaling "
         f"(buyers = events / {EVENTS_PER_BUYER}) [default: 1000000]",
     )
     parser.add_argument(
         "--scale",
-        type=_positive,
+        type=positive,
         default=10,
         help="copies of the processed data (the original included) [default: 10]",
     )
     parser.add_argument(
-        "--buyers", type=_positive, help="generate exactly this many buyers (overrides --events)"
+        "--buyers", type=positive, help="generate exactly this many buyers (overrides --events)"
     )
     parser.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
     parser.add_argument(
         "--repeat",
-        type=_positive,
+        type=positive,
         default=7,
         help="timed runs per query, after one warm-up [default: 7]",
     )
     parser.add_argument(
         "--gather-repeat",
-        type=_positive,
+        type=positive,
         default=3,
         help="timed runs of the whole report (sinks.answers.gather) [default: 3]",
     )
@@ -1126,7 +1106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 shutil.rmtree(data_dir, ignore_errors=True)
     print(_render(result))
-    print(f"results written to {_write_json(result, args.results_dir)}")
+    print(f"results written to {write_result('queries', result, args.results_dir)}")
     return (
         0
         if result["all_rows_match"] and result["dataset"]["aggregate_checks"]["views_complete"]
