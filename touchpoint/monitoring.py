@@ -13,6 +13,8 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry, Gauge, Info, start_http_server
 
+from schemas.touchpoint import SCHEMA_VERSION
+
 __all__ = ["LagMonitor", "build_info", "serve_metrics"]
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,11 @@ def package_version() -> str:
 
 def build_info(registry: CollectorRegistry, component: str) -> None:
     Info("touchpoint_build", "Build information.", registry=registry).info(
-        {"version": package_version(), "component": component}
+        {
+            "version": package_version(),
+            "component": component,
+            "schema_version": str(SCHEMA_VERSION),
+        }
     )
 
 

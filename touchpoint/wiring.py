@@ -345,6 +345,7 @@ def run_collector(settings: Settings) -> None:
 
     from ingest.collector import Collector, KafkaPublisher, create_app, new_metrics
     from schemas.topics import Topics
+    from touchpoint.monitoring import build_info
 
     collector_settings = settings.collector
     publisher = KafkaPublisher(
@@ -352,7 +353,9 @@ def run_collector(settings: Settings) -> None:
         Topics(settings.kafka.topic_prefix),
         timeout=collector_settings.produce_timeout.total_seconds(),
     )
-    collector = Collector(collector_settings, publisher, new_metrics())
+    metrics = new_metrics()
+    build_info(metrics.registry, "collector")
+    collector = Collector(collector_settings, publisher, metrics)
 
     threading.Thread(target=wait_for_topics, args=(settings,), daemon=True).start()
     web.run_app(

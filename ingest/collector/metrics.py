@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-
-from schemas.touchpoint import SCHEMA_VERSION
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 __all__ = ["CollectorMetrics"]
 
@@ -12,7 +10,7 @@ __all__ = ["CollectorMetrics"]
 class CollectorMetrics:
     """What SREs need to see of the collector: volume, rejections and Kafka hand-off."""
 
-    def __init__(self, registry: CollectorRegistry, version: str = "0.1.0") -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.requests = Counter(
             "touchpoint_collector_requests_total",
@@ -55,7 +53,3 @@ class CollectorMetrics:
             "Requests answered 503 because Kafka did not acknowledge them.",
             registry=registry,
         )
-        build = Info(
-            "touchpoint_collector_build", "Collector build information.", registry=registry
-        )
-        build.info({"version": version, "schema_version": str(SCHEMA_VERSION)})

@@ -191,6 +191,7 @@ def test_a_real_prometheus_counts_every_event_and_the_dashboards_match_its_scrap
             time.sleep(1)
         assert got == {promql: float(value) for promql, value in wanted.items()}
         assert scalar(base, 'sum(up{job=~"collector|worker|sink"})') == 3.0
+        assert scalar(base, "count(count by (component) (touchpoint_build_info))") == 3.0
 
         with urllib.request.urlopen(f"{base}/api/v1/label/__name__/values", timeout=10) as response:
             scraped = set(json.loads(response.read())["data"])
