@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -148,16 +148,25 @@ class JourneyProcessor:
             self.max_event_times[partition] = event_time
             self._fire_timers(partition)
 
-    def restore(self, partitions: set[int] | None = None) -> None:
+    def restore(
+        self,
+        partitions: set[int] | None = None,
+        newest_event_times: Mapping[int, datetime] | None = None,
+    ) -> None:
         """Re-arm timers and event time from the state store (after a restart or a rebalance).
 
-        A partition's event time restarts at the newest touch its buyers have;
-        that can only be behind the time it reached before, so a restart delays
+        A partition's event time restarts at the time it had reached when its
+        states were stored (``newest_event_times``, when the driver kept it), and
+        never before the newest touch its buyers have. Without a stored time it
+        can only be behind the time reached before, so a restart delays
         judgements but never makes a wrong one.
         """
         for partition in partitions if partitions is not None else set(self._timers):
             self._timers.pop(partition, None)
             self.max_event_times.pop(partition, None)
+        for partition, stored_at in (newest_event_times or {}).items():
+            if partitions is None or partition in partitions:
+                self.max_event_times[partition] = stored_at
         for buyer_id, state in self.states.items():
             if partitions is not None and state.partition not in partitions:
                 continue

@@ -24,6 +24,17 @@ Exactly once, and why it is done by hand
     ``journey.store`` (read-committed) before it processes the partition's first
     event.
 
+Records delivered twice
+    Faust rewinds every partition it is assigned to the group's committed offset,
+    also a partition the worker keeps across a rebalance, and the offsets acked
+    since its last periodic commit are not committed on revocation; a new owner
+    likewise starts at the committed offset, which can be behind the states the
+    last transaction stored. So each batch also stores the partition's
+    :class:`~schemas.journey.PartitionPosition` (last input offset applied, event
+    time reached) with its states, and a record at or before that offset is
+    skipped as already applied — never re-judged against a watermark that has
+    since moved past it.
+
 Raw bytes are validated inside the agent (never in a Faust deserializer, where
 a decode error would crash-loop the agent): a bad record becomes a dead letter
 on ``touchpoints.dlq`` with its partition and offset.
@@ -45,11 +56,16 @@ from processors.engine import JourneyProcessor
 from processors.metrics import WorkerMetrics
 from processors.state_stores import open_state_store
 from schemas.enums import DeadLetterReason
-from schemas.journey import JOURNEY_STATE_ADAPTER, JourneyState
+from schemas.journey import (
+    JOURNEY_STATE_ADAPTER,
+    PARTITION_POSITION_ADAPTER,
+    JourneyState,
+    PartitionPosition,
+)
 from schemas.rows import ROW_ADAPTERS
 from schemas.rules import JourneyRules
 from schemas.settings import KafkaSettings, ProcessingSettings
-from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, Topics
+from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, STORE_POSITION_KEY, Topics
 
 __all__ = ["PartitionStates", "Record", "control_kind", "create_app", "run_worker", "send_together"]
 
@@ -101,11 +117,8 @@ async def send_together(app: Any, source_topic: str, partition: int, records: li
 
 
 class PartitionStates:
-    """Journey states of the partitions this worker owns, loaded from the store topic.
-
-    ``dirty`` collects the buyers changed while handling the current event; the
-    agent writes them to the store topic inside the event's transaction.
-    """
+    """Journey states of the partitions this worker owns, loaded from the store topic,
+    and per partition the last input offset they include (``applied``)."""
 
     def __init__(
         self,
@@ -115,6 +128,9 @@ class PartitionStates:
     ) -> None:
         self.states: MutableMapping[str, JourneyState] = {} if states is None else states
         self.loaded: set[int] = set()
+        self.applied: dict[int, int] = {}
+        self.stored_event_times: dict[int, datetime] = {}
+        """Event time each loaded partition had reached when its states were stored."""
         self._bootstrap = bootstrap
         self._store_topic = store_topic
         self._reader: AIOKafkaConsumer | None = None
@@ -135,9 +151,17 @@ class PartitionStates:
         await reader.seek_to_beginning(tp)
         end = (await reader.end_offsets([tp]))[tp]
         loaded = 0
+        self.applied.pop(partition, None)
+        self.stored_event_times.pop(partition, None)
         while await reader.position(tp) < end:
             batch = await reader.getmany(tp, timeout_ms=1000)
             for record in batch.get(tp, []):
+                if record.key == STORE_POSITION_KEY:
+                    if record.value is not None:
+                        self._restore_position(
+                            PARTITION_POSITION_ADAPTER.validate_json(record.value)
+                        )
+                    continue
                 buyer = record.key.decode()
                 if record.value is None:
                     self.states.pop(buyer, None)
@@ -147,9 +171,30 @@ class PartitionStates:
         self.loaded.add(partition)
         return loaded
 
+    def _restore_position(self, position: PartitionPosition) -> None:
+        self.applied[position.partition] = position.offset
+        if position.newest_event_at is not None:
+            self.stored_event_times[position.partition] = position.newest_event_at
+
+    def already_applied(self, partition: int, offset: int) -> bool:
+        """Whether the partition's states already include the record at ``offset``."""
+        return offset <= self.applied.get(partition, -1)
+
+    def position_record(self, partition: int, newest_event_at: datetime | None) -> Record:
+        """The store record of how far the partition's states have got (sent with them)."""
+        position = PartitionPosition(partition, self.applied[partition], newest_event_at)
+        return (
+            self._store_topic,
+            STORE_POSITION_KEY,
+            PARTITION_POSITION_ADAPTER.dump_json(position),
+        )
+
     def drop(self, partitions: set[int]) -> None:
         """Forget the states of partitions this worker no longer owns."""
         self.loaded -= partitions
+        for partition in partitions:
+            self.applied.pop(partition, None)
+            self.stored_event_times.pop(partition, None)
         for buyer in [b for b, state in self.states.items() if state.partition in partitions]:
             del self.states[buyer]
 
@@ -171,6 +216,8 @@ def create_app(
     """The Faust app (not started) and the processor its agent drives."""
     topics = Topics(kafka.topic_prefix)
     raw_name = topics.raw
+    faust_dir = kafka.store_dir / f"faust-{kafka.app_id}"  # not "<app id>-data" in the cwd
+    faust_dir.mkdir(parents=True, exist_ok=True)
     bootstrap = [address.strip() for address in kafka.bootstrap.split(",")]
     app = faust.App(
         kafka.app_id,
@@ -184,6 +231,7 @@ def create_app(
         broker_heartbeat_interval=2.0,
         web_enabled=False,
         autodiscover=False,
+        datadir=faust_dir,
         producer_acks=-1,
         producer_max_request_size=2_000_000,
         consumer_max_fetch_size=4 * 1024 * 1024,
@@ -209,6 +257,9 @@ def create_app(
         states=store.states,
     )
 
+    skipping: dict[int, int] = {}
+    """Partitions now receiving records delivered again → how many were skipped so far."""
+
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         # Partitions kept across a rebalance keep their in-memory state: it matches
@@ -219,23 +270,50 @@ def create_app(
         gone = store.loaded - owned
         processor.forget(gone)
         store.drop(gone)
+        for partition in gone:
+            skipping.pop(partition, None)
 
     async def ensure_loaded(partition: int) -> None:
         if partition in store.loaded:
             return
         count = await store.load(partition)
-        processor.restore({partition})
+        processor.restore({partition}, store.stored_event_times)
         logger.info(
-            "partition %d: %d journey states loaded from %s", partition, count, topics.store
+            "partition %d: %d journey states loaded from %s, applied up to offset %s",
+            partition,
+            count,
+            topics.store,
+            store.applied.get(partition, "none"),
         )
 
     handled = 0
 
-    async def process(event: Any) -> None:
+    async def process(event: Any) -> bool:
+        """Apply one raw record; False if the partition's state already includes it."""
         message = event.message
         partition = int(message.partition)
         await ensure_loaded(partition)
-        position = f"{partition}:{message.offset}"
+        offset = int(message.offset)
+        if store.already_applied(partition, offset):
+            if partition not in skipping:
+                logger.info(
+                    "partition %d: records delivered again from offset %d are skipped "
+                    "(its state already includes them, up to offset %d)",
+                    partition,
+                    offset,
+                    store.applied[partition],
+                )
+            skipping[partition] = skipping.get(partition, 0) + 1
+            return False
+        if partition in skipping:
+            logger.info(
+                "partition %d: %d records delivered again skipped; applying from offset %d",
+                partition,
+                skipping.pop(partition),
+                offset,
+            )
+        store.applied[partition] = offset
+        position = f"{partition}:{offset}"
         value = event.value if event.value is not None else b""
         if control_kind(event.headers) == CONTROL_WATERMARK:
             try:
@@ -250,6 +328,7 @@ def create_app(
                 )
         else:
             processor.process_raw(value, source=raw_name, position=position, partition=partition)
+        return True
 
     def partition_of(row: Any) -> int:
         buyer_id = getattr(row, "buyer_id", None)
@@ -263,13 +342,22 @@ def create_app(
         handled += len(events)
         if handled % 10_000 < len(events):
             gc.freeze()  # long-lived journey state: keep the collector from rescanning it
+        applied: set[int] = set()
+        skipped = 0
         for event in events:
-            await process(event)
+            if await process(event):
+                applied.add(int(event.message.partition))
+            else:
+                skipped += 1
         output = processor.flush()
         if metrics is not None:
             metrics.observe(output, processor.counters, len(store.states))
             metrics.observe_watermarks(processor.max_event_times)
-        records: dict[int, list[Record]] = {}
+            metrics.replayed.inc(skipped)
+        records: dict[int, list[Record]] = {
+            partition: [store.position_record(partition, processor.max_event_times.get(partition))]
+            for partition in applied
+        }
         for state_row in output.states:
             state = store.states[state_row.buyer_id]
             records.setdefault(state.partition, []).append(

@@ -36,6 +36,12 @@ class WorkerMetrics:
             "Events dropped as duplicates (same event id).",
             registry=registry,
         )
+        self.replayed = Counter(
+            "touchpoint_worker_replayed_records_total",
+            "Input records delivered again after a rebalance or restart and skipped: "
+            "their partition's state already includes them.",
+            registry=registry,
+        )
         self.late = Counter(
             "touchpoint_worker_late_events_total",
             "Events older than their partition's watermark when they arrived.",

@@ -18,10 +18,12 @@ from schemas.enums import Channel, ExitKind, Stage
 
 __all__ = [
     "JOURNEY_STATE_ADAPTER",
+    "PARTITION_POSITION_ADAPTER",
     "DropoffRecord",
     "ExitRecord",
     "JourneyState",
     "Latest",
+    "PartitionPosition",
     "TouchRef",
 ]
 
@@ -106,3 +108,22 @@ class JourneyState:
 
 JOURNEY_STATE_ADAPTER: TypeAdapter[JourneyState] = TypeAdapter(JourneyState)
 """Validates and serializes journey state (e.g. as JSON in a Faust table or changelog)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPosition:
+    """How far a worker's state of one input partition has got.
+
+    Written with the partition's journey states, in the same transaction, so the
+    two always agree: ``offset`` is the last input record whose effect the states
+    include, ``newest_event_at`` the partition's event time at that record (what
+    its watermark is computed from). A record at or before ``offset`` that is
+    delivered again (after a rebalance or a restart) is skipped, not re-applied.
+    """
+
+    partition: int
+    offset: int
+    newest_event_at: datetime | None = None
+
+
+PARTITION_POSITION_ADAPTER: TypeAdapter[PartitionPosition] = TypeAdapter(PartitionPosition)

@@ -27,6 +27,7 @@ __all__ = [
     "CONTROL_WATERMARK",
     "OUTPUT_TOPICS",
     "RAW_TOPIC",
+    "STORE_POSITION_KEY",
     "STORE_TOPIC",
     "TABLE_BY_TOPIC",
     "Topics",
@@ -46,8 +47,12 @@ TABLE_BY_TOPIC: Final[dict[str, str]] = {
 OUTPUT_TOPICS: Final[tuple[str, ...]] = tuple(TABLE_BY_TOPIC)
 STORE_TOPIC: Final = "journey.store"
 """The workers' own state store (compacted): key buyer id, value the full
-:class:`~schemas.journey.JourneyState` as JSON. Read back by a worker when it is
-assigned a partition; not written to ClickHouse."""
+:class:`~schemas.journey.JourneyState` as JSON, plus one :data:`STORE_POSITION_KEY`
+record per partition. Read back by a worker when it is assigned a partition; not
+written to ClickHouse."""
+STORE_POSITION_KEY: Final = b"\xff\x00position"
+"""Key of a partition's :class:`~schemas.journey.PartitionPosition` in the store topic.
+Not valid UTF-8, so it can never be the key of a buyer (buyer ids are text)."""
 COMPACTED_TOPICS: Final[frozenset[str]] = frozenset({"journey.state", STORE_TOPIC})
 
 CONTROL_HEADER: Final = "touchpoint-control"

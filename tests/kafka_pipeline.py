@@ -78,6 +78,26 @@ class Pipeline:
         finally:
             consumer.close()
 
+    def rewind_workers_to(self, offset: int) -> None:
+        """Set the workers' committed input offsets back (their group must have no members)."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            tps = [TopicPartition(self.topics.raw, p) for p in range(PARTITIONS)]
+            admin.reset_group_offsets(self.app_id, {tp: offset for tp in tps})
+        finally:
+            admin.close()
+
+    def output_ends(self) -> dict[TopicPartition, int]:
+        """End offsets of every output topic partition (they move with each record or marker)."""
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            tps = [
+                TopicPartition(topic, p) for topic in self.topics.outputs for p in range(PARTITIONS)
+            ]
+            return dict(consumer.end_offsets(tps))
+        finally:
+            consumer.close()
+
     def wait_until_workers_consumed_everything(self, timeout: float = 300) -> None:
         end = self.raw_end()
         deadline = time.monotonic() + timeout

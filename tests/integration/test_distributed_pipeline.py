@@ -141,6 +141,44 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     assert_aggregates_match_the_raw_table(clickhouse_client, database)
 
 
+def test_records_delivered_again_after_their_state_was_stored_are_skipped_not_re_judged(
+    pipeline: Pipeline,
+    dataset: tuple[Path, GroundTruth],
+    clickhouse_client: Any,
+    database: str,
+) -> None:
+    """Faust rewinds a partition to its committed offset after every rebalance, which can
+    be behind the state stored with the last transaction. Here the whole input is
+    delivered again to a worker that loads the finished state: it must emit nothing,
+    not even a too_late dead letter for records its watermark has long passed."""
+    events, truth = dataset
+    produced = pipeline.cli("produce", "--input", str(events))
+    assert produced.returncode == 0, produced.stderr
+    worker = pipeline.start_worker("worker")
+    try:
+        pipeline.wait_until_workers_consumed_everything()
+    finally:
+        stop(worker)
+    outputs_before = pipeline.output_ends()
+
+    pipeline.rewind_workers_to(0)
+    assert pipeline.committed_raw() == 0
+    worker = pipeline.start_worker("worker-after-rewind")
+    try:
+        pipeline.wait_until_workers_consumed_everything()
+    finally:
+        stop(worker)
+
+    assert pipeline.output_ends() == outputs_before, "records were emitted a second time"
+    log = (pipeline.logs / "worker-after-rewind.log").read_text()
+    assert "records delivered again from offset 0 are skipped" in log
+    pipeline.sink_into(clickhouse_client, database)
+    got = read_back(clickhouse_client, database)
+    expected = expected_from_truth(truth)
+    assert {key: got[key] for key in expected} == expected
+    assert got["tables"]["touchpoints"] == truth.events_unique
+
+
 def test_malformed_records_sent_straight_to_the_raw_topic_become_dead_letters(
     pipeline: Pipeline, clickhouse_client: Any, database: str
 ) -> None:

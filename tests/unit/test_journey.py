@@ -207,6 +207,28 @@ def test_restore_rearms_drop_off_timers_from_the_state_store() -> None:
     assert [d.stage for d in tables["dropoffs"]] == [Stage.AWARENESS]
 
 
+def test_restore_resumes_at_the_stored_event_time_not_at_the_newest_touch() -> None:
+    first = processor()
+    feed(first, event("email_open", at=0 * DAY))
+    first.advance_watermark(0, T0 + 3 * DAY)  # a source watermark: no buyer has a touch there
+    second = JourneyProcessor(
+        default_rules(), allowed_lateness=2 * HOUR, dedup_window=7 * DAY, states=first.states
+    )
+    second.restore({0}, {0: first.max_event_times[0], 1: T0 + 90 * DAY})
+    assert second.watermark(0) == first.watermark(0) == T0 + 3 * DAY - 2 * HOUR
+    assert second.watermark(1) is None  # only the restored partitions take a stored time
+
+
+def test_restore_without_a_stored_event_time_starts_at_the_newest_touch() -> None:
+    first = processor()
+    feed(first, event("email_open", at=0 * DAY), event("page_view", at=DAY))
+    second = JourneyProcessor(
+        default_rules(), allowed_lateness=2 * HOUR, dedup_window=7 * DAY, states=first.states
+    )
+    second.restore({0})
+    assert second.watermark(0) == T0 + DAY - 2 * HOUR
+
+
 def test_each_partition_keeps_its_own_event_time() -> None:
     proc = processor()
     proc.process_raw(
