@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -79,19 +78,16 @@ import os
 import platform
 import re
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -101,12 +97,15 @@ from aiohttp import web
 from bench.common import (
     CLK_TCK,
     REPO,
-    RESULTS_DIR,
     BenchError,
+    add_run_options,
+    code_revision,
     free_port,
     kafka_broker,
     machine_busy,
+    package_versions,
     positive,
+    scratch_directory,
     tail,
     write_result,
 )
@@ -558,46 +557,25 @@ CODE_UNDER_TEST: Final = ("schemas", "ingest", "touchpoint", "pyproject.toml")
 
 
 def _code_revision() -> dict[str, str] | None:
-    """HEAD, and a fingerprint of it, of the collector's code as it is now and of this file.
+    """The collector's code as it is now, and this file.
 
-    Narrower than bench.embedded's (the whole tree): other benchmarks being edited meanwhile
-    do not change what this one measures.
+    Narrower than the other benchmarks' (the whole tree): other benchmarks being edited
+    meanwhile do not change what this one measures.
     """
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", *CODE_UNDER_TEST],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
         this = Path(__file__).read_bytes()
     except OSError:
         return None
-    if head.returncode != 0 or diff.returncode != 0:
-        return None
-    digest = hashlib.sha256((head.stdout + diff.stdout).encode() + this).hexdigest()[:16]
-    return {
-        "revision": head.stdout.strip() + ("-dirty" if diff.stdout else ""),
-        "fingerprint": digest,
-    }
+    return code_revision(CODE_UNDER_TEST, salt=this)
 
 
 def _environment() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for package in ("aiohttp", "kafka-python", "pydantic"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "git": _code_revision(),
-        "packages": versions,
+        "packages": package_versions("aiohttp", "kafka-python", "pydantic"),
         "kafka_version": os.environ.get("TOUCHPOINT_KAFKA_VERSION", "4.4.0 (kafka.sh default)"),
         "touchpoint_env": sorted(
             name
@@ -912,21 +890,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--bare-port", type=int, default=0, help="port of the bare server [default: a free port]"
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="create the run's scratch directory (server logs) under this one "
-        "[default: the system temp directory]",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the scratch directory instead of deleting it"
-    )
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=RESULTS_DIR,
-        help="where the JSON result goes [default: bench/results]",
-    )
+    add_run_options(parser, "server logs")
     parser.add_argument(
         "--serve-bare",
         action="store_true",
@@ -947,22 +911,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     _setup_logging()
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="touchpoint-bench-collector-", dir=args.workdir))
-    logger.info("scratch directory %s", run_dir)
-    failed = True
     try:
-        result = benchmark(args, run_dir)
-        failed = False
+        with scratch_directory(
+            args.workdir, "touchpoint-bench-collector-", keep=args.keep, kept="server logs"
+        ) as run_dir:
+            result = benchmark(args, run_dir)
     except BenchError as exc:
         logger.error("%s", exc)
         return 1
-    finally:
-        if args.keep or failed:
-            logger.info("kept %s (server logs)", run_dir)
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
     print(_render(result))
     print(f"results written to {write_result('collector', result, args.results_dir)}")
     return 0 if result["raw_topic"]["matches"] else 1

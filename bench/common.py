@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
@@ -107,3 +111,80 @@ def write_result(benchmark: str, result: dict[str, Any], directory: Path) -> Pat
     path = directory / f"{benchmark}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def add_run_options(parser: argparse.ArgumentParser, scratch: str) -> None:
+    """``--workdir``, ``--keep`` and ``--results-dir``; ``scratch`` says what the scratch holds."""
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help=f"create the run's scratch directory ({scratch}) under this one "
+        "[default: the system temp directory]",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch directory instead of deleting it"
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where the JSON result goes [default: bench/results]",
+    )
+
+
+@contextmanager
+def scratch_directory(
+    workdir: Path | None,
+    prefix: str,
+    *,
+    keep: bool,
+    keep_on_failure: bool = True,
+    kept: str = "",
+) -> Iterator[Path]:
+    """A fresh directory under ``workdir`` (or the temp dir), deleted afterwards unless
+    ``keep``, or the body failed and ``keep_on_failure`` (``kept`` names what is in it)."""
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    logger.info("scratch directory %s", run_dir)
+    failed = True
+    try:
+        yield run_dir
+        failed = False
+    finally:
+        if keep or (failed and keep_on_failure):
+            logger.info("kept %s%s", run_dir, f" ({kept})" if kept else "")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def code_revision(paths: tuple[str, ...] = (), salt: bytes = b"") -> dict[str, str] | None:
+    """HEAD, whether the tracked files under ``paths`` (all if none) differ from it, and a
+    fingerprint of both plus ``salt`` (the code under test), or None outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--", *paths], cwd=REPO, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode != 0 or diff.returncode != 0:
+        return None
+    digest = hashlib.sha256((head.stdout + diff.stdout).encode() + salt).hexdigest()[:16]
+    return {
+        "revision": head.stdout.strip() + ("-dirty" if diff.stdout else ""),
+        "fingerprint": digest,
+    }
+
+
+def package_versions(*packages: str) -> dict[str, str | None]:
+    """Installed version of each package (None if it is not installed)."""
+    versions: dict[str, str | None] = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions

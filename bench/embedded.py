@@ -52,28 +52,30 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import logging
 import multiprocessing
 import os
 import pickle
 import platform
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO, Final, ParamSpec, TypeVar
 
-from bench.common import RESULTS_DIR, positive, write_result
+from bench.common import (
+    add_run_options,
+    code_revision,
+    package_versions,
+    positive,
+    scratch_directory,
+    write_result,
+)
 from ingest.generator import GeneratorConfig, write_dataset
 from ingest.reader import read_records
 from processors.local import run_local
@@ -410,36 +412,13 @@ def _summarize(runs: Sequence[PhaseResult]) -> dict[str, Any]:
     }
 
 
-def _git_revision() -> dict[str, str] | None:
-    """HEAD, whether tracked files differ from it, and a fingerprint of both (code under test)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        )
-        diff = subprocess.run(["git", "diff", "HEAD"], cwd=root, capture_output=True, text=True)
-    except OSError:
-        return None
-    if head.returncode != 0 or diff.returncode != 0:
-        return None
-    revision = head.stdout.strip() + ("-dirty" if diff.stdout else "")
-    fingerprint = hashlib.sha256((head.stdout + diff.stdout).encode()).hexdigest()[:16]
-    return {"revision": revision, "fingerprint": fingerprint}
-
-
 def _environment() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for package in ("chdb", "clickhouse-connect", "pydantic"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "git": _git_revision(),
-        "packages": versions,
+        "git": code_revision(),
+        "packages": package_versions("chdb", "clickhouse-connect", "pydantic"),
         "touchpoint_env": sorted(
             name for name in os.environ if name.startswith("TOUCHPOINT_") and "PASSWORD" not in name
         ),
@@ -499,7 +478,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             pipeline["rows_written"],
             materialized.rows_written,
         )
-    code_changed = _git_revision() != environment["git"]
+    code_changed = code_revision() != environment["git"]
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
     return {
@@ -607,26 +586,12 @@ def _parser() -> argparse.ArgumentParser:
         help="records per batch, as TOUCHPOINT_BATCH_SIZE [default: 5000, the product default]",
     )
     parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="create the run's scratch directory (events file, chDB data) under this one "
-        "[default: the system temp directory]",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the scratch directory instead of deleting it"
-    )
-    parser.add_argument(
         "--repeat",
         type=positive,
         default=1,
         help="run every timed phase this many times and report medians [default: 1]",
     )
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=RESULTS_DIR,
-        help="where the JSON result goes [default: bench/results]",
-    )
+    add_run_options(parser, "events file, chDB data")
     return parser
 
 
@@ -637,17 +602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.input is not None and not args.input.is_file():
         logger.error("no such input file: %s", args.input)
         return 2
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="touchpoint-bench-", dir=args.workdir))
-    logger.info("scratch directory %s", run_dir)
-    try:
+    with scratch_directory(
+        args.workdir, "touchpoint-bench-", keep=args.keep, keep_on_failure=False
+    ) as run_dir:
         result = benchmark(args, run_dir)
-    finally:
-        if args.keep:
-            logger.info("kept %s", run_dir)
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
     print(_render(result))
     print(f"results written to {write_result('embedded', result, args.results_dir)}")
     return 0

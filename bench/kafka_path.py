@@ -92,12 +92,10 @@ import os
 import platform
 import re
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -105,7 +103,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -119,19 +116,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import (
     CLK_TCK,
     REPO,
-    RESULTS_DIR,
     BenchError,
+    add_run_options,
+    code_revision,
     free_port,
     kafka_broker,
     machine_busy,
+    package_versions,
     positive,
+    scratch_directory,
     tail,
     write_result,
 )
 from bench.embedded import (
     EVENTS_PER_BUYER,
     _count_lines,
-    _git_revision,
     _Progress,
     _setup_logging,
 )
@@ -852,18 +851,15 @@ def _generate(events: Path, buyers: int, seed: int) -> dict[str, Any]:
 
 
 def _environment() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for package in ("faust-streaming", "aiokafka", "kafka-python", "chdb", "clickhouse-connect"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
+    versions = package_versions(
+        "faust-streaming", "aiokafka", "kafka-python", "chdb", "clickhouse-connect"
+    )
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "git": _git_revision(),
+        "git": code_revision(),
         "packages": versions,
         "kafka_version": os.environ.get("TOUCHPOINT_KAFKA_VERSION", "4.4.0 (kafka.sh default)"),
         "touchpoint_env": {
@@ -1014,7 +1010,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     main = passes[0]
     downstream, sink, stored = main.phases, main.sink, main.stored
     workers, pipeline = downstream[0], downstream[-1]
-    code_changed = _git_revision() != environment["git"]
+    code_changed = code_revision() != environment["git"]
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
     phases = [produce, ceiling, *(phase for each in passes for phase in each.phases)]
@@ -1334,21 +1330,7 @@ def _parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="give up if workers + sink take longer than this many seconds [default: 3600]",
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="create the run's scratch directory (events file, chDB data, process logs) under "
-        "this one [default: the system temp directory]",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the scratch directory instead of deleting it"
-    )
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=RESULTS_DIR,
-        help="where the JSON result goes [default: bench/results]",
-    )
+    add_run_options(parser, "events file, chDB data, process logs")
     return parser
 
 
@@ -1358,22 +1340,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     for noisy in ("kafka", "aiokafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="touchpoint-bench-kafka-", dir=args.workdir))
-    logger.info("scratch directory %s", run_dir)
-    failed = True
     try:
-        result = benchmark(args, run_dir)
-        failed = False
+        with scratch_directory(
+            args.workdir,
+            "touchpoint-bench-kafka-",
+            keep=args.keep,
+            kept="process logs, events file, chDB data",
+        ) as run_dir:
+            result = benchmark(args, run_dir)
     except BenchError as exc:
         logger.error("%s", exc)
         return 1
-    finally:
-        if args.keep or failed:
-            logger.info("kept %s (process logs, events file, chDB data)", run_dir)
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
     print(_render(result))
     print(f"results written to {write_result('kafka_path', result, args.results_dir)}")
     compare = result["metrics_compare"]

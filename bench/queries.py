@@ -75,7 +75,6 @@ import resource
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -85,7 +84,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from bench.common import RESULTS_DIR, machine_busy, positive, write_result
+from bench.common import (
+    add_run_options,
+    machine_busy,
+    positive,
+    scratch_directory,
+    write_result,
+)
 from bench.embedded import (
     EVENTS_PER_BUYER,
     _count_lines,
@@ -1062,26 +1067,12 @@ def _parser() -> argparse.ArgumentParser:
         help="OPTIMIZE TABLE … FINAL every table after building (default: let merges settle)",
     )
     parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="create the run's scratch directory (chDB data) under this one "
-        "[default: the system temp directory]",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the scratch directory instead of deleting it"
-    )
-    parser.add_argument(
         "--reuse",
         type=Path,
         help="keep the built dataset in this directory and reuse it on later runs with the "
         "same size, scale, seed and --optimize (never deleted)",
     )
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=RESULTS_DIR,
-        help="where the JSON result goes [default: bench/results]",
-    )
+    add_run_options(parser, "chDB data")
     return parser
 
 
@@ -1094,17 +1085,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir = args.reuse.resolve()
         result = benchmark(args, data_dir)
     else:
-        if args.workdir is not None:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-        data_dir = Path(tempfile.mkdtemp(prefix="touchpoint-bench-queries-", dir=args.workdir))
-        logger.info("scratch directory %s", data_dir)
-        try:
+        with scratch_directory(
+            args.workdir, "touchpoint-bench-queries-", keep=args.keep, keep_on_failure=False
+        ) as data_dir:
             result = benchmark(args, data_dir)
-        finally:
-            if args.keep:
-                logger.info("kept %s", data_dir)
-            else:
-                shutil.rmtree(data_dir, ignore_errors=True)
     print(_render(result))
     print(f"results written to {write_result('queries', result, args.results_dir)}")
     return (
