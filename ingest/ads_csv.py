@@ -10,16 +10,14 @@ line number; the rest still load.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Final
 
+from ingest.csv_export import read_csv_export
 from schemas.dead_letter import DeadLetter
 from schemas.enums import DeadLetterReason
 from schemas.errors import InputError
@@ -72,25 +70,11 @@ def _number(text: str) -> Decimal:
 
 
 def read_ads_csv(path: Path, *, platform: str = "ads", source: str | None = None) -> AdSpendImport:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise InputError(f"{path} is empty") from None
+    header, rows = read_csv_export(path)
     columns, header_currency = _columns(header)
     name = source or path.name
     result = AdSpendImport()
-
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        for cells in reader:
-            if any(cell.strip() for cell in cells):
-                yield reader.line_num, cells
-
-    for line, cells in rows():
+    for line, cells in rows:
         try:
 
             def cell(field_name: str, cells: list[str] = cells) -> str:

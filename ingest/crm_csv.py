@@ -8,13 +8,12 @@ key joined onto journeys), ``client name``, ``client type``, ``region``, ``perso
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from ingest.csv_export import read_csv_export
 from schemas.dead_letter import DeadLetter
 from schemas.enums import DeadLetterReason
 from schemas.errors import InputError
@@ -43,15 +42,8 @@ class CrmImport:
 
 
 def read_crm_csv(path: Path) -> CrmImport:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = [name.strip().lower() for name in next(reader)]
-    except StopIteration:
-        raise InputError(f"{path} is empty") from None
+    raw_header, rows = read_csv_export(path)
+    header = [name.strip().lower() for name in raw_header]
     columns = {
         name: next((header.index(alias) for alias in aliases if alias in header), None)
         for name, aliases in _FIELDS.items()
@@ -59,9 +51,7 @@ def read_crm_csv(path: Path) -> CrmImport:
     if columns["key"] is None:
         raise InputError(f"the CRM export needs a buyer_id or account_id column ({path})")
     result = CrmImport()
-    for cells in reader:
-        if not any(cell.strip() for cell in cells):
-            continue
+    for line, cells in rows:
 
         def value(name: str, cells: list[str] = cells) -> str:
             index = columns[name]
@@ -75,7 +65,7 @@ def read_crm_csv(path: Path) -> CrmImport:
                     detail="the row has no buyer_id/account_id",
                     raw=",".join(cells),
                     source=path.name,
-                    position=f"line {reader.line_num}",
+                    position=f"line {line}",
                     recorded_at=datetime.now(UTC),
                 )
             )
