@@ -97,12 +97,12 @@ from bench.embedded import (
     _environment,
     _in_child,
     _Progress,
+    _settings,
     _setup_logging,
 )
 from ingest.generator import GeneratorConfig, write_dataset
 from schemas.enums import STAGES
 from schemas.report_config import ReportConfig
-from schemas.settings import Settings
 from sinks import analysis, answers, queries
 from sinks.analysis import Period
 from sinks.clickhouse import Client, identifier
@@ -331,15 +331,6 @@ def _quantile(samples: Sequence[float], q: float) -> float:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _settings(chdb_dir: Path, batch_size: int = 5000) -> Settings:
-    return wiring.load_settings(
-        data_dir=chdb_dir.parent,
-        clickhouse_url=f"chdb:{chdb_dir}",
-        clickhouse_database=DATABASE,
-        batch_size=batch_size,
-    )
-
-
 def _scalar(client: Client, sql: str) -> int:
     value = client.command(sql)
     assert isinstance(value, int | str), value
@@ -507,7 +498,7 @@ def build_dataset(
     )
     generated = time.perf_counter()
     records = _count_lines(events)
-    settings = _settings(chdb_dir)
+    settings = _settings(chdb_dir, DATABASE, batch_size=5000)
     with wiring.clickhouse(settings) as client:
         inputs = wiring.inspect_inputs([events])
         summary = wiring.run_files(
@@ -786,7 +777,7 @@ def measure(
     chdb_dir: Path, repeat: int, gather_repeat: int, max_wait: float, retries: int
 ) -> dict[str, Any]:
     """Time every report query, the raw-vs-aggregate pairs and the whole report."""
-    settings = _settings(chdb_dir)
+    settings = _settings(chdb_dir, DATABASE, batch_size=5000)
     config: ReportConfig = wiring.load_report_config(None)
     quiet = _Quiet(max_wait, retries)
     with wiring.clickhouse(settings) as client:
