@@ -1,25 +1,37 @@
 """The journey processor: dedup → classify → fold → drop-off timers, over any state store.
 
 Both drivers run exactly this class: the local runner with a plain dict as the
-state store, the Faust worker with a Faust table. It does no I/O; it returns
-rows for a sink.
+state store, the Faust worker with the states of the partitions it owns. It does
+no I/O; each batch's :meth:`JourneyProcessor.flush` returns the rows for a sink,
+already encoded, and the changed journeys, already encoded for the store.
+
+The hot path works on plain data: records are decoded by :func:`schemas.events.decode_event`
+(the pydantic contract's verdict, fast), states are msgspec structs
+(:mod:`schemas.journey`) that live *encoded* in the store between batches and decoded
+only while a batch touches them, and every output row is encoded to JSON once,
+when it is made (:data:`ROW_ENCODER`), in the ``JSONEachRow`` shape ClickHouse reads.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
 
 from processors import journey
 from processors.rules import Classifier
 from schemas.dead_letter import DeadLetter
-from schemas.enums import STAGES, DeadLetterReason, Stage
+from schemas.enums import STAGES, DeadLetterReason
 from schemas.errors import SchemaValidationError
-from schemas.journey import DropoffRecord, JourneyState, TouchRef
+from schemas.events import Event, decode_event
+from schemas.journey import JourneyState, decode_state, encode_state, from_micros, to_micros
 from schemas.rows import (
+    ROW_ADAPTERS,
     DeadLetterRow,
     DropoffRow,
     JourneyStateRow,
@@ -28,9 +40,20 @@ from schemas.rows import (
     TouchpointRow,
 )
 from schemas.rules import JourneyRules
-from schemas.touchpoint import Touchpoint, parse_touchpoint
 
-__all__ = ["BatchOutput", "JourneyProcessor", "ProcessorCounters"]
+__all__ = ["ROW_ENCODER", "BatchOutput", "BatchStats", "JourneyProcessor", "ProcessorCounters"]
+
+ROW_ENCODER: Final = msgspec.json.Encoder()
+"""Encodes one row dict as the JSON object ClickHouse's ``JSONEachRow`` reads."""
+_encode = ROW_ENCODER.encode
+_STAGE_VALUES: Final = tuple(stage.value for stage in STAGES)
+_RANK: Final = {stage: index for index, stage in enumerate(_STAGE_VALUES)}
+_TOUCHPOINTS: Final = TouchpointRow.table
+_TRANSITIONS: Final = StageTransitionRow.table
+_STATES: Final = JourneyStateRow.table
+_DROPOFFS: Final = DropoffRow.table
+_DEAD_LETTERS: Final = DeadLetterRow.table
+TABLES: Final = (_TOUCHPOINTS, _TRANSITIONS, _STATES, _DROPOFFS, _DEAD_LETTERS)
 
 
 def _utc_now() -> datetime:
@@ -54,40 +77,75 @@ class ProcessorCounters:
 
 
 @dataclass
-class BatchOutput:
-    """The rows one batch produced, per table."""
+class BatchStats:
+    """What one batch produced, tallied as it was made (for metrics; no row is re-read)."""
 
-    touchpoints: list[TouchpointRow] = field(default_factory=list)
-    transitions: list[StageTransitionRow] = field(default_factory=list)
-    states: list[JourneyStateRow] = field(default_factory=list)
-    dropoffs: list[DropoffRow] = field(default_factory=list)
-    dead_letters: list[DeadLetterRow] = field(default_factory=list)
-
-    def tables(self) -> dict[str, list[Row]]:
-        return {
-            TouchpointRow.table: list(self.touchpoints),
-            StageTransitionRow.table: list(self.transitions),
-            JourneyStateRow.table: list(self.states),
-            DropoffRow.table: list(self.dropoffs),
-            DeadLetterRow.table: list(self.dead_letters),
-        }
-
-    def __len__(self) -> int:
-        return (
-            len(self.touchpoints)
-            + len(self.transitions)
-            + len(self.states)
-            + len(self.dropoffs)
-            + len(self.dead_letters)
-        )
+    events: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(channel, stage or "") → accepted events."""
+    moves: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(from stage or "entry", to stage) → new transitions."""
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    dropoffs: Counter[str] = field(default_factory=Counter)
+    """stage → new, unrecovered drop-offs."""
 
 
 @dataclass
-class _Snapshot:
-    """A buyer's state as it was before this batch touched it (what flush compares against)."""
+class BatchOutput:
+    """The rows one batch produced, per input partition and table, encoded as JSON rows,
+    and the changed journeys, encoded for the state store."""
 
-    stage_hits: dict[Stage, TouchRef]
-    dropoffs: dict[Stage, DropoffRecord]
+    rows: dict[int, dict[str, list[bytes]]] = field(default_factory=dict)
+    stored: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)
+    """Partition → (buyer id, encoded state) of every journey the batch changed."""
+    stats: BatchStats = field(default_factory=BatchStats)
+
+    def add(self, partition: int, table: str, row: bytes) -> None:
+        tables = self.rows.get(partition)
+        if tables is None:
+            tables = self.rows[partition] = {}
+        rows = tables.get(table)
+        if rows is None:
+            tables[table] = [row]
+        else:
+            rows.append(row)
+
+    def encoded(self) -> dict[str, list[bytes]]:
+        """Every table's encoded rows, all partitions together (what a sink writes)."""
+        result: dict[str, list[bytes]] = {table: [] for table in TABLES}
+        for tables in self.rows.values():
+            for table, rows in tables.items():
+                result[table].extend(rows)
+        return result
+
+    def tables(self) -> dict[str, list[Row]]:
+        """The rows decoded into their typed row classes (for tests and tools; slow)."""
+        return {
+            table: [ROW_ADAPTERS[table].validate_json(row) for row in rows]
+            for table, rows in self.encoded().items()
+        }
+
+    @property
+    def touchpoints(self) -> list[TouchpointRow]:
+        return self.tables()[_TOUCHPOINTS]  # type: ignore[return-value]
+
+    @property
+    def transitions(self) -> list[StageTransitionRow]:
+        return self.tables()[_TRANSITIONS]  # type: ignore[return-value]
+
+    @property
+    def states(self) -> list[JourneyStateRow]:
+        return self.tables()[_STATES]  # type: ignore[return-value]
+
+    @property
+    def dropoffs(self) -> list[DropoffRow]:
+        return self.tables()[_DROPOFFS]  # type: ignore[return-value]
+
+    @property
+    def dead_letters(self) -> list[DeadLetterRow]:
+        return self.tables()[_DEAD_LETTERS]  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return sum(len(rows) for tables in self.rows.values() for rows in tables.values())
 
 
 class JourneyProcessor:
@@ -101,6 +159,9 @@ class JourneyProcessor:
     watermark of the buyer's partition passes its deadline. Events older than
     ``watermark - dedup_window`` cannot be de-duplicated any more and become
     ``too_late`` dead letters.
+
+    ``states`` maps buyer id → encoded :class:`~schemas.journey.JourneyState`
+    (:func:`~schemas.journey.encode_state`); a dict by default.
     """
 
     def __init__(
@@ -109,33 +170,47 @@ class JourneyProcessor:
         *,
         allowed_lateness: timedelta,
         dedup_window: timedelta,
-        states: MutableMapping[str, JourneyState] | None = None,
+        states: MutableMapping[str, bytes] | None = None,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         if dedup_window < allowed_lateness:
             raise ValueError("dedup_window must be at least allowed_lateness")
         self.classifier = Classifier(rules)
-        self.timeouts = dict(rules.timeouts)
+        self.timeouts: dict[str, int] = {
+            stage.value: journey.micros_of(timeout) for stage, timeout in rules.timeouts.items()
+        }
         self.allowed_lateness = allowed_lateness
         self.dedup_window = dedup_window
-        self.states: MutableMapping[str, JourneyState] = {} if states is None else states
+        self._lateness = journey.micros_of(allowed_lateness)
+        self._dedup = journey.micros_of(dedup_window)
+        self.states: MutableMapping[str, bytes] = {} if states is None else states
         self.counters = ProcessorCounters()
-        self.max_event_times: dict[int, datetime] = {}
+        self._newest: dict[int, int] = {}
+        """Partition → newest event time seen (µs)."""
         self._clock = clock
-        self._timers: dict[int, list[tuple[datetime, str, int]]] = {}
-        self._snapshots: dict[str, _Snapshot] = {}
+        self._timers: dict[int, list[tuple[int, str, int]]] = {}
+        self._live: dict[str, JourneyState] = {}
+        """Decoded states this batch has read (changed or not)."""
+        self._changed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        """Buyers this batch changed → their stage hits and drop-offs before it."""
         self._output = BatchOutput()
 
     # -- event time ----------------------------------------------------------
 
     def watermark(self, partition: int = 0) -> datetime | None:
-        newest = self.max_event_times.get(partition)
-        return None if newest is None else newest - self.allowed_lateness
+        newest = self._newest.get(partition)
+        return None if newest is None else from_micros(newest - self._lateness)
+
+    @property
+    def max_event_times(self) -> dict[int, datetime]:
+        """Partition → the newest event time seen on it."""
+        return {partition: from_micros(at) for partition, at in self._newest.items()}
 
     @property
     def max_event_time(self) -> datetime | None:
         """The newest event time seen on any partition."""
-        return max(self.max_event_times.values(), default=None)
+        newest = max(self._newest.values(), default=None)
+        return None if newest is None else from_micros(newest)
 
     def advance_watermark(self, partition: int, event_time: datetime) -> None:
         """A source watermark: no event older than ``event_time - allowed_lateness`` will follow.
@@ -143,15 +218,17 @@ class JourneyProcessor:
         Sent at the end of a finite input (and by idle sources), so drop-offs are
         judged without waiting for newer events.
         """
-        newest = self.max_event_times.get(partition)
-        if newest is None or event_time > newest:
-            self.max_event_times[partition] = event_time
+        at = to_micros(event_time)
+        newest = self._newest.get(partition)
+        if newest is None or at > newest:
+            self._newest[partition] = at
             self._fire_timers(partition)
 
     def restore(
         self,
         partitions: set[int] | None = None,
         newest_event_times: Mapping[int, datetime] | None = None,
+        buyers: Iterable[str] | None = None,
     ) -> None:
         """Re-arm timers and event time from the state store (after a restart or a rebalance).
 
@@ -159,60 +236,82 @@ class JourneyProcessor:
         states were stored (``newest_event_times``, when the driver kept it), and
         never before the newest touch its buyers have. Without a stored time it
         can only be behind the time reached before, so a restart delays
-        judgements but never makes a wrong one.
+        judgements but never makes a wrong one. ``buyers`` limits the scan to the
+        journeys just loaded (default: every state in the store).
         """
         for partition in partitions if partitions is not None else set(self._timers):
             self._timers.pop(partition, None)
-            self.max_event_times.pop(partition, None)
+            self._newest.pop(partition, None)
         for partition, stored_at in (newest_event_times or {}).items():
             if partitions is None or partition in partitions:
-                self.max_event_times[partition] = stored_at
-        for buyer_id, state in self.states.items():
+                self._newest[partition] = to_micros(stored_at)
+        store = self.states
+        for buyer_id in list(store) if buyers is None else buyers:
+            blob = store.get(buyer_id)
+            if blob is None:
+                continue
+            state = decode_state(blob)
             if partitions is not None and state.partition not in partitions:
                 continue
             self._schedule(buyer_id, state)
-            if state.last_touch is not None:
-                newest = self.max_event_times.get(state.partition)
-                if newest is None or state.last_touch.at > newest:
-                    self.max_event_times[state.partition] = state.last_touch.at
+            last = journey.last_touch(state)
+            if last is not None:
+                newest = self._newest.get(state.partition)
+                if newest is None or last.at > newest:
+                    self._newest[state.partition] = last.at
 
     def forget(self, partitions: set[int]) -> None:
         """Drop timers and event time of partitions this processor no longer owns."""
         for partition in partitions:
             self._timers.pop(partition, None)
-            self.max_event_times.pop(partition, None)
+            self._newest.pop(partition, None)
 
     # -- state ---------------------------------------------------------------
 
-    def _state_for_update(self, buyer_id: str, partition: int) -> JourneyState:
-        state = self.states.get(buyer_id)
+    def state(self, buyer_id: str) -> JourneyState | None:
+        """A buyer's journey state as it is now (decoded; for tests and tools)."""
+        live = self._live.get(buyer_id)
+        if live is not None:
+            return live
+        blob = self.states.get(buyer_id)
+        return None if blob is None else decode_state(blob)
+
+    def _read(self, buyer_id: str) -> JourneyState | None:
+        state = self._live.get(buyer_id)
         if state is None:
-            state = journey.new_state(buyer_id)
-            state.partition = partition
-        if buyer_id not in self._snapshots:
-            self._snapshots[buyer_id] = _Snapshot(
-                stage_hits=dict(state.stage_hits), dropoffs=dict(state.dropoffs)
-            )
+            blob = self.states.get(buyer_id)
+            if blob is None:
+                return None
+            state = self._live[buyer_id] = decode_state(blob)
         return state
 
+    def _change(self, buyer_id: str, state: JourneyState) -> None:
+        """Note the state as it is before this batch's first change to it."""
+        if buyer_id not in self._changed:
+            self._changed[buyer_id] = (dict(state.stage_hits), dict(state.dropoffs))
+
     def _schedule(self, buyer_id: str, state: JourneyState) -> None:
-        timers = self._timers.setdefault(state.partition, [])
+        timers = self._timers.get(state.partition)
+        if timers is None:
+            timers = self._timers[state.partition] = []
         for deadline, stage in journey.deadlines(state, self.timeouts):
-            heapq.heappush(timers, (deadline, buyer_id, STAGES.index(stage)))
+            heapq.heappush(timers, (deadline, buyer_id, _RANK[stage]))
 
     # -- input ---------------------------------------------------------------
 
     def process_raw(
         self, data: bytes | str, *, source: str, position: str, partition: int = 0
-    ) -> Touchpoint | None:
+    ) -> Event | None:
         """Validate one raw record and process it; a bad record becomes a dead letter."""
         try:
-            touchpoint = parse_touchpoint(data)
+            event = decode_event(data)
         except SchemaValidationError as exc:
-            self.dead_letter(exc.reason, exc.detail, data, source=source, position=position)
+            self.dead_letter(
+                exc.reason, exc.detail, data, source=source, position=position, partition=partition
+            )
             return None
-        self.process(touchpoint, source=source, position=position, partition=partition)
-        return touchpoint
+        self.process(event, source=source, position=position, partition=partition)
+        return event
 
     def dead_letter(
         self,
@@ -222,6 +321,7 @@ class JourneyProcessor:
         *,
         source: str,
         position: str,
+        partition: int = 0,
     ) -> None:
         letter = DeadLetter.build(
             reason=reason,
@@ -232,68 +332,89 @@ class JourneyProcessor:
             recorded_at=self._clock(),
         )
         self.counters.dead_letters[reason.value] += 1
-        self._output.dead_letters.append(DeadLetterRow.from_dead_letter(letter))
+        self._output.stats.dead_letters[reason.value] += 1
+        row = DeadLetterRow.from_dead_letter(letter)
+        self._output.add(partition, _DEAD_LETTERS, ROW_ADAPTERS[_DEAD_LETTERS].dump_json(row))
 
-    def process(
-        self, touchpoint: Touchpoint, *, source: str, position: str, partition: int = 0
-    ) -> None:
-        """Process one validated touchpoint that arrived on ``partition``."""
-        at = touchpoint.occurred_at
-        watermark = self.watermark(partition)
-        if watermark is not None and at < watermark - self.dedup_window:
+    def process(self, event: Event, *, source: str, position: str, partition: int = 0) -> None:
+        """Process one validated event that arrived on ``partition``."""
+        at = event.at
+        newest = self._newest.get(partition)
+        watermark = None if newest is None else newest - self._lateness
+        if watermark is not None and at < watermark - self._dedup:
             self.dead_letter(
                 DeadLetterReason.TOO_LATE,
-                f"occurred_at {at.isoformat()} is more than the dedup window "
-                f"({self.dedup_window}) behind the watermark {watermark.isoformat()}",
-                touchpoint.model_dump_json(),
+                f"occurred_at {from_micros(at).isoformat()} is more than the dedup window "
+                f"({self.dedup_window}) behind the watermark {from_micros(watermark).isoformat()}",
+                _encode(_event_record(event)),
                 source=source,
                 position=position,
+                partition=partition,
             )
             return
-        buyer_id = touchpoint.buyer_id
-        existing = self.states.get(buyer_id)
-        if existing is not None and journey.is_duplicate(existing, touchpoint.event_id, at):
+        buyer_id = event.buyer_id
+        state = self._read(buyer_id)
+        if state is None:
+            state = self._live[buyer_id] = journey.new_state(buyer_id, partition)
+            self._changed[buyer_id] = ({}, {})
+        elif journey.is_duplicate(state, event.event_id, at):
             self.counters.duplicates += 1
             return
+        else:
+            self._change(buyer_id, state)
         if watermark is not None and at < watermark:
             self.counters.late += 1
 
-        state = self._state_for_update(buyer_id, partition)
-        classification = self.classifier.classify(touchpoint)
-        journey.fold(state, touchpoint, classification)
-        self.states[buyer_id] = state
-        self.counters.accepted += 1
-        if not classification.classified:
-            self.counters.unclassified += 1
-        self._output.touchpoints.append(
-            journey.touchpoint_row(touchpoint, classification, source, position)
+        classification = self.classifier.classify_fields(
+            event.channel, event.event_type, event.properties
         )
+        touch = journey.fold(state, event, classification)
+        counters = self.counters
+        counters.accepted += 1
         stage = classification.stage
-        if stage is not None and state.stage_hits[stage].event_id == touchpoint.event_id:
+        if classification.rule_id is None:
+            counters.unclassified += 1
+        output = self._output
+        output.stats.events[(event.channel, stage or "")] += 1
+        properties = event.properties
+        output.add(
+            state.partition,
+            _TOUCHPOINTS,
+            _encode(
+                journey.touchpoint_row(
+                    event,
+                    classification,
+                    _encode(properties).decode() if properties else "{}",
+                    source,
+                    position,
+                )
+            ),
+        )
+        if stage is not None and state.stage_hits[stage] is touch:
             self._schedule(buyer_id, state)
 
-        newest = self.max_event_times.get(state.partition)
+        partition = state.partition
+        newest = self._newest.get(partition)
         if newest is None or at > newest:
-            self.max_event_times[state.partition] = at
-            self._fire_timers(state.partition)
+            self._newest[partition] = at
+            self._fire_timers(partition)
 
     def _fire_timers(self, partition: int) -> None:
-        watermark = self.watermark(partition)
         timers = self._timers.get(partition)
-        if watermark is None or not timers:
+        if not timers:
             return
+        watermark = self._newest[partition] - self._lateness
         while timers and timers[0][0] <= watermark:
             deadline, buyer_id, rank = heapq.heappop(timers)
-            state = self.states.get(buyer_id)
+            state = self._read(buyer_id)
             if state is None:
                 continue
-            stage = STAGES[rank]
+            stage = _STAGE_VALUES[rank]
             hit = state.stage_hits.get(stage)
             if hit is None or stage in state.judged or hit.at + self.timeouts[stage] != deadline:
                 continue  # superseded: a late event moved this stage's entry
-            state = self._state_for_update(buyer_id, state.partition)
+            self._change(buyer_id, state)
             record = journey.judge(state, stage, self.timeouts)
-            self.states[buyer_id] = state
             if record is not None:
                 self.counters.dropoffs += 1
 
@@ -302,22 +423,65 @@ class JourneyProcessor:
     def flush(self) -> BatchOutput:
         """Rows produced since the last flush: touchpoints, dead letters, and changed journeys."""
         output, self._output = self._output, BatchOutput()
-        for buyer_id, before in self._snapshots.items():
-            state = self.states[buyer_id]
+        stats = output.stats
+        store = self.states
+        timeouts = self.timeouts
+        for buyer_id, (hits_before, dropoffs_before) in self._changed.items():
+            state = self._live[buyer_id]
+            partition = state.partition
             moves = journey.transitions(state)
-            watermark = self.watermark(state.partition)
-            if watermark is not None:
-                journey.prune(state, watermark, self.dedup_window, self.timeouts, moves)
-                self.states[buyer_id] = state
-            if state.stage_hits != before.stage_hits:
-                previous = journey.moves_of(before.stage_hits)
+            newest = self._newest.get(partition)
+            if newest is not None:
+                journey.prune(state, newest - self._lateness, self._dedup, timeouts, moves)
+            if state.stage_hits != hits_before:
+                previous = journey.moves_of(hits_before)
                 changed = [move for move in moves if move not in previous]
                 still_moves = {to_stage for _, to_stage, _ in moves}
                 retracted = [move for move in previous if move[1] not in still_moves]
-                output.transitions.extend(journey.transition_rows(state, changed, retracted))
+                for row in journey.transition_rows(state, changed, retracted):
+                    output.add(partition, _TRANSITIONS, _encode(row))
+                for from_stage, to_stage, _ in changed:
+                    stats.moves[(from_stage or "entry", to_stage)] += 1
             for stage, record in state.dropoffs.items():
-                if before.dropoffs.get(stage) != record:
-                    output.dropoffs.append(journey.dropoff_row(state, record))
-            output.states.append(journey.state_row(state))
-        self._snapshots.clear()
+                if dropoffs_before.get(stage) != record:
+                    output.add(partition, _DROPOFFS, _encode(journey.dropoff_row(state, record)))
+                    if record.recovered_at is None:
+                        stats.dropoffs[stage] += 1
+            output.add(partition, _STATES, _encode(journey.state_row(state)))
+            blob = encode_state(state)
+            store[buyer_id] = blob
+            stored = output.stored.get(partition)
+            if stored is None:
+                output.stored[partition] = [(buyer_id, blob)]
+            else:
+                stored.append((buyer_id, blob))
+        self._changed.clear()
+        self._live.clear()
         return output
+
+
+def _event_record(event: Event) -> dict[str, Any]:
+    """The event as a Touchpoint v1 JSON object (the raw form of a too-late dead letter)."""
+    record: dict[str, Any] = {
+        "schema_version": event.schema_version,
+        "event_id": event.event_id,
+        "buyer_id": event.buyer_id,
+        "channel": event.channel,
+        "event_type": event.event_type,
+        "occurred_at": from_micros(event.at).isoformat(),
+    }
+    optional = {
+        "anonymous_id": event.anonymous_id,
+        "account_id": event.account_id,
+        "received_at": None
+        if event.received_at is None
+        else from_micros(event.received_at).isoformat(),
+        "campaign": event.campaign,
+        "promo": event.promo,
+        "revenue": None if event.revenue is None else str(event.revenue),
+        "currency": event.currency,
+    }
+    record.update((name, value) for name, value in optional.items() if value is not None)
+    if event.properties:
+        record["properties"] = event.properties
+    return record

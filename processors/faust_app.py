@@ -1,9 +1,17 @@
 """The distributed driver: a Faust app that runs the same :class:`JourneyProcessor` over Kafka.
 
-``touchpoints.raw`` → one event at a time → ``JourneyProcessor`` → rows to the
-output topics of :mod:`schemas.topics` and the buyer's full state to the
-compacted ``journey.store`` topic, each written to the partition number the input
-came from.
+``touchpoints.raw`` → batches of records (each one touchpoint, or a pack of many) →
+``JourneyProcessor`` → per batch and input partition: each table's rows as a few
+newline-delimited JSON records on the output topics of :mod:`schemas.topics`, and each
+changed buyer's full state on the compacted ``journey.store`` topic, all written to
+the partition number the input came from.
+
+Batch-first
+    Faust costs tens of microseconds per *record* it streams (measured: ~70 µs of CPU per
+    record for an agent that does nothing), so records are made big: the collector and
+    ``touchpoint produce`` send packs, and the outputs go out as packs too. Per batch a
+    partition's records are appended to one aiokafka batch per topic and sent with
+    ``send_batch``; the partitions of a batch are sent concurrently.
 
 Exactly once, and why it is done by hand
     Under ``processing_guarantee="exactly_once"`` Faust commits a partition's input
@@ -42,12 +50,13 @@ on ``touchpoints.dlq`` with its partition and offset.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -56,31 +65,62 @@ from processors.engine import JourneyProcessor
 from processors.metrics import WorkerMetrics
 from processors.state_stores import open_state_store
 from schemas.enums import DeadLetterReason
-from schemas.journey import (
-    JOURNEY_STATE_ADAPTER,
-    PARTITION_POSITION_ADAPTER,
-    JourneyState,
-    PartitionPosition,
-)
-from schemas.rows import ROW_ADAPTERS
+from schemas.journey import PARTITION_POSITION_ADAPTER, PartitionPosition
 from schemas.rules import JourneyRules
 from schemas.settings import KafkaSettings, ProcessingSettings
-from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, STORE_POSITION_KEY, Topics
+from schemas.topics import (
+    CONTROL_HEADER,
+    CONTROL_WATERMARK,
+    PACK_HEADER,
+    PACK_NDJSON,
+    STORE_POSITION_KEY,
+    Topics,
+)
 
-__all__ = ["PartitionStates", "Record", "control_kind", "create_app", "run_worker", "send_together"]
+__all__ = [
+    "PartitionStates",
+    "Record",
+    "control_kind",
+    "create_app",
+    "header",
+    "pack_rows",
+    "run_worker",
+    "send_together",
+]
 
 logger = logging.getLogger(__name__)
 
+PACK_BYTES: Final = 512 * 1024
+"""Upper bound of one output record's value (rows are packed up to it)."""
+_PRODUCER_BATCH_BYTES: Final = 1024 * 1024
 
-def control_kind(headers: Any) -> bytes | None:
-    """The control header's value of a raw record, if it is a control message."""
+
+def header(headers: Any, wanted: str) -> bytes | None:
+    """The value of header ``wanted`` of a record, if it has one."""
     if not headers:
         return None
     items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
-        if name == CONTROL_HEADER:
+        if name == wanted:
             return bytes(value) if value is not None else b""
     return None
+
+
+def control_kind(headers: Any) -> bytes | None:
+    """The control header's value of a raw record, if it is a control message."""
+    return header(headers, CONTROL_HEADER)
+
+
+def pack_rows(rows: list[bytes], limit: int = PACK_BYTES) -> Iterable[bytes]:
+    """Newline-joined runs of ``rows``, each at most ``limit`` bytes (or one row)."""
+    start, size = 0, 0
+    for index, row in enumerate(rows):
+        if size and size + len(row) + 1 > limit:
+            yield b"\n".join(rows[start:index])
+            start, size = index, 0
+        size += len(row) + 1
+    if start < len(rows):
+        yield b"\n".join(rows[start:])
 
 
 Record = tuple[str, bytes | None, bytes]
@@ -88,13 +128,15 @@ Record = tuple[str, bytes | None, bytes]
 
 
 async def send_together(app: Any, source_topic: str, partition: int, records: list[Record]) -> None:
-    """Send one event's records inside the transaction that commits its input partition.
+    """Send a batch's records of one partition inside the transaction that commits its input.
 
     All of them go in while holding the transaction's lock, so Faust's periodic
     commit cannot fall between them: an event's state change and its output rows
     are in one transaction, never split across two. (If a commit could split them
     and the worker died before the second, the retried event would be found in
-    the restored state and not emit again — its remaining outputs lost.)
+    the restored state and not emit again — its remaining outputs lost.) Records are
+    appended to one aiokafka batch per topic (``create_batch``/``send_batch``): no
+    per-record future, one queue entry per topic.
     """
     if not records:
         return
@@ -112,21 +154,38 @@ async def send_together(app: Any, source_topic: str, partition: int, records: li
     if transaction is None:
         raise RuntimeError(f"no transactional producer for {transactional_id}")
     async with lock:
+        batches: dict[str, Any] = {}
         for topic, key, value in records:
-            await transaction.send(topic, value, key=key, partition=partition)
+            batch = batches.get(topic)
+            if batch is None:
+                batch = batches[topic] = transaction.create_batch()
+            elif batch.append(key=key, value=value, timestamp=None) is not None:
+                continue
+            else:
+                await transaction.send_batch(batch, topic, partition=partition)
+                batch = batches[topic] = transaction.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                # Larger than a whole batch: send() sizes a batch of its own for it.
+                del batches[topic]
+                await transaction.send(topic, value, key=key, partition=partition)
+        for topic, batch in batches.items():
+            await transaction.send_batch(batch, topic, partition=partition)
 
 
 class PartitionStates:
-    """Journey states of the partitions this worker owns, loaded from the store topic,
-    and per partition the last input offset they include (``applied``)."""
+    """Journey states (encoded) of the partitions this worker owns, loaded from the store
+    topic, which buyers belong to which partition, and per partition the last input
+    offset they include (``applied``)."""
 
     def __init__(
         self,
         bootstrap: list[str],
         store_topic: str,
-        states: MutableMapping[str, JourneyState] | None = None,
+        states: MutableMapping[str, bytes] | None = None,
     ) -> None:
-        self.states: MutableMapping[str, JourneyState] = {} if states is None else states
+        self.states: MutableMapping[str, bytes] = {} if states is None else states
+        self.buyers: dict[int, set[str]] = {}
+        """Partition → the buyers whose states are held."""
         self.loaded: set[int] = set()
         self.applied: dict[int, int] = {}
         self.stored_event_times: dict[int, datetime] = {}
@@ -135,8 +194,8 @@ class PartitionStates:
         self._store_topic = store_topic
         self._reader: AIOKafkaConsumer | None = None
 
-    async def load(self, partition: int) -> int:
-        """Read the partition's committed states (the compacted store) into memory."""
+    async def load(self, partition: int) -> set[str]:
+        """Read the partition's committed states (the compacted store); returns its buyers."""
         if self._reader is None:
             self._reader = AIOKafkaConsumer(
                 bootstrap_servers=self._bootstrap,
@@ -150,7 +209,7 @@ class PartitionStates:
         reader.assign([tp])
         await reader.seek_to_beginning(tp)
         end = (await reader.end_offsets([tp]))[tp]
-        loaded = 0
+        buyers = self.buyers.setdefault(partition, set())
         self.applied.pop(partition, None)
         self.stored_event_times.pop(partition, None)
         while await reader.position(tp) < end:
@@ -165,11 +224,16 @@ class PartitionStates:
                 buyer = record.key.decode()
                 if record.value is None:
                     self.states.pop(buyer, None)
+                    buyers.discard(buyer)
                 else:
-                    self.states[buyer] = JOURNEY_STATE_ADAPTER.validate_json(record.value)
-                    loaded += 1
+                    self.states[buyer] = record.value
+                    buyers.add(buyer)
         self.loaded.add(partition)
-        return loaded
+        return buyers
+
+    def note(self, partition: int, buyers: Iterable[str]) -> None:
+        """These buyers' states (just stored by the processor) belong to ``partition``."""
+        self.buyers.setdefault(partition, set()).update(buyers)
 
     def _restore_position(self, position: PartitionPosition) -> None:
         self.applied[position.partition] = position.offset
@@ -195,8 +259,8 @@ class PartitionStates:
         for partition in partitions:
             self.applied.pop(partition, None)
             self.stored_event_times.pop(partition, None)
-        for buyer in [b for b, state in self.states.items() if state.partition in partitions]:
-            del self.states[buyer]
+            for buyer in self.buyers.pop(partition, ()):
+                self.states.pop(buyer, None)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -234,6 +298,7 @@ def create_app(
         datadir=faust_dir,
         producer_acks=-1,
         producer_max_request_size=2_000_000,
+        producer_max_batch_size=_PRODUCER_BATCH_BYTES,
         consumer_max_fetch_size=4 * 1024 * 1024,
     )
     raw_topic = app.topic(
@@ -276,12 +341,12 @@ def create_app(
     async def ensure_loaded(partition: int) -> None:
         if partition in store.loaded:
             return
-        count = await store.load(partition)
-        processor.restore({partition}, store.stored_event_times)
+        buyers = await store.load(partition)
+        processor.restore({partition}, store.stored_event_times, buyers)
         logger.info(
             "partition %d: %d journey states loaded from %s, applied up to offset %s",
             partition,
-            count,
+            len(buyers),
             topics.store,
             store.applied.get(partition, "none"),
         )
@@ -315,7 +380,15 @@ def create_app(
         store.applied[partition] = offset
         position = f"{partition}:{offset}"
         value = event.value if event.value is not None else b""
-        if control_kind(event.headers) == CONTROL_WATERMARK:
+        headers = event.headers
+        if headers and header(headers, PACK_HEADER) == PACK_NDJSON:
+            process_raw = processor.process_raw
+            for index, line in enumerate(value.split(b"\n")):
+                if line:
+                    process_raw(
+                        line, source=raw_name, position=f"{position}:{index}", partition=partition
+                    )
+        elif headers and control_kind(headers) == CONTROL_WATERMARK:
             try:
                 processor.advance_watermark(partition, datetime.fromisoformat(value.decode()))
             except (UnicodeDecodeError, ValueError) as exc:
@@ -325,23 +398,16 @@ def create_app(
                     value,
                     source=raw_name,
                     position=position,
+                    partition=partition,
                 )
         else:
             processor.process_raw(value, source=raw_name, position=position, partition=partition)
         return True
 
-    def partition_of(row: Any) -> int:
-        buyer_id = getattr(row, "buyer_id", None)
-        if isinstance(buyer_id, str):
-            return store.states[buyer_id].partition
-        return int(row.position.split(":", 1)[0])  # a dead letter: "partition:offset"
-
     async def handle(events: list[Any]) -> None:
         """Process a batch, then send each partition's records together, in its transaction."""
         nonlocal handled
-        handled += len(events)
-        if handled % 10_000 < len(events):
-            gc.freeze()  # long-lived journey state: keep the collector from rescanning it
+        before = handled
         applied: set[int] = set()
         skipped = 0
         for event in events:
@@ -350,30 +416,29 @@ def create_app(
             else:
                 skipped += 1
         output = processor.flush()
+        handled += sum(output.stats.events.values()) + len(events)
+        if handled // 100_000 != before // 100_000:
+            gc.freeze()  # long-lived journey state: keep the collector from rescanning it
         if metrics is not None:
             metrics.observe(output, processor.counters, len(store.states))
             metrics.observe_watermarks(processor.max_event_times)
             metrics.replayed.inc(skipped)
-        records: dict[int, list[Record]] = {
-            partition: [store.position_record(partition, processor.max_event_times.get(partition))]
-            for partition in applied
-        }
-        for state_row in output.states:
-            state = store.states[state_row.buyer_id]
-            records.setdefault(state.partition, []).append(
-                (topics.store, state.buyer_id.encode(), JOURNEY_STATE_ADAPTER.dump_json(state))
-            )
-        for table_name, rows in output.tables().items():
-            adapter = ROW_ADAPTERS[table_name]
-            topic = topic_for_table[table_name]
-            for row in rows:
-                buyer_id = getattr(row, "buyer_id", None)
-                key = buyer_id.encode() if isinstance(buyer_id, str) else None
-                records.setdefault(partition_of(row), []).append(
-                    (topic, key, adapter.dump_json(row))
-                )
-        for partition, partition_records in records.items():
-            await send_together(app, raw_name, partition, partition_records)
+        newest = processor.max_event_times
+        sends = []
+        for partition in applied | set(output.rows) | set(output.stored):
+            records: list[Record] = []
+            if partition in applied:
+                records.append(store.position_record(partition, newest.get(partition)))
+            stored = output.stored.get(partition, ())
+            store.note(partition, (buyer for buyer, _ in stored))
+            records.extend((topics.store, buyer.encode(), blob) for buyer, blob in stored)
+            for table, rows in output.rows.get(partition, {}).items():
+                topic = topic_for_table[table]
+                for index, pack in enumerate(pack_rows(rows)):
+                    key = f"{partition}:{store.applied.get(partition, -1)}:{index}".encode()
+                    records.append((topic, key, pack))
+            sends.append(send_together(app, raw_name, partition, records))
+        await asyncio.gather(*sends)
 
     @app.agent(raw_topic, name="journeys")
     async def journeys(stream: Any) -> AsyncIterator[None]:

@@ -5,150 +5,213 @@ Every field the fold keeps is a min, max, count or sum keyed by
 not on the order they arrived in. What *does* depend on time — whether a stall
 was a drop-off — is decided only once the watermark has passed the deadline,
 when every event before it has arrived (see :func:`judge`).
+
+Times are integer microseconds since the epoch (UTC) and timeouts are integer
+microseconds too (:func:`micros_of`). The row builders return the dict of one
+ClickHouse row (JSON-ready: times as float seconds, see :func:`seconds`), which
+the processor encodes once; :mod:`schemas.rows` reads such JSON back into typed rows.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
-
-from pydantic_core import to_json
+from typing import Any
 
 from processors.rules import Classification
 from schemas.enums import STAGES, Channel, Stage
+from schemas.events import Event
 from schemas.journey import DropoffRecord, ExitRecord, JourneyState, Latest, TouchRef
-from schemas.rows import DropoffRow, ExitTuple, JourneyStateRow, StageTransitionRow, TouchpointRow
-from schemas.touchpoint import Touchpoint
 
 __all__ = [
     "Transition",
+    "current",
     "deadlines",
     "dropoff_row",
+    "first_touch",
     "fold",
     "furthest_stage",
     "is_duplicate",
     "judge",
+    "last_touch",
     "last_touch_until",
+    "micros_of",
     "moves_of",
     "new_state",
     "preferred_channel",
     "prune",
     "reached_at",
+    "seconds",
     "stage_at",
     "state_row",
     "touch_ref",
-    "touchpoint_row",
     "transition_rows",
     "transitions",
 ]
 
-Transition = tuple[Stage | None, Stage, TouchRef]
+Transition = tuple[str | None, str, TouchRef]
 """(from stage, to stage, the event that moved the buyer)"""
-_CHANNEL_ORDER = {channel: index for index, channel in enumerate(Channel)}
-_DESCENDING = tuple(reversed(STAGES))
-_RANK = {stage: index for index, stage in enumerate(STAGES)}
+_CHANNEL_ORDER = {channel.value: index for index, channel in enumerate(Channel)}
+_DESCENDING = tuple(stage.value for stage in reversed(STAGES))
+_RANK = {stage.value: index for index, stage in enumerate(STAGES)}
 
 
-def new_state(buyer_id: str) -> JourneyState:
-    return JourneyState(buyer_id=buyer_id)
+def micros_of(duration: timedelta) -> int:
+    return duration // timedelta(microseconds=1)
 
 
-def touch_ref(touchpoint: Touchpoint, stage: Stage | None) -> TouchRef:
+def seconds(micros: int) -> float:
+    """A time as JSON-ready float seconds: exact to the microsecond through any correct
+    float parser (ClickHouse keeps milliseconds of it, pydantic every microsecond)."""
+    return micros / 1_000_000
+
+
+def _seconds_or_none(micros: int | None) -> float | None:
+    return None if micros is None else micros / 1_000_000
+
+
+def new_state(buyer_id: str, partition: int = 0) -> JourneyState:
+    return JourneyState(buyer_id=buyer_id, partition=partition)
+
+
+def touch_ref(event: Event, stage: str | None) -> TouchRef:
     return TouchRef(
-        at=touchpoint.occurred_at,
-        event_id=touchpoint.event_id,
-        channel=touchpoint.channel,
-        event_type=touchpoint.event_type,
-        campaign=touchpoint.campaign,
-        stage=stage,
+        event.at, event.event_id, event.channel, event.event_type, event.campaign, stage
     )
 
 
-def _key(touch: TouchRef) -> tuple[datetime, str]:
-    return (touch.at, touch.event_id)
+# -- derived touches ------------------------------------------------------------------
 
 
-def is_duplicate(state: JourneyState, event_id: str, at: datetime) -> bool:
+def first_touch(state: JourneyState) -> TouchRef | None:
+    if state.pruned_first is not None:
+        return state.pruned_first
+    return state.recent[0] if state.recent else None
+
+
+def last_touch(state: JourneyState) -> TouchRef | None:
+    recent, pruned = state.recent, state.pruned_last
+    if not recent:
+        return pruned
+    newest = recent[-1]
+    if pruned is not None and (pruned.at, pruned.event_id) > (newest.at, newest.event_id):
+        return pruned
+    return newest
+
+
+def current(state: JourneyState) -> TouchRef | None:
+    """The latest touch (by event time) that carries a stage."""
+    for touch in reversed(state.recent):
+        if touch.stage is not None:
+            pruned = state.pruned_current
+            if pruned is not None and (pruned.at, pruned.event_id) > (touch.at, touch.event_id):
+                return pruned
+            return touch
+    return state.pruned_current
+
+
+def is_duplicate(state: JourneyState, event_id: str, at: int) -> bool:
     """True if this event id is already folded into ``state`` (within the dedup window).
 
     Matched on the id alone: a source that stamps events with their receive time
     (Twilio) redelivers the same event with a later time.
     """
-    index = bisect.bisect_left(state.recent, (at, event_id), key=_key)
-    if index < len(state.recent) and state.recent[index].event_id == event_id:
-        return True
-    return any(touch.event_id == event_id for touch in state.recent)
+    for touch in state.recent:
+        if touch.event_id == event_id:
+            return True
+    return False
 
 
 def _later(current: Latest | None, touch: TouchRef, value: str | None) -> Latest | None:
     if value is None:
         return current
-    if current is None or (current.at, current.event_id) < touch.key:
-        return Latest(at=touch.at, event_id=touch.event_id, value=value)
+    if current is None or (current.at, current.event_id) < (touch.at, touch.event_id):
+        return Latest(touch.at, touch.event_id, value)
     return current
 
 
-def fold(state: JourneyState, touchpoint: Touchpoint, classification: Classification) -> None:
-    """Fold one new (not duplicate) event into ``state``, in place."""
+def fold(state: JourneyState, event: Event, classification: Classification) -> TouchRef:
+    """Fold one new (not duplicate) event into ``state``, in place; returns its touch."""
     stage = classification.stage
-    touch = touch_ref(touchpoint, stage)
-    key = touch.key
+    at, event_id = event.at, event.event_id
+    touch = TouchRef(at, event_id, event.channel, event.event_type, event.campaign, stage)
+    key = (at, event_id)
     state.version += 1
     state.events += 1
-    if not classification.classified:
+    if classification.rule_id is None:
         state.unclassified += 1
-    bisect.insort(state.recent, touch, key=_key)
+    recent = state.recent
+    if not recent or (recent[-1].at, recent[-1].event_id) < key:
+        recent.append(touch)
+    else:
+        bisect.insort(recent, touch, key=_touch_key)
+    first = state.pruned_first
+    if first is not None and key < (first.at, first.event_id):
+        state.pruned_first = touch
 
-    state.touches_by_channel[touch.channel] = state.touches_by_channel.get(touch.channel, 0) + 1
-    if state.first_touch is None or key < state.first_touch.key:
-        state.first_touch = touch
-    if state.last_touch is None or key > state.last_touch.key:
-        state.last_touch = touch
-    state.persona = _later(state.persona, touch, touchpoint.persona)
-    state.tier = _later(state.tier, touch, touchpoint.tier)
-    state.account_id = _later(state.account_id, touch, touchpoint.account_id)
-    state.anonymous_id = _later(state.anonymous_id, touch, touchpoint.anonymous_id)
+    channels = state.touches_by_channel
+    channels[event.channel] = channels.get(event.channel, 0) + 1
+    properties = event.properties
+    if properties:
+        persona = properties.get("persona")
+        if type(persona) is str:
+            state.persona = _later(state.persona, touch, persona)
+        tier = properties.get("tier")
+        if type(tier) is str:
+            state.tier = _later(state.tier, touch, tier)
+    if event.account_id is not None:
+        state.account_id = _later(state.account_id, touch, event.account_id)
+    if event.anonymous_id is not None:
+        state.anonymous_id = _later(state.anonymous_id, touch, event.anonymous_id)
 
     if stage is not None:
-        state.touches_by_stage[stage] = state.touches_by_stage.get(stage, 0) + 1
+        by_stage = state.touches_by_stage
+        by_stage[stage] = by_stage.get(stage, 0) + 1
         hit = state.stage_hits.get(stage)
-        if hit is None or key < hit.key:
+        if hit is None or key < (hit.at, hit.event_id):
             state.stage_hits[stage] = touch
-        if state.current is None or key > state.current.key:
-            state.current = touch
-        _mark_recoveries(state, stage, touch.at)
+        if state.dropoffs:
+            _mark_recoveries(state, stage, at)
 
     if classification.exit is not None:
         bisect.insort(
             state.exits,
-            ExitRecord(kind=classification.exit, touch=touch),
-            key=lambda record: record.touch.key,
+            ExitRecord(classification.exit, touch),
+            key=lambda record: (record.touch.at, record.touch.event_id),
         )
 
     if classification.purchase:
         state.purchases += 1
-        if touchpoint.revenue is not None:
-            state.revenue += touchpoint.revenue
-        if state.first_purchase_at is None or touch.at < state.first_purchase_at:
-            state.first_purchase_at = touch.at
-        if state.last_purchase_at is None or touch.at > state.last_purchase_at:
-            state.last_purchase_at = touch.at
+        if event.revenue is not None:
+            state.revenue += event.revenue
+        if state.first_purchase_at is None or at < state.first_purchase_at:
+            state.first_purchase_at = at
+        if state.last_purchase_at is None or at > state.last_purchase_at:
+            state.last_purchase_at = at
+    return touch
 
 
-def _mark_recoveries(state: JourneyState, stage: Stage, at: datetime) -> None:
+def _touch_key(touch: TouchRef) -> tuple[int, str]:
+    return (touch.at, touch.event_id)
+
+
+def _mark_recoveries(state: JourneyState, stage: str, at: int) -> None:
+    rank = _RANK[stage]
     for dropped_stage, record in state.dropoffs.items():
-        if _RANK[stage] > _RANK[dropped_stage] and (
+        if rank > _RANK[dropped_stage] and (
             record.recovered_at is None or at < record.recovered_at
         ):
-            state.dropoffs[dropped_stage] = replace(record, recovered_at=at)
+            state.dropoffs[dropped_stage] = DropoffRecord(
+                record.stage, record.entered_at, record.deadline, record.last_touch, at
+            )
 
 
-def furthest_stage(state: JourneyState) -> Stage | None:
-    for stage in reversed(STAGES):
-        if stage in state.stage_hits:
+def furthest_stage(state: JourneyState) -> str | None:
+    hits = state.stage_hits
+    for stage in _DESCENDING:
+        if stage in hits:
             return stage
     return None
 
@@ -162,9 +225,9 @@ def transitions(state: JourneyState) -> list[Transition]:
     return moves_of(state.stage_hits)
 
 
-def moves_of(hits: Mapping[Stage, TouchRef]) -> list[Transition]:
+def moves_of(hits: Mapping[str, TouchRef]) -> list[Transition]:
     """:func:`transitions` of a buyer whose first hit per stage is ``hits``."""
-    found: list[tuple[Stage, TouchRef]] = []
+    found: list[tuple[str, TouchRef]] = []
     earliest: TouchRef | None = None
     for stage in _DESCENDING:
         hit = hits.get(stage)
@@ -178,19 +241,20 @@ def moves_of(hits: Mapping[Stage, TouchRef]) -> list[Transition]:
             found.append((stage, hit))
             earliest = hit
     moves: list[Transition] = []
-    previous: Stage | None = None
+    previous: str | None = None
     for stage, hit in reversed(found):
         moves.append((previous, stage, hit))
         previous = stage
     return moves
 
 
-def reached_at(state: JourneyState) -> dict[Stage, datetime]:
+def reached_at(state: JourneyState) -> dict[str, int]:
     """When the buyer first reached each stage (a higher stage reaches the ones below it)."""
-    result: dict[Stage, datetime] = {}
-    earliest: datetime | None = None
-    for stage in reversed(STAGES):
-        hit = state.stage_hits.get(stage)
+    result: dict[str, int] = {}
+    earliest: int | None = None
+    hits = state.stage_hits
+    for stage in _DESCENDING:
+        hit = hits.get(stage)
         if hit is not None and (earliest is None or hit.at < earliest):
             earliest = hit.at
         if earliest is not None:
@@ -198,16 +262,17 @@ def reached_at(state: JourneyState) -> dict[Stage, datetime]:
     return result
 
 
-def stage_at(state: JourneyState, key: tuple[datetime, str]) -> Stage | None:
+def stage_at(state: JourneyState, key: tuple[int, str]) -> str | None:
     """The buyer's furthest stage as of the event with this key (inclusive)."""
-    for stage in reversed(STAGES):
-        hit = state.stage_hits.get(stage)
-        if hit is not None and hit.key <= key:
+    hits = state.stage_hits
+    for stage in _DESCENDING:
+        hit = hits.get(stage)
+        if hit is not None and (hit.at, hit.event_id) <= key:
             return stage
     return None
 
 
-def preferred_channel(state: JourneyState) -> Channel | None:
+def preferred_channel(state: JourneyState) -> str | None:
     if not state.touches_by_channel:
         return None
     return min(
@@ -218,9 +283,9 @@ def preferred_channel(state: JourneyState) -> Channel | None:
 
 def deadlines(
     state: JourneyState,
-    timeouts: Mapping[Stage, timedelta],
+    timeouts: Mapping[str, int],
     moves: Sequence[Transition] | None = None,
-) -> Iterator[tuple[datetime, Stage]]:
+) -> Iterator[tuple[int, str]]:
     """Drop-off deadlines of the buyer's moves that are not judged yet."""
     for _, stage, hit in transitions(state) if moves is None else moves:
         timeout = timeouts.get(stage)
@@ -228,7 +293,7 @@ def deadlines(
             yield hit.at + timeout, stage
 
 
-def last_touch_until(state: JourneyState, until: datetime) -> TouchRef | None:
+def last_touch_until(state: JourneyState, until: int) -> TouchRef | None:
     """The buyer's last touch at or before ``until``."""
     index = bisect.bisect_right(state.recent, until, key=lambda touch: touch.at)
     if index:
@@ -240,9 +305,7 @@ def last_touch_until(state: JourneyState, until: datetime) -> TouchRef | None:
     )
 
 
-def judge(
-    state: JourneyState, stage: Stage, timeouts: Mapping[Stage, timedelta]
-) -> DropoffRecord | None:
+def judge(state: JourneyState, stage: str, timeouts: Mapping[str, int]) -> DropoffRecord | None:
     """Decide whether the buyer dropped off at ``stage``, once the watermark passed its deadline.
 
     Returns the new drop-off record, or None if the buyer moved on in time (or
@@ -258,32 +321,23 @@ def judge(
     state.judged.append(stage)
     state.version += 1
     deadline = hit.at + timeout
+    rank = _RANK[stage]
     progress = min(
-        (
-            other.at
-            for other_stage, other in state.stage_hits.items()
-            if _RANK[other_stage] > _RANK[stage]
-        ),
+        (other.at for other_stage, other in state.stage_hits.items() if _RANK[other_stage] > rank),
         default=None,
     )
     if progress is not None and progress <= deadline:
         return None
-    record = DropoffRecord(
-        stage=stage,
-        entered_at=hit.at,
-        deadline=deadline,
-        last_touch=last_touch_until(state, deadline),
-        recovered_at=progress,
-    )
+    record = DropoffRecord(stage, hit.at, deadline, last_touch_until(state, deadline), progress)
     state.dropoffs[stage] = record
     return record
 
 
 def prune(
     state: JourneyState,
-    watermark: datetime,
-    dedup_window: timedelta,
-    timeouts: Mapping[Stage, timedelta],
+    watermark: int,
+    dedup_window: int,
+    timeouts: Mapping[str, int],
     moves: Sequence[Transition] | None = None,
 ) -> None:
     """Forget touches no dedup check or drop-off judgement can need any more."""
@@ -294,133 +348,159 @@ def prune(
     for deadline, _ in deadlines(state, timeouts, moves):
         cutoff = min(cutoff, deadline)
     index = bisect.bisect_left(recent, cutoff, key=lambda touch: touch.at)
-    if index:
-        state.pruned_last = recent[index - 1]
-        del recent[:index]
+    if not index:
+        return
+    if state.pruned_first is None:
+        state.pruned_first = recent[0]
+    gone = recent[:index]
+    state.pruned_last = gone[-1]
+    for touch in reversed(gone):
+        if touch.stage is not None:
+            pruned = state.pruned_current
+            if pruned is None or (pruned.at, pruned.event_id) < (touch.at, touch.event_id):
+                state.pruned_current = touch
+            break
+    del recent[:index]
 
 
-# --- rows ------------------------------------------------------------------
+# --- rows (dicts of one ClickHouse row each, JSON-ready) ------------------------------
 
 
 def touchpoint_row(
-    touchpoint: Touchpoint, classification: Classification, source: str, position: str
-) -> TouchpointRow:
-    return TouchpointRow(
-        event_id=touchpoint.event_id,
-        buyer_id=touchpoint.buyer_id,
-        anonymous_id=touchpoint.anonymous_id,
-        account_id=touchpoint.account_id,
-        channel=touchpoint.channel,
-        event_type=touchpoint.event_type,
-        occurred_at=touchpoint.occurred_at,
-        received_at=touchpoint.received_at,
-        campaign=touchpoint.campaign,
-        promo=touchpoint.promo,
-        revenue=touchpoint.revenue,
-        currency=touchpoint.currency,
-        properties=to_json(touchpoint.properties).decode(),
-        persona=touchpoint.persona,
-        stage=classification.stage,
-        exit_kind=classification.exit,
-        is_purchase=classification.purchase,
-        rule_id=classification.rule_id,
-        source=source,
-        source_position=position,
-        schema_version=touchpoint.schema_version,
-    )
+    event: Event, classification: Classification, properties_json: str, source: str, position: str
+) -> dict[str, Any]:
+    revenue = event.revenue
+    return {
+        "event_id": event.event_id,
+        "buyer_id": event.buyer_id,
+        "anonymous_id": event.anonymous_id,
+        "account_id": event.account_id,
+        "channel": event.channel,
+        "event_type": event.event_type,
+        "occurred_at": event.at / 1_000_000,
+        "received_at": None if event.received_at is None else event.received_at / 1_000_000,
+        "campaign": event.campaign,
+        "promo": event.promo,
+        "revenue": None if revenue is None else str(revenue),
+        "currency": event.currency,
+        "properties": properties_json,
+        "persona": event.persona,
+        "stage": classification.stage,
+        "exit_kind": classification.exit,
+        "is_purchase": classification.purchase,
+        "rule_id": classification.rule_id,
+        "source": source,
+        "source_position": position,
+        "schema_version": event.schema_version,
+    }
 
 
-# Enum members are written as they are: a StrEnum member *is* its string value,
-# and skipping `.value` (an enum descriptor call) matters on this hot path.
 def _value(latest: Latest | None) -> str | None:
     return None if latest is None else latest.value
 
 
 def transition_rows(
     state: JourneyState, moves: Sequence[Transition], retracted: Sequence[Transition] = ()
-) -> list[StageTransitionRow]:
+) -> list[dict[str, Any]]:
     """Rows for new or changed ``moves``, and deletion markers for ``retracted`` ones."""
     persona = _value(state.persona)
     return [
-        StageTransitionRow(
-            buyer_id=state.buyer_id,
-            to_stage=to_stage,
-            from_stage=from_stage,
-            transitioned_at=hit.at,
-            event_id=hit.event_id,
-            channel=hit.channel,
-            event_type=hit.event_type,
-            campaign=hit.campaign,
-            persona=persona,
-            version=state.version,
-            is_deleted=deleted,
-        )
+        {
+            "buyer_id": state.buyer_id,
+            "to_stage": to_stage,
+            "from_stage": from_stage,
+            "transitioned_at": hit.at / 1_000_000,
+            "event_id": hit.event_id,
+            "channel": hit.channel,
+            "event_type": hit.event_type,
+            "campaign": hit.campaign,
+            "persona": persona,
+            "version": state.version,
+            "is_deleted": deleted,
+        }
         for deleted, group in ((0, moves), (1, retracted))
         for from_stage, to_stage, hit in group
     ]
 
 
-def dropoff_row(state: JourneyState, record: DropoffRecord) -> DropoffRow:
+def dropoff_row(state: JourneyState, record: DropoffRecord) -> dict[str, Any]:
     last = record.last_touch
-    return DropoffRow(
-        buyer_id=state.buyer_id,
-        stage=record.stage,
-        entered_at=record.entered_at,
-        deadline=record.deadline,
-        last_touch_at=None if last is None else last.at,
-        last_touch_channel=None if last is None else last.channel,
-        last_touch_event_type=None if last is None else last.event_type,
-        last_touch_campaign=None if last is None else last.campaign,
-        recovered_at=record.recovered_at,
-        persona=_value(state.persona),
-        version=state.version,
-    )
+    return {
+        "buyer_id": state.buyer_id,
+        "stage": record.stage,
+        "entered_at": record.entered_at / 1_000_000,
+        "deadline": record.deadline / 1_000_000,
+        "last_touch_at": None if last is None else last.at / 1_000_000,
+        "last_touch_channel": None if last is None else last.channel,
+        "last_touch_event_type": None if last is None else last.event_type,
+        "last_touch_campaign": None if last is None else last.campaign,
+        "recovered_at": _seconds_or_none(record.recovered_at),
+        "persona": _value(state.persona),
+        "version": state.version,
+    }
 
 
-def state_row(state: JourneyState) -> JourneyStateRow:
-    furthest = furthest_stage(state)
-    open_dropoff = next(
-        (record for record in state.dropoffs.values() if record.recovered_at is None), None
-    )
-    preferred = preferred_channel(state)
-    exits: list[ExitTuple] = []
-    for record in state.exits:
-        at_stage = stage_at(state, record.touch.key)
-        exits.append(
-            (
-                record.kind,
-                "" if at_stage is None else at_stage,
-                record.touch.channel,
-                record.touch.at,
-            )
-        )
-    first, last = state.first_touch, state.last_touch
-    return JourneyStateRow(
-        buyer_id=state.buyer_id,
-        persona=_value(state.persona),
-        tier=_value(state.tier),
-        account_id=_value(state.account_id),
-        anonymous_id=_value(state.anonymous_id),
-        furthest_stage=furthest,
-        current_stage=None if state.current is None else state.current.stage,
-        stage_entered_at={stage: at for stage, at in reached_at(state).items()},
-        touches_by_stage={stage: count for stage, count in state.touches_by_stage.items()},
-        touches_by_channel={channel: count for channel, count in state.touches_by_channel.items()},
-        preferred_channel=None if preferred is None else preferred,
-        first_touch_at=None if first is None else first.at,
-        first_touch_channel=None if first is None else first.channel,
-        first_touch_campaign=None if first is None else first.campaign,
-        last_touch_at=None if last is None else last.at,
-        last_touch_channel=None if last is None else last.channel,
-        last_touch_campaign=None if last is None else last.campaign,
-        exits=exits,
-        purchases=state.purchases,
-        revenue=state.revenue if isinstance(state.revenue, Decimal) else Decimal(state.revenue),
-        first_purchase_at=state.first_purchase_at,
-        last_purchase_at=state.last_purchase_at,
-        dropoff_stage=None if open_dropoff is None else open_dropoff.stage,
-        dropoff_at=None if open_dropoff is None else open_dropoff.deadline,
-        events=state.events,
-        unclassified=state.unclassified,
-        version=state.version,
-    )
+def state_row(state: JourneyState) -> dict[str, Any]:
+    hits = state.stage_hits
+    furthest: str | None = None
+    stage_entered_at: dict[str, float] = {}
+    earliest: int | None = None
+    for stage in _DESCENDING:
+        hit = hits.get(stage)
+        if hit is not None:
+            if furthest is None:
+                furthest = stage
+            if earliest is None or hit.at < earliest:
+                earliest = hit.at
+        if earliest is not None:
+            stage_entered_at[stage] = earliest / 1_000_000
+    open_dropoff = None
+    for record in state.dropoffs.values():
+        if record.recovered_at is None:
+            open_dropoff = record
+            break
+    exits = [
+        [
+            record.kind,
+            stage_at(state, (record.touch.at, record.touch.event_id)) or "",
+            record.touch.channel,
+            record.touch.at / 1_000_000,
+        ]
+        for record in state.exits
+    ]
+    first, last, now = first_touch(state), last_touch(state), current(state)
+    revenue = state.revenue
+    return {
+        "buyer_id": state.buyer_id,
+        "persona": _value(state.persona),
+        "tier": _value(state.tier),
+        "account_id": _value(state.account_id),
+        "anonymous_id": _value(state.anonymous_id),
+        "furthest_stage": furthest,
+        "current_stage": None if now is None else now.stage,
+        "stage_entered_at": stage_entered_at,
+        "touches_by_stage": state.touches_by_stage,
+        "touches_by_channel": state.touches_by_channel,
+        "preferred_channel": preferred_channel(state),
+        "first_touch_at": None if first is None else first.at / 1_000_000,
+        "first_touch_channel": None if first is None else first.channel,
+        "first_touch_campaign": None if first is None else first.campaign,
+        "last_touch_at": None if last is None else last.at / 1_000_000,
+        "last_touch_channel": None if last is None else last.channel,
+        "last_touch_campaign": None if last is None else last.campaign,
+        "exits": exits,
+        "purchases": state.purchases,
+        "revenue": str(revenue if isinstance(revenue, Decimal) else Decimal(revenue)),
+        "first_purchase_at": _seconds_or_none(state.first_purchase_at),
+        "last_purchase_at": _seconds_or_none(state.last_purchase_at),
+        "dropoff_stage": None if open_dropoff is None else open_dropoff.stage,
+        "dropoff_at": None if open_dropoff is None else open_dropoff.deadline / 1_000_000,
+        "events": state.events,
+        "unclassified": state.unclassified,
+        "version": state.version,
+    }
+
+
+# Kept for callers that still speak in Stage members.
+def stage_of(value: str | None) -> Stage | None:
+    return None if value is None else Stage(value)

@@ -49,7 +49,7 @@ def run_local(
         # The journey state is long-lived and cycle-free; without this, every full
         # collection rescans all of it for nothing (it halves a 1M-event run).
         gc.freeze()
-        tables = output.tables()
+        tables = output.encoded()
         sink.write(RowBatch(token=f"{run_id}:{summary.batches}", tables=tables))
         for table, rows in tables.items():
             summary.rows_written[table] = summary.rows_written.get(table, 0) + len(rows)

@@ -6,7 +6,6 @@ Label children are bound once per label value and reused; the hot path only call
 
 from __future__ import annotations
 
-from collections import Counter as Tally
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -85,21 +84,14 @@ class WorkerMetrics:
 
     def observe(self, output: BatchOutput, counters: ProcessorCounters, journeys: int) -> None:
         """Count one handled batch (rows it produced, and the processor's running totals)."""
-        events = Tally((row.channel, row.stage or "") for row in output.touchpoints)
-        for (channel, stage), count in events.items():
-            self._child(self.events, str(channel), str(stage)).inc(count)
-        moves = Tally(
-            (str(row.from_stage or "entry"), str(row.to_stage))
-            for row in output.transitions
-            if not row.is_deleted
-        )
-        for (source, target), count in moves.items():
+        stats = output.stats
+        for (channel, stage), count in stats.events.items():
+            self._child(self.events, channel, stage).inc(count)
+        for (source, target), count in stats.moves.items():
             self._child(self.transitions, source, target).inc(count)
-        for reason, count in Tally(row.reason for row in output.dead_letters).items():
+        for reason, count in stats.dead_letters.items():
             self._child(self.dead_letters, reason).inc(count)
-        for stage, count in Tally(
-            str(row.stage) for row in output.dropoffs if row.recovered_at is None
-        ).items():
+        for stage, count in stats.dropoffs.items():
             self._child(self.dropoffs, stage).inc(count)
         self.duplicates.inc(counters.duplicates - self._duplicates_seen)
         self.late.inc(counters.late - self._late_seen)

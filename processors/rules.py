@@ -10,7 +10,7 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from schemas.enums import Channel, ExitKind, Stage
+from schemas.enums import ExitKind, Stage
 from schemas.errors import RulesError
 from schemas.rules import Condition, JourneyRules, Rule
 from schemas.touchpoint import PropertyValue, Touchpoint
@@ -102,17 +102,29 @@ class Classifier:
 
     def __init__(self, rules: JourneyRules) -> None:
         self.rules = rules
-        self._by_key: dict[tuple[Channel, str], list[tuple[Rule, Classification]]] = {}
+        self._by_key: dict[tuple[str, str], list[tuple[Rule, Classification]]] = {}
         for index, rule in enumerate(rules.rules):
             rule_id = rule.id or f"{rule.channel.value}.{rule.event_type}#{index}"
             result = Classification(rule_id, rule.stage, rule.exit, rule.purchase)
-            self._by_key.setdefault((rule.channel, rule.event_type), []).append((rule, result))
+            self._by_key.setdefault((rule.channel.value, rule.event_type), []).append(
+                (rule, result)
+            )
 
     def classify(self, touchpoint: Touchpoint) -> Classification:
-        candidates = self._by_key.get((touchpoint.channel, touchpoint.event_type))
+        return self.classify_fields(
+            touchpoint.channel, touchpoint.event_type, touchpoint.properties
+        )
+
+    def classify_fields(
+        self, channel: str, event_type: str, properties: dict[str, PropertyValue]
+    ) -> Classification:
+        """:meth:`classify` on plain fields (the hot path's :class:`~schemas.events.Event`)."""
+        candidates = self._by_key.get((channel, event_type))
         if not candidates:
             return UNCLASSIFIED
         for rule, result in candidates:
-            if all(_matches(condition, touchpoint.properties) for condition in rule.when):
+            if not rule.when:
+                return result
+            if all(_matches(condition, properties) for condition in rule.when):
                 return result
         return UNCLASSIFIED

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError
-from schemas.journey import JOURNEY_STATE_ADAPTER, JourneyState
 
 __all__ = ["RocksStates", "open_state_store"]
 
 
-class RocksStates(MutableMapping[str, JourneyState]):
-    """Journey states as JSON in a local RocksDB (decoded on read, encoded on write)."""
+class RocksStates(MutableMapping[str, bytes]):
+    """Encoded journey states (:func:`schemas.journey.encode_state`) in a local RocksDB."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -37,14 +36,14 @@ class RocksStates(MutableMapping[str, JourneyState]):
         self.path = path
         self._db: Any = Rdict(str(path))
 
-    def __getitem__(self, key: str) -> JourneyState:
+    def __getitem__(self, key: str) -> bytes:
         raw = self._db.get(key.encode())
         if raw is None:
             raise KeyError(key)
-        return JOURNEY_STATE_ADAPTER.validate_json(raw)
+        return bytes(raw)
 
-    def __setitem__(self, key: str, value: JourneyState) -> None:
-        self._db[key.encode()] = JOURNEY_STATE_ADAPTER.dump_json(value)
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._db[key.encode()] = value
 
     def __delitem__(self, key: str) -> None:
         if self._db.get(key.encode()) is None:
@@ -62,7 +61,7 @@ class RocksStates(MutableMapping[str, JourneyState]):
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def open_state_store(kind: str, directory: Path) -> MutableMapping[str, JourneyState]:
+def open_state_store(kind: str, directory: Path) -> MutableMapping[str, bytes]:
     """A fresh, empty state store of ``kind`` (``memory`` or ``rocksdict``)."""
     if kind == "memory":
         return {}

@@ -1,11 +1,18 @@
 """Kafka topics of the distributed path and what each carries.
 
 ``touchpoints.raw`` carries records as sources sent them (validated by the
-workers, so a bad one becomes a dead letter, never a crash). Every output topic
-carries one row type as JSON (:data:`schemas.rows.ROW_ADAPTERS`), keyed by
-buyer id, and has as many partitions as ``touchpoints.raw``: a worker writes each
-output to the *same partition number* it read the input from, so under
-``exactly_once`` the input offset and all its outputs commit in one transaction.
+workers, so a bad one becomes a dead letter, never a crash): one Touchpoint JSON
+object keyed by buyer id, or — from the collector and ``touchpoint produce`` — a
+*pack* (header :data:`PACK_HEADER`): many touchpoints as newline-delimited JSON in one
+record, all of buyers whose key hashes (Kafka's murmur2, as for keyed records) to the
+record's partition. Packs are what makes the path batch-first: the per-record costs of
+Kafka clients and of Faust are paid once per pack, not once per event.
+
+Every output topic carries one row type as JSON objects (the ``JSONEachRow`` shape
+of its ClickHouse table, :data:`schemas.rows.ROW_ADAPTERS` reads them), one or more
+per record, newline-separated, and has as many partitions as ``touchpoints.raw``: a
+worker writes each output to the *same partition number* it read the input from, so
+under ``exactly_once`` the input offset and all its outputs commit in one transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ __all__ = [
     "CONTROL_HEADER",
     "CONTROL_WATERMARK",
     "OUTPUT_TOPICS",
+    "PACK_HEADER",
+    "PACK_NDJSON",
     "RAW_TOPIC",
     "STORE_POSITION_KEY",
     "STORE_TOPIC",
@@ -47,13 +56,20 @@ TABLE_BY_TOPIC: Final[dict[str, str]] = {
 OUTPUT_TOPICS: Final[tuple[str, ...]] = tuple(TABLE_BY_TOPIC)
 STORE_TOPIC: Final = "journey.store"
 """The workers' own state store (compacted): key buyer id, value the full
-:class:`~schemas.journey.JourneyState` as JSON, plus one :data:`STORE_POSITION_KEY`
-record per partition. Read back by a worker when it is assigned a partition; not
-written to ClickHouse."""
+:class:`~schemas.journey.JourneyState` (:func:`~schemas.journey.encode_state`), plus
+one :data:`STORE_POSITION_KEY` record per partition. Read back by a worker when it is
+assigned a partition; not written to ClickHouse."""
 STORE_POSITION_KEY: Final = b"\xff\x00position"
 """Key of a partition's :class:`~schemas.journey.PartitionPosition` in the store topic.
 Not valid UTF-8, so it can never be the key of a buyer (buyer ids are text)."""
-COMPACTED_TOPICS: Final[frozenset[str]] = frozenset({"journey.state", STORE_TOPIC})
+COMPACTED_TOPICS: Final[frozenset[str]] = frozenset({STORE_TOPIC})
+"""``journey.state`` is not compacted: its records are packs of many buyers' rows, and
+ClickHouse's ``journey_state`` (a ReplacingMergeTree) is the latest-state view."""
+
+PACK_HEADER: Final = "touchpoint-pack"
+"""A raw record with this header holds several touchpoints (see :data:`PACK_NDJSON`)."""
+PACK_NDJSON: Final = b"ndjson"
+"""Pack format: one Touchpoint JSON object per line (``\n``-separated)."""
 
 CONTROL_HEADER: Final = "touchpoint-control"
 """A record on ``touchpoints.raw`` with this header is a control message, not a touchpoint."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
@@ -28,9 +28,14 @@ from schemas.errors import SchemaValidationError
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "MAX_TIME",
+    "MAX_TIME_MICROS",
+    "MIN_TIME",
+    "MIN_TIME_MICROS",
     "SCHEMA_VERSION",
     "AdsProperties",
     "EmailProperties",
+    "PropertyValue",
     "SmsProperties",
     "SupportProperties",
     "Touchpoint",
@@ -43,6 +48,12 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 MAX_RECORD_BYTES: Final = 1_000_000
 """Records larger than this (1 MB, in UTF-8 bytes) are dead-lettered unread."""
+MIN_TIME: Final = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TIME: Final = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+"""Event times outside [MIN_TIME, MAX_TIME] are refused: ClickHouse's DateTime64 stores
+only 1900-01-01 to 2299-12-31, and would silently clamp anything else."""
+MIN_TIME_MICROS: Final = (MIN_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+MAX_TIME_MICROS: Final = (MAX_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 _EVENT_ID_NAMESPACE: Final = uuid.UUID("6f1c2a52-8d0e-4c55-9a7e-1b2f3d4c5e6f")
 
@@ -144,7 +155,11 @@ class Touchpoint(BaseModel):
     @field_validator("occurred_at", "received_at")
     @classmethod
     def _to_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else value.astimezone(UTC)
+        if value is None:
+            return None
+        if not MIN_TIME <= value <= MAX_TIME:
+            raise ValueError("must be between 1900-01-01 and 2299-12-31 (what ClickHouse stores)")
+        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _check_payload(self) -> Touchpoint:

@@ -17,11 +17,12 @@ class RowBatch:
     """Rows for several tables that belong together.
 
     ``token`` identifies the batch deterministically (input and position range):
-    writing the same batch twice must leave the tables as if written once.
+    writing the same batch twice must leave the tables as if written once. A table's
+    rows are either all encoded (one JSON object per row, the hot path) or all typed.
     """
 
     token: str
-    tables: Mapping[str, Sequence[Row]]
+    tables: Mapping[str, Sequence[Row] | Sequence[bytes]]
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self.tables.values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.rows import Row
+from schemas.rows import ROW_ADAPTERS, Row
 from sinks.base import RowBatch, Sink
 
 __all__ = ["MemorySink"]
@@ -31,4 +31,10 @@ class MemorySink(Sink):
         self.closed = True
 
     def rows(self, table: str) -> list[Row]:
-        return [row for batch in self.batches for row in batch.tables.get(table, ())]
+        """Every row written to ``table``, typed (encoded rows are decoded)."""
+        adapter = ROW_ADAPTERS[table]
+        return [
+            adapter.validate_json(row) if isinstance(row, bytes) else row
+            for batch in self.batches
+            for row in batch.tables.get(table, ())
+        ]

@@ -32,6 +32,7 @@ from schemas.settings import (
     ProcessingSettings,
     Settings,
 )
+from sinks.background import BackgroundSink
 from sinks.base import RowBatch
 from sinks.clickhouse import Client, connect, describe_target
 from sinks.migrate import apply_migrations
@@ -189,14 +190,19 @@ def run_files(
         retries=settings.clickhouse.insert_retries,
         backoff=settings.clickhouse.retry_backoff,
     )
-    return run_local(
-        records(),
-        processor,
-        writer,
-        batch_size=processing.batch_size,
-        run_id=run_id,
-        on_progress=on_progress,
-    )
+    # The engine inserts one batch while the processor folds the next.
+    sink = BackgroundSink(writer, close_inner=False)
+    try:
+        return run_local(
+            records(),
+            processor,
+            sink,
+            batch_size=processing.batch_size,
+            run_id=run_id,
+            on_progress=on_progress,
+        )
+    finally:
+        sink.close()
 
 
 # -- distributed path ----------------------------------------------------------

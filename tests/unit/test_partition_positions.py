@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 import pytest
 
 from processors.faust_app import PartitionStates
-from schemas.journey import PARTITION_POSITION_ADAPTER, JourneyState, PartitionPosition
+from schemas.journey import (
+    PARTITION_POSITION_ADAPTER,
+    JourneyState,
+    PartitionPosition,
+    encode_state,
+)
 from schemas.topics import STORE_POSITION_KEY
 
 
@@ -37,8 +42,10 @@ def test_the_position_key_can_never_be_a_buyers_key() -> None:
 
 def test_dropping_a_partition_forgets_its_position_and_states() -> None:
     store = PartitionStates(["127.0.0.1:9"], "journey.store")
-    store.states["b1"] = JourneyState("b1", partition=1)
-    store.states["b2"] = JourneyState("b2", partition=2)
+    store.states["b1"] = encode_state(JourneyState("b1", partition=1))
+    store.states["b2"] = encode_state(JourneyState("b2", partition=2))
+    store.note(1, ["b1"])
+    store.note(2, ["b2"])
     store.loaded = {1, 2}
     store.applied = {1: 10, 2: 20}
     store.drop({1})

@@ -240,16 +240,31 @@ def test_invalid_messages_become_dead_letters_in_the_same_batch() -> None:
     )
     row_batch, dead = decode_batch(batch, "stage_transitions")
     assert dead == 2 and row_batch.token == f"{TOPIC}:2:40-42"
-    assert list(row_batch.tables["stage_transitions"]) == [good]
-    letters = row_batch.tables["dead_letters"]
-    assert [(r.reason, r.source, r.position) for r in letters] == [  # type: ignore[attr-defined]
+    assert list(row_batch.tables["stage_transitions"]) == [payload(good)]  # its own bytes
+    letters = [
+        ROW_ADAPTERS["dead_letters"].validate_json(row) for row in row_batch.tables["dead_letters"]
+    ]
+    assert [(r.reason, r.source, r.position) for r in letters] == [
         ("invalid_output_row", TOPIC, "2:41"),
         ("invalid_output_row", TOPIC, "2:42"),
     ]
-    assert letters[0].raw == '{"buyer_id": 1}'  # type: ignore[attr-defined]
-    assert letters[0].recorded_at == datetime(2026, 3, 2, 8, 50, tzinfo=UTC)  # type: ignore[attr-defined]
+    assert letters[0].raw == '{"buyer_id": 1}'
+    assert letters[0].recorded_at == datetime(2026, 3, 2, 8, 50, tzinfo=UTC)
     again, _ = decode_batch(batch, "stage_transitions")
     assert again == row_batch  # a replay builds identical rows
+
+
+def test_a_message_of_several_rows_is_checked_row_by_row() -> None:
+    rows = [payload(transition("b1")), b'{"buyer_id": "b2", "to_stage": "nowhere"}']
+    rows.append(payload(transition("b3")))
+    batch = PartitionBatch(TOPIC, 0, 7, 7, (Message(TOPIC, 0, 7, b"\n".join(rows)),))
+    row_batch, dead = decode_batch(batch, "stage_transitions")
+    assert dead == 1
+    assert list(row_batch.tables["stage_transitions"]) == [rows[0], rows[2]]
+    [letter] = [
+        ROW_ADAPTERS["dead_letters"].validate_json(row) for row in row_batch.tables["dead_letters"]
+    ]
+    assert (letter.position, letter.raw) == ("0:7:1", rows[1].decode())
 
 
 # -- the loop, against a stand-in consumer group ------------------------------------------

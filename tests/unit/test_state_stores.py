@@ -12,7 +12,7 @@ from processors.engine import JourneyProcessor
 from processors.rules import default_rules
 from processors.state_stores import RocksStates, open_state_store
 from schemas.errors import ConfigError
-from schemas.journey import JourneyState
+from schemas.journey import JourneyState, encode_state
 from tests.factories import final_rows
 
 
@@ -49,7 +49,7 @@ def test_the_rocksdict_store_gives_the_same_journeys_as_memory(tmp_path: Path) -
 def test_rocks_states_behave_like_a_mapping(tmp_path: Path) -> None:
     store = RocksStates(tmp_path / "db")
     try:
-        state = JourneyState(buyer_id="b1", partition=3, events=2)
+        state = encode_state(JourneyState(buyer_id="b1", partition=3, events=2))
         store["b1"] = state
         assert store["b1"] == state and "b1" in store and list(store) == ["b1"]
         del store["b1"]
