@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+import msgspec
+from pydantic import BaseModel
 
 from schemas.dead_letter import DeadLetter
 from schemas.journey import JourneyState
@@ -38,7 +39,9 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     schemas: dict[str, dict[str, Any]] = {
         name: model.model_json_schema(by_alias=True) for name, model in _MODELS.items()
     }
-    schemas["journey_state.schema.json"] = TypeAdapter(JourneyState).json_schema()
+    # The journey.store value is MessagePack of this structure (positional arrays); its
+    # schema describes the decoded value, for tools that read the store.
+    schemas["journey_state.schema.json"] = msgspec.json.schema(JourneyState)
     for table, adapter in ROW_ADAPTERS.items():
         schemas[f"row.{table}.schema.json"] = adapter.json_schema()
     for name, schema in schemas.items():
