@@ -11,6 +11,7 @@ test (``tests/unit/test_event_decoding.py``) holds it to that.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -48,8 +49,8 @@ class _Wire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     received_at: str | None = None
     campaign: _Text | None = None
     promo: _Text | None = None
-    revenue: None = None
-    """Only events without revenue take the fast path; pydantic checks money."""
+    revenue: str | None = None
+    """Money in JSON numbers (floats) is left to pydantic; plain decimal strings are not."""
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")] | None = None
     properties: dict[str, PropertyValue] = msgspec.field(default_factory=dict)
 
@@ -104,8 +105,18 @@ def _int_in(low: int, high: int) -> Callable[[object], bool]:
     return check
 
 
+_COST: Final = re.compile(r"(?:0|[1-9][0-9]{0,11})(?:\.[0-9]{1,6})?")
+"""A plain decimal string Decimal(ge=0, max_digits=18, decimal_places=6) certainly accepts."""
+_REVENUE: Final = re.compile(r"(?:0|[1-9][0-9]{0,13})(?:\.[0-9]{1,4})?")
+"""The same for revenue: Decimal(ge=0, max_digits=18, decimal_places=4)."""
+
+
 def _cost(value: object) -> bool:
-    return value is None or (type(value) is int and 0 <= value < 10**12)
+    if value is None:
+        return True
+    if type(value) is int:
+        return 0 <= value < 10**12
+    return type(value) is str and _COST.fullmatch(value) is not None
 
 
 def _bounce(value: object) -> bool:
@@ -156,7 +167,15 @@ def _time(text: str) -> int | None:
     ``datetime.fromisoformat`` and pydantic read the same way.
     """
     size = len(text)
-    if size < 20 or size > 32 or text[10] != "T" or text[4] != "-" or text[13] != ":":
+    if (
+        size < 20
+        or size > 32
+        or text[4] != "-"
+        or text[7] != "-"
+        or text[10] != "T"
+        or text[13] != ":"
+        or text[16] != ":"
+    ):
         return None
     if text[-1] == "Z":
         zone = size - 1
@@ -185,6 +204,11 @@ def _fast(wire: _Wire) -> Event | None:
         received = _time(wire.received_at)
         if received is None:
             return None
+    revenue: Decimal | None = None
+    if wire.revenue is not None:
+        if wire.currency is None or _REVENUE.fullmatch(wire.revenue) is None:
+            return None
+        revenue = Decimal(wire.revenue)
     properties = wire.properties
     if wire.event_type in _TYPED[wire.channel]:
         if properties:
@@ -209,7 +233,7 @@ def _fast(wire: _Wire) -> Event | None:
         wire.account_id,
         wire.campaign,
         wire.promo,
-        None,
+        revenue,
         wire.currency,
         properties,
     )
