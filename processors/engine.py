@@ -429,11 +429,12 @@ class JourneyProcessor:
         for buyer_id, (hits_before, dropoffs_before) in self._changed.items():
             state = self._live[buyer_id]
             partition = state.partition
-            moves = journey.transitions(state)
+            hits_changed = state.stage_hits != hits_before
+            moves = journey.transitions(state) if hits_changed else None
             newest = self._newest.get(partition)
             if newest is not None:
                 journey.prune(state, newest - self._lateness, self._dedup, timeouts, moves)
-            if state.stage_hits != hits_before:
+            if moves is not None:
                 previous = journey.moves_of(hits_before)
                 changed = [move for move in moves if move not in previous]
                 still_moves = {to_stage for _, to_stage, _ in moves}
