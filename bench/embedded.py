@@ -23,9 +23,9 @@ pushed through, in the same invocation and on the same machine:
     insert throughput that the processing leaves; the gap is the cost of processing.
 
 ``ceiling (raw insert)``
-    Lower still: the same batches, already transposed to columns (untimed), passed to
-    ``client.insert(..., column_oriented=True)`` with no settings. Only clickhouse-connect's
-    own serialization and the chDB engine remain.
+    Lower still: the same batches, each table's rows already joined into the one
+    ``JSONEachRow`` block the writer sends (untimed), passed to ``client.raw_insert`` with
+    the input-format settings only (no deduplication token). Only the chDB engine remains.
 
 ``process only`` (informational)
     The materialization step, timed anyway (minus the spooling): the processor and the
@@ -83,7 +83,7 @@ from schemas.settings import Settings
 from sinks.base import RowBatch, Sink
 from sinks.clickhouse import Client
 from sinks.migrate import apply_migrations
-from sinks.writer import ClickHouseWriter
+from sinks.writer import JSON_INPUT_SETTINGS, ClickHouseWriter
 from touchpoint import wiring
 
 __all__ = ["PhaseResult", "main"]
@@ -301,7 +301,7 @@ def ceilings_phase(
 
     One process throughout, so the spooled rows are read back by the very classes that
     made them. Each repeat times the ``writer`` ceiling (the batches through
-    :class:`ClickHouseWriter`) and the ``raw`` one (pre-transposed columns through a bare
+    :class:`ClickHouseWriter`) and the ``raw`` one (pre-joined JSONEachRow blocks through a bare
     ``client.insert``), each into a database of its own in one chDB directory.
     """
     materialized = _materialize(events, spool_file, batch_size)
@@ -309,7 +309,7 @@ def ceilings_phase(
     batches = _load_batches(spool_file)
     spool_file.unlink()
     inserts = [
-        (table, list(type(table_rows[0]).columns()), _transpose(table_rows))
+        (table, _block(table_rows))
         for batch in batches
         for table, table_rows in batch.tables.items()
         if table_rows
@@ -337,13 +337,13 @@ def ceilings_phase(
                 else:
                     progress = _Progress(label, len(inserts))
                     started = time.perf_counter()
-                    for table, names, columns in inserts:
-                        client.insert(
-                            table,
-                            columns,
-                            column_names=names,
-                            database=database,
-                            column_oriented=True,
+                    for table, block in inserts:
+                        client.raw_insert(
+                            f"{database}.{table}",
+                            None,
+                            block,
+                            fmt="JSONEachRow",
+                            settings=JSON_INPUT_SETTINGS,
                         )
                         progress(1)
                     seconds = time.perf_counter() - started
@@ -364,9 +364,9 @@ def ceilings_phase(
     return results
 
 
-def _transpose(rows: Sequence[Any]) -> list[list[object]]:
-    names = type(rows[0]).columns()
-    return [[getattr(row, name) for row in rows] for name in names]
+def _block(rows: Sequence[Any]) -> bytes:
+    """The rows as the one ``JSONEachRow`` block the writer would send (joined untimed)."""
+    return b"\n".join(rows)
 
 
 # ----------------------------------------------------------------------- orchestration
@@ -534,7 +534,7 @@ def _render(result: dict[str, Any]) -> str:
     )
     lines.append(
         f"and at {result['ratio_pipeline_to_raw_ceiling']:.2f}x a raw client.insert of the same "
-        "rows, pre-transposed to columns."
+        "rows, pre-joined into JSONEachRow blocks."
     )
     repeat = result["config"]["repeat"]
     lines.append(
