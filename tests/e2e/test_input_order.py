@@ -131,7 +131,8 @@ def outcome(client: Any, database: str) -> dict[str, Any]:
             "SELECT * EXCEPT (version) FROM {db}.journey_state FINAL ORDER BY buyer_id"
         ),
         "stage_transitions": rows(
-            "SELECT * EXCEPT (version) FROM {db}.stage_transitions FINAL ORDER BY buyer_id, to_stage"
+            "SELECT * EXCEPT (version) FROM {db}.stage_transitions FINAL "
+            "ORDER BY buyer_id, to_stage"
         ),
         "dropoffs": rows(
             "SELECT * EXCEPT (version) FROM {db}.dropoffs FINAL ORDER BY buyer_id, stage"
