@@ -32,7 +32,7 @@ import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Final
@@ -55,10 +55,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RUN_RECORDS: Final = 200_000
-DEFAULT_RUN_BYTES: Final = 64 << 20
+DEFAULT_RUN_RECORDS = 200_000
+DEFAULT_RUN_BYTES = 64 << 20
 """A run's estimated size in memory: record bytes plus :data:`_RECORD_OVERHEAD` each."""
-DEFAULT_FAN_IN: Final = 64
+DEFAULT_FAN_IN = 64
 """Runs merged at once; more runs are first merged into bigger ones, so memory stays flat."""
 UNTIMED: Final = -(1 << 63)
 """The sort key of a record whose event time cannot be read: before every real time."""
@@ -129,16 +129,20 @@ def sort_by_event_time(
     records: Iterable[RawRecord],
     *,
     temp_dir: Path | None = None,
-    run_records: int = DEFAULT_RUN_RECORDS,
-    run_bytes: int = DEFAULT_RUN_BYTES,
-    fan_in: int = DEFAULT_FAN_IN,
+    run_records: int | None = None,
+    run_bytes: int | None = None,
+    fan_in: int | None = None,
     on_read: Callable[[int], None] | None = None,
-) -> Iterator[RawRecord]:
+) -> Generator[RawRecord, None, None]:
     """Yield ``records`` in event-time order (see the module docstring), in bounded memory.
 
     Every record is read before the first is yielded; ``on_read(n)`` reports progress
     of that phase. Close the iterator if you stop early: that removes its files.
+    The bounds default to the module's ``DEFAULT_*`` values.
     """
+    run_records = DEFAULT_RUN_RECORDS if run_records is None else run_records
+    run_bytes = DEFAULT_RUN_BYTES if run_bytes is None else run_bytes
+    fan_in = DEFAULT_FAN_IN if fan_in is None else fan_in
     if run_records < 1 or run_bytes < 1 or fan_in < 2:
         raise ValueError("run_records and run_bytes must be positive and fan_in at least 2")
     sorter = _Sorter(temp_dir, fan_in)

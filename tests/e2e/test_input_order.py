@@ -15,7 +15,9 @@ no `too_late` dead letter, and the generator's ground truth.
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from ingest import ordering
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from processors.rules import default_rules
 from tests.readback import expected_from_truth, read_back
@@ -120,25 +123,25 @@ def touchpoint_run(
 
 
 def outcome(client: Any, database: str) -> dict[str, Any]:
-    """Everything a run wrote that does not name a line of the input (line numbers differ)."""
+    """Everything a run wrote but the names of the input file and line (they differ)."""
 
     def rows(sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in client.query(sql.format(db=database)).result_rows]
 
     return {
         **read_back(client, database),
-        "journey_state": rows(
+        "journey_state_rows": rows(
             "SELECT * EXCEPT (version) FROM {db}.journey_state FINAL ORDER BY buyer_id"
         ),
-        "stage_transitions": rows(
+        "transition_rows": rows(
             "SELECT * EXCEPT (version) FROM {db}.stage_transitions FINAL "
             "ORDER BY buyer_id, to_stage"
         ),
-        "dropoffs": rows(
+        "dropoff_rows": rows(
             "SELECT * EXCEPT (version) FROM {db}.dropoffs FINAL ORDER BY buyer_id, stage"
         ),
-        "touchpoints": rows(
-            "SELECT * EXCEPT (source_position, inserted_at) FROM {db}.touchpoints FINAL "
+        "touchpoint_rows": rows(
+            "SELECT * EXCEPT (source, source_position, inserted_at) FROM {db}.touchpoints FINAL "
             "ORDER BY buyer_id, occurred_at, event_id"
         ),
         "dead_letter_rows": rows(
@@ -154,6 +157,9 @@ def test_time_sorted_by_buyer_and_shuffled_files_give_the_same_result_and_the_tr
     clickhouse_client: Any,
     fresh_database: Callable[[], str],
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     files, truth = exports
     results = {}
@@ -164,11 +170,34 @@ def test_time_sorted_by_buyer_and_shuffled_files_give_the_same_result_and_the_tr
         assert " 0 late," in printed, f"{name}: {printed}"
         results[name] = outcome(clickhouse_client, database)
 
+    # The same through the spill path: runs of 400 records in files under --sort-dir.
+    monkeypatch.setattr(ordering, "DEFAULT_RUN_RECORDS", 400)
+    caplog.set_level(logging.INFO, logger=ordering.__name__)
+    sort_dir = tmp_path / "sort"
+    sort_dir.mkdir()
+    database = fresh_database()
+    printed = touchpoint_run(
+        capsys,
+        chdb_url,
+        database,
+        files["shuffled"],
+        "--batch-size",
+        "500",
+        "--sort-dir",
+        str(sort_dir),
+    )
+    assert "too_late" not in printed
+    spilled = re.search(r"(\d+) runs spilled to disk", caplog.text)
+    assert spilled is not None and int(spilled.group(1)) > 10, caplog.text
+    assert list(sort_dir.iterdir()) == []
+    results["shuffled, spilled"] = outcome(clickhouse_client, database)
+
     expected = expected_from_truth(truth)
     for name, got in results.items():
         assert {key: got[key] for key in expected} == expected, name
         assert got["tables"]["touchpoints"] == truth.events_unique, name
     assert results["by_buyer"] == results["delivered"]
     assert results["shuffled"] == results["delivered"]
+    assert results["shuffled, spilled"] == results["delivered"]
     assert sum(truth.dropoffs().values()) > 50  # the comparison is not vacuous
     assert len(truth.exits()) > 5
