@@ -81,7 +81,7 @@ def _sort_dir_option(command: F) -> F:
     return _option(
         "--sort-dir",
         env="SORT_DIR",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
         help="Where an input too big for memory is sorted by event time (temporary "
         "files, removed after).  [default: the system temp dir]",
     )(command)
