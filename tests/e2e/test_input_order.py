@@ -201,3 +201,35 @@ def test_time_sorted_by_buyer_and_shuffled_files_give_the_same_result_and_the_tr
     assert results["shuffled, spilled"] == results["delivered"]
     assert sum(truth.dropoffs().values()) > 50  # the comparison is not vacuous
     assert len(truth.exits()) > 5
+
+
+def test_produce_sends_a_file_in_event_time_order_so_the_workers_give_the_same_result(
+    exports: tuple[dict[str, Path], GroundTruth],
+    pipeline: Any,
+    chdb_url: str,
+    clickhouse_client: Any,
+    fresh_database: Callable[[], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The distributed path (real Kafka, a Faust worker, the sink) over the by-buyer copy."""
+    from tests.kafka_pipeline import stop
+
+    files, truth = exports
+    embedded = fresh_database()
+    touchpoint_run(capsys, chdb_url, embedded, files["delivered"])
+    produced = pipeline.cli("produce", "--input", str(files["by_buyer"]))
+    assert produced.returncode == 0, produced.stderr
+    worker = pipeline.start_worker("worker")
+    try:
+        pipeline.wait_until_workers_consumed_everything()
+    finally:
+        stop(worker)
+    distributed = fresh_database()
+    pipeline.sink_into(clickhouse_client, distributed)
+
+    got, want = outcome(clickhouse_client, distributed), outcome(clickhouse_client, embedded)
+    expected = expected_from_truth(truth)
+    assert {key: got[key] for key in expected} == expected
+    assert "too_late" not in got["dead_letters"]
+    for key in ("tables", "journey_state_rows", "transition_rows", "dropoff_rows"):
+        assert got[key] == want[key], key
