@@ -153,6 +153,16 @@ def sort_by_event_time(
         sorter.close()
 
 
+def _drain(run: list[_Entry]) -> Iterator[_Entry]:
+    """A run sorted high to low, lowest first, freeing each entry as it is taken.
+
+    The run's memory goes back as the processor's (growing journey state) comes in.
+    """
+    pop = run.pop
+    while run:
+        yield pop()
+
+
 class _Sorter:
     def __init__(self, temp_dir: Path | None, fan_in: int) -> None:
         self.temp_dir = temp_dir
@@ -170,7 +180,7 @@ class _Sorter:
         run_bytes: int,
         on_read: Callable[[int], None] | None,
     ) -> list[_Entry]:
-        """Read every record into sorted runs; spill all but the last, which is returned."""
+        """Read every record into sorted runs; spill all but the last, returned high to low."""
         source_index: dict[str, int] = {}
         run: list[_Entry] = []
         size = 0
@@ -197,7 +207,7 @@ class _Sorter:
                 unreported = 0
         if on_read is not None and unreported:
             on_read(unreported)
-        run.sort()
+        run.sort(reverse=True)  # popped from the end, lowest first: see _drain
         logger.info(
             "sorted %d records by event time: %d runs spilled to disk, %d kept in memory",
             sequence,
@@ -214,7 +224,7 @@ class _Sorter:
                 path.unlink()
         sources = self.sources
         streams = [self._read_run(path) for path in self.runs]
-        entries: Iterable[_Entry] = heapq.merge(*streams, last) if streams else last
+        entries = heapq.merge(*streams, _drain(last)) if streams else _drain(last)
         for _, data, _, source, position, error in entries:
             yield RawRecord(sources[source], position, data, error)
 
