@@ -71,6 +71,17 @@ class BackgroundSink(Sink):
         self._raise_error()
         self.inner.flush()
 
+    def abandon(self) -> None:
+        """Stop after what is being written now; drop the rest (the run failed anyway)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._error = self._error or SinkFatalError("abandoned")
+        self._queue.put(_STOP)
+        self._thread.join()
+        if self._close_inner:
+            self.inner.close()
+
     def close(self) -> None:
         if self._closed:
             return

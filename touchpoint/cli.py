@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,52 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
 def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
     with click.progressbar(length=max(total, 1), label=label, file=sys.stderr, width=30) as bar:
         yield bar.update
+
+
+class _Phases:
+    """One progress bar per phase (e.g. sorting, then processing), each from its first step.
+
+    ``total`` (the bars' length) may be set after entering, before the first step.
+    """
+
+    def __init__(self, *labels: str, total: int = 0) -> None:
+        width = max(len(label) for label in labels)
+        self.labels = [label.ljust(width) for label in labels]
+        self.total = total
+        self._shown = ExitStack()
+        self._bars: dict[int, Any] = {}
+
+    def __enter__(self) -> _Phases:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._shown.close()
+
+    def step(self, phase: int) -> Callable[[int], None]:
+        def advance(steps: int) -> None:
+            if phase not in self._bars:
+                self._shown.close()  # the previous phase is done
+                self._bars[phase] = self._shown.enter_context(
+                    click.progressbar(
+                        length=max(self.total, 1),
+                        label=self.labels[phase],
+                        file=sys.stderr,
+                        width=30,
+                    )
+                )
+            self._bars[phase].update(steps)
+
+        return advance
+
+
+def _sort_dir_option(command: F) -> F:
+    return _option(
+        "--sort-dir",
+        env="SORT_DIR",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Where an input too big for memory is sorted by event time (temporary "
+        "files, removed after).  [default: the system temp dir]",
+    )(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -119,12 +165,21 @@ def _print_report(client: Client, database: str, by: queries.Grouping | None) ->
     click.echo(report.render_exits(queries.exits_by_stage_channel(client, database)))
 
 
-def _run(settings: Settings, paths: Sequence[Path]) -> RunSummary:
+def _run(settings: Settings, paths: Sequence[Path], sort_dir: Path | None = None) -> RunSummary:
     rules = wiring.rules_for(settings)
     inputs = wiring.inspect_inputs(paths)
     with wiring.clickhouse(settings) as client:
-        with _progress(sum(item.lines for item in inputs), "Processing") as advance:
-            summary = wiring.run_files(settings, inputs, client, rules=rules, on_progress=advance)
+        total = sum(item.lines for item in inputs)
+        with _Phases("Sorting", "Processing", total=total) as progress:
+            summary = wiring.run_files(
+                settings,
+                inputs,
+                client,
+                rules=rules,
+                on_progress=progress.step(1),
+                on_sort_progress=progress.step(0),
+                sort_dir=sort_dir,
+            )
         _print_summary(summary)
         click.echo()
         _print_report(client, settings.clickhouse.database, None)
@@ -258,7 +313,7 @@ def generate(
     multiple=True,
     required=True,
     type=click.Path(path_type=Path),
-    help="JSONL or CSV file (.gz ok); repeat to chain.",
+    help="JSONL or CSV file (.gz ok); repeat for more. All of them are one input.",
 )
 @_option(
     "--rules",
@@ -272,8 +327,18 @@ def generate(
     type=click.IntRange(1, 1_000_000),
     help="Records per batch (one insert per table).  [default: 5000]",
 )
-@_option("--allowed-lateness", env="ALLOWED_LATENESS", help="e.g. 2h.  [default: 2h]")
-@_option("--dedup-window", env="DEDUP_WINDOW", help="e.g. 7d.  [default: 7d]")
+@_option(
+    "--allowed-lateness",
+    env="ALLOWED_LATENESS",
+    help="e.g. 2h. Drop-offs are judged up to the newest event time minus this (streams: "
+    "how late an event may arrive).  [default: 2h]",
+)
+@_option(
+    "--dedup-window",
+    env="DEDUP_WINDOW",
+    help="e.g. 7d. How long (event time) event ids are remembered.  [default: 7d]",
+)
+@_sort_dir_option
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -282,8 +347,14 @@ def run(
     batch_size: int | None,
     allowed_lateness: str | None,
     dedup_window: str | None,
+    sort_dir: Path | None,
 ) -> None:
-    """Process touchpoint files into ClickHouse (one stream, in the order given)."""
+    """Process touchpoint files into ClickHouse.
+
+    The files are one bounded input, processed in event-time order whatever the order
+    of their lines (or of the files): the same records give the same result. Allowed
+    lateness and the dedup window govern streams (Kafka, the collector).
+    """
     settings = _settings(
         ctx,
         rules_file=rules,
@@ -291,7 +362,7 @@ def run(
         allowed_lateness=allowed_lateness,
         dedup_window=dedup_window,
     )
-    _run(settings, inputs)
+    _run(settings, inputs, sort_dir)
     click.echo(f"\nWritten to {wiring.target_description(settings)}.")
 
 
@@ -325,7 +396,7 @@ def _kafka_options(command: F) -> F:
     "inputs",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="JSONL or CSV file (.gz ok) to send; repeat for more.",
+    help="JSONL or CSV file (.gz ok) to send, in event-time order; repeat for more.",
 )
 @click.option(
     "--generate",
@@ -343,6 +414,7 @@ def _kafka_options(command: F) -> F:
     "other live sources write the same topic.",
 )
 @_kafka_options
+@_sort_dir_option
 @click.pass_context
 def produce(
     ctx: click.Context,
@@ -352,18 +424,25 @@ def produce(
     watermark: bool,
     bootstrap: str | None,
     partitions: int | None,
+    sort_dir: Path | None,
 ) -> None:
-    """Send touchpoints to Kafka (touchpoints.raw, keyed by buyer, acks=all)."""
+    """Send touchpoints to Kafka (touchpoints.raw, keyed by buyer, acks=all).
+
+    Files are one bounded input, sent in event-time order whatever the order of their
+    lines, so the workers judge them as `touchpoint run` does.
+    """
     if bool(inputs) == bool(generate):
         raise click.UsageError("give either --input FILE or --generate BUYERS")
     settings = _settings(ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions)
-    if generate:
-        payloads, total = wiring.generated_payloads(settings, generate, seed)
-    else:
-        payloads, total = wiring.file_payloads(inputs)
-    with _progress(total, "Producing") as advance:
+    with _Phases("Sorting", "Producing") as progress:
+        if generate:
+            payloads, progress.total = wiring.generated_payloads(settings, generate, seed)
+        else:
+            payloads, progress.total = wiring.file_payloads(
+                inputs, sort_dir=sort_dir, on_sort_progress=progress.step(0)
+            )
         topic, sent, told = wiring.produce(
-            settings, payloads, watermark=watermark, on_progress=advance
+            settings, payloads, watermark=watermark, on_progress=progress.step(1)
         )
     told_text = f"; end-of-input watermark sent to {told} partitions" if told else ""
     click.echo(

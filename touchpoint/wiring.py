@@ -6,8 +6,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ingest.ordering import sort_by_event_time
 from ingest.reader import read_records
 from processors.engine import JourneyProcessor
 from processors.local import RunSummary, run_local
@@ -163,15 +164,25 @@ def run_files(
     *,
     rules: JourneyRules | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_sort_progress: Callable[[int], None] | None = None,
+    sort_dir: Path | None = None,
 ) -> RunSummary:
-    """Run the journey processor over ``inputs`` (as one stream, in order) into ClickHouse."""
+    """Run the journey processor over ``inputs`` into ClickHouse, as one bounded input.
+
+    The records of all the files are processed in event-time order (ingest.ordering),
+    so the result does not depend on the order of their lines or of the files; the
+    sort spills to temporary files under ``sort_dir`` (default: the system's).
+    ``on_sort_progress`` counts records read into the sort, ``on_progress`` records
+    processed.
+    """
     rules = rules if rules is not None else rules_for(settings)
     processor = build_processor(settings, rules)
     processing = settings.processing
     run_id = hashlib.sha256(
         "\x1f".join(
             [
-                *(f"{item.path.name}:{item.sha256}" for item in inputs),
+                *sorted(f"{item.path.name}:{item.sha256}" for item in inputs),
+                "order:event-time",  # batches differ from those of the unsorted runs before
                 rules.model_dump_json(),
                 format_duration(processing.allowed_lateness),
                 format_duration(processing.dedup_window),
@@ -192,17 +203,22 @@ def run_files(
     )
     # The engine inserts one batch while the processor folds the next.
     sink = BackgroundSink(writer, close_inner=False)
+    ordered = sort_by_event_time(records(), temp_dir=sort_dir, on_read=on_sort_progress)
     try:
-        return run_local(
-            records(),
-            processor,
-            sink,
-            batch_size=processing.batch_size,
-            run_id=run_id,
-            on_progress=on_progress,
-        )
-    finally:
-        sink.close()
+        with closing(ordered):  # removes the sort's files also when the run fails
+            summary = run_local(
+                ordered,
+                processor,
+                sink,
+                batch_size=processing.batch_size,
+                run_id=run_id,
+                on_progress=on_progress,
+            )
+    except BaseException:
+        sink.abandon()
+        raise
+    sink.close()
+    return summary
 
 
 # -- distributed path ----------------------------------------------------------
@@ -239,11 +255,25 @@ def generated_payloads(settings: Settings, buyers: int, seed: int) -> tuple[Iter
     return (line.encode() for line in lines), len(lines)
 
 
-def file_payloads(paths: Sequence[Path]) -> tuple[Iterator[bytes], int]:
-    """Raw records of input files (and a line count for the progress bar)."""
+def file_payloads(
+    paths: Sequence[Path],
+    *,
+    sort_dir: Path | None = None,
+    on_sort_progress: Callable[[int], None] | None = None,
+) -> tuple[Iterator[bytes], int]:
+    """Raw records of input files in event-time order, as ``run_files`` processes them
+    (and a line count for the progress bar). The files are sorted when the first record
+    is taken; closing the iterator removes the sort's temporary files."""
     files = inspect_inputs(paths)
-    payloads = (record.data for item in files for record in read_records(item.path))
-    return payloads, sum(item.lines for item in files)
+    records = (record for item in files for record in read_records(item.path))
+
+    def payloads() -> Iterator[bytes]:
+        ordered = sort_by_event_time(records, temp_dir=sort_dir, on_read=on_sort_progress)
+        with closing(ordered):
+            for record in ordered:
+                yield record.data
+
+    return payloads(), sum(item.lines for item in files)
 
 
 def produce(
@@ -270,6 +300,8 @@ def produce(
         stats = producer.flush()
     finally:
         producer.close()
+        if isinstance(payloads, Generator):
+            payloads.close()  # e.g. the temporary files of a sorted input
     return topic, stats.acknowledged, told
 
 
