@@ -264,7 +264,7 @@ def create_app(collector: Collector) -> web.Application:
         )
         if reason:
             return collector.unauthorized("zendesk", reason)
-        parsed = parse_zendesk(body, collector.clock())
+        parsed = parse_zendesk(body, collector.clock(), collector.pii)
         return _json(await collector.accept("zendesk", "webhooks.zendesk", parsed))
 
     async def ads(request: web.Request) -> web.Response:

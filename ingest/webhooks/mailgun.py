@@ -22,6 +22,7 @@ from ingest.webhooks.base import (
     validate_all,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import SchemaValidationError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["MAILGUN_EVENTS", "parse_mailgun"]
@@ -99,12 +100,16 @@ def parse_mailgun(body: bytes, received_at: datetime, pii: Pii) -> Parsed:
     if not isinstance(campaign, str):
         first = (campaigns or tags or [None])[0] if isinstance(campaigns or tags, list) else None
         campaign = first.get("name") if isinstance(first, dict) else first
+    try:
+        occurred_at = from_unix(data.get("timestamp"))
+    except SchemaValidationError as exc:
+        return Parsed(rejected=[Rejection(0, exc.reason, exc.detail, raw)])
     record = {
         "event_id": event_id,
         "buyer_id": buyer,
         "channel": "email",
         "event_type": MAILGUN_EVENTS.get(event, f"email_{snake_case(event)}"),
-        "occurred_at": from_unix(data.get("timestamp")) or received_at.isoformat(),
+        "occurred_at": occurred_at or received_at.isoformat(),
         "received_at": received_at.isoformat(),
         "campaign": campaign if isinstance(campaign, str) and campaign else None,
         "properties": {key: value for key, value in properties.items() if value is not None},
