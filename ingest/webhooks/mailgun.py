@@ -25,7 +25,7 @@ from schemas.enums import DeadLetterReason
 from schemas.errors import SchemaValidationError
 from schemas.touchpoint import deterministic_event_id
 
-__all__ = ["MAILGUN_EVENTS", "parse_mailgun"]
+__all__ = ["MAILGUN_EVENTS", "mailgun_signature_fields", "parse_mailgun", "parse_mailgun_event"]
 
 MAILGUN_EVENTS: Final[dict[str, str]] = {
     "accepted": "email_sent",
@@ -50,7 +50,11 @@ def mailgun_signature_fields(decoded: Any) -> tuple[str, str, str] | None:
 
 
 def parse_mailgun(body: bytes, received_at: datetime, pii: Pii) -> Parsed:
-    decoded = decode_json(body)
+    return parse_mailgun_event(decode_json(body), received_at, pii)
+
+
+def parse_mailgun_event(decoded: Any, received_at: datetime, pii: Pii) -> Parsed:
+    """:func:`parse_mailgun` for a body already decoded (to check its signature first)."""
     if not isinstance(decoded, dict) or not isinstance(decoded.get("event-data"), dict):
         raise PayloadError(DeadLetterReason.MISSING_FIELD, "event-data: an object is required")
     data: dict[str, Any] = decoded["event-data"]
