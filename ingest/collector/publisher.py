@@ -57,6 +57,8 @@ class Publisher(Protocol):
 
     async def ready(self) -> bool: ...
 
+    def abandon(self) -> int: ...
+
     def close(self, timeout: float = 5.0) -> None: ...
 
 
@@ -68,6 +70,7 @@ class _Workers:
         self._jobs: queue.SimpleQueue[
             tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]]
         ] = queue.SimpleQueue()
+        self._pending: set[asyncio.Future[Any]] = set()
         for index in range(size):
             threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True).start()
 
@@ -84,8 +87,17 @@ class _Workers:
     def run(self, call: Callable[[], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
         self._jobs.put((loop, future, call))
         return future
+
+    def abandon(self, error: BaseException) -> int:
+        """Fail every call still waiting with ``error`` (its thread carries on unobserved)."""
+        waiting = [future for future in self._pending if not future.done()]
+        for future in waiting:
+            future.set_exception(error)
+        return len(waiting)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -208,6 +220,12 @@ class KafkaPublisher:
                     self._probe = None
                     self._probed_at = time.monotonic()
         return self._ready
+
+    def abandon(self) -> int:
+        """At shutdown: publishes still waiting for Kafka fail now (their requests get 503)."""
+        return self._workers.abandon(
+            BrokerUnavailableError("the collector is shutting down before Kafka acknowledged")
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued, waiting at most ``timeout`` seconds, then let go of Kafka."""

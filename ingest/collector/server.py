@@ -13,8 +13,8 @@ meets), so the collector serves its app through :class:`ConnectionGuard`:
   (``app.read_body``: 408).
 
 On SIGTERM/SIGINT it stops accepting, lets requests in flight finish for up to
-``shutdown_timeout`` (then cancels them: never answered 2xx, so their senders
-retry), and gives Kafka at most a second more for what is queued.
+``shutdown_timeout`` (then answers those still waiting for Kafka 503: never 2xx,
+so their senders retry), and gives Kafka at most a second more for what is queued.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ingest.collector.app import Collector, create_app
 from ingest.collector.metrics import CollectorMetrics
+from ingest.collector.publisher import Publisher
 from schemas.settings import CollectorSettings
 
 __all__ = ["ConnectionGuard", "serve"]
@@ -48,6 +49,7 @@ _BUSY: Final = (
     b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
 )
 _CLOSE_KAFKA_SECONDS: Final = 1.0
+_RUNNER_SHUTDOWN_SECONDS: Final = 0.5
 
 
 class _Refused(asyncio.Protocol):
@@ -99,6 +101,7 @@ class ConnectionGuard:
         self._header_timeout = settings.header_timeout.total_seconds()
         self._metrics = metrics
         self._open: dict[RequestHandler, asyncio.TimerHandle | None] = {}
+        self._in_flight: set[asyncio.Task[object]] = set()
         metrics.open_connections.set_function(lambda: len(self._open))
 
     def __len__(self) -> int:
@@ -141,11 +144,31 @@ class ConnectionGuard:
         if timer is not None:
             timer.cancel()
             self._open[connection] = None
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
         try:
             return await handler(request)
         finally:
+            self._in_flight.discard(task)
             if isinstance(connection, RequestHandler) and connection in self._open:
                 self._arm(connection)
+
+    async def drain(self, timeout: float, publisher: Publisher) -> int:
+        """Let requests in flight finish for ``timeout`` seconds; then those still waiting
+        for Kafka are answered 503, and any others cancelled (none was answered 2xx: their
+        senders retry). Returns how many did not finish in time."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
+        late = set(self._in_flight)
+        if late:
+            publisher.abandon()
+            await asyncio.wait(late, timeout=0.5)
+            for task in self._in_flight:
+                task.cancel()
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight), timeout=0.5)
+        return len(late)
 
 
 async def serve(collector: Collector, stop: asyncio.Event | None = None) -> None:
@@ -158,7 +181,7 @@ async def serve(collector: Collector, stop: asyncio.Event | None = None) -> None
         access_log=None,
         keepalive_timeout=settings.header_timeout.total_seconds(),
         lingering_time=1.0,
-        shutdown_timeout=settings.shutdown_timeout.total_seconds(),
+        shutdown_timeout=_RUNNER_SHUTDOWN_SECONDS,  # requests were drained before
     )
     guard: ConnectionGuard | None = None
 
@@ -186,7 +209,10 @@ async def serve(collector: Collector, stop: asyncio.Event | None = None) -> None
     finally:
         logger.info("stopping: %d connections open", len(guard))
         server.close()
-        await runner.cleanup()  # in-flight requests get up to shutdown_timeout
+        late = await guard.drain(settings.shutdown_timeout.total_seconds(), collector.publisher)
+        if late:
+            logger.warning("%d requests were still waiting at shutdown: answered 503", late)
+        await runner.cleanup()
         await asyncio.to_thread(collector.publisher.close, _CLOSE_KAFKA_SECONDS)
 
 

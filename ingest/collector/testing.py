@@ -34,5 +34,8 @@ class MemoryPublisher:
     async def ready(self) -> bool:
         return self.is_ready
 
+    def abandon(self) -> int:
+        return 0
+
     def close(self, timeout: float = 5.0) -> None:
         self.closed = True

@@ -188,23 +188,43 @@ _DECODER: Final = json.JSONDecoder(
 they were sent as, so the field holding one is rejected with its item, not the body."""
 
 
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _well_formed(value: Any) -> Any:
+    """``value`` with every unpaired UTF-16 surrogate in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_well_formed(item) for item in value]
+    if isinstance(value, dict):
+        return {_well_formed(key): _well_formed(item) for key, item in value.items()}
+    return value
+
+
 def decode_json(body: bytes) -> Any:
-    """Decode a request body; PayloadError (→ 400) if it is not JSON or nests too deep."""
+    """Decode a request body; PayloadError (→ 400) if it is not JSON or nests too deep.
+
+    Bytes that are not UTF-8 (or UTF-16/32) are refused. A ``\\uD800``-style escape of
+    an unpaired surrogate (a browser's truncated emoji) decodes to U+FFFD, as Go's
+    encoding/json does: such a string is not text, and nothing downstream can encode it.
+    """
     try:
         encoding = json.detect_encoding(body)
-        text = body.decode(encoding, "surrogatepass")
+        text = body.decode(encoding)
     except UnicodeDecodeError as exc:
         raise PayloadError(DeadLetterReason.INVALID_ENCODING, str(exc)) from None
-    utf8 = body if encoding.startswith("utf-8") else text.encode("utf-8", "surrogatepass")
+    utf8 = body if encoding.startswith("utf-8") else text.encode()
     if json_too_deep(utf8):
         raise PayloadError(
             DeadLetterReason.INVALID_JSON,
             f"the body nests arrays or objects more than {MAX_JSON_DEPTH} deep",
         )
     try:
-        return _DECODER.decode(text.removeprefix("\ufeff"))
+        decoded = _DECODER.decode(text.removeprefix("\ufeff"))
     except ValueError as exc:
         raise PayloadError(DeadLetterReason.INVALID_JSON, f"body is not JSON: {exc}") from None
+    return _well_formed(decoded) if _SURROGATE_ESCAPE.search(text) else decoded
 
 
 def raw_item(item: Any) -> bytes:

@@ -426,3 +426,18 @@ def test_any_body_gives_touchpoints_dead_letters_or_a_payload_error(payload: byt
             parse(payload)
         except PayloadError:
             pass
+
+
+def test_an_unpaired_surrogate_escape_becomes_a_replacement_character() -> None:
+    """A browser's JSON.stringify writes a truncated emoji as "\\ud83d": the item is kept,
+    with U+FFFD there (as Go's encoding/json does), instead of crashing later encoders."""
+    track = {**vendor.SEGMENT_TRACK, "messageId": "m-\ud83d", "event": "Video \udfff Played"}
+    raw = json.dumps({"batch": [track, vendor.SEGMENT_TRACK]}).encode()
+    assert b"\\ud83d" in raw
+    parsed = parse_segment("batch", raw, NOW, IdentityMap())
+    assert parsed.rejected == []
+    assert parsed.touchpoints[0].event_type == "video_played"
+    assert parsed.touchpoints[0].event_id == deterministic_event_id("segment", "m-\ufffd")
+    with pytest.raises(PayloadError) as raised:
+        parse_sendgrid(b'[{"email": "\xed\xa0\x80"}]', NOW, Pii())  # a surrogate as raw bytes
+    assert raised.value.reason == DeadLetterReason.INVALID_ENCODING
