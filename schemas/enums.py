@@ -71,6 +71,8 @@ class DeadLetterReason(StrEnum):
     MALFORMED_ROW = "malformed_row"
     INVALID_OUTPUT_ROW = "invalid_output_row"
     """A message on an output topic that is not a valid row (seen by the sink)."""
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    """An event time the pipeline cannot store (before 1970, after 2299, not finite)."""
 
 
 # The event types the shipped payload models and default rules know, per channel.

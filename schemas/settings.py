@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.duration import Duration
 
@@ -67,22 +69,75 @@ class CollectorSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     api_keys: dict[str, SecretStr] = Field(default_factory=dict)
-    """Source name → API key (JSON), for ``/v1/touchpoints`` (send ``Authorization: Bearer
-    KEY``), ``segment`` (the Segment write key, HTTP Basic user) and ``ads``."""
+    """Source name → key (JSON). The name binds the key to what it may call: ``segment``
+    (or ``segment:NAME``) is a Segment write key, accepted only as the HTTP Basic user of
+    the Segment calls; ``ads`` (or ``ads:NAME``) only on ``/v1/webhooks/ads``; any other
+    name is an API key for ``/v1/touchpoints`` only (``Authorization: Bearer KEY``)."""
+    segment_trust_revenue: bool = False
+    """The Segment write key is public (it ships in web pages), so what it sends is marked
+    ``origin=browser`` and its revenue kept as ``properties.claimed_revenue``; true makes
+    that revenue the touchpoint's ``revenue`` (e.g. when only your servers send Segment)."""
     sendgrid_public_key: SecretStr | None = None
     """SendGrid's signed-event-webhook verification key (base64 DER, from Mail Settings)."""
     mailgun_signing_key: SecretStr | None = None
     twilio_auth_token: SecretStr | None = None
     zendesk_signing_secret: SecretStr | None = None
     public_url: str | None = None
-    """The URL vendors call (``https://collect.example.com``); Twilio signs the full URL."""
+    """The URL vendors call (``https://collect.example.com``, with any path prefix the proxy
+    strips); Twilio signs the full URL."""
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Addresses or networks (comma-separated, e.g. ``10.0.0.0/8,127.0.0.1``) of reverse
+    proxies whose X-Forwarded-Proto/Host/Prefix give the URL a vendor called."""
     max_body_bytes: int = Field(default=5_000_000, ge=1024)
     signature_tolerance: Duration = timedelta(minutes=5)
     """How old a signed timestamp may be (replay protection)."""
+    replay_cache_size: int = Field(default=100_000, ge=1)
+    """Mailgun tokens remembered (per process, for the signature tolerance) to refuse replays."""
     hash_pii: bool = False
     """Hash email addresses and phone numbers before they leave the collector."""
     pii_salt: SecretStr = SecretStr("")
     produce_timeout: Duration = timedelta(seconds=10)
+    header_timeout: Duration = timedelta(seconds=10)
+    """A connection must deliver a request's line and headers this soon after it opens (or
+    after the previous response); idle keep-alive connections close after this too."""
+    read_timeout: Duration = timedelta(seconds=30)
+    """A request's body must arrive within this, once its headers have (else 408)."""
+    max_connections: int = Field(default=512, ge=1, le=1_000_000)
+    """Open connections at most; one more is answered 503 and closed at once."""
+    shutdown_timeout: Duration = timedelta(seconds=5)
+    """On SIGTERM: how long requests in flight may still finish (then the collector exits)."""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _distinct_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        seen: dict[str, str] = {}
+        for source, key in keys.items():
+            secret = key.get_secret_value()
+            if not secret.strip():
+                raise ValueError(f"the API key of source {source!r} is empty")
+            if secret in seen:
+                raise ValueError(
+                    f"sources {seen[secret]!r} and {source!r} have the same key; "
+                    "a key is bound to one source"
+                )
+            seen[secret] = source
+        return keys
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ip_network(network, strict=False)  # ValueError names the bad entry
+        return value
 
 
 class ProcessingSettings(BaseSettings):

@@ -9,14 +9,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.touchpoint import Touchpoint, parse_touchpoint
-from tests.kafka_pipeline import REPO, Pipeline
+from tests.kafka_pipeline import REPO, Pipeline, stop
 from tests.signing import SendGridKeys
 
 WEB_KEY, ADS_KEY, WRITE_KEY = "key-web-1", "key-ads-1", "segment-write-key"
@@ -34,6 +37,7 @@ class Server:
     url: str
     sendgrid: SendGridKeys
     pipeline: Pipeline
+    process: subprocess.Popen[bytes] | None = None
 
     def post(
         self,
@@ -52,6 +56,17 @@ class Server:
 
     def get(self, path: str) -> tuple[int, Any]:
         return send_request(urllib.request.Request(self.url + path))
+
+    def request_counts(self) -> dict[tuple[str, str], float]:
+        """touchpoint_collector_requests_total by (endpoint, status), from /metrics."""
+        _, text = self.get("/metrics")
+        counts: dict[tuple[str, str], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "touchpoint_collector_requests_total":
+                    key = (sample.labels["endpoint"], sample.labels["status"])
+                    counts[key] = sample.value
+        return counts
 
     def raw_touchpoints(self, expected: int, timeout: float = 20.0) -> list[Touchpoint]:
         consumer = KafkaConsumer(
@@ -82,11 +97,15 @@ def send_request(request: urllib.request.Request) -> tuple[int, Any]:
 
 
 def start_collector(
-    pipeline: Pipeline, logs: Path, bootstrap: str | None = None
+    pipeline: Pipeline,
+    logs: Path,
+    bootstrap: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, SendGridKeys]:
+    """Start ``touchpoint collector`` with every vendor secret set; ``env`` adds or overrides."""
     port = free_port()
     keys = SendGridKeys()
-    env = dict(
+    settings = dict(
         pipeline.env,
         TOUCHPOINT_COLLECTOR_PORT=str(port),
         TOUCHPOINT_COLLECTOR_API_KEYS=json.dumps(
@@ -101,11 +120,12 @@ def start_collector(
         TOUCHPOINT_COLLECTOR_PRODUCE_TIMEOUT="3s",
     )
     if bootstrap is not None:
-        env["TOUCHPOINT_KAFKA_BOOTSTRAP"] = bootstrap
+        settings["TOUCHPOINT_KAFKA_BOOTSTRAP"] = bootstrap
+    settings.update(env or {})
     with (logs / f"collector-{port}.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "touchpoint", "collector"],
-            env=env,
+            env=settings,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -120,3 +140,19 @@ def start_collector(
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.3)
     return process, url, keys
+
+
+@contextmanager
+def running_collector(
+    pipeline: Pipeline, logs: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """A collector on ``pipeline``'s broker, ready (Kafka answered), stopped afterwards."""
+    process, url, keys = start_collector(pipeline, logs, env=env)
+    try:
+        served = Server(url, keys, pipeline, process)
+        deadline = time.monotonic() + 60
+        while served.get("/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield served
+    finally:
+        stop(process)

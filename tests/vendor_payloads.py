@@ -134,6 +134,22 @@ ZENDESK_SOLVED: dict[str, Any] = {
     "time": "2026-03-02T12:00:00Z",
     "event": {"current": "SOLVED", "previous": "OPEN"},
 }
+# A webhook connected to a Zendesk trigger posts the JSON body the admin wrote, with
+# Zendesk's placeholders rendered. The body the collector documents (docs/collector.md):
+#   {"ticket": {"id": "{{ticket.id}}", "status": "{{ticket.status}}",
+#               "requester_id": "{{ticket.requester.id}}",
+#               "updated_at": "{{ticket.updated_at_with_timestamp}}",
+#               "priority": "{{ticket.priority}}"}}
+# rendered for a ticket an agent just solved:
+ZENDESK_TRIGGER: dict[str, Any] = {
+    "ticket": {
+        "id": "5158",
+        "status": "Solved",
+        "requester_id": "8193592318236",
+        "updated_at": "2026-03-02T12:00:00Z",
+        "priority": "High",
+    }
+}
 
 SEGMENT_TRACK: dict[str, Any] = {
     "type": "track",

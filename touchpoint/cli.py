@@ -499,7 +499,31 @@ def sink(
     click.echo(f"Sink stopped after {stats.messages:,} messages in {stats.batches:,} batches.")
 
 
-@cli.command()
+def _collector_epilog() -> str:
+    """Every other collector setting with its env var and default, read from the model."""
+    from datetime import timedelta
+
+    from pydantic import SecretStr
+
+    from schemas.duration import format_duration
+    from schemas.settings import CollectorSettings
+
+    lines = ["\b", "Settings (environment only; meanings in docs/collector.md):"]
+    for name, field in CollectorSettings.model_fields.items():
+        if name in ("host", "port"):
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, timedelta):
+            shown = format_duration(default)
+        elif isinstance(default, SecretStr) or default is None:
+            shown = "unset"
+        else:
+            shown = json.dumps(default)
+        lines.append(f"  {ENV}COLLECTOR_{name.upper():<23} {shown}")
+    return "\n".join(lines)
+
+
+@cli.command(epilog=_collector_epilog())
 @_option("--host", env="COLLECTOR_HOST", help="Interface to listen on.  [default: 127.0.0.1]")
 @_option(
     "--port",

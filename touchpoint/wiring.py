@@ -379,9 +379,8 @@ def run_sink(settings: Settings, stop: threading.Event) -> Any:
 
 def run_collector(settings: Settings) -> None:
     """Serve the HTTP collector until SIGTERM/SIGINT (Kafka need not be up to start)."""
-    from aiohttp import web
-
-    from ingest.collector import Collector, KafkaPublisher, create_app, new_metrics
+    from ingest.collector import Collector, KafkaPublisher, new_metrics
+    from ingest.collector.server import run
     from schemas.topics import Topics
     from touchpoint.monitoring import build_info
 
@@ -396,13 +395,7 @@ def run_collector(settings: Settings) -> None:
     collector = Collector(collector_settings, publisher, metrics)
 
     threading.Thread(target=wait_for_topics, args=(settings,), daemon=True).start()
-    web.run_app(
-        create_app(collector),
-        host=collector_settings.host,
-        port=collector_settings.port,
-        print=None,
-        access_log=None,
-    )
+    run(collector)
 
 
 def import_ads_csv(settings: Settings, path: Path, platform: str) -> tuple[int, int]:

@@ -4,15 +4,19 @@ aiohttp is the framework: asyncio-native, fast enough to be limited by Kafka
 round trips rather than by HTTP parsing, and already installed (Faust depends
 on it), so the collector adds no web stack of its own.
 
-Every request follows the same path: authenticate (API key or the vendor's
-signature) → adapt the body into Touchpoints and rejections (``ingest.webhooks``,
-pure) → publish accepted touchpoints to ``touchpoints.raw`` and rejections to
-``touchpoints.dlq``, waiting for ``acks=all`` → answer 2xx with the accepted
-count and each rejection's reason. Kafka unreachable → 503, nothing acknowledged.
+Every request follows the same path: authenticate (an API key bound to its
+source and that source's endpoints, or the vendor's signature over the bytes as
+received) → adapt the body into Touchpoints and rejections (``ingest.webhooks``,
+pure, depth- and size-bounded) → publish accepted touchpoints to
+``touchpoints.raw`` and rejections to ``touchpoints.dlq``, waiting for
+``acks=all`` → answer 2xx with the accepted count and each rejection's reason.
+A malformed body is a 4xx with a reason; Kafka unreachable → 503, nothing
+acknowledged; anything unforeseen → 500, counted like every other answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -35,16 +39,18 @@ from ingest.webhooks import (
     Parsed,
     PayloadError,
     Pii,
+    decode_form,
+    decode_json,
+    form_fields,
     mailgun_signature_fields,
     parse_ads,
-    parse_mailgun,
+    parse_mailgun_event,
     parse_native,
     parse_segment,
     parse_sendgrid,
     parse_twilio,
     parse_zendesk,
 )
-from ingest.webhooks.base import decode_json
 from schemas.dead_letter import DeadLetter
 from schemas.errors import BrokerError
 from schemas.rows import DeadLetterRow
@@ -55,6 +61,7 @@ __all__ = ["Collector", "create_app"]
 logger = logging.getLogger(__name__)
 
 _EMPTY_TWIML: Final = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+_FORM: Final = "application/x-www-form-urlencoded"
 
 
 def _now() -> datetime:
@@ -70,6 +77,16 @@ class Collector:
     metrics: CollectorMetrics
     clock: Callable[[], datetime] = _now
     identities: IdentityMap = field(default_factory=IdentityMap)
+    keys: security.KeyRing = field(init=False)
+    proxies: security.TrustedProxies = field(init=False)
+    mailgun_tokens: security.ReplayCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = security.KeyRing(self.settings.api_keys)
+        self.proxies = security.TrustedProxies(self.settings.trusted_proxies)
+        self.mailgun_tokens = security.ReplayCache(
+            self.settings.replay_cache_size, self.settings.signature_tolerance
+        )
 
     @property
     def pii(self) -> Pii:
@@ -77,31 +94,22 @@ class Collector:
 
     # -- authentication ------------------------------------------------------------
 
-    def source_for_key(self, presented: str | None) -> str | None:
-        """The source whose API key matches (every key is compared, in constant time)."""
-        matched = None
-        for source in self.settings.api_keys:
-            if (
-                presented
-                and security.check_api_key(presented, self.settings.api_keys, source) is None
-            ):
-                matched = source
-        return matched
-
-    def bearer_source(self, request: web.Request) -> str | None:
+    def bearer_source(self, request: web.Request, scope: security.KeyScope) -> str | None:
+        """The source of ``Authorization: Bearer KEY`` (or ``X-Touchpoint-Key``), in ``scope``."""
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
-        return self.source_for_key(token or request.headers.get("X-Touchpoint-Key"))
+        return self.keys.source_for(token or request.headers.get("X-Touchpoint-Key"), scope)
 
-    def basic_source(self, request: web.Request) -> str | None:
+    def write_key_source(self, request: web.Request) -> str | None:
+        """The source of a Segment write key, sent as the HTTP Basic user (Segment's way)."""
         header = request.headers.get("Authorization", "")
         if not header.lower().startswith("basic "):
-            return self.source_for_key(request.headers.get("X-Touchpoint-Key"))
+            return None
         try:
             user = base64.b64decode(header[6:].strip(), validate=True).decode().split(":", 1)[0]
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return self.source_for_key(user)
+        return self.keys.source_for(user, "segment")
 
     def unauthorized(self, source: str, reason: str) -> web.Response:
         self.metrics.unauthorized.labels(source).inc()
@@ -152,16 +160,14 @@ def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
 def create_app(collector: Collector) -> web.Application:
     """The aiohttp application for ``collector`` (its routes, middleware and metrics)."""
     settings = collector.settings
+    read_timeout = settings.read_timeout.total_seconds()
 
     @web.middleware
     async def errors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        endpoint = (
-            request.match_info.route.resource.canonical
-            if request.match_info.route.resource
-            else "unknown"
-        )
+        resource = request.match_info.route.resource
+        endpoint = resource.canonical if resource else "unknown"
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -169,6 +175,8 @@ def create_app(collector: Collector) -> web.Application:
                 {"error": exc.reason.lower().replace(" ", "_"), "detail": exc.text or ""},
                 exc.status,
             )
+            if exc.status == 408:
+                response.force_close()
         except PayloadError as exc:
             response = _json({"error": exc.reason.value, "detail": exc.detail}, 400)
         except BrokerError as exc:
@@ -177,12 +185,29 @@ def create_app(collector: Collector) -> web.Application:
                 {"error": "kafka_unavailable", "detail": "events were not accepted; retry later"},
                 503,
             )
+        except Exception:
+            # A bug, not bad input: logged with its traceback (never the payload), counted.
+            logger.exception("answering 500 on %s", endpoint)
+            response = _json(
+                {
+                    "error": "internal_error",
+                    "detail": "the collector failed on this request; retry later",
+                },
+                500,
+            )
         collector.metrics.requests.labels(endpoint, str(response.status)).inc()
         return response
 
     async def read_body(request: web.Request) -> bytes:
+        """The whole body, within ``read_timeout`` of the headers (else 408)."""
         try:
-            return await request.read()
+            async with asyncio.timeout(read_timeout):
+                return await request.read()
+        except TimeoutError:
+            collector.metrics.body_timeouts.inc()
+            raise web.HTTPRequestTimeout(
+                text=f"the body did not arrive within {read_timeout:g} s"
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             raise web.HTTPRequestEntityTooLarge(
                 max_size=settings.max_body_bytes,
@@ -191,7 +216,7 @@ def create_app(collector: Collector) -> web.Application:
             ) from None
 
     async def touchpoints(request: web.Request) -> web.Response:
-        source = collector.bearer_source(request)
+        source = collector.bearer_source(request, "api")
         if source is None:
             return collector.unauthorized("api", "missing or invalid API key")
         body = await read_body(request)
@@ -200,11 +225,17 @@ def create_app(collector: Collector) -> web.Application:
 
     def segment_handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
-            source = collector.basic_source(request)
+            source = collector.write_key_source(request)
             if source is None:
                 return collector.unauthorized("segment", "missing or invalid write key")
             body = await read_body(request)
-            parsed = parse_segment(kind, body, collector.clock(), collector.identities)  # type: ignore[arg-type]
+            parsed = parse_segment(
+                kind,  # type: ignore[arg-type]
+                body,
+                collector.clock(),
+                collector.identities,
+                trust_revenue=settings.segment_trust_revenue,
+            )
             result = await collector.accept(source, f"segment.{kind}", parsed)
             return _json({"success": True, **result})
 
@@ -227,28 +258,48 @@ def create_app(collector: Collector) -> web.Application:
 
     async def mailgun(request: web.Request) -> web.Response:
         body = await read_body(request)
-        fields = mailgun_signature_fields(decode_json(body))
+        decoded = decode_json(body)  # the signature is in the body: bounded decoding first
+        fields = mailgun_signature_fields(decoded)
+        now = collector.clock()
         reason = security.check_mailgun(
-            settings.mailgun_signing_key, fields, collector.clock(), settings.signature_tolerance
+            settings.mailgun_signing_key, fields, now, settings.signature_tolerance
         )
         if reason:
             return collector.unauthorized("mailgun", reason)
-        parsed = parse_mailgun(body, collector.clock(), collector.pii)
-        return _json(await collector.accept("mailgun", "webhooks.mailgun", parsed))
+        assert fields is not None
+        token = fields[1]
+        if not collector.mailgun_tokens.claim(token, now):
+            return collector.unauthorized("mailgun", "replayed token: this delivery was seen")
+        try:
+            parsed = parse_mailgun_event(decoded, now, collector.pii)
+            return _json(await collector.accept("mailgun", "webhooks.mailgun", parsed))
+        except BaseException:
+            collector.mailgun_tokens.release(token)  # not accepted: Mailgun's retry may come
+            raise
 
     async def twilio(request: web.Request) -> web.Response:
-        form = {key: str(value) for key, value in (await request.post()).items()}
-        url = (
-            (settings.public_url.rstrip("/") + request.path_qs)
-            if settings.public_url
-            else str(request.url)
+        if request.content_type != _FORM:
+            raise web.HTTPUnsupportedMediaType(text=f"Twilio posts {_FORM}")
+        body = await read_body(request)
+        fields = form_fields(body)
+        url = security.signed_url(
+            request.scheme,
+            request.host,
+            request.raw_path,
+            request.remote,
+            request.headers,
+            settings.public_url,
+            collector.proxies,
         )
         reason = security.check_twilio(
-            settings.twilio_auth_token, request.headers.get("X-Twilio-Signature"), url, form
+            settings.twilio_auth_token,
+            request.headers.get("X-Twilio-Signature"),
+            security.twilio_url_variants(url),
+            fields,
         )
         if reason:
             return collector.unauthorized("twilio", reason)
-        parsed = parse_twilio(form, collector.clock(), collector.pii)
+        parsed = parse_twilio(decode_form(fields), collector.clock(), collector.pii)
         await collector.accept("twilio", "webhooks.twilio", parsed)
         return web.Response(text=_EMPTY_TWIML, content_type="text/xml")
 
@@ -264,13 +315,13 @@ def create_app(collector: Collector) -> web.Application:
         )
         if reason:
             return collector.unauthorized("zendesk", reason)
-        parsed = parse_zendesk(body, collector.clock())
+        parsed = parse_zendesk(body, collector.clock(), collector.pii)
         return _json(await collector.accept("zendesk", "webhooks.zendesk", parsed))
 
     async def ads(request: web.Request) -> web.Response:
-        source = collector.bearer_source(request)
+        source = collector.bearer_source(request, "ads")
         if source is None:
-            return collector.unauthorized("ads", "missing or invalid API key")
+            return collector.unauthorized("ads", "missing or invalid ads key")
         body = await read_body(request)
         parsed = parse_ads(body, collector.clock())
         return _json(await collector.accept(source, "webhooks.ads", parsed))
@@ -292,11 +343,7 @@ def create_app(collector: Collector) -> web.Application:
     async def openapi(_: web.Request) -> web.Response:
         return web.Response(body=document, content_type="application/json")
 
-    async def close_publisher(_: web.Application) -> None:
-        collector.publisher.close()
-
     app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
-    app.on_cleanup.append(close_publisher)
     app.add_routes(
         [
             web.post("/v1/touchpoints", touchpoints),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["CollectorMetrics"]
 
@@ -53,3 +53,21 @@ class CollectorMetrics:
             "Requests answered 503 because Kafka did not acknowledge them.",
             registry=registry,
         )
+        self.open_connections = Gauge(
+            "touchpoint_collector_open_connections",
+            "HTTP connections open now (at most TOUCHPOINT_COLLECTOR_MAX_CONNECTIONS).",
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "touchpoint_collector_connections_refused_total",
+            "Connections answered 503 and closed because max_connections were open.",
+            registry=registry,
+        )
+        self.timeouts = Counter(
+            "touchpoint_collector_timeouts_total",
+            "Connections cut off for slowness, by phase: headers (closed) or body (408).",
+            ["phase"],
+            registry=registry,
+        )
+        self.header_timeouts = self.timeouts.labels("headers")
+        self.body_timeouts = self.timeouts.labels("body")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ingest.webhooks.ads import AD_EVENTS
+from ingest.webhooks.base import MAX_JSON_DEPTH
 from ingest.webhooks.sendgrid import SENDGRID_EVENTS
+from schemas.enums import DeadLetterReason
 from schemas.touchpoint import Touchpoint
 
 __all__ = ["openapi_document"]
@@ -94,6 +96,37 @@ _VENDORS = {
         },
         ["type", "detail"],
     ),
+    "ZendeskTrigger": {
+        **_object(
+            {
+                "ticket": _object(
+                    {
+                        "id": _STRING,
+                        "status": _STRING,
+                        "requester_id": _STRING,
+                        "requester_email": _STRING,
+                        "updated_at": {"type": "string", "format": "date-time"},
+                        "priority": _STRING,
+                        "satisfaction": _STRING,
+                    },
+                    ["id"],
+                ),
+                "event": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+            },
+            ["ticket"],
+        ),
+        "description": "The JSON body of a webhook connected to a Zendesk trigger or automation, "
+        "written with placeholders: ticket.id {{ticket.id}}, ticket.status {{ticket.status}}, "
+        "ticket.requester_id {{ticket.requester.id}}, ticket.updated_at "
+        "{{ticket.updated_at_with_timestamp}}, ticket.priority {{ticket.priority}}, "
+        "ticket.satisfaction {{satisfaction.current_rating}}; event optional.",
+    },
+    "ZendeskBody": {
+        "oneOf": [
+            {"$ref": _REF.format(model="ZendeskEvent")},
+            {"$ref": _REF.format(model="ZendeskTrigger")},
+        ]
+    },
     "AdEvents": _object(
         {
             "events": {
@@ -117,12 +150,13 @@ _VENDORS = {
         ["events"],
     ),
 }
+_REASON = {"type": "string", "enum": [reason.value for reason in DeadLetterReason]}
 _RESULT = _object(
     {
         "accepted": {"type": "integer"},
         "rejected": {
             "type": "array",
-            "items": _object({"index": {"type": "integer"}, "reason": _STRING, "detail": _STRING}),
+            "items": _object({"index": {"type": "integer"}, "reason": _REASON, "detail": _STRING}),
         },
     },
     ["accepted", "rejected"],
@@ -143,10 +177,21 @@ def _responses(ok: dict[str, Any] | None = None) -> dict[str, Any]:
             "description": "accepted count and every rejected item with its reason",
             "content": {"application/json": {"schema": {"$ref": _REF.format(model="Result")}}},
         },
-        "400": error("the body is not usable (not JSON, wrong shape)"),
-        "401": error("missing or invalid API key or signature"),
+        "400": error(
+            f"the body is not usable: not JSON, not UTF-8, nested deeper than {MAX_JSON_DEPTH}, "
+            "or the wrong shape (error = the reason, detail = why)"
+        ),
+        "401": error(
+            "missing or invalid key or signature, a key of another endpoint, or a replayed "
+            "delivery; nothing produced"
+        ),
+        "408": error("the body did not arrive within the read timeout"),
         "413": error("the body is larger than the limit"),
-        "503": error("Kafka did not acknowledge: nothing was accepted, retry"),
+        "500": error("the collector failed on this request; retry"),
+        "503": error(
+            "Kafka did not acknowledge (nothing was accepted), or the connection limit was "
+            "reached: retry"
+        ),
     }
 
 
@@ -184,9 +229,21 @@ def openapi_document() -> dict[str, Any]:
     components.update(_VENDORS)
     components["Result"] = _RESULT
     components["Error"] = _ERROR
-    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
+    ads_key: list[dict[str, list[str]]] = [{"adsKey": []}]
     basic: list[dict[str, list[str]]] = [{"segmentWriteKey": []}]
     twiml = {"description": "empty TwiML", "content": {"text/xml": {"schema": _STRING}}}
+    twilio = _post(
+        "Twilio SMS status callback or inbound message (signed)",
+        "TwilioCallback",
+        "application/x-www-form-urlencoded",
+        security=[],
+        ok=twiml,
+    )
+    twilio["post"]["responses"]["415"] = {
+        "description": "not application/x-www-form-urlencoded",
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
+    }
     simple = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "openapi": "3.1.0",
@@ -212,22 +269,23 @@ def openapi_document() -> dict[str, Any]:
                 "SendGrid Event Webhook (signed)", "SendGridEvents", security=[]
             ),
             "/v1/webhooks/mailgun": _post("Mailgun webhook (signed)", "MailgunEvent", security=[]),
-            "/v1/webhooks/twilio": _post(
-                "Twilio SMS status callback or inbound message (signed)",
-                "TwilioCallback",
-                "application/x-www-form-urlencoded",
-                security=[],
-                ok=twiml,
-            ),
+            "/v1/webhooks/twilio": twilio,
             "/v1/webhooks/zendesk": _post(
-                "Zendesk ticket event (signed)", "ZendeskEvent", security=[]
+                "Zendesk ticket event or trigger body (signed); a body that cannot become a "
+                "touchpoint is refused with 400, never accepted and dropped",
+                "ZendeskBody",
+                security=[],
             ),
             "/v1/webhooks/ads": _post(
-                "Ad impressions, clicks, conversions", "AdEvents", security=bearer
+                "Ad impressions, clicks, conversions", "AdEvents", security=ads_key
             ),
             "/healthz": {"get": {"summary": "alive", "responses": {"200": simple}}},
             "/readyz": {
-                "get": {"summary": "Kafka reachable", "responses": {"200": simple, "503": simple}}
+                "get": {
+                    "summary": "Kafka answered a metadata request through the producer just now "
+                    "(within 2 s; cached 1 s)",
+                    "responses": {"200": simple, "503": simple},
+                }
             },
             "/metrics": {
                 "get": {
@@ -244,8 +302,26 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "segmentWriteKey": {"type": "http", "scheme": "basic"},
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a TOUCHPOINT_COLLECTOR_API_KEYS key whose source is not "
+                    "segment[:NAME] or ads[:NAME]; valid on /v1/touchpoints only",
+                },
+                "adsKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the key of source ads (or ads:NAME); valid on "
+                    "/v1/webhooks/ads only",
+                },
+                "segmentWriteKey": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "the key of source segment (or segment:NAME) as the user; "
+                    "valid on the Segment calls only. It is public, so what it sends is "
+                    "marked properties.origin=browser and its revenue is a claim unless "
+                    "TOUCHPOINT_COLLECTOR_SEGMENT_TRUST_REVENUE is true",
+                },
             },
         },
     }

@@ -6,12 +6,12 @@ Segment-style tracking: ``segment.py``; our own API: ``native.py``.
 """
 
 from ingest.webhooks.ads import parse_ads
-from ingest.webhooks.base import Parsed, PayloadError, Pii, Rejection
-from ingest.webhooks.mailgun import mailgun_signature_fields, parse_mailgun
+from ingest.webhooks.base import Parsed, PayloadError, Pii, Rejection, decode_json
+from ingest.webhooks.mailgun import mailgun_signature_fields, parse_mailgun, parse_mailgun_event
 from ingest.webhooks.native import parse_native
 from ingest.webhooks.segment import IdentityMap, parse_segment
 from ingest.webhooks.sendgrid import parse_sendgrid
-from ingest.webhooks.twilio import parse_twilio
+from ingest.webhooks.twilio import decode_form, form_fields, parse_twilio
 from ingest.webhooks.zendesk import parse_zendesk
 
 __all__ = [
@@ -20,9 +20,13 @@ __all__ = [
     "PayloadError",
     "Pii",
     "Rejection",
+    "decode_form",
+    "decode_json",
+    "form_fields",
     "mailgun_signature_fields",
     "parse_ads",
     "parse_mailgun",
+    "parse_mailgun_event",
     "parse_native",
     "parse_segment",
     "parse_sendgrid",

@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from schemas.enums import DeadLetterReason
 from schemas.errors import SchemaValidationError
 from schemas.touchpoint import Touchpoint, touchpoint_from_dict
 
 __all__ = [
+    "EARLIEST_EVENT_TIME",
+    "LATEST_EVENT_TIME",
+    "MAX_JSON_DEPTH",
     "Parsed",
     "PayloadError",
     "Pii",
@@ -28,6 +32,7 @@ __all__ = [
     "as_object",
     "decode_json",
     "from_unix",
+    "json_too_deep",
     "raw_item",
     "scalar_properties",
     "snake_case",
@@ -38,6 +43,13 @@ __all__ = [
 
 class PayloadError(SchemaValidationError):
     """The request body as a whole is unusable (not JSON, wrong shape): answer 400."""
+
+
+MAX_JSON_DEPTH: Final = 64
+"""Deepest nesting of arrays and objects a body may have (vendor payloads need about 6)."""
+EARLIEST_EVENT_TIME: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME: Final = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+"""Event times the pipeline stores: the Unix epoch up to the end of ClickHouse DateTime64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +77,28 @@ def validate_all(candidates: Iterable[tuple[int, dict[str, Any] | Rejection, byt
             parsed.rejected.append(candidate)
             continue
         try:
-            parsed.touchpoints.append(touchpoint_from_dict(candidate))
+            touchpoint = touchpoint_from_dict(candidate)
         except SchemaValidationError as exc:
             parsed.rejected.append(Rejection(index, exc.reason, exc.detail, raw))
+            continue
+        except OverflowError:  # a time whose UTC conversion leaves what a datetime holds
+            touchpoint = None
+        times = (touchpoint.occurred_at, touchpoint.received_at) if touchpoint else ()
+        if touchpoint is None or not all(_storable(when) for when in times):
+            detail = (
+                f"event times must lie within {EARLIEST_EVENT_TIME:%Y-%m-%d} and "
+                f"{LATEST_EVENT_TIME:%Y-%m-%d} (UTC)"
+            )
+            parsed.rejected.append(
+                Rejection(index, DeadLetterReason.TIMESTAMP_OUT_OF_RANGE, detail, raw)
+            )
+            continue
+        parsed.touchpoints.append(touchpoint)
     return parsed
+
+
+def _storable(when: datetime | None) -> bool:
+    return when is None or EARLIEST_EVENT_TIME <= when <= LATEST_EVENT_TIME
 
 
 def validate_items(
@@ -103,13 +133,98 @@ def as_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def decode_json(body: bytes) -> Any:
+_MARKS = b'"[]{}'
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(_MARKS)))
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
+_QUOTED = re.compile(rb'"[^"]*"')
+
+
+def json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether UTF-8 JSON ``data`` nests arrays/objects deeper than ``limit``, read unparsed.
+
+    Brackets inside strings do not count. Every step is a C-level bytes operation:
+    escapes are dropped, then everything but quotes and brackets; quote pairs holding
+    no bracket go at once, the rare strings that hold some by a regex; then each pass
+    removes the innermost ``[]`` pairs, one nesting level per pass, at most ``limit + 1``
+    passes, stopping early at a run of opens that is already too deep. Malformed JSON
+    can only over-count.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = data.translate(None, _NOT_MARKS).replace(b'""', b"")
+    if b'"' in marks:
+        marks = _QUOTED.sub(b"", marks)
+    brackets = marks.translate(_ONE_KIND)
+    levels = 0
+    while levels <= limit:
+        if b"[" * (limit + 1 - levels) in brackets:  # a run of opens this long is too deep
+            return True
+        inner_removed = brackets.replace(b"[]", b"")
+        if len(inner_removed) == len(brackets):
+            break
+        brackets = inner_removed
+        levels += 1
+    return levels + brackets.count(b"[") > limit
+
+
+def _finite_float(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def _integer(text: str) -> int | str:
     try:
-        return json.loads(body)
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return text
+
+
+_DECODER: Final = json.JSONDecoder(
+    parse_float=_finite_float, parse_int=_integer, parse_constant=str
+)
+"""Numbers a float or int cannot hold (1e999, Infinity, NaN, 5000 digits) stay the text
+they were sent as, so the field holding one is rejected with its item, not the body."""
+
+
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _well_formed(value: Any) -> Any:
+    """``value`` with every unpaired UTF-16 surrogate in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_well_formed(item) for item in value]
+    if isinstance(value, dict):
+        return {_well_formed(key): _well_formed(item) for key, item in value.items()}
+    return value
+
+
+def decode_json(body: bytes) -> Any:
+    """Decode a request body; PayloadError (→ 400) if it is not JSON or nests too deep.
+
+    Bytes that are not UTF-8 (or UTF-16/32) are refused. A ``\\uD800``-style escape of
+    an unpaired surrogate (a browser's truncated emoji) decodes to U+FFFD, as Go's
+    encoding/json does: such a string is not text, and nothing downstream can encode it.
+    """
+    try:
+        encoding = json.detect_encoding(body)
+        text = body.decode(encoding)
     except UnicodeDecodeError as exc:
         raise PayloadError(DeadLetterReason.INVALID_ENCODING, str(exc)) from None
+    utf8 = body if encoding.startswith("utf-8") else text.encode()
+    if json_too_deep(utf8):
+        raise PayloadError(
+            DeadLetterReason.INVALID_JSON,
+            f"the body nests arrays or objects more than {MAX_JSON_DEPTH} deep",
+        )
+    try:
+        decoded = _DECODER.decode(text.removeprefix("\ufeff"))
     except ValueError as exc:
         raise PayloadError(DeadLetterReason.INVALID_JSON, f"body is not JSON: {exc}") from None
+    return _well_formed(decoded) if _SURROGATE_ESCAPE.search(text) else decoded
 
 
 def raw_item(item: Any) -> bytes:
@@ -137,11 +252,26 @@ class Pii:
 
 
 def from_unix(value: Any) -> str | None:
-    """ISO-8601 UTC time from a Unix timestamp (seconds, int/float/str), or None."""
+    """ISO-8601 UTC time from a Unix timestamp (seconds, int/float/numeric str).
+
+    None when ``value`` is not a number at all (the caller falls back to the receive
+    time); SchemaValidationError(``timestamp_out_of_range``) for a number that is not
+    finite or lies outside the times the pipeline stores (1970 to 2299).
+    """
+    if value is None or isinstance(value, bool):
+        return None
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+    if not math.isfinite(seconds) or not (
+        EARLIEST_EVENT_TIME.timestamp() <= seconds <= LATEST_EVENT_TIME.timestamp()
+    ):
+        raise SchemaValidationError(
+            DeadLetterReason.TIMESTAMP_OUT_OF_RANGE,
+            f"timestamp {str(value)[:40]} is not a Unix time between "
+            f"{EARLIEST_EVENT_TIME:%Y-%m-%d} and {LATEST_EVENT_TIME:%Y-%m-%d}",
+        )
     return datetime.fromtimestamp(seconds, tz=UTC).isoformat()
 
 

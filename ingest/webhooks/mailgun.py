@@ -22,9 +22,10 @@ from ingest.webhooks.base import (
     validate_all,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import SchemaValidationError
 from schemas.touchpoint import deterministic_event_id
 
-__all__ = ["MAILGUN_EVENTS", "parse_mailgun"]
+__all__ = ["MAILGUN_EVENTS", "mailgun_signature_fields", "parse_mailgun", "parse_mailgun_event"]
 
 MAILGUN_EVENTS: Final[dict[str, str]] = {
     "accepted": "email_sent",
@@ -49,7 +50,11 @@ def mailgun_signature_fields(decoded: Any) -> tuple[str, str, str] | None:
 
 
 def parse_mailgun(body: bytes, received_at: datetime, pii: Pii) -> Parsed:
-    decoded = decode_json(body)
+    return parse_mailgun_event(decode_json(body), received_at, pii)
+
+
+def parse_mailgun_event(decoded: Any, received_at: datetime, pii: Pii) -> Parsed:
+    """:func:`parse_mailgun` for a body already decoded (to check its signature first)."""
     if not isinstance(decoded, dict) or not isinstance(decoded.get("event-data"), dict):
         raise PayloadError(DeadLetterReason.MISSING_FIELD, "event-data: an object is required")
     data: dict[str, Any] = decoded["event-data"]
@@ -99,12 +104,16 @@ def parse_mailgun(body: bytes, received_at: datetime, pii: Pii) -> Parsed:
     if not isinstance(campaign, str):
         first = (campaigns or tags or [None])[0] if isinstance(campaigns or tags, list) else None
         campaign = first.get("name") if isinstance(first, dict) else first
+    try:
+        occurred_at = from_unix(data.get("timestamp"))
+    except SchemaValidationError as exc:
+        return Parsed(rejected=[Rejection(0, exc.reason, exc.detail, raw)])
     record = {
         "event_id": event_id,
         "buyer_id": buyer,
         "channel": "email",
         "event_type": MAILGUN_EVENTS.get(event, f"email_{snake_case(event)}"),
-        "occurred_at": from_unix(data.get("timestamp")) or received_at.isoformat(),
+        "occurred_at": occurred_at or received_at.isoformat(),
         "received_at": received_at.isoformat(),
         "campaign": campaign if isinstance(campaign, str) and campaign else None,
         "properties": {key: value for key, value in properties.items() if value is not None},

@@ -2,46 +2,58 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from ingest.webhooks.base import Parsed, PayloadError, Rejection, raw_item, validate_all
+from ingest.webhooks.base import (
+    Parsed,
+    PayloadError,
+    Rejection,
+    decode_json,
+    json_too_deep,
+    raw_item,
+    validate_all,
+)
 from schemas.enums import DeadLetterReason
 
 __all__ = ["parse_native"]
 
 
-def _items(body: bytes, content_type: str) -> list[tuple[Any, bytes, str | None]]:
-    """(decoded item or None, raw bytes, decode error) per item."""
+def _items(body: bytes, content_type: str) -> list[tuple[Any, bytes, PayloadError | None]]:
+    """(decoded item or None, raw bytes, why it could not be decoded) per item.
+
+    A JSON body is one object or an array of them; NDJSON (or a JSON body that only
+    parses line by line) is one item per line, and a line that is not JSON is that
+    item's dead letter.
+    """
     if "ndjson" not in content_type:
         try:
-            decoded = json.loads(body)
-        except UnicodeDecodeError as exc:
-            raise PayloadError(DeadLetterReason.INVALID_ENCODING, str(exc)) from None
-        except ValueError:
-            if b"\n" not in body.strip():
-                raise PayloadError(DeadLetterReason.INVALID_JSON, "body is not JSON") from None
+            decoded = decode_json(body)
+        except PayloadError as exc:
+            lines = b"\n" in body.strip()
+            if exc.reason is not DeadLetterReason.INVALID_JSON or not lines or json_too_deep(body):
+                raise
         else:
             if isinstance(decoded, list):
                 return [(item, raw_item(item), None) for item in decoded]
             return [(decoded, body, None)]
-    items: list[tuple[Any, bytes, str | None]] = []
+    items: list[tuple[Any, bytes, PayloadError | None]] = []
     for line in body.splitlines():
         if not line.strip():
             continue
         try:
-            items.append((json.loads(line), line, None))
-        except ValueError as exc:
-            items.append((None, line, str(exc)))
+            items.append((decode_json(line), line, None))
+        except PayloadError as exc:
+            items.append((None, line, exc))
     return items
 
 
 def parse_native(body: bytes, content_type: str, received_at: datetime) -> Parsed:
-    def candidates() -> Any:
+    def candidates() -> Iterator[tuple[int, dict[str, Any] | Rejection, bytes]]:
         for index, (item, raw, error) in enumerate(_items(body, content_type)):
             if error is not None:
-                yield index, Rejection(index, DeadLetterReason.INVALID_JSON, error, raw), raw
+                yield index, Rejection(index, error.reason, error.detail, raw), raw
             elif not isinstance(item, dict):
                 yield (
                     index,

@@ -29,7 +29,10 @@ from ingest.webhooks.base import (
 from schemas.enums import DeadLetterReason
 from schemas.touchpoint import deterministic_event_id
 
-__all__ = ["SEGMENT_EVENTS", "IdentityMap", "SegmentCall", "parse_segment"]
+__all__ = ["ORIGIN", "SEGMENT_EVENTS", "IdentityMap", "SegmentCall", "parse_segment"]
+
+ORIGIN: Final = "browser"
+"""``properties.origin`` of every touchpoint a Segment write key sent."""
 
 SegmentCall = Literal["track", "page", "identify", "batch"]
 
@@ -93,7 +96,11 @@ def _text(value: Any) -> str | None:
 
 
 def _convert(
-    kind: str, item: dict[str, Any], received_at: datetime, identities: IdentityMap
+    kind: str,
+    item: dict[str, Any],
+    received_at: datetime,
+    identities: IdentityMap,
+    trust_revenue: bool,
 ) -> dict[str, Any] | Rejection:
     raw = raw_item(item)
     user_id = _text(item.get("userId"))
@@ -135,6 +142,8 @@ def _convert(
         properties.setdefault("order_id", properties_in.get("order_id"))
     for key in ("revenue", "total", "value", "coupon", "currency", "email", "phone"):
         properties.pop(key, None)  # carried as envelope fields, or personal data
+    for key in ("origin", "claimed_revenue", "claimed_currency"):
+        properties.pop(key, None)  # set by the collector, never by the sender
 
     message_id = _text(item.get("messageId")) or deterministic_event_id(
         "segment-body", raw.decode()
@@ -154,10 +163,16 @@ def _convert(
         "promo": _text(properties_in.get("coupon")),
         "properties": {key: value for key, value in properties.items() if value is not None},
     }
+    record["properties"]["origin"] = ORIGIN
     amount = properties_in.get("revenue", properties_in.get("total"))
     if event_type in ("purchase", "booking", "refund") and amount is not None:
-        record["revenue"] = str(amount)
-        record["currency"] = str(properties_in.get("currency") or "USD").upper()
+        currency = str(properties_in.get("currency") or "USD").upper()
+        if trust_revenue:
+            record["revenue"] = str(amount)
+            record["currency"] = currency
+        else:  # anyone can send this with the public write key: kept as a claim only
+            record["properties"]["claimed_revenue"] = str(amount)
+            record["properties"]["claimed_currency"] = currency
     account = context.get("groupId") or item.get("groupId")
     if isinstance(account, str) and account:
         record["account_id"] = account
@@ -165,16 +180,27 @@ def _convert(
 
 
 def parse_segment(
-    kind: SegmentCall, body: bytes, received_at: datetime, identities: IdentityMap
+    kind: SegmentCall,
+    body: bytes,
+    received_at: datetime,
+    identities: IdentityMap,
+    *,
+    trust_revenue: bool = False,
 ) -> Parsed:
-    """Convert one Segment API call (``batch`` carries many) into touchpoints."""
+    """Convert one Segment API call (``batch`` carries many) into touchpoints.
+
+    The write key is public (it ships in web pages), so every call is marked
+    ``properties.origin = "browser"``, and a purchase's revenue only becomes the
+    touchpoint's ``revenue`` with ``trust_revenue``; otherwise it is kept as
+    ``properties.claimed_revenue`` / ``claimed_currency``.
+    """
     decoded = decode_json(body)
     if not isinstance(decoded, dict):
         raise PayloadError(DeadLetterReason.NOT_AN_OBJECT, "a Segment call body is a JSON object")
     if kind != "batch":
         return validate_items(
             [decoded],
-            lambda item: _convert(kind, item, received_at, identities),
+            lambda item: _convert(kind, item, received_at, identities, trust_revenue),
             "a batch item is a JSON object",
         )
     items = decoded.get("batch")
@@ -182,6 +208,6 @@ def parse_segment(
         raise PayloadError(DeadLetterReason.MISSING_FIELD, "batch needs a 'batch' array")
     return validate_items(
         items,
-        lambda item: _convert(str(item.get("type")), item, received_at, identities),
+        lambda item: _convert(str(item.get("type")), item, received_at, identities, trust_revenue),
         "a batch item is a JSON object",
     )

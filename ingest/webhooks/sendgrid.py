@@ -22,6 +22,7 @@ from ingest.webhooks.base import (
     validate_items,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import SchemaValidationError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["SENDGRID_EVENTS", "parse_sendgrid"]
@@ -73,12 +74,16 @@ def _convert(item: dict[str, Any], received_at: datetime, pii: Pii) -> dict[str,
     persona = item.get("persona")
     if isinstance(persona, str):
         properties["persona"] = persona
+    try:
+        occurred_at = from_unix(item.get("timestamp"))
+    except SchemaValidationError as exc:
+        return Rejection(0, exc.reason, exc.detail, raw)
     return {
         "event_id": event_id,
         "buyer_id": buyer,
         "channel": "email",
         "event_type": SENDGRID_EVENTS.get(event, f"email_{snake_case(event)}"),
-        "occurred_at": from_unix(item.get("timestamp")) or received_at.isoformat(),
+        "occurred_at": occurred_at or received_at.isoformat(),
         "received_at": received_at.isoformat(),
         "campaign": campaign if isinstance(campaign, str) and campaign else None,
         "properties": {key: value for key, value in properties.items() if value is not None},

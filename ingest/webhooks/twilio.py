@@ -11,15 +11,26 @@ The message body itself is not kept.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
+from urllib.parse import unquote_to_bytes
 
-from ingest.webhooks.base import Parsed, Pii, Rejection, raw_item, validate_all
+from ingest.webhooks.base import Parsed, PayloadError, Pii, Rejection, raw_item, validate_all
 from schemas.enums import DeadLetterReason
 from schemas.touchpoint import deterministic_event_id
 
-__all__ = ["OPT_OUT_WORDS", "TWILIO_STATUSES", "parse_twilio"]
+__all__ = [
+    "MAX_FORM_FIELDS",
+    "OPT_OUT_WORDS",
+    "TWILIO_STATUSES",
+    "decode_form",
+    "form_fields",
+    "parse_twilio",
+]
+
+MAX_FORM_FIELDS: Final = 1000
+"""More fields than any Twilio callback sends (about 30)."""
 
 TWILIO_STATUSES: Final[dict[str, str]] = {
     "accepted": "sms_queued",
@@ -34,6 +45,37 @@ TWILIO_STATUSES: Final[dict[str, str]] = {
 OPT_OUT_WORDS: Final = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
 )
+
+
+def _unquote(part: bytes) -> bytes:
+    return unquote_to_bytes(part.replace(b"+", b" "))
+
+
+def form_fields(body: bytes) -> list[tuple[bytes, bytes]]:
+    """The ``application/x-www-form-urlencoded`` fields of ``body``, percent-decoded to bytes.
+
+    No text decoding happens here: Twilio signs the fields, so they are checked as the
+    bytes they are before anything reads them as text (see :func:`decode_form`).
+    """
+    fields = [field for field in body.split(b"&") if field]
+    if len(fields) > MAX_FORM_FIELDS:
+        raise PayloadError(
+            DeadLetterReason.INVALID_PAYLOAD,
+            f"{len(fields)} form fields; a Twilio callback has at most {MAX_FORM_FIELDS}",
+        )
+    return [
+        (_unquote(key), _unquote(value)) for key, _, value in (f.partition(b"=") for f in fields)
+    ]
+
+
+def decode_form(fields: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Form fields as text (UTF-8, as Twilio sends them); the last of repeated names wins."""
+    try:
+        return {key.decode(): value.decode() for key, value in fields}
+    except UnicodeDecodeError as exc:
+        raise PayloadError(
+            DeadLetterReason.INVALID_ENCODING, f"a form field is not UTF-8: {exc}"
+        ) from None
 
 
 def parse_twilio(form: Mapping[str, str], received_at: datetime, pii: Pii) -> Parsed:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import socket
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,26 +31,26 @@ from tests.collector_server import (
     WRITE_KEY,
     ZENDESK_SECRET,
     Server,
+    running_collector,
     send_request,
     start_collector,
 )
-from tests.kafka_pipeline import Pipeline, stop
-from tests.signing import mailgun_signature, twilio_signature, zendesk_signature
+from tests.kafka_pipeline import REPO, Pipeline, stop
+from tests.signing import (
+    mailgun_signature,
+    mailgun_token,
+    twilio_signature,
+    twilio_signature_of_pairs,
+    zendesk_signature,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def server(pipeline: Pipeline, tmp_path: Path) -> Iterator[Server]:
-    process, url, keys = start_collector(pipeline, tmp_path)
-    try:
-        served = Server(url, keys, pipeline)
-        deadline = time.monotonic() + 60
-        while served.get("/readyz")[0] != 200 and time.monotonic() < deadline:
-            time.sleep(0.5)
+    with running_collector(pipeline, tmp_path) as served:
         yield served
-    finally:
-        stop(process)
 
 
 def now_stamp() -> str:
@@ -61,11 +66,12 @@ def signed_sendgrid(server: Server, events: list[dict[str, Any]]) -> tuple[bytes
     }
 
 
-def signed_mailgun() -> bytes:
+def signed_mailgun(event: dict[str, Any] | None = None) -> bytes:
+    """A Mailgun delivery as Mailgun signs it: a fresh token and timestamp in the body."""
     stamp = now_stamp()
-    token = vendor.MAILGUN_EVENT["signature"]["token"]
+    token = mailgun_token()
     payload = {
-        **vendor.MAILGUN_EVENT,
+        **(event or vendor.MAILGUN_EVENT),
         "signature": {
             "timestamp": stamp,
             "token": token,
@@ -89,6 +95,35 @@ def signed_zendesk(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         "X-Zendesk-Webhook-Signature": zendesk_signature(ZENDESK_SECRET, stamp, body),
         "X-Zendesk-Webhook-Signature-Timestamp": stamp,
     }
+
+
+def signed_sendgrid_raw(server: Server, body: bytes) -> tuple[bytes, dict[str, str]]:
+    stamp = now_stamp()
+    return body, {
+        "X-Twilio-Email-Event-Webhook-Signature": server.sendgrid.sign(stamp, body),
+        "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+    }
+
+
+def signed_zendesk_raw(body: bytes) -> tuple[bytes, dict[str, str]]:
+    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return body, {
+        "X-Zendesk-Webhook-Signature": zendesk_signature(ZENDESK_SECRET, stamp, body),
+        "X-Zendesk-Webhook-Signature-Timestamp": stamp,
+    }
+
+
+def signed_twilio_raw(server: Server, body: bytes) -> tuple[bytes, dict[str, str]]:
+    """Sign a form body as Twilio would (over its decoded fields), whatever it holds."""
+    pairs = [
+        (
+            urllib.parse.unquote_to_bytes(key.replace(b"+", b" ")),
+            urllib.parse.unquote_to_bytes(value.replace(b"+", b" ")),
+        )
+        for key, _, value in (field.partition(b"=") for field in body.split(b"&") if field)
+    ]
+    url = server.url + "/v1/webhooks/twilio"
+    return body, {"X-Twilio-Signature": twilio_signature_of_pairs(TWILIO_TOKEN, url, pairs)}
 
 
 def basic(key: str) -> dict[str, str]:
@@ -331,7 +366,8 @@ def test_with_kafka_unreachable_the_collector_is_alive_but_answers_503(
 
 @pytest.mark.slow
 def test_fuzzing_the_openapi_spec_finds_no_server_error(server: Server) -> None:
-    """Schemathesis generates requests for every operation in /openapi.json; none may 5xx.
+    """Schemathesis generates requests for every operation in /openapi.json, each with the
+    key of its endpoint (so they reach the parsers); none may 5xx.
 
     (Driven by hand rather than through schemathesis' lazy pytest fixture, which does
     not run on pytest 9.)
@@ -340,23 +376,402 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server: Server) -> None:
     checked: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=30,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        )
-        def fuzz(case: Any) -> None:
-            response = case.call(headers={"Authorization": f"Bearer {WEB_KEY}"})
-            assert response.status_code < 500, (
-                case.method,
-                case.path,
-                response.status_code,
-                response.text[:300],
-            )
-
-        fuzz()
+        if operation.path in ("/v1/track", "/v1/page", "/v1/identify", "/v1/batch"):
+            auth = basic(WRITE_KEY)
+        else:
+            auth = bearer(ADS_KEY if operation.path == "/v1/webhooks/ads" else WEB_KEY)
+        fuzz_operation(operation, auth)()
         checked.append(f"{operation.method.upper()} {operation.path}")
     assert len(checked) >= 13
+
+
+def fuzz_operation(operation: Any, auth: dict[str, str]) -> Any:
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=30,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    def fuzz(case: Any) -> None:
+        response = case.call(headers=auth)
+        assert response.status_code < 500, (
+            case.method,
+            case.path,
+            response.status_code,
+            response.text[:300],
+        )
+
+    return fuzz
+
+
+# -- issue 11: hostile and sloppy senders ----------------------------------------------------
+
+NATIVE_EVENT = {
+    "event_id": "n-forged",
+    "buyer_id": "crm-ana",
+    "channel": "web",
+    "event_type": "purchase",
+    "occurred_at": "2026-03-02T09:00:00Z",
+    "revenue": "99999.00",
+    "currency": "USD",
+}
+DEEP = b"[" * 100_000
+KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka.sh"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_each_key_opens_only_the_endpoints_of_its_source(server: Server) -> None:
+    """The Segment write key is public (it ships in web pages): it may only send Segment
+    calls. The ads key only ad events; an API key only /v1/touchpoints."""
+    native = json.dumps(NATIVE_EVENT).encode()
+    ads = json.dumps(vendor.ADS_EVENTS).encode()
+    track = json.dumps(vendor.SEGMENT_TRACK).encode()
+    refused = [
+        ("/v1/touchpoints", native, bearer(WRITE_KEY)),
+        ("/v1/touchpoints", native, {"X-Touchpoint-Key": WRITE_KEY}),
+        ("/v1/webhooks/ads", ads, bearer(WRITE_KEY)),
+        ("/v1/touchpoints", native, bearer(ADS_KEY)),
+        ("/v1/track", track, basic(ADS_KEY)),
+        ("/v1/track", track, basic(WEB_KEY)),
+        ("/v1/webhooks/ads", ads, bearer(WEB_KEY)),
+    ]
+    for path, body, headers in refused:
+        status, answer = server.post(path, body, headers)
+        assert status == 401, (path, headers, status, answer)
+    assert server.raw_touchpoints(1, timeout=4) == []
+    assert server.post("/v1/touchpoints", native, bearer(WEB_KEY))[0] == 200
+    assert server.post("/v1/webhooks/ads", ads, bearer(ADS_KEY))[0] == 200
+    assert server.post("/v1/track", track, basic(WRITE_KEY))[0] == 200
+
+
+def test_what_the_segment_write_key_sends_is_marked_as_from_the_browser(server: Server) -> None:
+    status, answer = server.post(
+        "/v1/track", json.dumps(vendor.SEGMENT_TRACK).encode(), basic(WRITE_KEY)
+    )
+    assert status == 200 and answer["accepted"] == 1, answer
+    [order] = server.raw_touchpoints(1)
+    assert order.event_type == "purchase"
+    assert order.properties["origin"] == "browser"
+    assert order.revenue is None  # browser revenue is untrusted unless the operator says so
+    assert order.properties["claimed_revenue"] == "25.0"
+
+
+def test_malformed_bodies_get_a_4xx_with_a_reason_never_a_500(server: Server) -> None:
+    """Before authentication (Mailgun's signature is in its body, Twilio's covers the form)
+    and behind a valid key or signature: every malformed body is a 4xx with a reason."""
+    sendgrid_deep = signed_sendgrid_raw(server, DEEP)
+    zendesk_deep = signed_zendesk_raw(DEEP)
+    twilio_bad_utf8 = b"MessageSid=SM1&To=%2B1555&Body=\xff"
+    twilio_signed_bad_utf8 = signed_twilio_raw(server, b"MessageSid=SM1&To=%2B1555&Body=%FF")
+    cases: list[tuple[str, bytes, dict[str, str], str]] = [
+        ("/v1/webhooks/mailgun", DEEP, {}, "application/json"),
+        ("/v1/webhooks/mailgun", b'{"signature": ' + DEEP, {}, "application/json"),
+        ("/v1/webhooks/twilio", b"a=\xff", {}, "application/x-www-form-urlencoded"),
+        ("/v1/webhooks/twilio", twilio_bad_utf8, {}, "application/x-www-form-urlencoded"),
+        ("/v1/webhooks/twilio", b"--x\r\n", {}, "multipart/form-data; boundary=x"),
+        ("/v1/webhooks/twilio", b"--x", {}, "multipart/form-data; boundary=x"),
+        ("/v1/webhooks/twilio", b"a=1", {}, "multipart/form-data"),
+        (
+            "/v1/webhooks/twilio",
+            twilio_signed_bad_utf8[0],
+            twilio_signed_bad_utf8[1],
+            "application/x-www-form-urlencoded",
+        ),
+        ("/v1/touchpoints", DEEP, bearer(WEB_KEY), "application/json"),
+        ("/v1/track", DEEP, basic(WRITE_KEY), "application/json"),
+        ("/v1/batch", b'{"batch": ' + DEEP, basic(WRITE_KEY), "application/json"),
+        ("/v1/webhooks/ads", b'{"events": ' + DEEP, bearer(ADS_KEY), "application/json"),
+        ("/v1/webhooks/sendgrid", sendgrid_deep[0], sendgrid_deep[1], "application/json"),
+        ("/v1/webhooks/zendesk", zendesk_deep[0], zendesk_deep[1], "application/json"),
+        ("/v1/touchpoints", b'[{"event_id": "x"', bearer(WEB_KEY), "application/json"),
+        ("/v1/touchpoints", b'{"a": "\xff"}', bearer(WEB_KEY), "application/json"),
+    ]
+    for path, body, headers, content_type in cases:
+        status, answer = server.post(path, body, headers, content_type)
+        assert 400 <= status < 500, (path, body[:40], content_type, status, answer)
+        assert isinstance(answer, dict) and answer.get("error") and answer.get("detail"), answer
+    status, answer = server.post("/v1/touchpoints", DEEP, bearer(WEB_KEY), "application/x-ndjson")
+    assert status == 200 and [item["reason"] for item in answer["rejected"]] == ["invalid_json"]
+    assert server.get("/healthz")[0] == 200
+    assert not [key for key in server.request_counts() if key[1].startswith("5")]
+    assert server.raw_touchpoints(1, timeout=3) == []
+
+
+def test_out_of_range_vendor_times_are_dead_letters_and_the_rest_goes_through(
+    server: Server,
+) -> None:
+    bad_times: list[Any] = [1e20, 1e12, "Infinity", "NaN", -1e12, 10**30]
+    events = [
+        {**vendor.SENDGRID_EVENTS[0], "sg_event_id": f"bad-time-{index}", "timestamp": stamp}
+        for index, stamp in enumerate(bad_times)
+    ]
+    body = json.dumps([*events, vendor.SENDGRID_EVENTS[1]]).encode()
+    body = body.replace(b'"Infinity"', b"Infinity", 1)  # the bare token too, as Python writes it
+    status, answer = server.post("/v1/webhooks/sendgrid", *signed_sendgrid_raw(server, body))
+    assert status == 200, answer
+    assert answer["accepted"] == 1
+    assert [item["index"] for item in answer["rejected"]] == list(range(len(bad_times)))
+    assert {item["reason"] for item in answer["rejected"]} == {"timestamp_out_of_range"}
+
+    mailgun = {
+        **vendor.MAILGUN_EVENT,
+        "event-data": {**vendor.MAILGUN_EVENT["event-data"], "timestamp": 1e20},
+    }
+    status, answer = server.post("/v1/webhooks/mailgun", signed_mailgun(mailgun))
+    assert status == 200, answer
+    assert [item["reason"] for item in answer["rejected"]] == ["timestamp_out_of_range"]
+    assert len(server.raw_touchpoints(1)) == 1
+
+
+def test_a_native_time_outside_what_the_pipeline_stores_is_a_dead_letter(server: Server) -> None:
+    items = [
+        {**NATIVE_EVENT, "event_id": "far", "occurred_at": "9999-12-31T23:59:59-01:00"},
+        {**NATIVE_EVENT, "event_id": "early", "occurred_at": "0001-01-01T00:00:00+01:00"},
+        {**NATIVE_EVENT, "event_id": "ok"},
+    ]
+    status, answer = server.post("/v1/touchpoints", json.dumps(items).encode(), bearer(WEB_KEY))
+    assert status == 200, answer
+    assert answer["accepted"] == 1
+    assert [(item["index"], item["reason"]) for item in answer["rejected"]] == [
+        (0, "timestamp_out_of_range"),
+        (1, "timestamp_out_of_range"),
+    ]
+
+
+def test_a_replayed_mailgun_delivery_is_refused(server: Server) -> None:
+    body = signed_mailgun()
+    assert server.post("/v1/webhooks/mailgun", body)[0] == 200
+    status, answer = server.post("/v1/webhooks/mailgun", body)
+    assert status == 401 and "replay" in answer["detail"], answer
+    assert server.post("/v1/webhooks/mailgun", signed_mailgun())[0] == 200  # a new delivery
+    assert len(server.raw_touchpoints(2)) == 2
+
+
+def test_twilio_signatures_follow_twilios_url_rules(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Twilio signs the URL it called: behind a trusted proxy that is X-Forwarded-Proto/Host/
+    Prefix + the path; an explicit default port may or may not be in what it signed."""
+    public = "https://collect.example.com/tp"
+    forwarded = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "collect.example.com",
+        "X-Forwarded-Prefix": "/tp",
+    }
+    with running_collector(
+        pipeline, tmp_path, {"TOUCHPOINT_COLLECTOR_TRUSTED_PROXIES": "127.0.0.1"}
+    ) as proxied:
+        for signed_url in (f"{public}/v1/webhooks/twilio", f"{public}/v1/webhooks/twilio?a=1"):
+            query = signed_url.partition("?")[2]
+            body = urllib.parse.urlencode(vendor.TWILIO_STATUS).encode()
+            signature = twilio_signature(TWILIO_TOKEN, signed_url, vendor.TWILIO_STATUS)
+            status, answer = proxied.post(
+                "/v1/webhooks/twilio" + (f"?{query}" if query else ""),
+                body,
+                {**forwarded, "X-Twilio-Signature": signature},
+                "application/x-www-form-urlencoded",
+            )
+            assert status == 200, (signed_url, answer)
+        with_port = "https://collect.example.com:443/tp/v1/webhooks/twilio"
+        status, answer = proxied.post(
+            "/v1/webhooks/twilio",
+            urllib.parse.urlencode(vendor.TWILIO_STATUS).encode(),
+            {
+                **forwarded,
+                "X-Twilio-Signature": twilio_signature(
+                    TWILIO_TOKEN, with_port, vendor.TWILIO_STATUS
+                ),
+            },
+            "application/x-www-form-urlencoded",
+        )
+        assert status == 200, answer
+
+    with running_collector(
+        pipeline, tmp_path, {"TOUCHPOINT_COLLECTOR_PUBLIC_URL": public}
+    ) as behind_public_url:
+        for signed_url in (
+            f"{public}/v1/webhooks/twilio",
+            "https://collect.example.com:443/tp/v1/webhooks/twilio",
+        ):
+            signature = twilio_signature(TWILIO_TOKEN, signed_url, vendor.TWILIO_STATUS)
+            status, answer = behind_public_url.post(
+                "/v1/webhooks/twilio",
+                urllib.parse.urlencode(vendor.TWILIO_STATUS).encode(),
+                {"X-Twilio-Signature": signature},
+                "application/x-www-form-urlencoded",
+            )
+            assert status == 200, (signed_url, answer)
+        # forwarded headers from a peer that is not a trusted proxy are ignored
+        other = "https://evil.example.net/v1/webhooks/twilio"
+        status, _ = behind_public_url.post(
+            "/v1/webhooks/twilio",
+            urllib.parse.urlencode(vendor.TWILIO_STATUS).encode(),
+            {
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil.example.net",
+                "X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, other, vendor.TWILIO_STATUS),
+            },
+            "application/x-www-form-urlencoded",
+        )
+        assert status == 401
+
+
+def test_a_zendesk_trigger_body_is_mapped_and_an_unknown_shape_is_refused(
+    server: Server,
+) -> None:
+    status, answer = server.post("/v1/webhooks/zendesk", *signed_zendesk(vendor.ZENDESK_TRIGGER))
+    assert status == 200 and answer["accepted"] == 1 and answer["rejected"] == [], answer
+    [solved] = server.raw_touchpoints(1)
+    assert (solved.channel.value, solved.event_type) == ("support", "ticket_solved")
+    assert solved.buyer_id == "zendesk:8193592318236"
+    assert solved.properties["ticket_id"] == "5158"
+    for unusable in ({"message": "hello"}, {"ticket": {"id": "{{ticket.id}}"}}):
+        status, answer = server.post("/v1/webhooks/zendesk", *signed_zendesk(unusable))
+        assert status in (400, 422), (unusable, status, answer)
+        assert answer["detail"], answer
+
+
+def open_slow_connection(url: str, head: bytes) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(head)
+    return sock
+
+
+def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed ``sock`` within ``seconds`` (and what it said first)."""
+    sock.settimeout(seconds)
+    received = b""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return True, received
+            received += chunk
+    except TimeoutError:
+        return False, received
+    except ConnectionError:
+        return True, received
+    return False, received
+
+
+@pytest.mark.slow
+def test_slow_senders_are_cut_off_and_connections_are_bounded(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    settings_env = {
+        "TOUCHPOINT_COLLECTOR_HEADER_TIMEOUT": "2s",
+        "TOUCHPOINT_COLLECTOR_READ_TIMEOUT": "3s",
+        "TOUCHPOINT_COLLECTOR_MAX_CONNECTIONS": "20",
+    }
+    with running_collector(pipeline, tmp_path, settings_env) as served:
+        # headers that never finish
+        dribbling = open_slow_connection(
+            served.url, b"POST /v1/touchpoints HTTP/1.1\r\nHost: x\r\n"
+        )
+        closed, _ = closed_within(dribbling, 6)
+        assert closed, "a sender that never finishes its headers keeps the connection"
+        dribbling.close()
+        # a body that never finishes
+        head = (
+            b"POST /v1/touchpoints HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + WEB_KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{"
+        )
+        slow_body = open_slow_connection(served.url, head)
+        closed, said = closed_within(slow_body, 8)
+        assert closed and said.startswith(b"HTTP/1.1 408"), said[:80]
+        slow_body.close()
+        # 50 slow senders: at most 20 are let in, the rest are refused at once, all go soon
+        started = time.monotonic()
+        crowd = [
+            open_slow_connection(served.url, b"POST /v1/touchpoints HTTP/1.1\r\n")
+            for _ in range(50)
+        ]
+        outcomes = [closed_within(sock, 8) for sock in crowd]
+        assert time.monotonic() - started < 12
+        assert all(closed for closed, _ in outcomes)
+        refused = [said for _, said in outcomes if said.startswith(b"HTTP/1.1 503")]
+        assert len(refused) >= 30
+        for sock in crowd:
+            sock.close()
+        native = json.dumps(NATIVE_EVENT).encode()
+        assert served.post("/v1/touchpoints", native, bearer(WEB_KEY))[0] == 200
+
+
+@pytest.fixture
+def stoppable_broker(tmp_path: Path) -> Iterator[str]:
+    """A broker of this test's own (the session's is shared), two ports above it."""
+    port = int(os.environ.get("TOUCHPOINT_TEST_KAFKA_PORT", "39092")) + 2
+    env = {**os.environ, "TOUCHPOINT_KAFKA_PORT": str(port)}
+    started = subprocess.run(
+        ["bash", str(KAFKA_SCRIPT), "start", "--fresh"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"Kafka did not start:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            ["bash", str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True, timeout=120
+        )
+
+
+def stop_broker(bootstrap: str) -> None:
+    port = bootstrap.rsplit(":", 1)[1]
+    subprocess.run(
+        ["bash", str(KAFKA_SCRIPT), "stop"],
+        env={**os.environ, "TOUCHPOINT_KAFKA_PORT": port},
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+
+
+@pytest.mark.slow
+def test_readiness_follows_the_broker_and_sigterm_is_prompt_with_kafka_down(
+    stoppable_broker: str, tmp_path: Path
+) -> None:
+    from tests.kafka_pipeline import new_pipeline
+
+    pipeline = new_pipeline(stoppable_broker, tmp_path)
+    native = json.dumps(NATIVE_EVENT).encode()
+    patient = {  # a request stuck on Kafka outlasts the shutdown grace
+        "TOUCHPOINT_COLLECTOR_PRODUCE_TIMEOUT": "20s",
+        "TOUCHPOINT_COLLECTOR_SHUTDOWN_TIMEOUT": "2s",
+    }
+    with running_collector(pipeline, tmp_path, patient) as served:
+        assert served.get("/readyz")[0] == 200
+        assert served.post("/v1/touchpoints", native, bearer(WEB_KEY))[0] == 200
+        stop_broker(stoppable_broker)
+        stopped = time.monotonic()
+        while served.get("/readyz")[0] == 200 and time.monotonic() - stopped < 15:
+            time.sleep(0.2)
+        not_ready_after = time.monotonic() - stopped
+        assert not_ready_after < 5, f"/readyz stayed 200 for {not_ready_after:.1f} s"
+
+        assert served.process is not None
+        answers: list[int] = []
+        in_flight = threading.Thread(
+            target=lambda: answers.append(
+                served.post("/v1/touchpoints", native, bearer(WEB_KEY))[0]
+            ),
+            daemon=True,
+        )
+        in_flight.start()
+        time.sleep(1.0)
+        asked = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=60)
+        exited_after = time.monotonic() - asked
+        in_flight.join(timeout=10)
+        assert exited_after < 2 + 3, f"SIGTERM took {exited_after:.1f} s with Kafka down"
+        assert answers == [503]  # answered, and not 2xx: the sender retries
