@@ -56,7 +56,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_RUN_RECORDS = 200_000
-DEFAULT_RUN_BYTES = 64 << 20
+DEFAULT_RUN_BYTES = 24 << 20
 """A run's estimated size in memory: record bytes plus :data:`_RECORD_OVERHEAD` each."""
 DEFAULT_FAN_IN = 64
 """Runs merged at once; more runs are first merged into bigger ones, so memory stays flat."""

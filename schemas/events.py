@@ -187,7 +187,7 @@ def _time(text: str) -> int | None:
         return None
     try:
         micros = (_from_iso(text) - EPOCH) // US
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return None
     return micros if MIN_TIME_MICROS <= micros <= MAX_TIME_MICROS else None
 

@@ -48,10 +48,10 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 MAX_RECORD_BYTES: Final = 1_000_000
 """Records larger than this (1 MB, in UTF-8 bytes) are dead-lettered unread."""
-MIN_TIME: Final = datetime(1900, 1, 1, tzinfo=UTC)
-MAX_TIME: Final = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-"""Event times outside [MIN_TIME, MAX_TIME] are refused: ClickHouse's DateTime64 stores
-only 1900-01-01 to 2299-12-31, and would silently clamp anything else."""
+MIN_TIME: Final = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME: Final = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+"""Event times outside [MIN_TIME, MAX_TIME] (UTC) are refused as ``timestamp_out_of_range``:
+ClickHouse's DateTime64 would silently clamp them, and nothing real happened before 1970."""
 MIN_TIME_MICROS: Final = (MIN_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 MAX_TIME_MICROS: Final = (MAX_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
@@ -132,6 +132,10 @@ class _PayloadError(ValueError):
     """Marks a model-validator failure as an invalid payload (not an invalid field)."""
 
 
+class _RangeError(ValueError):
+    """Marks an event time the pipeline cannot store."""
+
+
 class Touchpoint(BaseModel):
     """One marketing touchpoint, schema version 1."""
 
@@ -157,9 +161,16 @@ class Touchpoint(BaseModel):
     def _to_utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        if not MIN_TIME <= value <= MAX_TIME:
-            raise ValueError("must be between 1900-01-01 and 2299-12-31 (what ClickHouse stores)")
-        return value.astimezone(UTC)
+        outside = _RangeError(
+            f"must lie within {MIN_TIME:%Y-%m-%d} and {MAX_TIME:%Y-%m-%d} (UTC), "
+            "the times ClickHouse stores"
+        )
+        if not MIN_TIME.year - 1 <= value.year <= MAX_TIME.year + 1:
+            raise outside
+        utc = value.astimezone(UTC)
+        if not MIN_TIME <= utc <= MAX_TIME:
+            raise outside
+        return utc
 
     @model_validator(mode="after")
     def _check_payload(self) -> Touchpoint:
@@ -272,6 +283,8 @@ def _translate(exc: ValidationError) -> SchemaValidationError:
             return SchemaValidationError(DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION, described)
         if kind == "missing":
             return SchemaValidationError(DeadLetterReason.MISSING_FIELD, described)
+        if kind == "value_error" and isinstance(error.get("ctx", {}).get("error"), _RangeError):
+            return SchemaValidationError(DeadLetterReason.TIMESTAMP_OUT_OF_RANGE, described)
         if kind == "value_error" and not loc:
             ctx_error = error.get("ctx", {}).get("error")
             if isinstance(ctx_error, _PayloadError):
