@@ -57,6 +57,22 @@ the sink's ``touchpoint_sink_rows_total{table="touchpoints"}`` must reach the ge
 unique events (exit code 1 if not; above it is reported too). The result reports both
 passes, events/s with metrics on over off, and what was scraped.
 
+With ``--peer quix`` the same job written idiomatically with Quix Streams
+(:mod:`bench.quix_peer`: exactly-once, RocksDB state per buyer key, a ``BatchingSink`` into
+its own chDB directory) runs as its own process on the same broker and records, after the
+Touchpoint runs, timed the same way: from its launch until its consumer group has committed
+every offset of its input (Quix flushes its sinks before it commits), i.e. every row is in
+chDB. Its input (``--quix-input``) is by default a per-event copy of the records: one
+Touchpoint JSON per record keyed by buyer id (the classic contract a Quix user has),
+produced by this script in the same event-time order as ``touchpoint produce``, plus the
+same end-of-input watermarks; or the packed raw topic itself, which the job unpacks and
+re-keys through a Quix repartition topic. With the peer (or ``--per-event``), Touchpoint
+also runs on that per-event topic (its own deployment), and a raw consumer reads it too.
+Afterwards every deployment's tables (``FINAL``) are compared with Touchpoint's on the
+packed topic (:data:`ROW_VIEWS`); rows that must be equal and are not make the exit code 1.
+The peer judges drop-offs only by each buyer's own events (see :mod:`bench.quix_peer`), so
+its ``dropoffs`` and the drop-off columns of ``journey_state`` are compared but not required.
+
 Events/s always divides the number of input records (lines of the file, including the
 generator's duplicates and malformed records: what is on the raw topic apart from one
 watermark per partition) by the phase's wall-clock seconds, so every ``vs ceiling`` ratio
@@ -79,6 +95,7 @@ touchpoint`` with the same interpreter)::
     .venv/bin/python -m bench.kafka_path --events 50000     # ~1-2 minutes
     .venv/bin/python -m bench.kafka_path                    # ~1M records; long (see README)
     .venv/bin/python -m bench.kafka_path --events 300000 --metrics-compare   # metrics cost
+    .venv/bin/python -m bench.kafka_path --events 50000 --peer quix   # vs Quix Streams
 
 Results are printed and written as JSON to ``bench/results/kafka_path-<timestamp>.json``.
 """
@@ -87,6 +104,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import platform
@@ -771,8 +789,9 @@ def pipeline_phases(
                 "workers": workers,
                 "startup_seconds": first_commit,
                 "raw_offsets": raw_end,
+                # raw offsets are packs on a packed topic: scaled to input records
                 "after_first_commit_events_per_second": (
-                    (raw_end - first_raw) / (workers_done - first_commit)
+                    records * (raw_end - first_raw) / raw_end / (workers_done - first_commit)
                     if first_commit is not None and workers_done > first_commit
                     else None
                 ),
@@ -1000,8 +1019,8 @@ def quix_phase(peer: Peer, meter: CpuMeter, records: int, timeout: float) -> Pha
     stats = re.search(
         r"Quix peer stopped after ([\d,]+) messages \(([\d,]+) events, ([\d,]+) rows\)", output
     )
-    after_first = (
-        (input_end - first_commit) / (input_seconds - first_seconds)
+    after_first = (  # input offsets (packs, if packed) scaled to input records
+        records * (input_end - first_commit) / input_end / (input_seconds - first_seconds)
         if first_seconds is not None and input_seconds is not None and input_seconds > first_seconds
         else None
     )
@@ -1917,6 +1936,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.per_event = args.peer is not None
     if args.metrics_compare and (args.peer or args.per_event):
         parser.error("--metrics-compare cannot be combined with --peer or --per-event")
+    if args.peer == "quix" and importlib.util.find_spec("quixstreams") is None:
+        parser.error("--peer quix needs Quix Streams: pip install -e '.[bench]'")
     args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     _setup_logging()
     for noisy in ("kafka", "aiokafka"):

@@ -222,6 +222,13 @@ def build_app(
         state_dir=state_dir,
         commit_interval=commit_interval,
         loglevel=loglevel,
+        # Packed: the repartition topic gets every record, also the generator's oversized
+        # one (MAX_RECORD_BYTES + a little, dead-lettered downstream): past librdkafka's
+        # 1 MB default, and within the broker's ~1 MiB limit only compressed (so
+        # touchpoint produce sends it: max_request_size 2 MB, zstd).
+        producer_extra_config=(
+            {"message.max.bytes": 2_000_000, "compression.type": "lz4"} if packed else None
+        ),
     )
     rules = wiring.rules_for(settings)
     states = KeyStates()
