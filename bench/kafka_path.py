@@ -1757,10 +1757,15 @@ def _render_peer(result: Mapping[str, Any]) -> list[str]:
         )
         details = quix["details"]
         if details.get("startup_seconds") is not None:
+            after = details["after_first_commit_events_per_second"]
             lines.append(
                 f"quix: first commit after {details['startup_seconds']:.1f} s; "
-                f"{details['after_first_commit_events_per_second'] or 0:,.0f} events/s after it;"
-                f" commit_interval {details['commit_interval']:g} s; "
+                + (
+                    f"{after:,.0f} events/s after it; "
+                    if after is not None and not details["repartition_offsets"]
+                    else ""  # packed: the packs are read (and committed) long before the work
+                )
+                + f"commit_interval {details['commit_interval']:g} s; "
                 f"{peer['quixstreams']['quixstreams']} (confluent-kafka "
                 f"{peer['quixstreams']['confluent-kafka']})."
             )
