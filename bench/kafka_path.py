@@ -57,6 +57,22 @@ the sink's ``touchpoint_sink_rows_total{table="touchpoints"}`` must reach the ge
 unique events (exit code 1 if not; above it is reported too). The result reports both
 passes, events/s with metrics on over off, and what was scraped.
 
+With ``--peer quix`` the same job written idiomatically with Quix Streams
+(:mod:`bench.quix_peer`: exactly-once, RocksDB state per buyer key, a ``BatchingSink`` into
+its own chDB directory) runs as its own process on the same broker and records, after the
+Touchpoint runs, timed the same way: from its launch until its consumer group has committed
+every offset of its input (Quix flushes its sinks before it commits), i.e. every row is in
+chDB. Its input (``--quix-input``) is by default a per-event copy of the records: one
+Touchpoint JSON per record keyed by buyer id (the classic contract a Quix user has),
+produced by this script in the same event-time order as ``touchpoint produce``, plus the
+same end-of-input watermarks; or the packed raw topic itself, which the job unpacks and
+re-keys through a Quix repartition topic. With the peer (or ``--per-event``), Touchpoint
+also runs on that per-event topic (its own deployment), and a raw consumer reads it too.
+Afterwards every deployment's tables (``FINAL``) are compared with Touchpoint's on the
+packed topic (:data:`ROW_VIEWS`); rows that must be equal and are not make the exit code 1.
+The peer judges drop-offs only by each buyer's own events (see :mod:`bench.quix_peer`), so
+its ``dropoffs`` and the drop-off columns of ``journey_state`` are compared but not required.
+
 Events/s always divides the number of input records (lines of the file, including the
 generator's duplicates and malformed records: what is on the raw topic apart from one
 watermark per partition) by the phase's wall-clock seconds, so every ``vs ceiling`` ratio
@@ -79,6 +95,7 @@ touchpoint`` with the same interpreter)::
     .venv/bin/python -m bench.kafka_path --events 50000     # ~1-2 minutes
     .venv/bin/python -m bench.kafka_path                    # ~1M records; long (see README)
     .venv/bin/python -m bench.kafka_path --events 300000 --metrics-compare   # metrics cost
+    .venv/bin/python -m bench.kafka_path --events 50000 --peer quix   # vs Quix Streams
 
 Results are printed and written as JSON to ``bench/results/kafka_path-<timestamp>.json``.
 """
@@ -87,6 +104,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import platform
@@ -100,6 +118,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,7 +127,7 @@ from typing import IO, Any, Final
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as AioTopicPartition
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -135,8 +154,9 @@ from bench.embedded import (
     _setup_logging,
 )
 from ingest.generator import GeneratorConfig, write_dataset
+from ingest.kafka import peek
 from schemas.settings import Settings
-from schemas.topics import Topics
+from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, Topics
 from touchpoint import wiring
 
 __all__ = ["main"]
@@ -769,8 +789,9 @@ def pipeline_phases(
                 "workers": workers,
                 "startup_seconds": first_commit,
                 "raw_offsets": raw_end,
+                # raw offsets are packs on a packed topic: scaled to input records
                 "after_first_commit_events_per_second": (
-                    (raw_end - first_raw) / (workers_done - first_commit)
+                    records * (raw_end - first_raw) / raw_end / (workers_done - first_commit)
                     if first_commit is not None and workers_done > first_commit
                     else None
                 ),
@@ -801,6 +822,361 @@ def pipeline_phases(
         )
     )
     return phases, sink_details
+
+
+# ------------------------------------------------------------------------ the peer
+
+
+def produce_keyed_phase(deployment: Deployment, events: Path, records: int) -> Phase:
+    """The classic contract: one record per touchpoint, keyed by buyer id (murmur2, like
+    ``touchpoint produce``'s packs), in the same event-time order, then one source watermark
+    per partition. In this process (kafka-python, the producer's settings); untimed prep
+    for the per-event runs, reported for scale."""
+    topic = deployment.topics.raw
+    logger.info("produce (per event, keyed): %s records into %s", f"{records:,}", topic)
+    payloads, _ = wiring.file_payloads([events])
+    started = time.perf_counter()
+    cpu_before = time.process_time()
+    producer = KafkaProducer(
+        bootstrap_servers=deployment.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type="zstd",
+        linger_ms=20,
+        max_request_size=2_000_000,
+        client_id="bench-keyed-producer",
+    )
+    acked = [0]
+    failed: list[BaseException] = []
+    newest: datetime | None = None
+    sent = 0
+    try:
+        for data in payloads:
+            key, at = peek(data)
+            if at is not None and (newest is None or at > newest):
+                newest = at
+            future = producer.send(topic, key=key, value=data)
+            future.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
+            future.add_errback(failed.append)
+            sent += 1
+        producer.flush()
+        partitions = sorted(producer.partitions_for(topic) or ())
+        if newest is not None:
+            for partition in partitions:
+                future = producer.send(
+                    topic,
+                    value=newest.isoformat().encode(),
+                    partition=partition,
+                    headers=[(CONTROL_HEADER, CONTROL_WATERMARK)],
+                )
+                future.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
+                future.add_errback(failed.append)
+                sent += 1
+        producer.flush()
+    finally:
+        producer.close(timeout=30)
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu_before
+    if failed or acked[0] != sent:
+        raise BenchError(
+            f"keyed produce: {acked[0]} of {sent} records acknowledged; first error: "
+            f"{failed[0] if failed else None}"
+        )
+    logger.info(
+        "produce (per event, keyed): %s records acknowledged in %.1f s", f"{sent:,}", seconds
+    )
+    return Phase(
+        "produce (per event, keyed)",
+        records,
+        seconds,
+        cpu_cores={"bench": round(cpu / seconds, 3)},
+        details={"acknowledged": sent, "watermarks": len(partitions) if newest else 0},
+    )
+
+
+@dataclass
+class Peer:
+    """The Quix Streams job: its input, group, chDB and state directories."""
+
+    deployment: Deployment
+    """Names its chDB directory and log (label ``quix``); its own topics are Quix's
+    (changelog, and a repartition topic for a packed input), named after the group."""
+    input_topic: str
+    packed: bool
+    commit_interval: float
+
+    @property
+    def group(self) -> str:
+        return f"bench-quix-{self.deployment.tag}"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.deployment.run_dir / "quix-state"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bench.quix_peer",
+            "--bootstrap",
+            self.deployment.bootstrap,
+            "--topic",
+            self.input_topic,
+            "--group",
+            self.group,
+            "--clickhouse-dir",
+            str(self.deployment.chdb_dir),
+            "--state-dir",
+            str(self.state_dir),
+            "--input",
+            "packed" if self.packed else "per-event",
+            "--commit-interval",
+            str(self.commit_interval),
+        ]
+
+
+def quix_phase(peer: Peer, meter: CpuMeter, records: int, timeout: float) -> Phase:
+    """The peer launched on its filled input topic, until its group has committed every
+    input offset (and, packed, every repartition offset: ``end - 1``, its records are
+    written in transactions). Quix flushes its sinks before it commits a checkpoint, so
+    by then every row is in chDB. Then SIGTERM (commit, close)."""
+    deployment = peer.deployment
+    offsets = Offsets(deployment)
+    input_tps = offsets.partitions(peer.input_topic)
+    input_end = sum(offsets.ends([peer.input_topic]).values())
+    log_path = deployment.log("peer")
+    log = log_path.open("wb")
+    before = meter.snapshot()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        peer.command(), env=deployment.env(), cwd=deployment.run_dir, stdout=log, stderr=log
+    )
+    meter.track("quix", process.pid, "quix")
+    logger.info(
+        "quix peer started (pid %d) on %s (%s); waiting for %s input offsets",
+        process.pid,
+        peer.input_topic,
+        "packed" if peer.packed else "per event",
+        f"{input_end:,}",
+    )
+    meter.timeline_point("quix start")
+    progress = _Progress("quix committed", input_end)
+    done_input = first_commit = 0.0
+    first_seconds: float | None = None
+    input_seconds: float | None = None
+    repartition_ends: dict[TopicPartition, int] = {}
+    last_point = started
+    try:
+        while True:
+            now = time.perf_counter()
+            if now - started > timeout:
+                raise BenchError(
+                    f"gave up after {timeout:.0f} s: the quix peer committed {done_input:,.0f} "
+                    f"of {input_end:,} input offsets; see {log_path}"
+                )
+            if process.poll() is not None:
+                raise BenchError(
+                    f"the quix peer exited early with code {process.returncode}:\n" + tail(log_path)
+                )
+            committed = offsets.committed(peer.group)
+            now = time.perf_counter()
+            if input_seconds is None:
+                now_input = sum(committed.get(tp, 0) for tp in input_tps)
+                if now_input > done_input:
+                    if first_seconds is None:
+                        first_seconds, first_commit = now - started, now_input
+                        logger.info("quix: first offsets committed after %.1f s", first_seconds)
+                    progress(int(now_input - done_input))
+                    done_input = now_input
+                if done_input >= input_end:
+                    input_seconds = now - started
+                    if peer.packed:
+                        repartition = [
+                            topic
+                            for topic in offsets.admin.list_topics()
+                            if topic.startswith("repartition__") and peer.group in topic
+                        ]
+                        repartition_ends = offsets.ends(repartition)
+            if input_seconds is not None and _sink_done(committed, repartition_ends):
+                break
+            if now - last_point >= _TIMELINE_SECONDS:
+                last_point = now
+                meter.timeline_point(f"quix {now - started:.0f} s:", committed=done_input)
+            time.sleep(_POLL_SECONDS)
+        seconds = time.perf_counter() - started
+        cores = meter.cores(before, meter.snapshot())
+        meter.timeline_point("quix end", committed=done_input)
+        logger.info("quix peer done after %.1f s: stopping it", seconds)
+        code = _stop(process, "quix")
+    finally:
+        if process.poll() is None:
+            _stop(process, "quix")
+        log.close()
+        offsets.close()
+    output = log_path.read_text(errors="replace")
+    if code not in (0, -signal.SIGTERM):
+        raise BenchError(f"the quix peer exited {code} on SIGTERM:\n{tail(log_path)}")
+    stats = re.search(
+        r"Quix peer stopped after ([\d,]+) messages \(([\d,]+) events, ([\d,]+) rows\)", output
+    )
+    after_first = (  # input offsets (packs, if packed) scaled to input records
+        records * (input_end - first_commit) / input_end / (input_seconds - first_seconds)
+        if first_seconds is not None and input_seconds is not None and input_seconds > first_seconds
+        else None
+    )
+    return Phase(
+        f"quix peer [{'packed' if peer.packed else 'per-event'}]",
+        records,
+        seconds,
+        cpu_cores=cores,
+        details={
+            "input_topic": peer.input_topic,
+            "input": "packed" if peer.packed else "per-event",
+            "input_offsets": input_end,
+            "consumer_group": peer.group,
+            "commit_interval": peer.commit_interval,
+            "startup_seconds": first_seconds,
+            "after_first_commit_events_per_second": after_first,
+            "repartition_offsets": sum(repartition_ends.values()) if peer.packed else None,
+            "messages": int(stats.group(1).replace(",", "")) if stats else None,
+            "events_decoded": int(stats.group(2).replace(",", "")) if stats else None,
+            "rows_written": int(stats.group(3).replace(",", "")) if stats else None,
+            "exit_code": code,
+        },
+    )
+
+
+# ------------------------------------------------------------------ row comparison
+
+_JUDGED: Final = ("dropoff_stage", "dropoff_at", "version")
+"""journey_state columns set by drop-off judgements (a judgement is a version)."""
+ROW_VIEWS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
+    # view: (table, columns left out)
+    "touchpoints": ("touchpoints", ("inserted_at", "source", "source_position")),
+    "touchpoints (+source, position)": ("touchpoints", ("inserted_at",)),
+    "journey_state": ("journey_state", ()),
+    "journey_state (not judged)": ("journey_state", _JUDGED),
+    "stage_transitions": ("stage_transitions", ("version",)),
+    "dropoffs": ("dropoffs", ("version",)),
+    "dead_letters": ("dead_letters", ("dead_letter_id", "source", "position", "recorded_at")),
+}
+"""What is compared, each read with ``FINAL`` and every remaining column, sorted.
+``inserted_at`` is the insert time; ``source``/``source_position`` name the topic and
+offset (different topics, or packs, give different ones: compared only between runs on
+the same records); a ``version`` of transitions and drop-offs counts the buyer's state
+changes up to the batch that wrote the row (batches differ between drivers); dead letters
+carry their position in their id and their processing time."""
+
+
+def dump_rows(deployment: Deployment, directory: Path) -> dict[str, Path]:
+    """Each :data:`ROW_VIEWS` view of the deployment's chDB as a sorted TSV file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = deployment.settings()
+    database = settings.clickhouse.database
+    files: dict[str, Path] = {}
+    with wiring.clickhouse(settings, migrate=False) as client:
+        for view, (table, left_out) in ROW_VIEWS.items():
+            names = [
+                str(row[0])
+                for row in client.query(
+                    "SELECT name FROM system.columns WHERE database = {db:String} "
+                    "AND table = {table:String} ORDER BY position",
+                    parameters={"db": database, "table": table},
+                ).result_rows
+            ]
+            columns = ", ".join(f"`{name}`" for name in names if name not in left_out)
+            rows = client.query(
+                f"SELECT {columns} FROM {database}.{table} FINAL ORDER BY {columns}"
+            ).result_rows
+            path = directory / (re.sub(r"[^a-z_]+", "-", view).strip("-") + ".tsv")
+            with path.open("w", encoding="utf-8") as out:
+                for row in rows:
+                    out.write("\t".join(map(repr, row)) + "\n")
+            files[view] = path
+    return files
+
+
+def compare_rows(
+    reference: Mapping[str, Path], other: Mapping[str, Path], views: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per view: rows of each side, whether they are equal, and what differs (a few examples)."""
+    result: dict[str, dict[str, Any]] = {}
+    for view in views:
+        left = reference[view].read_text(encoding="utf-8").splitlines()
+        right = other[view].read_text(encoding="utf-8").splitlines()
+        entry: dict[str, Any] = {"rows": [len(left), len(right)], "equal": left == right}
+        if left != right:
+            only_left = Counter(left) - Counter(right)
+            only_right = Counter(right) - Counter(left)
+            entry["only_in_reference"] = sum(only_left.values())
+            entry["only_in_other"] = sum(only_right.values())
+            entry["examples_reference"] = [line[:400] for line in list(only_left)[:3]]
+            entry["examples_other"] = [line[:400] for line in list(only_right)[:3]]
+        result[view] = entry
+    return result
+
+
+_REQUIRED: Final[dict[str, tuple[str, ...]]] = {
+    # Touchpoint on another copy of the records: the same processor, so every view.
+    "touchpoint": tuple(view for view in ROW_VIEWS if view != "touchpoints (+source, position)"),
+    # The peer judges drop-offs only by a buyer's own events (bench/quix_peer.py).
+    "quix": ("touchpoints", "journey_state (not judged)", "stage_transitions", "dead_letters"),
+}
+
+
+def _compare_deployments(
+    reference: Deployment,
+    compared: Mapping[str, Deployment],
+    peer: Peer | None,
+    event_pass: Pass | None,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Rows of every other deployment against Touchpoint's on the packed topic (and the
+    peer's against Touchpoint's on the same per-event topic, source and position included)."""
+    rows_dir = run_dir / "rows"
+    logger.info("comparing rows (dumps in %s)", rows_dir)
+    files = {"touchpoint packed": dump_rows(reference, rows_dir / "touchpoint-packed")}
+    for name, deployment in compared.items():
+        files[name] = dump_rows(deployment, rows_dir / name.replace(" ", "-"))
+    pairs: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = []
+    for name in compared:
+        kind = "quix" if name == "quix" else "touchpoint"
+        views = tuple(view for view in ROW_VIEWS if view != "touchpoints (+source, position)")
+        pairs.append(("touchpoint packed", name, views, _REQUIRED[kind]))
+    if (
+        peer is not None
+        and not peer.packed
+        and event_pass is not None
+        and "touchpoint per-event" in compared
+        and peer.input_topic == event_pass.deployment.topics.raw
+    ):
+        same = ("touchpoints (+source, position)",)
+        pairs.append(("touchpoint per-event", "quix", same, same))
+    comparisons: list[dict[str, Any]] = []
+    equal = True
+    for left, right, views, required in pairs:
+        found = compare_rows(files[left], files[right], views)
+        differing = [view for view in required if not found[view]["equal"]]
+        if differing:
+            equal = False
+            logger.warning("rows of %s differ from %s in: %s", right, left, ", ".join(differing))
+        comparisons.append(
+            {
+                "reference": left,
+                "other": right,
+                "required": list(required),
+                "equal": not differing,
+                "views": found,
+            }
+        )
+    return {
+        "views": {
+            view: {"table": table, "left_out": list(out)}
+            for view, (table, out) in ROW_VIEWS.items()
+        },
+        "comparisons": comparisons,
+        "equal": equal,
+    }
 
 
 def count_rows(deployment: Deployment) -> dict[str, Any]:
@@ -904,6 +1280,8 @@ def _raw_ends(deployment: Deployment) -> list[int]:
 
 def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     environment = _environment()
+    peer_wanted = args.peer == "quix"
+    quix_packed = args.quix_input == "packed"
     buyers = args.buyers or max(1, round(args.events / EVENTS_PER_BUYER))
     events = run_dir / f"events-seed{args.seed}-buyers{buyers}.jsonl"
     dataset: dict[str, Any] = {"path": str(events), **_generate(events, buyers, args.seed)}
@@ -940,10 +1318,38 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 )
             ]
             deployment = passes[0].deployment
+            # --per-event: Touchpoint again on a per-event, keyed copy of the records (its
+            # own deployment); --peer quix: the Quix Streams job on that copy (or, with
+            # --quix-input packed, on the packed raw topic), its own group and chDB.
+            event_pass = (
+                Pass(Deployment(bootstrap, args.partitions, run_dir, label="event"), False, 1)
+                if args.per_event or (peer_wanted and not quix_packed)
+                else None
+            )
+            peer = (
+                Peer(
+                    Deployment(bootstrap, args.partitions, run_dir, label="quix"),
+                    input_topic=(
+                        deployment.topics.raw
+                        if quix_packed or event_pass is None
+                        else event_pass.deployment.topics.raw
+                    ),
+                    packed=quix_packed,
+                    commit_interval=args.quix_commit_interval,
+                )
+                if peer_wanted
+                else None
+            )
             setup_started = time.perf_counter()
             for each in passes:
                 wiring.ensure_pipeline_topics(each.deployment.settings())
                 each.deployment.run("migrate", "migrate")
+            if event_pass is not None:
+                wiring.ensure_pipeline_topics(event_pass.deployment.settings())
+                if args.per_event:
+                    event_pass.deployment.run("migrate", "migrate")
+            if peer is not None:
+                peer.deployment.run("migrate", "migrate")
             setup = time.perf_counter() - setup_started
             logger.info(
                 "topics under %s created, chDB migrated in %.1f s",
@@ -966,7 +1372,23 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                         f"the raw topic under {each.deployment.prefix} holds {sum(copied)} "
                         f"records, under {deployment.prefix} {raw_end}"
                     )
+            keyed: Phase | None = None
+            event_ceiling: Phase | None = None
+            event_raw_end = 0
+            if event_pass is not None:
+                keyed = produce_keyed_phase(event_pass.deployment, events, records)
+                event_raw_end = sum(_raw_ends(event_pass.deployment))
+                if event_raw_end != records + keyed.details["watermarks"]:
+                    raise BenchError(
+                        f"the per-event topic holds {event_raw_end} records, expected "
+                        f"{records} + {keyed.details['watermarks']} watermarks"
+                    )
             ceiling = ceiling_phase(deployment, meter, records, args.ceiling_repeat, raw_end)
+            if event_pass is not None:
+                event_ceiling = ceiling_phase(
+                    event_pass.deployment, meter, records, args.ceiling_repeat, event_raw_end
+                )
+                event_ceiling.phase += " [per-event]"
             for number, each in enumerate(passes, 1):
                 if compare:
                     logger.info(
@@ -986,8 +1408,39 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                     args.staged,
                     metrics=each.metrics,
                 )
+            if event_pass is not None and args.per_event:
+                logger.info(
+                    "touchpoint on the per-event topic %s", event_pass.deployment.topics.raw
+                )
+                event_pass.phases, event_pass.sink = pipeline_phases(
+                    event_pass.deployment,
+                    meter,
+                    records,
+                    event_raw_end,
+                    args.workers,
+                    args.timeout,
+                    args.staged,
+                )
+                for phase in event_pass.phases:
+                    phase.phase += " [per-event]"
+            quix: Phase | None = None
+            if peer is not None:
+                quix = quix_phase(peer, meter, records, args.timeout)
         for each in passes:
             each.stored = count_rows(each.deployment)
+        compared: dict[str, Deployment] = {}
+        if event_pass is not None and args.per_event:
+            event_pass.stored = count_rows(event_pass.deployment)
+            compared["touchpoint per-event"] = event_pass.deployment
+        peer_stored: dict[str, Any] | None = None
+        if peer is not None:
+            peer_stored = count_rows(peer.deployment)
+            compared["quix"] = peer.deployment
+        rows = (
+            _compare_deployments(passes[0].deployment, compared, peer, event_pass, run_dir)
+            if compared
+            else None
+        )
     finally:
         meter.stop()
     unique = dataset["events_unique"]
@@ -1007,13 +1460,36 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         if compare:
             for phase in each.phases:
                 phase.phase = f"{phase.phase} [{each.deployment.label}]"
+    if event_pass is not None and args.per_event:
+        if event_pass.stored["touchpoints_final"] != unique:
+            complete = False
+            logger.warning(
+                "ClickHouse (per-event) holds %s unique touchpoints, the generator made %s",
+                f"{event_pass.stored['touchpoints_final']:,}",
+                f"{unique:,}",
+            )
+    if peer_stored is not None and peer_stored["touchpoints_final"] != unique:
+        complete = False
+        logger.warning(
+            "the quix peer's ClickHouse holds %s unique touchpoints, the generator made %s",
+            f"{peer_stored['touchpoints_final']:,}",
+            f"{unique:,}",
+        )
     main = passes[0]
     downstream, sink, stored = main.phases, main.sink, main.stored
     workers, pipeline = downstream[0], downstream[-1]
     code_changed = code_revision() != environment["git"]
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
-    phases = [produce, ceiling, *(phase for each in passes for phase in each.phases)]
+    phases = [
+        produce,
+        *([keyed] if keyed is not None else []),
+        ceiling,
+        *([event_ceiling] if event_ceiling is not None else []),
+        *(phase for each in passes for phase in each.phases),
+        *(event_pass.phases if event_pass is not None else []),
+        *([quix] if quix is not None else []),
+    ]
     contention = max(phase.cpu_cores.get("other", 0.0) for phase in phases)
     if contention > 0.25:
         logger.warning(
@@ -1063,6 +1539,42 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         "ratio_workers_to_ceiling": _ratio(workers, ceiling),
         "ratio_produce_to_ceiling": _ratio(produce, ceiling),
         "ratio_sink_to_ceiling": _ratio(downstream[1], ceiling) if args.staged else None,
+        "per_event": (
+            {
+                "raw_topic": event_pass.deployment.topics.raw,
+                "raw_topic_records": event_raw_end,
+                "touchpoint": bool(args.per_event),
+                "sink": event_pass.sink or None,
+                "clickhouse": event_pass.stored or None,
+                "ratio_pipeline_to_ceiling": (
+                    _ratio(event_pass.phases[-1], event_ceiling)
+                    if event_pass.phases and event_ceiling is not None
+                    else None
+                ),
+            }
+            if event_pass is not None
+            else None
+        ),
+        "peer": (
+            {
+                "name": "quix",
+                "quixstreams": package_versions("quixstreams", "confluent-kafka"),
+                "input": "packed" if peer.packed else "per-event",
+                "input_topic": peer.input_topic,
+                "consumer_group": peer.group,
+                "clickhouse": peer_stored,
+                "ratio_pipeline_to_quix": _ratio(pipeline, quix),
+                "ratio_pipeline_per_event_to_quix": (
+                    _ratio(event_pass.phases[-1], quix)
+                    if event_pass is not None and event_pass.phases
+                    else None
+                ),
+            }
+            if peer is not None and quix is not None
+            else None
+        ),
+        "rows_compared": rows,
+        "rows_equal": rows is None or rows["equal"],
     }
 
 
@@ -1145,7 +1657,7 @@ def _ratio(phase: Phase, ceiling: Phase) -> float:
 def _cpu_text(cores: Mapping[str, float]) -> str:
     shown = [
         f"{role} {cores[role]:.2f}"
-        for role in ("producer", "bench", "workers", "sink", "broker", "other")
+        for role in ("producer", "bench", "workers", "sink", "quix", "broker", "other")
         if role in cores
     ]
     return ", ".join(shown)
@@ -1154,7 +1666,7 @@ def _cpu_text(cores: Mapping[str, float]) -> str:
 def _render(result: dict[str, Any]) -> str:
     dataset = result["dataset"]
     phases = result["phases"]
-    ceiling = phases[1]["events_per_second"]
+    ceiling = next(p for p in phases if p["phase"] == "ceiling (raw aiokafka)")["events_per_second"]
     width = max(24, *(len(phase["phase"]) for phase in phases))
     header = (
         f"{'phase':<{width}} {'events':>11} {'seconds':>9} {'events/s':>10} {'vs ceiling':>10}  "
@@ -1172,7 +1684,7 @@ def _render(result: dict[str, Any]) -> str:
             f"{phase['events_per_second'] / ceiling:>9.3f}x  {_cpu_text(phase['cpu_cores'])}"
         )
     pipeline = next(phase for phase in phases if phase["phase"].startswith("pipeline"))
-    workers = phases[2]
+    workers = next(phase for phase in phases if phase["phase"].startswith("workers"))
     staged = result["config"]["staged"]
     stored = result["clickhouse"]
     lines.append("")
@@ -1200,6 +1712,8 @@ def _render(result: dict[str, Any]) -> str:
     )
     if result["metrics_compare"] is not None:
         lines.extend(_render_compare(result["metrics_compare"]))
+    if result["peer"] is not None or result["rows_compared"] is not None:
+        lines.extend(_render_peer(result))
     lines.append(
         "produce first, then the ceiling, then "
         + (
@@ -1220,6 +1734,61 @@ def _render(result: dict[str, Any]) -> str:
         )
     )
     return "\n".join(lines)
+
+
+def _render_peer(result: Mapping[str, Any]) -> list[str]:
+    """The --peer / --per-event lines: headline ratios and the row comparison."""
+    lines = [""]
+    phases = {phase["phase"]: phase for phase in result["phases"]}
+    peer = result["peer"]
+    if peer is not None:
+        quix = next(phase for name, phase in phases.items() if name.startswith("quix peer"))
+        lines.append(
+            f"pipeline / quix = {peer['ratio_pipeline_to_quix']:.2f}x "
+            f"(Touchpoint on packs {phases['pipeline (workers+sink)']['events_per_second']:,.0f}"
+            f" vs Quix Streams on {peer['input']} records {quix['events_per_second']:,.0f} "
+            "events/s)"
+            + (
+                f"; pipeline [per-event] / quix = {peer['ratio_pipeline_per_event_to_quix']:.2f}x"
+                if peer["ratio_pipeline_per_event_to_quix"] is not None
+                else ""
+            )
+            + "."
+        )
+        details = quix["details"]
+        if details.get("startup_seconds") is not None:
+            after = details["after_first_commit_events_per_second"]
+            lines.append(
+                f"quix: first commit after {details['startup_seconds']:.1f} s; "
+                + (
+                    f"{after:,.0f} events/s after it; "
+                    if after is not None and not details["repartition_offsets"]
+                    else ""  # packed: the packs are read (and committed) long before the work
+                )
+                + f"commit_interval {details['commit_interval']:g} s; "
+                f"{peer['quixstreams']['quixstreams']} (confluent-kafka "
+                f"{peer['quixstreams']['confluent-kafka']})."
+            )
+    rows = result["rows_compared"]
+    if rows is not None:
+        for comparison in rows["comparisons"]:
+            parts = []
+            for view, found in comparison["views"].items():
+                mark = "" if view in comparison["required"] else " (not required)"
+                if found["equal"]:
+                    parts.append(f"{view} equal ({found['rows'][0]:,}){mark}")
+                else:
+                    parts.append(
+                        f"{view} DIFFER ({found['only_in_reference']:,} rows only in "
+                        f"{comparison['reference']}, {found['only_in_other']:,} only in "
+                        f"{comparison['other']}){mark}"
+                    )
+            lines.append(
+                f"rows of {comparison['other']} vs {comparison['reference']} (FINAL): "
+                + "; ".join(parts)
+                + ("." if comparison["equal"] else ". ROWS DIFFER.")
+            )
+    return lines
 
 
 def _render_compare(compare: Mapping[str, Any]) -> list[str]:
@@ -1330,12 +1899,50 @@ def _parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="give up if workers + sink take longer than this many seconds [default: 3600]",
     )
-    add_run_options(parser, "events file, chDB data, process logs")
+    parser.add_argument(
+        "--peer",
+        choices=("quix",),
+        help="also run the same job written with Quix Streams (bench/quix_peer.py: "
+        "exactly-once, RocksDB state per buyer, a BatchingSink into its own chDB; needs the "
+        "'bench' extra) on the same broker and records, after the Touchpoint runs; adds its "
+        "phase, the ratio pipeline / quix, and a row comparison (exit code 1 if they differ)",
+    )
+    parser.add_argument(
+        "--quix-input",
+        choices=("per-event", "packed"),
+        default="per-event",
+        help="what the peer reads: per-event = one Touchpoint JSON per record keyed by buyer "
+        "id (the classic contract, produced by this bench into its own topic); packed = "
+        "touchpoint produce's packs on the raw topic, unpacked and re-keyed with group_by "
+        "(a repartition topic) [default: per-event]",
+    )
+    parser.add_argument(
+        "--quix-commit-interval",
+        type=float,
+        default=2.0,
+        help="the peer's commit_interval (seconds between checkpoints: sink flush + "
+        "transaction); Quix's default is 5 [default: 2, the Touchpoint sink's batch time]",
+    )
+    parser.add_argument(
+        "--per-event",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run Touchpoint (workers + sink, its own deployment) on a per-event, keyed "
+        "copy of the records [default: on with --peer, off otherwise]",
+    )
+    add_run_options(parser, "events file, chDB data, process logs, row dumps")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.per_event is None:
+        args.per_event = args.peer is not None
+    if args.metrics_compare and (args.peer or args.per_event):
+        parser.error("--metrics-compare cannot be combined with --peer or --per-event")
+    if args.peer == "quix" and importlib.util.find_spec("quixstreams") is None:
+        parser.error("--peer quix needs Quix Streams: pip install -e '.[bench]'")
     args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     _setup_logging()
     for noisy in ("kafka", "aiokafka"):
@@ -1355,7 +1962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"results written to {write_result('kafka_path', result, args.results_dir)}")
     compare = result["metrics_compare"]
     collected = compare is None or compare["metrics_collected"]
-    return 0 if result["complete"] and collected else 1
+    return 0 if result["complete"] and collected and result["rows_equal"] else 1
 
 
 if __name__ == "__main__":
