@@ -29,7 +29,14 @@ from schemas.dead_letter import DeadLetter
 from schemas.enums import STAGES, DeadLetterReason
 from schemas.errors import SchemaValidationError
 from schemas.events import Event, decode_event
-from schemas.journey import JourneyState, decode_state, encode_state, from_micros, to_micros
+from schemas.journey import (
+    JourneyState,
+    TouchRef,
+    decode_state,
+    encode_state,
+    from_micros,
+    to_micros,
+)
 from schemas.rows import (
     ROW_ADAPTERS,
     DeadLetterRow,
@@ -290,6 +297,30 @@ class JourneyProcessor:
         if buyer_id not in self._changed:
             self._changed[buyer_id] = (dict(state.stage_hits), dict(state.dropoffs))
 
+    def _schedule_hit(
+        self, buyer_id: str, state: JourneyState, stage: str, touch: TouchRef
+    ) -> None:
+        """Arm the drop-off timer of ``stage``, whose first hit ``touch`` just became.
+
+        Only this stage can have become a move: a new hit can take the move away from a
+        lower stage, never give one to another stage, so only its deadline is new (and
+        pushing every move's deadline again, as :meth:`_schedule` does, would fill the
+        heap with duplicates that each cost a state decode when they fire).
+        """
+        timeout = self.timeouts.get(stage)
+        if timeout is None or stage in state.judged:
+            return
+        rank = _RANK[stage]
+        key = (touch.at, touch.event_id)
+        for higher in _STAGE_VALUES[rank + 1 :]:
+            hit = state.stage_hits.get(higher)
+            if hit is not None and (hit.at, hit.event_id) <= key:
+                return  # reached past this stage before: not a move
+        timers = self._timers.get(state.partition)
+        if timers is None:
+            timers = self._timers[state.partition] = []
+        heapq.heappush(timers, (touch.at + timeout, buyer_id, rank))
+
     def _schedule(self, buyer_id: str, state: JourneyState) -> None:
         timers = self._timers.get(state.partition)
         if timers is None:
@@ -391,7 +422,7 @@ class JourneyProcessor:
             ),
         )
         if stage is not None and state.stage_hits[stage] is touch:
-            self._schedule(buyer_id, state)
+            self._schedule_hit(buyer_id, state, stage, touch)
 
         partition = state.partition
         newest = self._newest.get(partition)

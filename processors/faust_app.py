@@ -54,6 +54,7 @@ import asyncio
 import gc
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from datetime import datetime
 from typing import Any, Final
@@ -407,6 +408,7 @@ def create_app(
     async def handle(events: list[Any]) -> None:
         """Process a batch, then send each partition's records together, in its transaction."""
         nonlocal handled
+        started = time.perf_counter()
         before = handled
         applied: set[int] = set()
         skipped = 0
@@ -438,7 +440,19 @@ def create_app(
                     key = f"{partition}:{store.applied.get(partition, -1)}:{index}".encode()
                     records.append((topic, key, pack))
             sends.append(send_together(app, raw_name, partition, records))
+        processed = time.perf_counter()
         await asyncio.gather(*sends)
+        sent = time.perf_counter()
+        if metrics is not None:
+            metrics.batch_process_seconds.observe(processed - started)
+            metrics.batch_send_seconds.observe(sent - processed)
+        logger.debug(
+            "batch of %d records (%d events): processed in %.3f s, sent in %.3f s",
+            len(events),
+            sum(output.stats.events.values()),
+            processed - started,
+            sent - processed,
+        )
 
     @app.agent(raw_topic, name="journeys")
     async def journeys(stream: Any) -> AsyncIterator[None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from processors.engine import BatchOutput, ProcessorCounters
 from schemas.enums import DeadLetterReason
@@ -58,6 +58,16 @@ class WorkerMetrics:
             ["stage"],
             registry=registry,
         )
+        self.batch_seconds = Histogram(
+            "touchpoint_worker_batch_seconds",
+            "Time a worker spends on one batch, by step: process (decode, classify, fold, "
+            "rows) and send (queueing the batch's records in its partitions' transactions).",
+            ["step"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.batch_process_seconds = self.batch_seconds.labels("process")
+        self.batch_send_seconds = self.batch_seconds.labels("send")
         self.journeys = Gauge(
             "touchpoint_worker_journeys",
             "Journeys held in memory (the partitions this worker owns).",
