@@ -439,7 +439,10 @@ def produce(
             payloads, progress.total = wiring.generated_payloads(settings, generate, seed)
         else:
             payloads, progress.total = wiring.file_payloads(
-                inputs, sort_dir=sort_dir, on_sort_progress=progress.step(0)
+                inputs,
+                sort_dir=sort_dir,
+                on_sort_progress=progress.step(0),
+                lateness=settings.processing.allowed_lateness,
             )
         topic, sent, told = wiring.produce(
             settings, payloads, watermark=watermark, on_progress=progress.step(1)

@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from ingest.ordering import sort_by_event_time
+from ingest.ordering import in_order_within, sort_by_event_time
 from ingest.reader import read_records
 from processors.engine import JourneyProcessor
 from processors.local import RunSummary, run_local
@@ -171,18 +171,33 @@ def run_files(
 
     The records of all the files are processed in event-time order (ingest.ordering),
     so the result does not depend on the order of their lines or of the files; the
-    sort spills to temporary files under ``sort_dir`` (default: the system's).
+    sort spills to temporary files under ``sort_dir`` (default: the system's). Files
+    already in time order within the allowed lateness (checked in a first, cheap pass)
+    stream through as they are: the fold gives the same result for them.
     ``on_sort_progress`` counts records read into the sort, ``on_progress`` records
     processed.
     """
     rules = rules if rules is not None else rules_for(settings)
     processor = build_processor(settings, rules)
     processing = settings.processing
+
+    def records() -> Generator[RawRecord, None, None]:
+        for item in inputs:
+            yield from read_records(item.path, source=item.path.name)
+
+    # In time order within the allowed lateness (exports usually are): the same result
+    # as sorted, so it streams through as it is, without the sort's disk pass.
+    presorted = in_order_within(records(), processing.allowed_lateness)
     run_id = hashlib.sha256(
         "\x1f".join(
             [
-                *sorted(f"{item.path.name}:{item.sha256}" for item in inputs),
-                "order:event-time",  # batches differ from those of the unsorted runs before
+                *(
+                    [f"{item.path.name}:{item.sha256}" for item in inputs]
+                    if presorted
+                    else sorted(f"{item.path.name}:{item.sha256}" for item in inputs)
+                ),
+                # batches differ from those of the unsorted runs before
+                "order:as-read" if presorted else "order:event-time",
                 rules.model_dump_json(),
                 format_duration(processing.allowed_lateness),
                 format_duration(processing.dedup_window),
@@ -190,10 +205,6 @@ def run_files(
             ]
         ).encode()
     ).hexdigest()[:20]
-
-    def records() -> Iterator[RawRecord]:
-        for item in inputs:
-            yield from read_records(item.path, source=item.path.name)
 
     writer = ClickHouseWriter(
         client,
@@ -203,7 +214,11 @@ def run_files(
     )
     # The engine inserts one batch while the processor folds the next.
     sink = BackgroundSink(writer, close_inner=False)
-    ordered = sort_by_event_time(records(), temp_dir=sort_dir, on_read=on_sort_progress)
+    ordered = (
+        records()
+        if presorted
+        else sort_by_event_time(records(), temp_dir=sort_dir, on_read=on_sort_progress)
+    )
     try:
         with closing(ordered):  # removes the sort's files also when the run fails
             summary = run_local(
@@ -260,15 +275,23 @@ def file_payloads(
     *,
     sort_dir: Path | None = None,
     on_sort_progress: Callable[[int], None] | None = None,
+    lateness: timedelta | None = None,
 ) -> tuple[Iterator[bytes], int]:
     """Raw records of input files in event-time order, as ``run_files`` processes them
     (and a line count for the progress bar). The files are sorted when the first record
-    is taken; closing the iterator removes the sort's temporary files."""
+    is taken — unless they are already in order within ``lateness``, which the workers
+    handle as a sorted input; closing the iterator removes the sort's temporary files."""
     files = inspect_inputs(paths)
-    records = (record for item in files for record in read_records(item.path))
+
+    def records() -> Iterator[RawRecord]:
+        for item in files:
+            yield from read_records(item.path)
 
     def payloads() -> Iterator[bytes]:
-        ordered = sort_by_event_time(records, temp_dir=sort_dir, on_read=on_sort_progress)
+        if lateness is not None and in_order_within(records(), lateness):
+            yield from (record.data for record in records())
+            return
+        ordered = sort_by_event_time(records(), temp_dir=sort_dir, on_read=on_sort_progress)
         with closing(ordered):
             for record in ordered:
                 yield record.data

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from ingest.ordering import UNTIMED, event_time_key, sort_by_event_time
+from ingest.ordering import UNTIMED, event_time_key, in_order_within, sort_by_event_time
 from schemas.enums import DeadLetterReason
 from schemas.errors import InputError
 from schemas.raw import RawRecord
@@ -286,3 +286,26 @@ def test_peak_memory_depends_on_the_run_size_not_on_the_input_size(tmp_path: Pat
         assert [path.name for path in folder.iterdir()] == ["in.jsonl"]
     # 75,000 more records of ~330 bytes: held in memory they would add well over 30 MiB
     assert peaks[100_000] - peaks[25_000] < 8 * 1024, peaks
+
+
+def test_an_input_in_order_within_the_lateness_needs_no_sort() -> None:
+    hour = timedelta(hours=1)
+    late_but_within = [line(2 * hour, "a"), line(hour + timedelta(minutes=1), "b"), b"{oops"]
+    assert in_order_within(records(late_but_within), lateness=hour)
+    too_late = [line(3 * hour, "a"), line(hour, "b"), line(4 * hour, "c")]
+    assert not in_order_within(records(too_late), lateness=hour)
+    assert in_order_within(records([]), lateness=hour)
+
+
+def test_the_order_check_stops_at_the_first_record_too_far_behind() -> None:
+    hour = timedelta(hours=1)
+    read: list[int] = []
+
+    def lines() -> Iterator[RawRecord]:
+        for index, record in enumerate(records([line(5 * hour, "a"), line(0 * hour, "b")])):
+            read.append(index)
+            yield record
+        raise AssertionError("read past the first record out of order")
+
+    assert not in_order_within(lines(), lateness=hour)
+    assert read == [0, 1]
