@@ -40,7 +40,8 @@ from typing import IO, Final
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from schemas.enums import DeadLetterReason
-from schemas.errors import ConfigError, InputError
+from schemas.errors import ConfigError, InputError, SchemaValidationError
+from schemas.events import decode_event
 from schemas.raw import RawRecord
 from schemas.touchpoint import MAX_RECORD_BYTES
 
@@ -126,6 +127,14 @@ def event_time_key(data: bytes) -> int:
     return (at - _EPOCH) // _MICROSECOND
 
 
+def _valid(data: bytes) -> bool:
+    try:
+        decode_event(data)
+    except SchemaValidationError:
+        return False
+    return True
+
+
 def in_order_within(
     records: Iterable[RawRecord],
     lateness: timedelta,
@@ -133,8 +142,9 @@ def in_order_within(
 ) -> bool:
     """Whether no record is more than ``lateness`` behind the newest event time before it.
 
-    Such an input needs no sort: the journey fold gives the same result for any order
-    within the allowed lateness (``tests/unit/test_fold_order_property.py``), and nothing
+    Records that are not valid touchpoints do not count: they become the same dead
+    letters wherever they stand. Such an input needs no sort: the journey fold gives the
+    same result for any order within the allowed lateness (``tests/unit/test_fold_order_property.py``), and nothing
     in it is late enough to be judged differently or dead-lettered as ``too_late``. So
     an export already in time order streams straight through, without the sort's pass
     over the disk and its memory. Stops at the first record that is too far behind.
@@ -146,8 +156,8 @@ def in_order_within(
         if record.error is None:
             key = event_time_key(record.data)
             if key != UNTIMED:
-                if key < newest - bound:
-                    return False
+                if key < newest - bound and _valid(record.data):
+                    return False  # (an invalid record is the same dead letter anywhere)
                 if key > newest:
                     newest = key
         unreported += 1

@@ -309,3 +309,12 @@ def test_the_order_check_stops_at_the_first_record_too_far_behind() -> None:
 
     assert not in_order_within(lines(), lateness=hour)
     assert read == [0, 1]
+
+
+def test_an_invalid_record_far_behind_does_not_force_a_sort() -> None:
+    hour = timedelta(hours=1)
+    no_buyer = json.dumps(
+        {k: v for k, v in json.loads(line(0 * hour, "x")).items() if k != "buyer_id"}
+    )
+    lines = [line(5 * hour, "a"), no_buyer.encode(), line(5 * hour, "b")]
+    assert in_order_within(records(lines), lateness=hour)  # a dead letter wherever it stands
