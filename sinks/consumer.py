@@ -53,6 +53,8 @@ ClickHouse unreachable
     owner replays it from the intent. A stop request (SIGTERM) during the wait ends the
     run with ``SinkRetryableError`` (exit 1); nothing is lost, the next start replays.
     A ``SinkFatalError`` (schema drift, bad SQL) is not retried: the process exits.
+    Likewise a commit that fails because Kafka is unreachable (timeout, no broker) is
+    retried with the same offsets; one the group refuses (it rebalanced) is not.
 
 Fault injection (tests only; inert unless armed)
     With ``TOUCHPOINT_FAULT_SINK_EXIT_AFTER_INSERT=N`` set when the sink is created, the
@@ -681,14 +683,46 @@ class KafkaClickHouseSink:
     # -- writing -----------------------------------------------------------------------
 
     def _commit(self, offsets: Mapping[Partition, OffsetAndMetadata], what: str) -> None:
+        """Commit, retrying while Kafka is unreachable (the same offsets: idempotent).
+
+        A non-retriable failure (the group moved on: ``CommitFailedError``, unknown member)
+        raises: what is not committed is replayed by the next owner.
+        """
         if not offsets:
             return
-        try:
-            self._consumer.commit({TopicPartition(*tp): om for tp, om in offsets.items()})
-        except KafkaError as exc:
-            raise BrokerError(
-                f"committing {what} offsets for {len(offsets)} partition(s) failed: {exc}"
-            ) from exc
+        wait = self._retry_backoff
+        failing_since: float | None = None
+        while True:
+            try:
+                self._consumer.commit({TopicPartition(*tp): om for tp, om in offsets.items()})
+            except KafkaError as exc:
+                retriable = bool(getattr(exc, "retriable", False))  # timeouts, connections
+                stopping = self._stop is not None and self._stop.is_set()
+                if not retriable or stopping:
+                    raise BrokerError(
+                        f"committing {what} offsets for {len(offsets)} partition(s) failed: {exc}"
+                    ) from exc
+                now = self._clock()
+                if failing_since is None:
+                    failing_since = now
+                logger.warning(
+                    "committing %s offsets failed for %.0fs (%s); retrying in %.0fs",
+                    what,
+                    now - failing_since,
+                    exc,
+                    wait,
+                )
+                if self._stop is not None:
+                    self._stop.wait(wait)
+                else:
+                    time.sleep(wait)
+                wait = min(wait * 2, self._retry_max)
+                continue
+            if failing_since is not None:
+                logger.warning(
+                    "committed %s offsets after %.0fs", what, self._clock() - failing_since
+                )
+            return
 
     def _flush(self, *, catch_up: bool) -> None:
         """Write every flushable partition: intent commit, insert, done commit, per round.

@@ -157,6 +157,7 @@ def test_the_sink_killed_between_insert_and_commit_replays_the_batch_once(
         kill([sink])
     assert restarted.returncode == 0
     assert log_of(pipeline, "sink-restarted").count("replaying batch") == len(intents)
+    print(f"{len(intents)} intent(s) replayed {replayed_after:.1f}s after the restart")
 
     got = read_back_dir(chdb)
     assert_ground_truth(got, truth)

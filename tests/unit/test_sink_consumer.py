@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas.enums import Channel, Stage
@@ -293,6 +293,7 @@ class FakeConsumer:
         self.fail_commit_on = fail_commit_on
         self.closed = False
         self.paused: set[tuple[str, int]] = set()
+        self.commit_errors: list[Exception] = []
         self.polls = 0
         self.on_poll: Any = None
 
@@ -333,6 +334,9 @@ class FakeConsumer:
         return result
 
     def commit(self, offsets: Mapping[Any, Any]) -> None:
+        if self.commit_errors:
+            self.group.events.append(("commit failed", None))
+            raise self.commit_errors.pop(0)
         self.commits += 1
         if self.commits == self.fail_commit_on:
             raise CommitFailedError("rebalanced away")
@@ -623,3 +627,21 @@ def test_the_fault_point_is_inert_unless_armed_and_rejects_a_bad_value(
     monkeypatch.setenv("TOUCHPOINT_FAULT_SINK_EXIT_AFTER_INSERT", "soon")
     with pytest.raises(ConfigError, match="positive integer"):
         make_sink(group, RecordingSink(group))
+
+
+def test_a_commit_that_fails_while_kafka_is_unreachable_is_retried_with_the_same_offsets() -> None:
+    group = Group()
+    fill(group, partitions=1, per_partition=3)
+    store = RecordingSink(group)
+    sink = make_sink(group, store)
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    consumer.commit_errors = [KafkaTimeoutError("no answer"), KafkaConnectionError("refused")]
+    stats = sink.run(idle_timeout=0.2)
+    intent = Intent(0, 3).encode()
+    assert group.events[:4] == [
+        ("commit failed", None),
+        ("commit failed", None),
+        ("commit", (0, 0, intent)),
+        ("write", f"{TOPIC}:0:0-2"),
+    ]
+    assert stats.batches == 1 and group.committed[(TOPIC, 0)] == OffsetAndMetadata(3, "", -1)
