@@ -279,16 +279,24 @@ class Broker:
         }
 
     def _run(self, *args: str) -> None:
-        done = subprocess.run(
-            ["bash", str(KAFKA_SCRIPT), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"kafka.sh {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        for attempt in range(3):
+            done = subprocess.run(
+                ["bash", str(KAFKA_SCRIPT), *args],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            if done.returncode == 0:
+                return
+            # These ports lie in Linux's ephemeral range: another process's outgoing
+            # connection may hold one for a moment. Binding again later works.
+            if "Address already in use" not in done.stderr or attempt == 2:
+                break
+            time.sleep(3)
+        tail = "\n".join(done.stderr.splitlines()[-30:])
+        pytest.fail(f"kafka.sh {' '.join(args)} failed:\n{done.stdout}\n{tail}")
 
     def start(self, *, fresh: bool = False) -> None:
         self._run("start", *(["--fresh"] if fresh else []))
