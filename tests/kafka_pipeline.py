@@ -123,11 +123,7 @@ class Pipeline:
 
     def sink_lag(self) -> int:
         """Output records (and transaction markers) the sink group has not committed yet."""
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        try:
-            committed = admin.list_group_offsets(self.sink_group).get(self.sink_group, {})
-        finally:
-            admin.close()
+        committed = group_offsets(self.bootstrap, self.sink_group)
         return sum(
             max(0, end - (committed[tp].offset if tp in committed else 0))
             for tp, end in self.output_ends().items()
@@ -263,6 +259,23 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def group_offsets(bootstrap: str, group: str, timeout: float = 15) -> dict[Any, Any]:
+    """A group's committed offsets (with metadata), retrying while its coordinator moves or
+    loads (``NotCoordinatorError`` right after the group appears or the broker restarts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            offsets: dict[Any, Any] = admin.list_group_offsets(group).get(group, {})
+            return offsets
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                raise
+        finally:
+            admin.close()
+        time.sleep(0.5)
 
 
 class Broker:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from ingest.kafka import peek
@@ -35,6 +34,7 @@ from tests.kafka_pipeline import (
     PARTITIONS,
     Broker,
     Pipeline,
+    group_offsets,
     kill,
     new_pipeline,
     read_back_dir,
@@ -80,12 +80,7 @@ def assert_ground_truth(got: dict[str, Any], truth: GroundTruth) -> None:
 
 
 def committed_with_metadata(bootstrap: str, group: str) -> dict[Any, Any]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets: dict[Any, Any] = admin.list_group_offsets(group).get(group, {})
-        return offsets
-    finally:
-        admin.close()
+    return group_offsets(bootstrap, group)
 
 
 def create_topics(pipeline: Pipeline) -> None:
