@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ RATE = int(os.environ.get("TOUCHPOINT_SOAK_RATE", "200"))
 BUYERS = int(os.environ.get("TOUCHPOINT_SOAK_BUYERS", "5000"))
 """About 7.5 events per buyer: 5,000 buyers at 200/s is a little over three minutes."""
 SAMPLE_EVERY = 5.0
+WARM_UP = 30.0
+"""Seconds of start-up (groups forming, first commits, chDB opening) before bounds apply."""
 
 
 @dataclass
@@ -101,9 +104,14 @@ def test_a_steady_load_for_minutes_keeps_lag_bounded_and_memory_level(
     assert processes["sink"].returncode == 0
 
     during = [s for s in samples if s.at <= load_seconds]
-    warm = next(s for s in during if s.at >= 60)  # after start-up and the first journeys
-    last = during[-1]
+    steady = [s for s in during if s.at >= WARM_UP]
+    warm = [s for s in steady if s.at <= WARM_UP + 30]  # the first 30 s after warm-up
+    tail = steady[-6:]  # the last 30 s of load
     outputs = sum(pipeline.output_ends().values())
+
+    def median_rss(window: list[Sample], name: str) -> int:
+        return int(statistics.median(s.rss_kib[name] for s in window))
+
     figures = {
         "events": len(lines),
         "rate_per_s": RATE,
@@ -112,12 +120,15 @@ def test_a_steady_load_for_minutes_keeps_lag_bounded_and_memory_level(
         "sink_caught_up_seconds": round(caught_up, 1),
         "max_raw_lag": max(s.raw_lag for s in during),
         "max_sink_lag": max(s.sink_lag for s in during),
+        "max_raw_lag_after_warm_up": max(s.raw_lag for s in steady),
+        "max_sink_lag_after_warm_up": max(s.sink_lag for s in steady),
         "output_records": outputs,
         "rss_mib": {
             name: {
                 "start": round(during[0].rss_kib[name] / 1024, 1),
-                "at_60s": round(warm.rss_kib[name] / 1024, 1),
-                "end": round(last.rss_kib[name] / 1024, 1),
+                "after_warm_up": round(median_rss(warm, name) / 1024, 1),
+                "end": round(median_rss(tail, name) / 1024, 1),
+                "max": round(max(s.rss_kib[name] for s in during) / 1024, 1),
             }
             for name in processes
         },
@@ -126,18 +137,18 @@ def test_a_steady_load_for_minutes_keeps_lag_bounded_and_memory_level(
     (tmp_path / "soak.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps({k: v for k, v in figures.items() if k != "samples"}, indent=2))
 
-    # Lag bounded: no hop is more than ~15 s of load behind at any sample.
-    assert figures["max_raw_lag"] <= 15 * RATE, figures
-    output_rate = outputs / load_seconds
-    assert figures["max_sink_lag"] <= 15 * output_rate, figures
+    # Lag bounded: once started, no hop is more than ~15 s of load behind at any sample,
+    # and what is left when the load stops drains quickly.
+    assert figures["max_raw_lag_after_warm_up"] <= 15 * RATE, figures
+    assert figures["max_sink_lag_after_warm_up"] <= 15 * outputs / load_seconds, figures
     assert drained < 60, figures
-    # Memory levels off. The sink holds at most a batch; a worker holds its journeys and
-    # remembered event ids, which grow with the buyers seen (bounded by the dedup window):
-    # allow that, not a leak's steady climb.
-    growth = {name: last.rss_kib[name] - warm.rss_kib[name] for name in processes}
-    assert growth["sink"] <= 48 * 1024, figures["rss_mib"]
-    for worker in ("worker-a", "worker-b"):
-        assert growth[worker] <= max(96 * 1024, warm.rss_kib[worker] // 2), figures["rss_mib"]
+    # Memory levels off (medians of 30 s windows, so one sample's jitter does not count).
+    # A worker holds its journeys and remembered event ids; the sink holds at most a batch
+    # besides chDB, whose caches grow a little with the tables: allow that, not a leak's
+    # climb with every message.
+    growth = {name: median_rss(tail, name) - median_rss(warm, name) for name in processes}
+    assert growth["sink"] <= 80 * 1024, figures["rss_mib"]
+    assert growth["worker-a"] <= 32 * 1024 and growth["worker-b"] <= 32 * 1024, figures["rss_mib"]
 
     assert_ground_truth(read_back_dir(chdb), truth)
 
