@@ -54,7 +54,13 @@ ClickHouse unreachable
     run with ``SinkRetryableError`` (exit 1); nothing is lost, the next start replays.
     A ``SinkFatalError`` (schema drift, bad SQL) is not retried: the process exits.
     Likewise a commit that fails because Kafka is unreachable (timeout, no broker) is
-    retried with the same offsets; one the group refuses (it rebalanced) is not.
+    retried with the same offsets. A commit the group refuses because it moved on without
+    this member (a rebalance, or an eviction: seen after a broker restart, when the
+    session expired before the heartbeats found the coordinator again) is not retried:
+    the round's partitions are dropped from the buffers and rewound to their batches, and
+    re-opened from their committed offsets (and intents), so nothing is lost — a batch
+    inserted before its *done* commit was refused is replayed from its intent. The sink
+    stays up and rejoins on its next poll.
 
 Fault injection (tests only; inert unless armed)
     With ``TOUCHPOINT_FAULT_SINK_EXIT_AFTER_INSERT=N`` set when the sink is created, the
@@ -82,7 +88,14 @@ from types import TracebackType
 from typing import Any, Final, Protocol
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
-from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaConfigurationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas.dead_letter import DeadLetter
@@ -114,6 +127,15 @@ Partition = tuple[str, int]
 _MAX_POLL_RECORDS: Final = 2000
 _POLL_CEILING_SECONDS: Final = 0.5
 _KAFKA_TIMEOUT_MS: Final = 30_000
+
+# The group refused a commit because it moved on without this member (a rebalance, or
+# an eviction after its session expired, e.g. across a broker restart).
+_GROUP_MOVED_ON: Final = (
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
 
 FAULT_EXIT_AFTER_INSERT: Final = "TOUCHPOINT_FAULT_SINK_EXIT_AFTER_INSERT"
 """Env var arming the fault-injection point: exit after the N-th round of inserts."""
@@ -448,6 +470,8 @@ class ConsumerLike(Protocol):
 
     def assignment(self) -> Any: ...
 
+    def seek(self, partition: Any, offset: int) -> None: ...
+
     def pause(self, *partitions: Any) -> None: ...
 
     def resume(self, *partitions: Any) -> None: ...
@@ -495,6 +519,10 @@ def _create_consumer(settings: KafkaSettings, max_rows: int) -> Any:
         raise BrokerUnavailableError(
             f"cannot talk to Kafka at {settings.bootstrap}: {exc}"
         ) from exc
+
+
+class _GroupMovedOn(BrokerError):
+    """The group refused a commit: it rebalanced or evicted this member meanwhile."""
 
 
 class KafkaClickHouseSink:
@@ -698,6 +726,10 @@ class KafkaClickHouseSink:
             except KafkaError as exc:
                 retriable = bool(getattr(exc, "retriable", False))  # timeouts, connections
                 stopping = self._stop is not None and self._stop.is_set()
+                if isinstance(exc, _GROUP_MOVED_ON) and not stopping:
+                    raise _GroupMovedOn(
+                        f"the group refused the {what} commit of {len(offsets)} partition(s): {exc}"
+                    ) from exc
                 if not retriable or stopping:
                     raise BrokerError(
                         f"committing {what} offsets for {len(offsets)} partition(s) failed: {exc}"
@@ -738,24 +770,61 @@ class KafkaClickHouseSink:
             self.stats.abandoned += len(taken) - len(group)
             if not group:
                 continue
-            self._commit(
-                {
-                    batch.tp: OffsetAndMetadata(batch.first, batch.intent.encode(), -1)
-                    for batch in group
-                    if not batch.replay
-                },
-                "intent",
-            )
+            try:
+                self._commit(
+                    {
+                        batch.tp: OffsetAndMetadata(batch.first, batch.intent.encode(), -1)
+                        for batch in group
+                        if not batch.replay
+                    },
+                    "intent",
+                )
+            except _GroupMovedOn as exc:
+                self._read_again(group, exc)  # nothing of this round was inserted
+                continue
             written = [batch for batch in group if self._write(batch)]
             self.sink.flush()
             self._fault_point(group)
-            self._commit(
-                {batch.tp: OffsetAndMetadata(batch.end, "", -1) for batch in written}, "written"
-            )
+            try:
+                self._commit(
+                    {batch.tp: OffsetAndMetadata(batch.end, "", -1) for batch in written},
+                    "written",
+                )
+            except _GroupMovedOn as exc:
+                self._read_again(written, exc)  # inserted; the intent replays it, same token
+                continue
             for batch in written:
                 self._committed[batch.tp] = batch.end
         if catch_up:
-            self._commit_idle_positions()
+            try:
+                self._commit_idle_positions()
+            except _GroupMovedOn as exc:
+                logger.info("%s; the positions are committed after the rejoin", exc)
+
+    def _read_again(self, batches: Sequence[PartitionBatch], exc: _GroupMovedOn) -> None:
+        """After a refused commit: forget these partitions' buffers and read them again
+        from their committed offsets (with intents) — here if they are still assigned
+        after the rejoin, else by their new owner."""
+        tps = sorted({batch.tp for batch in batches})
+        with self._lock:
+            self._planner.close(tps)
+            for tp in tps:
+                self._committed.pop(tp, None)
+        try:
+            assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        except KafkaError:
+            assigned = set()
+        for batch in batches:
+            if batch.tp in assigned:
+                try:
+                    self._consumer.seek(TopicPartition(*batch.tp), batch.first)
+                except (KafkaError, ValueError) as error:  # unassigned meanwhile
+                    logger.debug("no seek for %s: %s", batch.tp, error)
+        with self._lock:
+            self._to_open.update(tp for tp in tps if tp in assigned)
+        logger.warning(
+            "%s; %d partition(s) will be read again from their committed offsets", exc, len(tps)
+        )
 
     def _write(self, batch: PartitionBatch) -> bool:
         """Write one batch; False if its partition moved to another sink meanwhile."""

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
+from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas.enums import Channel, Stage
@@ -355,6 +355,12 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(*tp) for tp in self.positions}
 
+    def seek(self, partition: Any, offset: int) -> None:
+        tp = (partition.topic, partition.partition)
+        if tp not in self.positions:
+            raise ValueError("Unassigned partition")
+        self.positions[tp] = offset
+
     def pause(self, *partitions: Any) -> None:
         self.paused.update((tp.topic, tp.partition) for tp in partitions)
 
@@ -475,12 +481,44 @@ def test_a_crash_between_insert_and_commit_replays_the_same_batch_which_is_dropp
     assert all(om.metadata == "" for om in group.committed.values())
 
 
-def test_a_failed_intent_commit_means_no_insert() -> None:
+def test_an_intent_commit_the_group_refuses_means_no_insert_and_the_batch_is_read_again() -> None:
     group = Group()
     fill(group, partitions=1, per_partition=2)
     store = RecordingSink(group)
+    stats = make_sink(group, store, fail_commit_on=1).run(idle_timeout=0.2)
+    intent = Intent(0, 2).encode()
+    assert group.events == [  # the refused intent commit left no trace; then all is normal
+        ("commit", (0, 0, intent)),
+        ("write", f"{TOPIC}:0:0-1"),
+        ("commit", (0, 2, "")),
+    ]
+    assert stats.batches == 1 and stats.messages == 4  # read twice, written once
+
+
+def test_a_done_commit_the_group_refuses_is_made_good_by_replaying_the_intent() -> None:
+    group = Group()
+    fill(group, partitions=1, per_partition=2)
+    store = RecordingSink(group)
+    stats = make_sink(group, store, fail_commit_on=2).run(idle_timeout=0.2)
+    intent = Intent(0, 2).encode()
+    assert group.events == [
+        ("commit", (0, 0, intent)),
+        ("write", f"{TOPIC}:0:0-1"),  # its done commit is refused: read again, intent found
+        ("write", f"{TOPIC}:0:0-1"),  # the replay, same token (the sink drops it)
+        ("commit", (0, 2, "")),
+    ]
+    assert stats.replays == 1 and len(store.rows("stage_transitions")) == 2
+
+
+def test_a_commit_refused_for_a_reason_other_than_the_group_stops_the_sink() -> None:
+    group = Group()
+    fill(group, partitions=1, per_partition=2)
+    store = RecordingSink(group)
+    sink = make_sink(group, store)
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    consumer.commit_errors = [KafkaError("authorization failed")]
     with pytest.raises(BrokerError, match="intent"):
-        make_sink(group, store, fail_commit_on=1).run(idle_timeout=0.2)
+        sink.run(idle_timeout=0.2)
     assert store.batches == [] and group.committed == {}
 
 
