@@ -291,8 +291,23 @@ class Broker:
             "TOUCHPOINT_KAFKA_CONTROLLER_PORT": str(port + 1),
         }
 
+    @property
+    def log(self) -> Path:
+        home = Path(os.environ.get("TOUCHPOINT_KAFKA_HOME", REPO / ".cache" / "kafka"))
+        return home / f"run-{self.port}" / "kafka.log"
+
+    def _bind_failed_since(self, offset: int) -> bool:
+        try:
+            with self.log.open("rb") as log:
+                log.seek(offset if log.seek(0, os.SEEK_END) >= offset else 0)
+                return b"Address already in use" in log.read()
+        except OSError:
+            return False
+
     def _run(self, *args: str) -> None:
-        for attempt in range(3):
+        deadline = time.monotonic() + 120
+        while True:
+            offset = self.log.stat().st_size if self.log.exists() else 0
             done = subprocess.run(
                 ["bash", str(KAFKA_SCRIPT), *args],
                 env=self.env,
@@ -303,11 +318,12 @@ class Broker:
             )
             if done.returncode == 0:
                 return
-            # These ports lie in Linux's ephemeral range: another process's outgoing
-            # connection may hold one for a moment. Binding again later works.
-            if "Address already in use" not in done.stderr or attempt == 2:
+            # These ports lie in Linux's ephemeral range: an outgoing connection may hold
+            # one — even the broker's own port, when a client retrying it while it is down
+            # connects to itself — and leave it in TIME-WAIT for up to a minute.
+            if not self._bind_failed_since(offset) or time.monotonic() > deadline:
                 break
-            time.sleep(3)
+            time.sleep(5)
         tail = "\n".join(done.stderr.splitlines()[-30:])
         pytest.fail(f"kafka.sh {' '.join(args)} failed:\n{done.stdout}\n{tail}")
 
