@@ -284,6 +284,7 @@ class Broker:
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self._holder: socket.socket | None = None
         self.bootstrap = f"127.0.0.1:{port}"
         self.env = {
             **os.environ,
@@ -328,10 +329,29 @@ class Broker:
         pytest.fail(f"kafka.sh {' '.join(args)} failed:\n{done.stdout}\n{tail}")
 
     def start(self, *, fresh: bool = False) -> None:
+        self._release_port()
         self._run("start", *(["--fresh"] if fresh else []))
 
-    def stop(self) -> None:
+    def stop(self, *, hold_port: bool = False) -> None:
+        """Stop the broker. With ``hold_port``, keep its port bound (not listening: clients
+        are refused as by a stopped broker) until :meth:`start`: the port lies in Linux's
+        ephemeral range, and a client retrying it while nothing listens can be given the
+        port itself as its source port, connect to itself and hold it (seen: the broker
+        could not bind again for minutes)."""
         self._run("stop")
+        if hold_port:
+            holder = socket.socket()
+            try:
+                holder.bind(("127.0.0.1", self.port))
+            except OSError:
+                holder.close()  # held already (a self-connect): start() waits it out
+            else:
+                self._holder = holder
+
+    def _release_port(self) -> None:
+        holder, self._holder = self._holder, None
+        if holder is not None:
+            holder.close()  # never connected: leaves no TIME-WAIT behind
 
 
 def read_back_dir(chdb_dir: Path, database: str = "touchpoint") -> dict[str, Any]:

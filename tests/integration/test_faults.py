@@ -361,7 +361,7 @@ def test_the_broker_stopped_for_30s_mid_run_loses_nothing_and_counts_nothing_twi
             assert time.monotonic() < deadline and sender.error is None, sender.error
             time.sleep(0.1)
         outage_started = time.monotonic()
-        broker.stop()
+        broker.stop(hold_port=True)
         time.sleep(30)
         broker.start()
         outage = time.monotonic() - outage_started
