@@ -329,22 +329,28 @@ class Broker:
         pytest.fail(f"kafka.sh {' '.join(args)} failed:\n{done.stdout}\n{tail}")
 
     def start(self, *, fresh: bool = False) -> None:
-        self._release_port()
-        self._run("start", *(["--fresh"] if fresh else []))
+        try:
+            self._run("start", *(["--fresh"] if fresh else []))
+        finally:
+            self._release_port()
 
     def stop(self, *, hold_port: bool = False) -> None:
-        """Stop the broker. With ``hold_port``, keep its port bound (not listening: clients
-        are refused as by a stopped broker) until :meth:`start`: the port lies in Linux's
-        ephemeral range, and a client retrying it while nothing listens can be given the
-        port itself as its source port, connect to itself and hold it (seen: the broker
-        could not bind again for minutes)."""
+        """Stop the broker. With ``hold_port``, keep its port bound (not listening, so
+        clients are refused as by a stopped broker) until the next :meth:`start` is done.
+
+        The port lies in Linux's ephemeral range: a client retrying it while nothing
+        listens can be handed the port itself as its source port and connect to itself
+        (seen: ``127.0.0.1:39394 → 127.0.0.1:39394``, then TIME-WAIT), and Kafka cannot
+        bind it again. A bound port is never handed out; the holder has SO_REUSEADDR like
+        the broker's server socket, so the broker binds next to it."""
         self._run("stop")
         if hold_port:
             holder = socket.socket()
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 holder.bind(("127.0.0.1", self.port))
             except OSError:
-                holder.close()  # held already (a self-connect): start() waits it out
+                holder.close()  # held already: start() waits a TIME-WAIT out
             else:
                 self._holder = holder
 
