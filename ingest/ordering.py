@@ -143,11 +143,12 @@ def in_order_within(
     """Whether no record is more than ``lateness`` behind the newest event time before it.
 
     Records that are not valid touchpoints do not count: they become the same dead
-    letters wherever they stand. Such an input needs no sort: the journey fold gives the
-    same result for any order within the allowed lateness (``tests/unit/test_fold_order_property.py``), and nothing
-    in it is late enough to be judged differently or dead-lettered as ``too_late``. So
-    an export already in time order streams straight through, without the sort's pass
-    over the disk and its memory. Stops at the first record that is too far behind.
+    letters wherever they stand. Such an input needs no sort: the journey fold gives
+    the same result for any order within the allowed lateness
+    (``tests/unit/test_fold_order_property.py``), and nothing in it is late enough to be
+    judged differently or dead-lettered as ``too_late``. So an export already in time
+    order streams straight through, without the sort's pass over the disk and its
+    memory. Stops at the first record that is too far behind.
     """
     bound = lateness // _MICROSECOND
     newest = UNTIMED

@@ -59,6 +59,20 @@ class KafkaSettings(BaseSettings):
     """Seconds a worker waits to fill a batch before handling what it has."""
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_batch_seconds: float = Field(default=2.0, gt=0)
+    sink_session_timeout: Duration = Field(
+        default=timedelta(seconds=10), ge=timedelta(seconds=6), le=timedelta(minutes=30)
+    )
+    """How long the group waits for a sink that stopped heartbeating (killed, host lost)
+    before its partitions move: it bounds a killed sink's restart. Within the broker's
+    ``group.min/max.session.timeout.ms`` (6 s – 30 min by default)."""
+    sink_instance_id: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$"
+    )
+    """Static group membership (KIP-345): a restarted sink with the same id takes its
+    partitions back at once, without a rebalance. Unique per sink process; unset = dynamic."""
+    sink_retry_max: Duration = Field(default=timedelta(seconds=30), gt=timedelta(0))
+    """Longest wait between two attempts to write a batch ClickHouse refused (the sink
+    retries for as long as it takes, doubling the wait from 1 s up to this)."""
 
 
 class CollectorSettings(BaseSettings):

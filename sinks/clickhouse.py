@@ -25,8 +25,12 @@ __all__ = [
     "translate_error",
 ]
 
-# ClickHouse error codes worth another attempt: overload, timeouts, network, keeper.
-_RETRYABLE_CODES: Final = frozenset({3, 159, 202, 209, 210, 241, 242, 252, 425, 999})
+# ClickHouse error codes worth another attempt: overload, timeouts, network, keeper,
+# no space left (243).
+_RETRYABLE_CODES: Final = frozenset({3, 159, 202, 209, 210, 241, 242, 243, 252, 425, 999})
+# Storage refusing writes (a full, read-only or immutable disk) comes as a C++ filesystem
+# error (code 1001, STD_EXCEPTION): the environment's fault, gone once it is fixed.
+_STORAGE_FAULTS: Final = ("filesystem error", "Read-only file system", "No space left on device")
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -69,6 +73,7 @@ def translate_error(exc: BaseException, action: str) -> SinkError:
     if (
         isinstance(exc, OperationalError | ConnectionError | TimeoutError)
         or code in _RETRYABLE_CODES
+        or (code == 1001 and any(fault in str(exc) for fault in _STORAGE_FAULTS))
     ):
         return SinkRetryableError(text)
     return SinkFatalError(text)

@@ -18,8 +18,7 @@ The intent protocol (insert first, then commit — and replay the *same* batch)
 
     1. *intent*: commit the partition at the batch's first offset (the position does not
        move) with metadata ``{"sink":1,"start":first,"end":last+1}``;
-    2. insert the batch (``ClickHouseWriter`` retries with backoff; if it gives up, the
-       error propagates, nothing more is committed, the process exits non-zero);
+    2. insert the batch (see *ClickHouse unreachable* below);
     3. *done*: commit ``last + 1`` with empty metadata.
 
     When a partition is assigned, its committed offset is read *with* metadata
@@ -42,6 +41,33 @@ Rebalances
     ``idle_timeout``) everything buffered is flushed before :meth:`KafkaClickHouseSink.run`
     returns.
 
+ClickHouse unreachable
+    A batch whose insert fails in a retryable way (``SinkRetryableError``: network,
+    overload, storage refusing writes — after :class:`~sinks.writer.ClickHouseWriter`'s own
+    short retries) is kept and written again, for as long as it takes: the waits double
+    from ``retry_backoff`` (1 s) up to ``sink_retry_max`` (30 s). Nothing is committed past
+    it meanwhile, and the sink stays in its group: between attempts it polls with every
+    partition paused (kafka-python leaves the group when ``poll`` is not called for
+    ``max_poll_interval_ms``), so a rebalance is still taken part in; if the batch's
+    partition moves to another sink during the wait, the batch is dropped and the new
+    owner replays it from the intent. A stop request (SIGTERM) during the wait ends the
+    run with ``SinkRetryableError`` (exit 1); nothing is lost, the next start replays.
+    A ``SinkFatalError`` (schema drift, bad SQL) is not retried: the process exits.
+    Likewise a commit that fails because Kafka is unreachable (timeout, no broker) is
+    retried with the same offsets. A commit the group refuses because it moved on without
+    this member (a rebalance, or an eviction: seen after a broker restart, when the
+    session expired before the heartbeats found the coordinator again) is not retried:
+    the round's partitions are dropped from the buffers and rewound to their batches, and
+    re-opened from their committed offsets (and intents), so nothing is lost — a batch
+    inserted before its *done* commit was refused is replayed from its intent. The sink
+    stays up and rejoins on its next poll.
+
+Fault injection (tests only; inert unless armed)
+    With ``TOUCHPOINT_FAULT_SINK_EXIT_AFTER_INSERT=N`` set when the sink is created, the
+    process ends with ``os._exit(FAULT_EXIT_STATUS)`` right after the N-th round of
+    inserts, before its *done* commit: the crash the intent protocol exists for. Read
+    once, in :class:`KafkaClickHouseSink`'s constructor; unset (the default) it does nothing.
+
 Bad messages
     A message that does not validate as its table's row becomes a ``dead_letters`` row
     (reason ``invalid_output_row``, position ``"{partition}:{offset}"``, recorded at the
@@ -52,6 +78,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -62,18 +89,27 @@ from typing import Any, Final, Protocol
 
 import msgspec
 from kafka import ConsumerRebalanceListener, KafkaConsumer
-from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaConfigurationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas.dead_letter import DeadLetter
 from schemas.enums import DeadLetterReason
-from schemas.errors import BrokerError, BrokerUnavailableError, ConfigError
+from schemas.errors import BrokerError, BrokerUnavailableError, ConfigError, SinkRetryableError
 from schemas.rows import ROW_ADAPTERS, ROW_TYPES, DeadLetterRow
 from schemas.settings import KafkaSettings
 from schemas.topics import TABLE_BY_TOPIC
 from sinks.base import RowBatch, Sink
 
 __all__ = [
+    "FAULT_EXIT_AFTER_INSERT",
+    "FAULT_EXIT_STATUS",
     "BatchPlanner",
     "ConsumerLike",
     "Intent",
@@ -92,6 +128,32 @@ Partition = tuple[str, int]
 _MAX_POLL_RECORDS: Final = 2000
 _POLL_CEILING_SECONDS: Final = 0.5
 _KAFKA_TIMEOUT_MS: Final = 30_000
+
+# The group refused a commit because it moved on without this member (a rebalance, or
+# an eviction after its session expired, e.g. across a broker restart).
+_GROUP_MOVED_ON: Final = (
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
+
+FAULT_EXIT_AFTER_INSERT: Final = "TOUCHPOINT_FAULT_SINK_EXIT_AFTER_INSERT"
+"""Env var arming the fault-injection point: exit after the N-th round of inserts."""
+FAULT_EXIT_STATUS: Final = 86
+"""The exit status of a sink that ended at the fault-injection point."""
+
+
+def _armed_exit_after_insert() -> int | None:
+    value = os.environ.get(FAULT_EXIT_AFTER_INSERT, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{FAULT_EXIT_AFTER_INSERT} must be a positive integer, got {value!r}")
+    logger.warning(
+        "fault injection armed: this sink exits after insert round %s, before its commit", value
+    )
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +499,10 @@ class SinkStats:
     dead_letters: int = 0
     replays: int = 0
     """Batches that re-did a recovered intent (ClickHouse drops them if already written)."""
+    write_retries: int = 0
+    """Attempts to write a batch that failed in a retryable way and were tried again."""
+    abandoned: int = 0
+    """Batches dropped while waiting for ClickHouse because their partition moved away."""
 
 
 class ConsumerLike(Protocol):
@@ -451,6 +517,14 @@ class ConsumerLike(Protocol):
     def committed(self, partition: Any, metadata: bool = ...) -> Any: ...
 
     def position(self, partition: Any, timeout_ms: int | None = ...) -> int | None: ...
+
+    def assignment(self) -> Any: ...
+
+    def seek(self, partition: Any, offset: int) -> None: ...
+
+    def pause(self, *partitions: Any) -> None: ...
+
+    def resume(self, *partitions: Any) -> None: ...
 
     def close(self) -> None: ...
 
@@ -473,6 +547,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-pytho
 
 def _create_consumer(settings: KafkaSettings, max_rows: int) -> Any:
     bootstrap = [server.strip() for server in settings.bootstrap.split(",") if server.strip()]
+    session_ms = int(settings.sink_session_timeout.total_seconds() * 1000)
     try:
         return KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -482,6 +557,11 @@ def _create_consumer(settings: KafkaSettings, max_rows: int) -> Any:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=min(max_rows, _MAX_POLL_RECORDS),
+            # A killed sink's partitions wait for its session to expire (kafka-python's
+            # default is 45 s); a static member (group.instance.id) is replaced at once.
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(1000, session_ms // 5),
+            group_instance_id=settings.sink_instance_id,
         )
     except (KafkaConfigurationError, ValueError, TypeError) as exc:
         raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
@@ -491,12 +571,18 @@ def _create_consumer(settings: KafkaSettings, max_rows: int) -> Any:
         ) from exc
 
 
+class _GroupMovedOn(BrokerError):
+    """The group refused a commit: it rebalanced or evicted this member meanwhile."""
+
+
 class KafkaClickHouseSink:
     """Consumes the output topics and writes their rows to ``sink``, effectively once.
 
     ``topics`` maps each topic to its table (default: every output topic). ``max_rows`` and
     ``max_seconds`` bound a flush (default: the settings' ``sink_batch_rows`` and
-    ``sink_batch_seconds``). ``consumer`` replaces the kafka-python consumer (tests).
+    ``sink_batch_seconds``). A batch ClickHouse refuses is retried after ``retry_backoff``
+    seconds, doubling up to the settings' ``sink_retry_max``. ``consumer`` replaces the
+    kafka-python consumer (tests).
     The sink is not closed by this class; the consumer is, by :meth:`close`.
     """
 
@@ -510,6 +596,7 @@ class KafkaClickHouseSink:
         max_seconds: float | None = None,
         consumer: ConsumerLike | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry_backoff: float = 1.0,
     ) -> None:
         if not topics:
             raise ConfigError("the sink needs at least one topic")
@@ -531,6 +618,11 @@ class KafkaClickHouseSink:
         self._rebalanced = False
         self._closed = False
         self._failed = False
+        self._stop: threading.Event | None = None
+        self._retry_backoff = retry_backoff
+        self._retry_max = max(retry_backoff, settings.sink_retry_max.total_seconds())
+        self._exit_after_inserts = _armed_exit_after_insert()
+        self._insert_rounds = 0
         self._consumer: ConsumerLike = (
             consumer if consumer is not None else _create_consumer(settings, self._planner.max_rows)
         )
@@ -546,14 +638,17 @@ class KafkaClickHouseSink:
     ) -> SinkStats:
         """Poll, batch and write until ``stop`` is set or nothing arrived for ``idle_timeout`` s.
 
-        Returns after flushing everything buffered. Raises (without committing what is not
-        written) if Kafka or the sink fails; a restart replays from the committed offsets.
+        Returns after flushing everything buffered. A batch ClickHouse refuses for a while
+        is kept and retried (see the module docstring). Raises (without committing what is
+        not written) if Kafka fails, the sink fails fatally, or ``stop`` is set while a batch
+        waits for ClickHouse; a restart replays from the committed offsets.
         """
         if self._failed:
             raise BrokerError(
                 "this sink failed earlier and may have lost track of what it read; "
                 "create a new one (it resumes from the committed offsets)"
             )
+        self._stop = stop
         try:
             return self._run(stop, idle_timeout)
         except BaseException:
@@ -570,10 +665,7 @@ class KafkaClickHouseSink:
             if records or self._take_rebalanced():
                 last_activity = now
             for message in records:
-                if not self._planner.is_open(message.tp):
-                    self._open_partitions([message.tp])
-                if self._planner.add(message, now):
-                    self.stats.messages += 1
+                self._add(message, now)
                 if self._planner.full(self._revoking):
                     self._flush(catch_up=False)
             self._advance_intents()
@@ -610,6 +702,12 @@ class KafkaClickHouseSink:
             for records in polled.values()
             for record in records
         ]
+
+    def _add(self, message: Message, now: float) -> None:
+        if not self._planner.is_open(message.tp):
+            self._open_partitions([message.tp])
+        if self._planner.add(message, now):
+            self.stats.messages += 1
 
     def _take_rebalanced(self) -> bool:
         with self._lock:
@@ -663,14 +761,50 @@ class KafkaClickHouseSink:
     # -- writing -----------------------------------------------------------------------
 
     def _commit(self, offsets: Mapping[Partition, OffsetAndMetadata], what: str) -> None:
+        """Commit, retrying while Kafka is unreachable (the same offsets: idempotent).
+
+        A non-retriable failure (the group moved on: ``CommitFailedError``, unknown member)
+        raises: what is not committed is replayed by the next owner.
+        """
         if not offsets:
             return
-        try:
-            self._consumer.commit({TopicPartition(*tp): om for tp, om in offsets.items()})
-        except KafkaError as exc:
-            raise BrokerError(
-                f"committing {what} offsets for {len(offsets)} partition(s) failed: {exc}"
-            ) from exc
+        wait = self._retry_backoff
+        failing_since: float | None = None
+        while True:
+            try:
+                self._consumer.commit({TopicPartition(*tp): om for tp, om in offsets.items()})
+            except KafkaError as exc:
+                retriable = bool(getattr(exc, "retriable", False))  # timeouts, connections
+                stopping = self._stop is not None and self._stop.is_set()
+                if isinstance(exc, _GROUP_MOVED_ON) and not stopping:
+                    raise _GroupMovedOn(
+                        f"the group refused the {what} commit of {len(offsets)} partition(s): {exc}"
+                    ) from exc
+                if not retriable or stopping:
+                    raise BrokerError(
+                        f"committing {what} offsets for {len(offsets)} partition(s) failed: {exc}"
+                    ) from exc
+                now = self._clock()
+                if failing_since is None:
+                    failing_since = now
+                logger.warning(
+                    "committing %s offsets failed for %.0fs (%s); retrying in %.0fs",
+                    what,
+                    now - failing_since,
+                    exc,
+                    wait,
+                )
+                if self._stop is not None:
+                    self._stop.wait(wait)
+                else:
+                    time.sleep(wait)
+                wait = min(wait * 2, self._retry_max)
+                continue
+            if failing_since is not None:
+                logger.warning(
+                    "committed %s offsets after %.0fs", what, self._clock() - failing_since
+                )
+            return
 
     def _flush(self, *, catch_up: bool) -> None:
         """Write every flushable partition: intent commit, insert, done commit, per round.
@@ -679,39 +813,183 @@ class KafkaClickHouseSink:
         markers); only safe once every polled message has been added.
         """
         batches = self._planner.take(self._revoking)
-        for group in rounds(batches):
-            self._commit(
-                {
-                    batch.tp: OffsetAndMetadata(batch.first, batch.intent.encode(), -1)
-                    for batch in group
-                    if not batch.replay
-                },
-                "intent",
-            )
-            for batch in group:
-                self._write(batch)
+        for taken in rounds(batches):
+            # A partition that moved away while an earlier round waited for ClickHouse is
+            # the new owner's: neither its intent nor its batch is this sink's any more.
+            group = [batch for batch in taken if self._planner.is_open(batch.tp)]
+            self.stats.abandoned += len(taken) - len(group)
+            if not group:
+                continue
+            try:
+                self._commit(
+                    {
+                        batch.tp: OffsetAndMetadata(batch.first, batch.intent.encode(), -1)
+                        for batch in group
+                        if not batch.replay
+                    },
+                    "intent",
+                )
+            except _GroupMovedOn as exc:
+                self._read_again(group, exc)  # nothing of this round was inserted
+                continue
+            written = [batch for batch in group if self._write(batch)]
             self.sink.flush()
-            self._commit(
-                {batch.tp: OffsetAndMetadata(batch.end, "", -1) for batch in group}, "written"
-            )
-            for batch in group:
+            self._fault_point(group)
+            try:
+                self._commit(
+                    {batch.tp: OffsetAndMetadata(batch.end, "", -1) for batch in written},
+                    "written",
+                )
+            except _GroupMovedOn as exc:
+                self._read_again(written, exc)  # inserted; the intent replays it, same token
+                continue
+            for batch in written:
                 self._committed[batch.tp] = batch.end
         if catch_up:
-            self._commit_idle_positions()
+            try:
+                self._commit_idle_positions()
+            except _GroupMovedOn as exc:
+                logger.info("%s; the positions are committed after the rejoin", exc)
 
-    def _write(self, batch: PartitionBatch) -> None:
+    def _read_again(self, batches: Sequence[PartitionBatch], exc: _GroupMovedOn) -> None:
+        """After a refused commit: forget these partitions' buffers and read them again
+        from their committed offsets (with intents) — here if they are still assigned
+        after the rejoin, else by their new owner."""
+        tps = sorted({batch.tp for batch in batches})
+        with self._lock:
+            self._planner.close(tps)
+            for tp in tps:
+                self._committed.pop(tp, None)
+        try:
+            assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        except KafkaError:
+            assigned = set()
+        for batch in batches:
+            if batch.tp in assigned:
+                try:
+                    self._consumer.seek(TopicPartition(*batch.tp), batch.first)
+                except (KafkaError, ValueError) as error:  # unassigned meanwhile
+                    logger.debug("no seek for %s: %s", batch.tp, error)
+        with self._lock:
+            self._to_open.update(tp for tp in tps if tp in assigned)
+        logger.warning(
+            "%s; %d partition(s) will be read again from their committed offsets", exc, len(tps)
+        )
+
+    def _write(self, batch: PartitionBatch) -> bool:
+        """Write one batch; False if its partition moved to another sink meanwhile."""
         row_batch, dead = decode_batch(batch, self.topics[batch.topic])
         if batch.replay:
             self.stats.replays += 1
             logger.info("replaying batch %s (%d messages)", batch.token, len(batch.messages))
         if not len(row_batch):
-            return
-        self.sink.write(row_batch)
+            return True
+        if not self._write_until_written(batch, row_batch):
+            return False
         self.stats.batches += 1
         self.stats.dead_letters += dead
         for table, rows in row_batch.tables.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)
         logger.debug("wrote batch %s: %d rows", batch.token, len(row_batch))
+        return True
+
+    def _write_until_written(self, batch: PartitionBatch, row_batch: RowBatch) -> bool:
+        """``sink.write``, retried while it fails in a retryable way (capped backoff).
+
+        False when the partition moved to another sink during a wait: that sink replays
+        the batch from its intent, so this one must neither write nor commit it.
+        """
+        wait = self._retry_backoff
+        failing_since: float | None = None
+        while True:
+            try:
+                self.sink.write(row_batch)
+            except SinkRetryableError as exc:
+                now = self._clock()
+                if failing_since is None:
+                    failing_since = now
+                self.stats.write_retries += 1
+                logger.warning(
+                    "batch %s not written for %.0fs (%s); it is kept, nothing is committed "
+                    "past it; next attempt in %.0fs",
+                    batch.token,
+                    now - failing_since,
+                    exc,
+                    wait,
+                )
+                self._wait_in_group(wait)
+                if not self._planner.is_open(batch.tp):
+                    self.stats.abandoned += 1
+                    logger.warning(
+                        "partition %s:%d moved to another sink while batch %s waited; "
+                        "the new owner replays it",
+                        batch.topic,
+                        batch.partition,
+                        batch.token,
+                    )
+                    return False
+                wait = min(wait * 2, self._retry_max)
+                continue
+            if failing_since is not None:
+                logger.warning(
+                    "batch %s written after %.0fs of retries",
+                    batch.token,
+                    self._clock() - failing_since,
+                )
+            return True
+
+    def _wait_in_group(self, seconds: float) -> None:
+        """Wait ``seconds`` while staying a live group member: poll with partitions paused.
+
+        A rebalance inside ``poll`` runs the usual bookkeeping; records polled anyway
+        (partitions assigned by it, before they could be paused) are buffered as usual.
+        """
+        deadline = self._clock() + seconds
+        try:
+            while True:
+                if self._stop is not None and self._stop.is_set():
+                    raise SinkRetryableError(
+                        "stopped while a batch waited for ClickHouse; nothing was committed "
+                        "past it, the next start writes it"
+                    )
+                left = deadline - self._clock()
+                if left <= 0:
+                    return
+                self._pause_assigned()
+                records = self._poll(max(1, int(min(left, _POLL_CEILING_SECONDS) * 1000)))
+                self._open_assigned()
+                now = self._clock()
+                for message in records:
+                    self._add(message, now)
+        finally:
+            self._resume_assigned()
+
+    def _pause_assigned(self) -> None:
+        try:
+            self._consumer.pause(*self._consumer.assignment())
+        except (KafkaError, ValueError) as exc:  # e.g. a partition no longer assigned
+            logger.debug("pausing partitions failed: %s", exc)
+
+    def _resume_assigned(self) -> None:
+        try:
+            self._consumer.resume(*self._consumer.assignment())
+        except (KafkaError, ValueError) as exc:
+            logger.debug("resuming partitions failed: %s", exc)
+
+    def _fault_point(self, group: Sequence[PartitionBatch]) -> None:
+        """The armed fault-injection point: exit after the N-th insert round, uncommitted."""
+        if self._exit_after_inserts is None or not any(batch.messages for batch in group):
+            return
+        self._insert_rounds += 1
+        if self._insert_rounds == self._exit_after_inserts:
+            logger.critical(
+                "%s=%d: exiting after inserting %s, before committing it",
+                FAULT_EXIT_AFTER_INSERT,
+                self._exit_after_inserts,
+                ", ".join(batch.token for batch in group),
+            )
+            logging.shutdown()
+            os._exit(FAULT_EXIT_STATUS)
 
     def _commit_idle_positions(self) -> None:
         offsets: dict[Partition, OffsetAndMetadata] = {}

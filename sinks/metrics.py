@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["SinkMetrics"]
 
@@ -11,7 +11,8 @@ _LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 360
 
 class SinkMetrics:
     """What the Kafka→ClickHouse sink reports: rows, batches, insert time, retries, failures,
-    and how long an event took from its source to ClickHouse."""
+    whether ClickHouse takes inserts (and since when it has not), and how long an event
+    took from its source to ClickHouse."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rows = Counter(
@@ -39,9 +40,22 @@ class SinkMetrics:
         )
         self.failures = Counter(
             "touchpoint_sink_insert_failures_total",
-            "Batches that could not be written (retries exhausted or fatal).",
+            "Attempts to write a batch that gave up (retries exhausted or fatal); the sink "
+            "keeps a retryable batch and tries it again.",
             registry=registry,
         )
+        self.clickhouse_up = Gauge(
+            "touchpoint_sink_clickhouse_up",
+            "0 from a failed insert attempt until the next insert succeeds, else 1.",
+            registry=registry,
+        )
+        self.clickhouse_up.set(1)
+        self.last_insert = Gauge(
+            "touchpoint_sink_last_insert_timestamp_seconds",
+            "Unix time of the last batch written to ClickHouse (before the first: the sink start).",
+            registry=registry,
+        )
+        self.last_insert.set_to_current_time()
         self.event_to_written = Histogram(
             "touchpoint_end_to_end_event_seconds",
             "From an event's occurred_at to its row written in ClickHouse, in seconds.",

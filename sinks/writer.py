@@ -46,7 +46,11 @@ class ClickHouseWriter(Sink):
 
     A batch is written before :meth:`write` returns; if an insert fails in a
     retryable way the whole batch is retried (tables already written drop the
-    replay by token) with exponential backoff, at most ``retries`` times.
+    replay by token) after ``backoff``, doubling up to ``backoff_max``, at most
+    ``retries`` times; then the ``SinkRetryableError`` is raised and the caller keeps
+    the batch (the Kafka sink tries it again, for as long as it takes). With ``metrics``,
+    ``touchpoint_sink_clickhouse_up`` is 0 from a failed attempt until an insert
+    succeeds and ``touchpoint_sink_last_insert_timestamp_seconds`` marks each success.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class ClickHouseWriter(Sink):
         *,
         retries: int = 5,
         backoff: timedelta = timedelta(milliseconds=200),
+        backoff_max: timedelta = timedelta(seconds=30),
         sleep: Callable[[float], None] = time.sleep,
         metrics: SinkMetrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -66,32 +71,42 @@ class ClickHouseWriter(Sink):
         self.database = identifier(database)
         self.retries = retries
         self.backoff = backoff
+        self.backoff_max = max(backoff, backoff_max)
         self._sleep = sleep
         self.rows_written: dict[str, int] = {}
 
     def write(self, batch: RowBatch) -> None:
         attempt = 0
         started = time.perf_counter()
+        metrics = self.metrics
         while True:
             try:
                 self._insert(batch)
                 self._observe(batch, time.perf_counter() - started)
+                if metrics is not None:
+                    metrics.clickhouse_up.set(1)
+                    metrics.last_insert.set_to_current_time()
                 return
             except SinkFatalError:
-                if self.metrics is not None:
-                    self.metrics.failures.inc()
+                if metrics is not None:
+                    metrics.failures.inc()
                 raise
             except SinkRetryableError as exc:
+                if metrics is not None:
+                    metrics.clickhouse_up.set(0)
                 attempt += 1
                 if attempt > self.retries:
-                    if self.metrics is not None:
-                        self.metrics.failures.inc()
+                    if metrics is not None:
+                        metrics.failures.inc()
                     raise SinkRetryableError(
                         f"{exc} (gave up after {self.retries} retries)"
                     ) from exc
-                if self.metrics is not None:
-                    self.metrics.retries.inc()
-                delay = self.backoff.total_seconds() * 2 ** (attempt - 1)
+                if metrics is not None:
+                    metrics.retries.inc()
+                delay = min(
+                    self.backoff.total_seconds() * 2 ** (attempt - 1),
+                    self.backoff_max.total_seconds(),
+                )
                 logger.warning(
                     "insert of batch %s failed (%s); retry %d/%d in %.2fs",
                     batch.token,

@@ -1,14 +1,29 @@
-"""A pipeline on the real broker for tests: its topics, its workers, its sink."""
+"""A pipeline on the real broker for tests: its topics, its workers, its sink.
+
+Besides the in-process helpers, the fault tests use real processes only: the
+``touchpoint sink`` / ``worker`` / ``collector`` commands (:meth:`Pipeline.start_sink`,
+:meth:`Pipeline.start_worker`, :meth:`Pipeline.start_collector`), a broker of their own that
+they can stop and start (:class:`Broker`), and :func:`read_back_dir` to read a sink's chDB
+directory from a separate process once the sink has stopped (chDB opens one directory per
+process, and the test process has its own).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +39,8 @@ from sinks.writer import ClickHouseWriter
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 6
+KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka.sh"
+COLLECTOR_KEY = "fault-suite-key"
 
 
 @dataclass
@@ -54,6 +71,94 @@ class Pipeline:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    @property
+    def sink_group(self) -> str:
+        return f"{self.app_id}-sink"
+
+    def start_sink(self, name: str, chdb_dir: Path, **env: str) -> subprocess.Popen[bytes]:
+        """``touchpoint -v sink`` into ``chdb_dir`` (database ``touchpoint``), logs in NAME.log."""
+        with (self.logs / f"{name}.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "touchpoint", "-v", "sink"],
+                env={
+                    **self.env,
+                    "TOUCHPOINT_CLICKHOUSE_URL": f"chdb:{chdb_dir}",
+                    "TOUCHPOINT_KAFKA_SINK_GROUP": self.sink_group,
+                    "TOUCHPOINT_KAFKA_SINK_BATCH_SECONDS": "1",
+                    **env,
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def start_collector(self, name: str) -> tuple[subprocess.Popen[bytes], str]:
+        """``touchpoint collector`` on a free port (API key :data:`COLLECTOR_KEY` for ``web``)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        with (self.logs / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "touchpoint", "-v", "collector"],
+                env={
+                    **self.env,
+                    "TOUCHPOINT_COLLECTOR_PORT": str(port),
+                    "TOUCHPOINT_COLLECTOR_API_KEYS": json.dumps({"web": COLLECTOR_KEY}),
+                    "TOUCHPOINT_COLLECTOR_PRODUCE_TIMEOUT": "3s",
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
+                    if response.status == 200:
+                        return process, url
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.3)
+        process.kill()
+        pytest.fail(f"the collector did not answer /healthz; see {self.logs / name}.log")
+
+    def sink_lag(self) -> int:
+        """Output records (and transaction markers) the sink group has not committed yet."""
+        committed = group_offsets(self.bootstrap, self.sink_group)
+        return sum(
+            max(0, end - (committed[tp].offset if tp in committed else 0))
+            for tp, end in self.output_ends().items()
+        )
+
+    def raw_lag(self) -> int:
+        return max(0, self.raw_end() - self.committed_raw())
+
+    def wait_until_sink_committed_everything(
+        self, timeout: float = 240, sink: subprocess.Popen[bytes] | None = None
+    ) -> float:
+        """Wait until the sink group committed every output partition's end; returns seconds."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.sink_lag() == 0:
+                    return time.monotonic() - started
+            except KafkaError:
+                pass
+            if sink is not None and sink.poll() is not None:
+                pytest.fail(f"the sink exited with {sink.returncode}; see {self.logs}")
+            time.sleep(0.5)
+        pytest.fail(f"the sink did not catch up ({self.sink_lag()} behind); see {self.logs}")
+
+    def send_watermark(self, at: datetime) -> None:
+        """A source watermark on every raw partition, as a live source sends it."""
+        from ingest.kafka import TouchpointProducer
+
+        producer = TouchpointProducer(self.bootstrap, topic=self.topics.raw)
+        try:
+            assert producer.send_watermark(at) == PARTITIONS
+            producer.flush()
+        finally:
+            producer.close()
 
     def committed_raw(self) -> int:
         """Input records the workers have committed (0 while their group is still forming)."""
@@ -153,4 +258,153 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+
+
+def group_offsets(bootstrap: str, group: str, timeout: float = 15) -> dict[Any, Any]:
+    """A group's committed offsets (with metadata), retrying while its coordinator moves or
+    loads (``NotCoordinatorError`` right after the group appears or the broker restarts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            offsets: dict[Any, Any] = admin.list_group_offsets(group).get(group, {})
+            return offsets
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                raise
+        finally:
+            admin.close()
+        time.sleep(0.5)
+
+
+class Broker:
+    """A broker of a test's own (deploy/kafka/kafka.sh, one run dir per port) that it may
+    stop and start; the session broker is shared and must stay up."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._holder: socket.socket | None = None
+        self.bootstrap = f"127.0.0.1:{port}"
+        self.env = {
+            **os.environ,
+            "TOUCHPOINT_KAFKA_PORT": str(port),
+            "TOUCHPOINT_KAFKA_CONTROLLER_PORT": str(port + 1),
+        }
+
+    @property
+    def log(self) -> Path:
+        home = Path(os.environ.get("TOUCHPOINT_KAFKA_HOME", REPO / ".cache" / "kafka"))
+        return home / f"run-{self.port}" / "kafka.log"
+
+    def _bind_failed_since(self, offset: int) -> bool:
+        try:
+            with self.log.open("rb") as log:
+                log.seek(offset if log.seek(0, os.SEEK_END) >= offset else 0)
+                return b"Address already in use" in log.read()
+        except OSError:
+            return False
+
+    def _run(self, *args: str) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            offset = self.log.stat().st_size if self.log.exists() else 0
+            done = subprocess.run(
+                ["bash", str(KAFKA_SCRIPT), *args],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            if done.returncode == 0:
+                return
+            # These ports lie in Linux's ephemeral range: an outgoing connection may hold
+            # one — even the broker's own port, when a client retrying it while it is down
+            # connects to itself — and leave it in TIME-WAIT for up to a minute.
+            if not self._bind_failed_since(offset) or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+        tail = "\n".join(done.stderr.splitlines()[-30:])
+        pytest.fail(f"kafka.sh {' '.join(args)} failed:\n{done.stdout}\n{tail}")
+
+    def start(self, *, fresh: bool = False) -> None:
+        try:
+            self._run("start", *(["--fresh"] if fresh else []))
+        finally:
+            self._release_port()
+
+    def stop(self, *, hold_port: bool = False) -> None:
+        """Stop the broker. With ``hold_port``, keep its port bound (not listening, so
+        clients are refused as by a stopped broker) until the next :meth:`start` is done.
+
+        The port lies in Linux's ephemeral range: a client retrying it while nothing
+        listens can be handed the port itself as its source port and connect to itself
+        (seen: ``127.0.0.1:39394 → 127.0.0.1:39394``, then TIME-WAIT), and Kafka cannot
+        bind it again. A bound port is never handed out; the holder has SO_REUSEADDR like
+        the broker's server socket, so the broker binds next to it."""
+        self._run("stop")
+        if hold_port:
+            holder = socket.socket()
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                holder.bind(("127.0.0.1", self.port))
+            except OSError:
+                holder.close()  # held already: start() waits a TIME-WAIT out
+            else:
+                self._holder = holder
+
+    def _release_port(self) -> None:
+        holder, self._holder = self._holder, None
+        if holder is not None:
+            holder.close()  # never connected: leaves no TIME-WAIT behind
+
+
+def read_back_dir(chdb_dir: Path, database: str = "touchpoint") -> dict[str, Any]:
+    """:func:`tests.readback.read_back` of a sink's chDB directory, from another process,
+    plus ``funnel_view`` / ``funnel_raw`` (the aggregate vs a FINAL recount) and
+    ``raw_touchpoints`` (rows before any merge)."""
+    code = f"""
+import pickle, sys
+from schemas.settings import ClickHouseSettings
+from sinks.clickhouse import connect
+from tests.readback import read_back
+client = connect({f"chdb:{chdb_dir}"!r}, ClickHouseSettings())
+db = {database!r}
+got = read_back(client, db)
+got["funnel_view"] = client.query(f"SELECT sum(touches) FROM {{db}}.funnel_daily").result_rows[0][0]
+got["funnel_raw"] = client.query(
+    f"SELECT count() FROM {{db}}.touchpoints FINAL WHERE stage IS NOT NULL").result_rows[0][0]
+got["raw_touchpoints"] = client.query(f"SELECT count() FROM {{db}}.touchpoints").result_rows[0][0]
+sys.stdout.buffer.write(pickle.dumps(got))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"reading {chdb_dir} back failed:\n{done.stderr.decode()[-3000:]}")
+    result: dict[str, Any] = pickle.loads(done.stdout)  # our own child process wrote it
+    return result
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, from /proc (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def kill(processes: Sequence[subprocess.Popen[bytes] | None]) -> None:
+    """SIGKILL, as a crash or a power cut does."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
             process.wait()

@@ -24,7 +24,6 @@ from kafka.structs import TopicPartition
 from ingest.generator import GeneratorConfig, generate
 from processors.engine import JourneyProcessor
 from processors.rules import default_rules
-from schemas.errors import SinkRetryableError
 from schemas.rows import ROW_ADAPTERS, Row, TouchpointRow
 from schemas.settings import KafkaSettings
 from schemas.topics import TABLE_BY_TOPIC
@@ -187,6 +186,10 @@ def run_sink(
         return consumer.run(idle_timeout=idle_timeout)
 
 
+class SimulatedCrash(Exception):
+    """The process dying right after an insert (not a ClickHouse error: nothing retries it)."""
+
+
 class Recording(Sink):
     """Writes through to ClickHouse and remembers each token; with ``crash_on``, 'crashes'
     right after the insert of the n-th batch that has ``touchpoints`` rows."""
@@ -205,7 +208,7 @@ class Recording(Sink):
             self._touchpoint_batches += 1
             if self._touchpoint_batches == self.crash_on:
                 self.crashed = batch.token
-                raise SinkRetryableError(f"simulated crash after inserting {batch.token}")
+                raise SimulatedCrash(f"simulated crash after inserting {batch.token}")
 
     def flush(self) -> None:
         self.inner.flush()
@@ -299,7 +302,7 @@ def test_a_crash_between_insert_and_commit_is_replayed_without_double_counting(
     writer = ClickHouseWriter(clickhouse_client, database)
 
     crashing = Recording(writer, crash_on=2)
-    with pytest.raises(SinkRetryableError, match="simulated crash"):
+    with pytest.raises(SimulatedCrash, match="simulated crash"):
         run_sink(kafka_bootstrap, group, topics, crashing, max_rows=900)
     intents = {
         tp: Intent.decode(om.offset, om.metadata)

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from processors.engine import JourneyProcessor
 from processors.metrics import WorkerMetrics
 from processors.rules import default_rules
+from schemas.errors import SinkRetryableError
 from schemas.rows import TouchpointRow
 from sinks.base import RowBatch
 from sinks.metrics import SinkMetrics
@@ -108,3 +109,26 @@ def test_sink_metrics_count_rows_retries_and_end_to_end_latency() -> None:
     assert value(registry, "touchpoint_sink_batch_rows_count") == 1
     assert value(registry, "touchpoint_end_to_end_event_seconds_sum") == 90
     assert value(registry, "touchpoint_end_to_end_received_seconds_bucket", le="60.0") == 3
+
+
+def test_sink_metrics_say_when_clickhouse_refuses_inserts_and_when_it_last_took_one() -> None:
+    registry = CollectorRegistry()
+    client: Any = FlakyClient(3, OperationalError("down"))
+    metrics = SinkMetrics(registry)
+    started = value(registry, "touchpoint_sink_last_insert_timestamp_seconds")
+    assert value(registry, "touchpoint_sink_clickhouse_up") == 1 and started > 0
+    writer = ClickHouseWriter(
+        client, "db", retries=1, backoff=timedelta(0), sleep=lambda _: None, metrics=metrics
+    )
+    batch = RowBatch("t:1", {"touchpoints": [row(datetime.now(UTC))]})
+    try:
+        writer.write(batch)
+    except SinkRetryableError:
+        pass
+    assert value(registry, "touchpoint_sink_clickhouse_up") == 0
+    assert value(registry, "touchpoint_sink_insert_failures_total") == 1
+    assert value(registry, "touchpoint_sink_last_insert_timestamp_seconds") == started
+    writer.write(batch)  # the third failure is retried, then it goes in
+    assert value(registry, "touchpoint_sink_clickhouse_up") == 1
+    assert value(registry, "touchpoint_sink_last_insert_timestamp_seconds") >= started
+    assert value(registry, "touchpoint_sink_insert_retries_total") == 2

@@ -97,3 +97,35 @@ def test_closing_the_writer_closes_the_client() -> None:
     with writer(client, []):
         pass
     assert client.closed
+
+
+def test_the_backoff_doubles_up_to_its_cap() -> None:
+    client, sleeps = FlakyClient(6, OperationalError("down")), []
+    ClickHouseWriter(
+        client,  # type: ignore[arg-type]
+        "db",
+        retries=6,
+        backoff=timedelta(milliseconds=100),
+        backoff_max=timedelta(milliseconds=500),
+        sleep=sleeps.append,
+    ).write(batch())
+    assert sleeps == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
+    assert len(client.inserts) == 1
+
+
+def test_storage_refusing_writes_is_retryable_and_sql_errors_are_not() -> None:
+    from sinks.clickhouse import translate_error
+
+    immutable = DatabaseError(
+        "Code: 1001. DB::Exception: std::__1::filesystem::filesystem_error: filesystem error: "
+        'in create_directories: Operation not permitted ["/x/tmp_insert_all_2_2_0"]. '
+        "(STD_EXCEPTION)"
+    )
+    immutable.code = 1001  # type: ignore[attr-defined]
+    full = DatabaseError("Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space")
+    full.code = 243  # type: ignore[attr-defined]
+    other = DatabaseError("Code: 1001. DB::Exception: std::bad_alloc")
+    other.code = 1001  # type: ignore[attr-defined]
+    assert isinstance(translate_error(immutable, "insert"), SinkRetryableError)
+    assert isinstance(translate_error(full, "insert"), SinkRetryableError)
+    assert isinstance(translate_error(other, "insert"), SinkFatalError)
