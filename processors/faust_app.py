@@ -61,6 +61,7 @@ from typing import Any, Final
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from processors.engine import JourneyProcessor
 from processors.metrics import WorkerMetrics
@@ -188,6 +189,8 @@ class PartitionStates:
         self.buyers: dict[int, set[str]] = {}
         """Partition → the buyers whose states are held."""
         self.loaded: set[int] = set()
+        self.loading: set[int] = set()
+        """Partitions whose load from the store topic is in progress."""
         self.applied: dict[int, int] = {}
         self.stored_event_times: dict[int, datetime] = {}
         """Event time each loaded partition had reached when its states were stored."""
@@ -205,7 +208,15 @@ class PartitionStates:
                 isolation_level="read_committed",
             )
             await self._reader.start()
+        self.loading.add(partition)
+        try:
+            return await self._load(partition)
+        finally:
+            self.loading.discard(partition)
+
+    async def _load(self, partition: int) -> set[str]:
         reader = self._reader
+        assert reader is not None
         tp = TopicPartition(self._store_topic, partition)
         reader.assign([tp])
         await reader.seek_to_beginning(tp)
@@ -328,23 +339,53 @@ def create_app(
     skipping: dict[int, int] = {}
     """Partitions now receiving records delivered again → how many were skipped so far."""
 
+    owned: set[int] | None = None
+    """Raw partitions this worker owns (None until the first assignment)."""
+    in_batch = False
+    leaving: set[int] = set()
+    """Partitions taken away while a batch was in flight: the batch drops their outputs."""
+
+    def forget(partitions: set[int]) -> None:
+        processor.forget(partitions)
+        store.drop(partitions)
+        for partition in partitions:
+            skipping.pop(partition, None)
+
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         # Partitions kept across a rebalance keep their in-memory state: it matches
         # their still-open transaction. Only partitions now owned elsewhere are
         # forgotten; a partition (re)gained is loaded from the store on its first event.
+        # A rebalance can land while a batch awaits (a store load, its sends): that
+        # batch then drops what it did for the partitions that left, at its end.
+        nonlocal owned
         assigned: set[Any] = args[0] if args else set()
         owned = {tp.partition for tp in assigned if tp.topic == raw_name}
-        gone = store.loaded - owned
-        processor.forget(gone)
-        store.drop(gone)
-        for partition in gone:
-            skipping.pop(partition, None)
+        gone = (store.loaded | store.loading) - owned
+        if in_batch:
+            leaving.update(gone)
+        else:
+            forget(gone)
 
     async def ensure_loaded(partition: int) -> None:
         if partition in store.loaded:
             return
-        buyers = await store.load(partition)
+        delay = 1.0
+        while True:
+            try:
+                buyers = await store.load(partition)
+                break
+            except KafkaError as exc:  # the broker away: nothing applied yet, try again
+                if partition in leaving:
+                    return
+                logger.warning(
+                    "partition %d: loading its journey states failed (%s); retrying in %.0f s",
+                    partition,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         processor.restore({partition}, store.stored_event_times, buyers)
         logger.info(
             "partition %d: %d journey states loaded from %s, applied up to offset %s",
@@ -360,7 +401,11 @@ def create_app(
         """Apply one raw record; False if the partition's state already includes it."""
         message = event.message
         partition = int(message.partition)
+        if partition in leaving or (owned is not None and partition not in owned):
+            return False  # owned elsewhere now: its new owner reads it again
         await ensure_loaded(partition)
+        if partition in leaving:
+            return False
         offset = int(message.offset)
         if store.already_applied(partition, offset):
             if partition not in skipping:
@@ -408,7 +453,36 @@ def create_app(
         return True
 
     async def handle(events: list[Any]) -> None:
-        """Process a batch, then send each partition's records together, in its transaction."""
+        """Process a batch, then send each partition's records together, in its transaction.
+
+        Faust acknowledges a taken batch even when its handler fails (``take_events``
+        acks in a ``finally``), and an acknowledged offset is committed by the next
+        transaction: a batch that fails half-way would be committed without its output.
+        So a failure here ends the process at once — its open transactions are aborted
+        and the partitions' next owner reads the batch again.
+        """
+        nonlocal in_batch
+        in_batch = True
+        try:
+            await handle_batch(events)
+        except BaseException as exc:  # anything, CancelledError too
+            logger.critical(
+                "a batch failed half-way (%s: %s); exiting so that its input is not "
+                "committed without its output (the next owner reads it again)",
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, asyncio.CancelledError),
+            )
+            logging.shutdown()
+            os._exit(70)
+        finally:
+            in_batch = False
+            if leaving:
+                gone = set(leaving)
+                leaving.clear()
+                forget(gone)
+
+    async def handle_batch(events: list[Any]) -> None:
         nonlocal handled
         started = time.perf_counter()
         before = handled
@@ -420,6 +494,8 @@ def create_app(
             else:
                 skipped += 1
         output = processor.flush()
+        for partition, stored in output.stored.items():
+            store.note(partition, (buyer for buyer, _ in stored))
         handled += sum(output.stats.events.values()) + len(events)
         if before == 0 or handled // 100_000 != before // 100_000:
             # Faust's own objects and the long-lived journey state: keep the cyclic
@@ -432,18 +508,19 @@ def create_app(
         newest = processor.max_event_times
         sends = []
         for partition in applied | set(output.rows) | set(output.stored):
+            if partition in leaving:
+                continue  # dropped at the batch's end; the new owner reads it again
             records: list[Record] = []
             if partition in applied:
                 records.append(store.position_record(partition, newest.get(partition)))
-            stored = output.stored.get(partition, ())
-            store.note(partition, (buyer for buyer, _ in stored))
+            stored = output.stored.get(partition, [])
             records.extend((topics.store, buyer.encode(), blob) for buyer, blob in stored)
             for table, rows in output.rows.get(partition, {}).items():
                 topic = topic_for_table[table]
                 for index, pack in enumerate(pack_rows(rows)):
                     key = f"{partition}:{store.applied.get(partition, -1)}:{index}".encode()
                     records.append((topic, key, pack))
-            sends.append(send_together(app, raw_name, partition, records))
+            sends.append(send_partition(partition, records))
         processed = time.perf_counter()
         await asyncio.gather(*sends)
         sent = time.perf_counter()
@@ -457,6 +534,17 @@ def create_app(
             processed - started,
             sent - processed,
         )
+
+    async def send_partition(partition: int, records: list[Record]) -> None:
+        try:
+            await send_together(app, raw_name, partition, records)
+        except Exception:
+            if partition in leaving:  # its producer went with it: nothing of it commits
+                logger.info(
+                    "partition %d left during its send; its next owner redoes it", partition
+                )
+                return
+            raise
 
     @app.agent(raw_topic, name="journeys")
     async def journeys(stream: Any) -> AsyncIterator[None]:

@@ -286,15 +286,6 @@ def metrics_of_or_empty(url: str) -> dict[str, float]:
 
 # -- the broker stopped for 30 s with everything up -----------------------------------------
 
-WORKER_REBALANCE_BUG = (
-    "known worker bug, not fixed here (processors/): a rebalance that lands while the agent "
-    "awaits ensure_loaded() in the middle of a batch drops the moved partitions' states "
-    "(processor.forget) that the batch already touched; processor.flush() then raises "
-    "KeyError on a buyer id left in its snapshots, the agent crashes and restarts with "
-    "the batch acknowledged: its events are lost (seen after the broker restart, when the "
-    "workers' sessions had expired)"
-)
-
 
 class Sender(threading.Thread):
     """Posts NDJSON batches to the collector like a vendor: a 503 (or no answer) is
@@ -389,18 +380,7 @@ def test_the_broker_stopped_for_30s_mid_run_loses_nothing_and_counts_nothing_twi
         broker.stop()
     assert processes["sink"].returncode == 0
     print(f"broker down {outage:.0f}s; sender answers {dict(sender.statuses)}")
-    got = read_back_dir(chdb)
-    try:
-        assert_ground_truth(got, truth)
-    except AssertionError:
-        crashes = [
-            name
-            for name in ("worker-a", "worker-b")
-            if "Crashed reason=KeyError" in log_of(pipeline, name)
-        ]
-        if crashes:
-            pytest.xfail(WORKER_REBALANCE_BUG + f" (seen in {', '.join(crashes)}; {tmp_path})")
-        raise
+    assert_ground_truth(read_back_dir(chdb), truth)
 
 
 # -- a full restart of every process on existing data ----------------------------------------
