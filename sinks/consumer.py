@@ -6,8 +6,9 @@ workers write in Kafka transactions, no auto-commit) and writes their rows to an
 :class:`~sinks.base.Sink` — :class:`~sinks.writer.ClickHouseWriter` in production.
 
 Batching
-    Messages are buffered per topic-partition. All buffered partitions are flushed when
-    ``max_rows`` messages are buffered or the oldest has waited ``max_seconds``; each
+    Messages are buffered per topic-partition (a message may carry many rows,
+    newline-separated: the workers pack them). All buffered partitions are flushed when
+    ``max_rows`` rows are buffered or the oldest has waited ``max_seconds``; each
     partition becomes one :class:`~sinks.base.RowBatch` (one insert per table) whose
     token is ``"{topic}:{partition}:{first}-{last}"`` (its offset range), so ClickHouse's
     ``insert_deduplication_token`` drops a replayed batch.
@@ -165,6 +166,8 @@ class Message:
     offset: int
     value: bytes | None
     timestamp_ms: int = -1
+    rows: int = 1
+    """Rows it carries (a worker packs many rows into one record, newline-separated)."""
 
     @property
     def tp(self) -> Partition:
@@ -247,6 +250,8 @@ class _PartitionBuffer:
     intent: Intent | None = None
     intent_complete: bool = False
     messages: list[Message] = field(default_factory=list)
+    rows: int = 0
+    """Rows in ``messages``."""
     since: float | None = None
     next_offset: int = -1
     """One past the last offset added: a message below it is a re-delivery and is ignored."""
@@ -314,6 +319,7 @@ class BatchPlanner:
         if not part.messages:
             part.since = now
         part.messages.append(message)
+        part.rows += message.rows
         return True
 
     def advance(self, tp: Partition, position: int) -> None:
@@ -334,11 +340,9 @@ class BatchPlanner:
     # -- decisions ---------------------------------------------------------------------
 
     def buffered(self, exclude: Collection[Partition] = ()) -> int:
-        """Messages that the next :meth:`take` would write."""
+        """Rows that the next :meth:`take` would write."""
         return sum(
-            len(part.messages)
-            for tp, part in self._parts.items()
-            if part.flushable and tp not in exclude
+            part.rows for tp, part in self._parts.items() if part.flushable and tp not in exclude
         )
 
     def full(self, exclude: Collection[Partition] = ()) -> bool:
@@ -367,7 +371,7 @@ class BatchPlanner:
         """Every flushable partition's batches, in offset order per partition.
 
         A recovered intent gives its exact range as the partition's first batch; the rest
-        is cut into batches of at most ``max_rows`` messages.
+        is cut into batches of at most ``max_rows`` rows (or one message, if bigger).
         """
         batches: list[PartitionBatch] = []
         for tp, part in self._parts.items():
@@ -383,14 +387,24 @@ class BatchPlanner:
                 )
                 part.intent = None
                 part.intent_complete = False
-            for index in range(0, len(messages), self.max_rows):
-                chunk = tuple(messages[index : index + self.max_rows])
-                batches.append(
-                    PartitionBatch(tp[0], tp[1], chunk[0].offset, chunk[-1].offset, chunk)
-                )
+            chunk: list[Message] = []
+            rows = 0
+            for message in messages:
+                if chunk and rows + message.rows > self.max_rows:
+                    batches.append(_batch(tp, chunk))
+                    chunk, rows = [], 0
+                chunk.append(message)
+                rows += message.rows
+            if chunk:
+                batches.append(_batch(tp, chunk))
             part.messages = []
+            part.rows = 0
             part.since = None
         return batches
+
+
+def _batch(tp: Partition, messages: list[Message]) -> PartitionBatch:
+    return PartitionBatch(tp[0], tp[1], messages[0].offset, messages[-1].offset, tuple(messages))
 
 
 def rounds(batches: Sequence[PartitionBatch]) -> list[list[PartitionBatch]]:
@@ -698,6 +712,7 @@ class KafkaClickHouseSink:
                 record.offset,
                 record.value,
                 record.timestamp if record.timestamp is not None else -1,
+                record.value.count(b"\n") + 1 if record.value else 1,
             )
             for records in polled.values()
             for record in records

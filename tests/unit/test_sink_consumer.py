@@ -698,3 +698,13 @@ def test_a_commit_that_fails_while_kafka_is_unreachable_is_retried_with_the_same
         ("write", f"{TOPIC}:0:0-2"),
     ]
     assert stats.batches == 1 and group.committed[(TOPIC, 0)] == OffsetAndMetadata(3, "", -1)
+
+
+def test_a_message_of_many_rows_counts_as_its_rows_toward_a_batch() -> None:
+    planner = BatchPlanner(max_rows=500, max_seconds=60)
+    planner.open((TOPIC, 0))
+    for offset in range(3):
+        planner.add(Message(TOPIC, 0, offset, b"{}\n" * 299 + b"{}", rows=300), now=0.0)
+        assert planner.full() == (offset >= 1)
+    batches = planner.take()
+    assert [(b.first, b.last) for b in batches] == [(0, 0), (1, 1), (2, 2)]  # 300 rows each
