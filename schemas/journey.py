@@ -153,7 +153,9 @@ def decode_state(data: bytes) -> JourneyState:
         state = _DECODER.decode(data)
     except (msgspec.DecodeError, ValueError) as exc:
         raise SchemaValidationError(
-            DeadLetterReason.INVALID_PAYLOAD, f"not an encoded journey state: {exc}"
+            DeadLetterReason.INVALID_PAYLOAD,
+            f"not an encoded journey state ({exc}); a journey.store written by a version "
+            "before 0.2 holds JSON states: start the workers on a new app id and topic prefix",
         ) from None
     if state.format != STATE_FORMAT:
         raise SchemaValidationError(
