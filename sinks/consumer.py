@@ -635,6 +635,8 @@ class KafkaClickHouseSink:
         self._stop: threading.Event | None = None
         self._retry_backoff = retry_backoff
         self._retry_max = max(retry_backoff, settings.sink_retry_max.total_seconds())
+        self._poll_failing_since: float | None = None
+        self._poll_wait = self._retry_backoff
         self._exit_after_inserts = _armed_exit_after_insert()
         self._insert_rounds = 0
         self._consumer: ConsumerLike = (
@@ -701,10 +703,34 @@ class KafkaClickHouseSink:
         return max(0, int(wait * 1000))
 
     def _poll(self, timeout_ms: int) -> list[Message]:
+        """The next records; while Kafka is unreachable, none (after a backoff wait)."""
         try:
             polled = self._consumer.poll(timeout_ms=timeout_ms)
         except KafkaError as exc:
-            raise BrokerError(f"polling the output topics failed: {exc}") from exc
+            if not getattr(exc, "retriable", False):
+                raise BrokerError(f"polling the output topics failed: {exc}") from exc
+            now = self._clock()
+            if self._poll_failing_since is None:
+                self._poll_failing_since = now
+                self._poll_wait = self._retry_backoff
+            logger.warning(
+                "polling the output topics failed for %.0fs (%s); retrying in %.0fs",
+                now - self._poll_failing_since,
+                exc,
+                self._poll_wait,
+            )
+            if self._stop is not None:
+                self._stop.wait(self._poll_wait)
+            else:
+                time.sleep(self._poll_wait)
+            self._poll_wait = min(self._poll_wait * 2, self._retry_max)
+            return []
+        if self._poll_failing_since is not None:
+            logger.warning(
+                "polling the output topics again after %.0fs",
+                self._clock() - self._poll_failing_since,
+            )
+            self._poll_failing_since = None
         return [
             Message(
                 record.topic,

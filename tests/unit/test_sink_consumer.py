@@ -708,3 +708,22 @@ def test_a_message_of_many_rows_counts_as_its_rows_toward_a_batch() -> None:
         assert planner.full() == (offset >= 1)
     batches = planner.take()
     assert [(b.first, b.last) for b in batches] == [(0, 0), (1, 1), (2, 2)]  # 300 rows each
+
+
+def test_polls_failing_while_kafka_is_unreachable_are_retried_not_fatal() -> None:
+    from kafka.errors import KafkaConnectionError
+
+    group = Group()
+    fill(group, partitions=1, per_partition=3)
+    store = RecordingSink(group)
+    sink = make_sink(group, store)
+    failures = iter([True, True, False])
+
+    def unreachable(consumer: FakeConsumer) -> None:
+        if next(failures, False):
+            raise KafkaConnectionError("111 ECONNREFUSED")
+
+    sink._consumer.on_poll = unreachable  # type: ignore[attr-defined]
+    stats = sink.run(idle_timeout=0.3)
+    assert stats.rows == {"stage_transitions": 3}
+    assert group.committed[(TOPIC, 0)].offset == 3
