@@ -236,7 +236,12 @@ class TouchpointProducer:
         record_key, at = peek(data)
         if at is not None and (self.stats.max_event_time is None or at > self.stats.max_event_time):
             self.stats.max_event_time = at
-        if record_key is None or b"\n" in data or len(data) > self.pack_bytes // 2:
+        if (
+            self.pack_events == 1
+            or record_key is None
+            or b"\n" in data
+            or len(data) > self.pack_bytes // 2
+        ):
             # Unreadable (it still reaches the workers, to become a dead letter there),
             # or too big to share a record: on its own, keyed like any record.
             self._send(data, 1, key=record_key)

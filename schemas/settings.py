@@ -53,6 +53,9 @@ class KafkaSettings(BaseSettings):
     store_dir: Path = Path("touchpoint-data/worker-state")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     """``at_least_once`` is for experiments only: a crash can then repeat output rows."""
+    pack_events: int = Field(default=64, ge=1, le=10_000)
+    """Touchpoints per raw Kafka record that `touchpoint produce` writes (a pack); 1 sends
+    one Touchpoint per record, keyed by buyer id (the classic form)."""
     worker_batch: int = Field(default=500, ge=1, le=100_000)
     """Raw records a worker takes at once (state and rows are sent once per buyer per batch)."""
     worker_wait: float = Field(default=0.2, gt=0)

@@ -53,10 +53,10 @@ class Pipeline:
     env: dict[str, str]
     logs: Path
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "touchpoint", *args],
-            env=self.env,
+            env={**self.env, **env},
             capture_output=True,
             text=True,
             timeout=600,

@@ -413,6 +413,13 @@ def _kafka_options(command: F) -> F:
     "event time, so drop-offs are judged as a file run would. Turn off when "
     "other live sources write the same topic.",
 )
+@_option(
+    "--pack-events",
+    env="KAFKA_PACK_EVENTS",
+    type=click.IntRange(1, 10_000),
+    help="Touchpoints per Kafka record (a pack of one buyer partition); 1 = one record "
+    "per touchpoint, keyed by buyer id.  [default: 64]",
+)
 @_kafka_options
 @_sort_dir_option
 @click.pass_context
@@ -422,18 +429,24 @@ def produce(
     generate: int | None,
     seed: int,
     watermark: bool,
+    pack_events: int | None,
     bootstrap: str | None,
     partitions: int | None,
     sort_dir: Path | None,
 ) -> None:
-    """Send touchpoints to Kafka (touchpoints.raw, keyed by buyer, acks=all).
+    """Send touchpoints to Kafka (touchpoints.raw, packed per buyer partition, acks=all).
 
     Files are one bounded input, sent in event-time order whatever the order of their
     lines, so the workers judge them as `touchpoint run` does.
     """
     if bool(inputs) == bool(generate):
         raise click.UsageError("give either --input FILE or --generate BUYERS")
-    settings = _settings(ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions)
+    settings = _settings(
+        ctx,
+        kafka_bootstrap=bootstrap,
+        kafka_partitions=partitions,
+        kafka_pack_events=pack_events,
+    )
     with _Phases("Sorting", "Producing") as progress:
         if generate:
             payloads, progress.total = wiring.generated_payloads(settings, generate, seed)

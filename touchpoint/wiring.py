@@ -312,7 +312,9 @@ def produce(
 
     ensure_pipeline_topics(settings, raw_only=True)
     topic = Topics(settings.kafka.topic_prefix).raw
-    producer = TouchpointProducer(settings.kafka.bootstrap, topic=topic)
+    producer = TouchpointProducer(
+        settings.kafka.bootstrap, topic=topic, pack_events=settings.kafka.pack_events
+    )
     try:
         for payload in payloads:
             producer.send(payload)

@@ -403,7 +403,11 @@ def test_a_full_restart_of_every_process_on_existing_data_continues_exactly(
     chdb = tmp_path / "ch"
     running: list[subprocess.Popen[bytes]] = []
     try:
-        produced = pipeline.cli("produce", "--input", str(first), "--no-watermark")
+        # One record per event (not packs), so the first half spans many worker batches
+        # and commits, and the kill below lands in the middle of them.
+        produced = pipeline.cli(
+            "produce", "--input", str(first), "--no-watermark", TOUCHPOINT_KAFKA_PACK_EVENTS="1"
+        )
         assert produced.returncode == 0, produced.stderr
         running = [
             pipeline.start_worker("worker-a"),
