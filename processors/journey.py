@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from processors.rules import Classification
-from schemas.enums import STAGES, Channel, Stage
+from schemas.enums import STAGES, Channel
 from schemas.events import Event
 from schemas.journey import DropoffRecord, ExitRecord, JourneyState, Latest, TouchRef
 
@@ -43,10 +43,9 @@ __all__ = [
     "preferred_channel",
     "prune",
     "reached_at",
-    "seconds",
     "stage_at",
     "state_row",
-    "touch_ref",
+    "touchpoint_row",
     "transition_rows",
     "transitions",
 ]
@@ -62,13 +61,9 @@ def micros_of(duration: timedelta) -> int:
     return duration // timedelta(microseconds=1)
 
 
-def seconds(micros: int) -> float:
+def _seconds_or_none(micros: int | None) -> float | None:
     """A time as JSON-ready float seconds: exact to the microsecond through any correct
     float parser (ClickHouse keeps milliseconds of it, pydantic every microsecond)."""
-    return micros / 1_000_000
-
-
-def _seconds_or_none(micros: int | None) -> float | None:
     return None if micros is None else micros / 1_000_000
 
 
@@ -499,8 +494,3 @@ def state_row(state: JourneyState) -> dict[str, Any]:
         "unclassified": state.unclassified,
         "version": state.version,
     }
-
-
-# Kept for callers that still speak in Stage members.
-def stage_of(value: str | None) -> Stage | None:
-    return None if value is None else Stage(value)
