@@ -78,6 +78,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -199,6 +200,114 @@ class CpuMeter:
             result["machine"] = round(machine, 3)
             result["other"] = round(max(0.0, machine - sum(used.values())), 3)
         return result
+
+
+# --------------------------------------------------------------------------- profile
+
+PROFILE_PARTS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    # (part, frame substrings): a sample belongs to the first part with a frame anywhere in
+    # its stack (so a part includes what it calls). Frames are py-spy's "function (file)".
+    ("readiness probe", ("_round_trip", "KafkaPublisher.ready")),
+    (
+        "kafka-python sender thread (network, batches, compression)",
+        ("Sender.run (kafka/producer/sender.py)", "run (kafka/producer/sender.py)"),
+    ),
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("dead letters (build, serialize)", ("DeadLetter", "dead_letter", "letter_rows")),
+    (
+        "encode (touchpoint JSON for Kafka)",
+        ("model_dump_json", "encode_touchpoint", "encode_accepted", "Encoder.encode"),
+    ),
+    ("re-encode each item (raw_item)", ("raw_item",)),
+    (
+        "decode (JSON body)",
+        ("decode_json", "_items (ingest", "json_too_deep", "split_items", "json/decoder.py"),
+    ),
+    (
+        "validate (pydantic / decode_event)",
+        ("touchpoint_from_dict", "parse_touchpoint", "decode_event", "validate_all", "pydantic"),
+    ),
+    ("kafka-python send()", ("send (kafka/producer/kafka.py)",)),
+    (
+        "kafka-python flush / waiting on futures",
+        ("flush (kafka/producer/kafka.py)", "FutureRecordMetadata.get", "FutureProduceResult"),
+    ),
+    ("pack per partition", ("pack", "partition_for", "murmur2")),
+    (
+        "thread hop (worker threads, call_soon_threadsafe)",
+        ("_Workers", "_settle", "call_soon_threadsafe"),
+    ),
+)
+PROFILE_LEAVES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    # What is left goes by the frame nearest the leaf that one of these names.
+    ("collector request path (auth, routing, answer)", ("ingest/collector/", "ingest/webhooks/")),
+    ("aiohttp (HTTP parsing, responses)", ("aiohttp/", "multidict/", "yarl/")),
+    ("asyncio event loop", ("asyncio/", "selectors.py")),
+)
+
+
+def _part(frames: Sequence[str]) -> str:
+    for name, needles in PROFILE_PARTS:
+        if any(needle in frame for frame in frames for needle in needles):
+            return name
+    for frame in reversed(frames):
+        for name, needles in PROFILE_LEAVES:
+            if any(needle in frame for needle in needles):
+                return name
+    return "other"
+
+
+def summarize_profile(path: Path) -> dict[str, float]:
+    """Share of GIL-holding samples per part of a py-spy ``--format raw`` file."""
+    counts: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, number = line.rpartition(" ")
+        if stack and number.isdigit():
+            counts[_part(stack.split(";"))] += int(number)
+    total = sum(counts.values())
+    return {name: count / total for name, count in counts.most_common()} if total else {}
+
+
+def _py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of ``pid`` (GIL-holding samples, raw collapsed stacks), or None."""
+    spy = _py_spy()
+    if spy is None:
+        logger.warning("py-spy not found (pip install py-spy): no profile")
+        return None
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--gil",
+            "--rate",
+            "250",
+            "--nolineno",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        profiler.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait()
 
 
 # --------------------------------------------------------------------- broker, servers
@@ -473,6 +582,12 @@ async def run_phase(
             target.label,
             f"{args.requests:,} requests" if args.requests else f"{args.duration:.0f} s",
         )
+        profile: Path | None = None
+        profiler: subprocess.Popen[bytes] | None = None
+        if args.profile is not None and target.is_collector:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profile = args.profile / f"{bodies.run_id}-{mode.replace(' ', '')}.txt"
+            profiler = start_profiler(target.server.process.pid, profile)
         begin = meter.snapshot()
         load = await drive(
             session,
@@ -484,7 +599,11 @@ async def run_phase(
             **common,
         )
         end = meter.snapshot()
+        stop_profiler(profiler)
         details: dict[str, Any] = {}
+        if profile is not None and profile.exists():
+            details["profile"] = str(profile)
+            details["profile_shares"] = summarize_profile(profile)
         if produce_before is not None:
             after = await produce_totals(session, target.server)
             calls = after[1] - produce_before[1]
@@ -763,6 +882,21 @@ def _render(result: dict[str, Any]) -> str:
             + (f"; Kafka hand-off {handoff:.1f} ms/request" if handoff is not None else "")
         )
     lines.append("")
+    for phase in result["phases"]:
+        shares = phase["details"].get("profile_shares")
+        if not shares:
+            continue
+        cores = phase["cpu_cores"].get("collector", 0.0)
+        events = phase["events_accepted"]
+        per_event = cores * phase["seconds"] / events * 1e6 if events else 0.0
+        lines.append(
+            f"where the collector's time goes, {phase['mode']} (py-spy, GIL-holding samples; "
+            f"{per_event:,.0f} us of collector CPU per event, split by share of samples):"
+        )
+        for name, share in shares.items():
+            lines.append(f"  {share * 100:5.1f}%  {share * per_event:7.1f} us/event  {name}")
+        lines.append(f"  (stacks: {phase['details']['profile']})")
+        lines.append("")
     for mode, ratio in result["ratios_collector_to_ceiling"].items():
         events = ratio["events_per_second"]
         p99 = ratio["p99_latency"]
@@ -889,6 +1023,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bare-port", type=int, default=0, help="port of the bare server [default: a free port]"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record the collector with py-spy (GIL-holding samples) during each measured "
+        "collector phase into this directory, and print where its time goes; the sampling "
+        "slows the collector, so such a run's ratios are not the benchmark's",
     )
     add_run_options(parser, "server logs")
     parser.add_argument(
