@@ -216,7 +216,7 @@ PROFILE_PARTS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("dead letters (build, serialize)", ("DeadLetter", "dead_letter", "letter_rows")),
     (
         "encode (touchpoint JSON for Kafka)",
-        ("model_dump_json", "encode_touchpoint", "encode_accepted", "Encoder.encode"),
+        ("model_dump_json", "encode_event", "Encoder.encode"),
     ),
     ("re-encode each item (raw_item)", ("raw_item",)),
     (
@@ -647,24 +647,70 @@ async def run_phases(
 # ------------------------------------------------------------------------ verification
 
 
-def topic_end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
-    """Sum of end offsets per topic (non-transactional producer: one offset per record)."""
+@dataclass
+class TopicContents:
+    """What a topic holds: records, the events in them (a pack's lines each count), and
+    event ids seen more than once."""
+
+    records: int = 0
+    events: int = 0
+    duplicates: int = 0
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 300.0) -> TopicContents:
+    """Read ``topic`` from the beginning to its end offsets, counting the events inside packs
+    and checking every event id is there once (the bench's ids are unique)."""
+    import msgspec
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
+    from schemas.topics import PACK_HEADER, PACK_NDJSON
+
+    class _Id(msgspec.Struct):
+        event_id: str = ""
+
+    decoder = msgspec.json.Decoder(_Id)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, client_id="bench-collector", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        client_id="bench-collector",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
     )
+    contents = TopicContents()
+    seen: set[str] = set()
     try:
-        totals: dict[str, int] = {}
-        for topic in topics:
-            partitions = [
-                TopicPartition(topic, number)
-                for number in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            ends = consumer.end_offsets(partitions) if partitions else {}
-            totals[topic] = sum(ends.values())
-        return totals
+        partitions = [
+            TopicPartition(topic, number)
+            for number in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return contents
+        ends = consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + timeout
+        left = {tp for tp in partitions if ends[tp] > 0}
+        while left and time.monotonic() < deadline:
+            for tp, messages in consumer.poll(timeout_ms=1000).items():
+                for message in messages:
+                    contents.records += 1
+                    packed = (PACK_HEADER, PACK_NDJSON) in list(message.headers or ())
+                    lines = message.value.split(b"\n") if packed else [message.value]
+                    for line in lines:
+                        if not line:
+                            continue
+                        contents.events += 1
+                        event_id = decoder.decode(line).event_id
+                        if event_id in seen:
+                            contents.duplicates += 1
+                        seen.add(event_id)
+                if consumer.position(tp) >= ends[tp]:
+                    left.discard(tp)
+        if left:
+            raise BenchError(f"could not read {topic} to its end within {timeout:.0f} s")
+        return contents
     finally:
         consumer.close()
 
@@ -768,7 +814,9 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 ),
             ]
             phases = asyncio.run(run_phases(args, targets, run_id, meter))
-            on_topics = topic_end_offsets(bootstrap, [topics.raw, dead_letter_topic])
+            logger.info("reading the raw and dead-letter topics back")
+            raw_topic = read_topic(bootstrap, topics.raw)
+            dead_letters = read_topic(bootstrap, dead_letter_topic)
         finally:
             for server in servers:
                 code = server.stop()
@@ -780,13 +828,20 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         for phase in phases
         if phase.target == "collector"
     )
-    topic_matches = on_topics[topics.raw] == accepted_total and on_topics[dead_letter_topic] == 0
+    topic_matches = (
+        raw_topic.events == accepted_total
+        and raw_topic.duplicates == 0
+        and dead_letters.records == 0
+    )
     if not topic_matches:
         logger.warning(
-            "the raw topic holds %d records, the collector accepted %d (dead letters: %d)",
-            on_topics[topics.raw],
+            "the raw topic holds %d events (%d ids repeated) in %d records, the collector "
+            "accepted %d (dead-letter records: %d)",
+            raw_topic.events,
+            raw_topic.duplicates,
+            raw_topic.records,
             accepted_total,
-            on_topics[dead_letter_topic],
+            dead_letters.records,
         )
     chosen: list[dict[str, Any]] = []
     ratios: dict[str, dict[str, float | None]] = {}
@@ -828,9 +883,11 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         "all_runs": [phase.as_dict() for phase in phases] if args.repeat > 1 else None,
         "ratios_collector_to_ceiling": ratios,
         "raw_topic": {
-            "records": on_topics[topics.raw],
+            "records": raw_topic.records,
+            "events": raw_topic.events,
+            "repeated_event_ids": raw_topic.duplicates,
             "accepted_by_collector": accepted_total,
-            "dead_letters": on_topics[dead_letter_topic],
+            "dead_letters": dead_letters.records,
             "matches": topic_matches,
         },
         "max_other_cpu_cores": max(
@@ -922,8 +979,9 @@ def _render(result: dict[str, Any]) -> str:
         )
     raw = result["raw_topic"]
     lines.append(
-        f"raw topic: {raw['records']:,} records for {raw['accepted_by_collector']:,} events "
-        f"accepted (warm-ups included), {raw['dead_letters']:,} dead letters: "
+        f"raw topic: {raw['events']:,} events ({raw['repeated_event_ids']:,} ids repeated) in "
+        f"{raw['records']:,} records for {raw['accepted_by_collector']:,} events accepted "
+        f"(warm-ups included), {raw['dead_letters']:,} dead-letter records: "
         + ("match." if raw["matches"] else "MISMATCH.")
     )
     config = result["config"]

@@ -63,7 +63,22 @@ _ENCODER: Final = msgspec.json.Encoder(decimal_format="string")
 
 
 def _time(micros: int) -> datetime:
-    return EPOCH + timedelta(microseconds=micros)
+    return EPOCH + timedelta(0, 0, micros)
+
+
+class _LastTime:
+    """The datetime of the last receive time asked for (one per request, shared by its
+    events)."""
+
+    micros: int | None = None
+    value: datetime = EPOCH
+
+
+def _received(micros: int) -> datetime:
+    if micros != _LastTime.micros:
+        _LastTime.value = _time(micros)
+        _LastTime.micros = micros
+    return _LastTime.value
 
 
 def encode_event(event: Event) -> bytes:
@@ -79,7 +94,7 @@ def encode_event(event: Event) -> bytes:
             event.channel,
             event.event_type,
             _time(event.at),
-            None if received is None else _time(received),
+            None if received is None else _received(received),
             event.campaign,
             event.promo,
             event.revenue,
