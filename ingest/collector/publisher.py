@@ -57,6 +57,7 @@ T = TypeVar("T")
 
 _READY_CACHE_SECONDS: Final = 1.0
 _BATCH_BYTES: Final = 512 * 1024
+_REAP_SECONDS: Final = 0.25
 _MAX_REQUEST_BYTES: Final = 2_000_000
 
 
@@ -199,7 +200,9 @@ class KafkaPublisher:
         self._lock = threading.Lock()
         self._dead_letter_topic = topics.for_table(DeadLetterRow.table)
         self._workers = _Workers(workers or min(32, (os.cpu_count() or 1) + 6), "collector-kafka")
-        self._waiting: set[asyncio.Future[None]] = set()
+        self._waiting: dict[asyncio.Future[None], float] = {}
+        """Requests waiting for acknowledgements → their deadline (loop time)."""
+        self._reaper: asyncio.Task[None] | None = None
         self._partitions = PartitionCache()
         self._probe: asyncio.Future[bool] | None = None
         self._probed_at = float("-inf")
@@ -288,17 +291,31 @@ class KafkaPublisher:
         except KafkaError as exc:
             acks.future.cancel()  # records sent before are acknowledged unobserved
             raise BrokerUnavailableError(f"Kafka did not take the events: {exc}") from exc
-        self._waiting.add(acks.future)
+        loop = asyncio.get_running_loop()
+        self._waiting[acks.future] = loop.time() + self.timeout
+        reaper = self._reaper
+        if reaper is None or reaper.done() or reaper.get_loop() is not loop:
+            # one per event loop; asyncio.run cancels it with the loop's other tasks
+            self._reaper = loop.create_task(self._reap(), name="collector-kafka-deadlines")
         try:
-            async with asyncio.timeout(self.timeout):
-                await acks.future
-        except TimeoutError as exc:
-            raise DeliveryError("Kafka did not acknowledge the events in time") from exc
+            await acks.future
         except KafkaError as exc:
             raise BrokerUnavailableError(f"Kafka did not acknowledge the events: {exc}") from exc
         finally:
-            self._waiting.discard(acks.future)
+            self._waiting.pop(acks.future, None)
         return PublishResult(len(records), time.perf_counter() - started)
+
+    async def _reap(self) -> None:
+        """Fail the requests whose deadline passed (one sweep a quarter second, instead
+        of a timer armed and cancelled per request)."""
+        loop = asyncio.get_running_loop()
+        late = DeliveryError("Kafka did not acknowledge the events in time")
+        while True:
+            await asyncio.sleep(_REAP_SECONDS)
+            now = loop.time()
+            for future, deadline in list(self._waiting.items()):
+                if deadline <= now and not future.done():
+                    future.set_exception(late)
 
     def _round_trip(self) -> bool:
         """Ask the broker for fresh metadata through the producer; True if it answered in
