@@ -275,7 +275,8 @@ class KafkaPublisher:
             partitions = await self._workers.run(self._prepare)
             producer = self._producer
         records = self._records(touchpoints, dead_letters, partitions)
-        acks = _Acks(asyncio.get_running_loop(), len(records))
+        loop = asyncio.get_running_loop()
+        acks = _Acks(loop, len(records))
         started = time.perf_counter()
         try:
             for topic, record in records:
@@ -291,7 +292,6 @@ class KafkaPublisher:
         except KafkaError as exc:
             acks.future.cancel()  # records sent before are acknowledged unobserved
             raise BrokerUnavailableError(f"Kafka did not take the events: {exc}") from exc
-        loop = asyncio.get_running_loop()
         self._waiting[acks.future] = loop.time() + self.timeout
         reaper = self._reaper
         if reaper is None or reaper.done() or reaper.get_loop() is not loop:

@@ -127,11 +127,16 @@ class PartitionCache:
         self._partitions = 0
         self._known: dict[bytes, int] = {}
 
-    def of(self, key: bytes, partitions: int) -> int:
+    def known(self, partitions: int) -> dict[bytes, int]:
+        """The remembered partitions, for ``partitions`` partitions (read with ``get``;
+        :meth:`of` for a key not in it)."""
         if partitions != self._partitions:
             self._known.clear()
             self._partitions = partitions
-        found = self._known.get(key)
+        return self._known
+
+    def of(self, key: bytes, partitions: int) -> int:
+        found = self.known(partitions).get(key)
         if found is None:
             if len(self._known) >= self.size:
                 self._known.clear()
@@ -152,8 +157,11 @@ def pack_touchpoints(
     Within a partition the touchpoints keep their order in the request.
     """
     groups: dict[int, list[tuple[bytes, bytes]]] = {}
+    known = cache.known(partitions).get
     for pair in touchpoints:
-        partition = cache.of(pair[0], partitions)
+        partition = known(pair[0])
+        if partition is None:
+            partition = cache.of(pair[0], partitions)
         group = groups.get(partition)
         if group is None:
             groups[partition] = [pair]
