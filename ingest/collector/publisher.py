@@ -223,6 +223,7 @@ class KafkaPublisher:
                     request_timeout_ms=int(self.timeout * 1000),
                     max_request_size=_MAX_REQUEST_BYTES,
                     client_id="touchpoint-collector",
+                    metrics_enabled=False,  # its own sensors cost the sender thread; unread
                 )
             return self._producer
 

@@ -22,7 +22,7 @@ An accepted item without ``received_at`` gets the receive time (an explicit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, Final
 
@@ -101,22 +101,28 @@ class _Native:
         self.received = to_micros(received_at)
         self.parsed = Parsed()
 
-    def fast(self, index: int, raw: bytes) -> None:
-        """A strict JSON item: decode_event's verdict (or the careful path, see above)."""
-        try:
-            event = decode_event(raw)
-        except SchemaValidationError as exc:
-            if exc.reason is DeadLetterReason.INVALID_JSON:  # strict JSON after all: a number
-                self.careful_raw(index, raw)  # Python's int() refuses, kept as text there
-            else:
-                self.parsed.rejected.append(Rejection(index, exc.reason, exc.detail, raw))
-            return
-        if event.properties and not _finite(event):
-            self.careful_raw(index, raw)
-            return
-        if event.received_at is None:
-            event = _replace(event, received_at=self.received)
-        self.parsed.events.append(event)
+    def fast(self, items: Iterable[tuple[int, bytes]]) -> None:
+        """Strict JSON items: decode_event's verdict (or the careful path, see above)."""
+        events = self.parsed.events
+        received = self.received
+        for index, raw in items:
+            try:
+                event = decode_event(raw)
+            except SchemaValidationError as exc:
+                self.refused(index, raw, exc)
+                continue
+            if event.properties and not _finite(event):
+                self.careful_raw(index, raw)
+                continue
+            if event.received_at is None:
+                event = _replace(event, received_at=received)
+            events.append(event)
+
+    def refused(self, index: int, raw: bytes, exc: SchemaValidationError) -> None:
+        if exc.reason is DeadLetterReason.INVALID_JSON:  # strict JSON after all: a number
+            self.careful_raw(index, raw)  # Python's int() refuses, kept as text there
+        else:
+            self.parsed.rejected.append(Rejection(index, exc.reason, exc.detail, raw))
 
     def careful(self, index: int, item: Any, raw: bytes) -> None:
         """An item decoded by :func:`decode_json`, validated as a dict by pydantic."""
@@ -141,7 +147,7 @@ class _Native:
 
     def line(self, index: int, line: bytes) -> None:
         if _strict(line):
-            self.fast(index, line)
+            self.fast(((index, line),))
         else:
             self.careful_raw(index, line)
 
@@ -169,8 +175,7 @@ def parse_native(body: bytes, content_type: str, received_at: datetime) -> Parse
         )
     items = _strict_items(body)
     if items is not None:
-        for index, raw in enumerate(items):
-            native.fast(index, raw)
+        native.fast(enumerate(items))
         return native.parsed
     try:
         decoded = decode_json(body)
