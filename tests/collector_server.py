@@ -84,6 +84,28 @@ class Server:
         consumer.close()
         return found
 
+    def partitions(self, topic: str) -> int:
+        consumer = KafkaConsumer(bootstrap_servers=self.pipeline.bootstrap)
+        try:
+            return len(consumer.partitions_for_topic(topic) or ())
+        finally:
+            consumer.close()
+
+    def records(self, topic: str, expected: int, timeout: float = 20.0) -> list[Any]:
+        """The first ``expected`` records of ``topic`` (fewer if they do not come in time)."""
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=self.pipeline.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=2000,
+        )
+        found: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < expected and time.monotonic() < deadline:
+            found.extend(consumer)
+        consumer.close()
+        return found
+
 
 def unpack(message: Any) -> list[bytes]:
     """The touchpoints of a raw record: the lines of a pack, or the record itself."""
