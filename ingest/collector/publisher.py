@@ -290,7 +290,9 @@ class KafkaPublisher:
                 )
                 future.add_callback(acks.acked)
                 future.add_errback(acks.failed)
-        except KafkaError as exc:
+        except (KafkaError, ValueError) as exc:
+            # ValueError: the topic or partition left the producer's metadata since it was
+            # read above (a topic deleted, say): Kafka's state, not the request's fault.
             acks.future.cancel()  # records sent before are acknowledged unobserved
             raise BrokerUnavailableError(f"Kafka did not take the events: {exc}") from exc
         self._waiting[acks.future] = loop.time() + self.timeout
