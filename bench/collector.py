@@ -9,8 +9,9 @@ subprocess on loopback:
 ``collector``
     The real one, ``python -m touchpoint collector``, exactly as deployed: API-key
     authentication, validation of every item, each request's touchpoints produced to the
-    raw topic with ``acks=all`` (idempotent kafka-python producer, zstd, run in a worker
-    thread) and the answer sent only once Kafka acknowledged them.
+    raw topic with ``acks=all`` (idempotent kafka-python producer, zstd; one record per
+    partition, see docs/collector.md) and the answer sent only once Kafka acknowledged
+    them.
 
 ``ceiling (bare aiohttp)``
     ``python -m bench.collector --serve-bare``: the same framework (aiohttp, the same
@@ -54,15 +55,24 @@ The collector's mean Kafka hand-off time per request (its
 ``touchpoint_collector_produce_seconds`` histogram, scraped before and after) is reported
 too.
 
-At the end, the raw topic's end offsets are summed (kafka-python ``end_offsets``) and
-compared with every event the collector accepted, warm-ups included; the dead-letter
-topic must be empty. A mismatch makes the exit code 1.
+At the end, the raw topic is read back from the beginning to its end offsets and its
+events counted — each line of a pack (header ``touchpoint-pack``) is one — and checked
+against every event the collector accepted, warm-ups included: as many, no event id twice;
+the dead-letter topic must be empty. A mismatch makes the exit code 1.
+
+``--profile DIR`` records the collector with py-spy (``py-spy record --gil``, 250
+samples/s, GIL-holding samples only) during each measured collector phase, writes the
+collapsed stacks to DIR and prints where the collector's CPU goes per event: its CPU
+seconds per accepted event, split by the share of samples each part of the request path
+takes (:data:`PROFILE_PARTS`). py-spy pauses the process to sample it, so a profiled run's
+events/s are lower: measure and profile in separate runs.
 
 Run from the repository root with the project's virtualenv (the servers are started with
 the same interpreter)::
 
     .venv/bin/python -m bench.collector                          # 4 phases × 20 s, ~2 minutes
     .venv/bin/python -m bench.collector --duration 3 --warmup 1  # quick check
+    .venv/bin/python -m bench.collector --profile /tmp/profile   # where the time goes
 
 Results are printed and written as JSON to ``bench/results/collector-<timestamp>.json``.
 """
