@@ -6,10 +6,12 @@ on it), so the collector adds no web stack of its own.
 
 Every request follows the same path: authenticate (an API key bound to its
 source and that source's endpoints, or the vendor's signature over the bytes as
-received) → adapt the body into Touchpoints and rejections (``ingest.webhooks``,
-pure, depth- and size-bounded) → publish accepted touchpoints to
-``touchpoints.raw`` and rejections to ``touchpoints.dlq``, waiting for
-``acks=all`` → answer 2xx with the accepted count and each rejection's reason.
+received) → adapt the body into validated touchpoints and rejections
+(``ingest.webhooks``, pure, depth- and size-bounded; our own API on its fast path,
+one ``decode_event`` per item) → encode each accepted touchpoint once as canonical
+JSON and publish them to ``touchpoints.raw``, one record per partition, and the
+rejections to ``touchpoints.dlq``, waiting for ``acks=all`` of this request's
+records only → answer 2xx with the accepted count and each rejection's reason.
 A malformed body is a 4xx with a reason; Kafka unreachable → 503, nothing
 acknowledged; anything unforeseen → 500, counted like every other answer.
 """
