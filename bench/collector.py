@@ -643,6 +643,8 @@ async def run_phases(
         waited = await wait_ready(target.server)
         logger.info("%s ready after %.1f s", target.server.name, waited)
     modes: list[tuple[str, int | None]] = [("single", None), (f"batch x{args.batch}", args.batch)]
+    if args.only is not None:
+        modes = [mode for mode in modes if mode[0].startswith(args.only)]
     phases: list[Phase] = []
     for number in range(1, args.repeat + 1):
         if args.repeat > 1:
@@ -1060,6 +1062,11 @@ def _parser() -> argparse.ArgumentParser:
         type=positive,
         default=100,
         help="touchpoints per request in the batch mode [default: 100]",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["single", "batch"],
+        help="run only this mode's two phases [default: both modes]",
     )
     parser.add_argument(
         "--concurrency",

@@ -172,8 +172,10 @@ class KafkaPublisher:
     Producer settings, from how kafka-python 3 batches: with idempotence it keeps one
     batch in flight per partition (``guarantee_message_order``) and appends what
     arrives meanwhile to the next one, which leaves as soon as the first is
-    acknowledged — so under load requests share produce requests by themselves, and
-    ``linger_ms`` only adds latency when Kafka is idle (0 here). ``batch_size`` is
+    acknowledged — so under load requests share produce requests by themselves.
+    ``linger_ms`` (2) lets a batch of an idle partition wait that long for company: it
+    costs an idle collector up to 2 ms per request, and under load it took a fifth of the
+    broker's CPU off in one A/B run (docs/benchmarks.md). ``batch_size`` is
     what one partition's batch may hold before a second one starts: with one batch
     in flight per partition it bounds a partition's throughput per round trip, so it
     is large (512 KiB, within the broker's 1 MB ``message.max.bytes``).
@@ -187,7 +189,7 @@ class KafkaPublisher:
         timeout: float = 10.0,
         probe_timeout: float = 2.0,
         workers: int | None = None,
-        linger_ms: int = 0,
+        linger_ms: int = 2,
         batch_bytes: int = _BATCH_BYTES,
     ) -> None:
         self.topics = topics
