@@ -203,8 +203,12 @@ _DEAD_LETTER: Final = ROW_ADAPTERS[DeadLetterRow.table]
 
 
 def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
+    try:
+        body = _ANSWER.encode(payload)
+    except UnicodeEncodeError:  # a lone surrogate in some detail: the stdlib escapes it
+        body = json.dumps(payload).encode()
     return web.Response(
-        body=_ANSWER.encode(payload),
+        body=body,
         status=status,
         content_type="application/json",
         charset="utf-8",

@@ -277,6 +277,8 @@ class KafkaPublisher:
         if partitions is None:
             partitions = await self._workers.run(self._prepare)
             producer = self._producer
+            if producer is None:  # closed meanwhile: the collector is stopping
+                raise BrokerUnavailableError("the collector is shutting down")
         records = self._records(touchpoints, dead_letters, partitions)
         loop = asyncio.get_running_loop()
         acks = _Acks(loop, len(records))
@@ -314,13 +316,14 @@ class KafkaPublisher:
         """Fail the requests whose deadline passed (one sweep a quarter second, instead
         of a timer armed and cancelled per request)."""
         loop = asyncio.get_running_loop()
-        late = DeliveryError("Kafka did not acknowledge the events in time")
         while True:
             await asyncio.sleep(_REAP_SECONDS)
             now = loop.time()
             for future, deadline in list(self._waiting.items()):
                 if deadline <= now and not future.done():
-                    future.set_exception(late)
+                    future.set_exception(
+                        DeliveryError("Kafka did not acknowledge the events in time")
+                    )
 
     def _round_trip(self) -> bool:
         """Ask the broker for fresh metadata through the producer; True if it answered in
