@@ -9,8 +9,9 @@ subprocess on loopback:
 ``collector``
     The real one, ``python -m touchpoint collector``, exactly as deployed: API-key
     authentication, validation of every item, each request's touchpoints produced to the
-    raw topic with ``acks=all`` (idempotent kafka-python producer, zstd, run in a worker
-    thread) and the answer sent only once Kafka acknowledged them.
+    raw topic with ``acks=all`` (idempotent kafka-python producer, zstd; one record per
+    partition, see docs/collector.md) and the answer sent only once Kafka acknowledged
+    them.
 
 ``ceiling (bare aiohttp)``
     ``python -m bench.collector --serve-bare``: the same framework (aiohttp, the same
@@ -54,15 +55,24 @@ The collector's mean Kafka hand-off time per request (its
 ``touchpoint_collector_produce_seconds`` histogram, scraped before and after) is reported
 too.
 
-At the end, the raw topic's end offsets are summed (kafka-python ``end_offsets``) and
-compared with every event the collector accepted, warm-ups included; the dead-letter
-topic must be empty. A mismatch makes the exit code 1.
+At the end, the raw topic is read back from the beginning to its end offsets and its
+events counted — each line of a pack (header ``touchpoint-pack``) is one — and checked
+against every event the collector accepted, warm-ups included: as many, no event id twice;
+the dead-letter topic must be empty. A mismatch makes the exit code 1.
+
+``--profile DIR`` records the collector with py-spy (``py-spy record --gil``, 250
+samples/s, GIL-holding samples only) during each measured collector phase, writes the
+collapsed stacks to DIR and prints where the collector's CPU goes per event: its CPU
+seconds per accepted event, split by the share of samples each part of the request path
+takes (:data:`PROFILE_PARTS`). py-spy pauses the process to sample it, so a profiled run's
+events/s are lower: measure and profile in separate runs.
 
 Run from the repository root with the project's virtualenv (the servers are started with
 the same interpreter)::
 
     .venv/bin/python -m bench.collector                          # 4 phases × 20 s, ~2 minutes
     .venv/bin/python -m bench.collector --duration 3 --warmup 1  # quick check
+    .venv/bin/python -m bench.collector --profile /tmp/profile   # where the time goes
 
 Results are printed and written as JSON to ``bench/results/collector-<timestamp>.json``.
 """
@@ -78,6 +88,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -199,6 +210,114 @@ class CpuMeter:
             result["machine"] = round(machine, 3)
             result["other"] = round(max(0.0, machine - sum(used.values())), 3)
         return result
+
+
+# --------------------------------------------------------------------------- profile
+
+PROFILE_PARTS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    # (part, frame substrings): a sample belongs to the first part with a frame anywhere in
+    # its stack (so a part includes what it calls). Frames are py-spy's "function (file)".
+    ("readiness probe", ("_round_trip", "KafkaPublisher.ready")),
+    (
+        "kafka-python sender thread (network, batches, compression)",
+        ("Sender.run (kafka/producer/sender.py)", "run (kafka/producer/sender.py)"),
+    ),
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("dead letters (build, serialize)", ("DeadLetter", "dead_letter", "letter_rows")),
+    (
+        "encode (touchpoint JSON for Kafka)",
+        ("model_dump_json", "encode_event", "Encoder.encode"),
+    ),
+    ("re-encode each item (raw_item)", ("raw_item",)),
+    (
+        "decode (JSON body)",
+        ("decode_json", "_items (ingest", "json_too_deep", "split_items", "json/decoder.py"),
+    ),
+    (
+        "validate (pydantic / decode_event)",
+        ("touchpoint_from_dict", "parse_touchpoint", "decode_event", "validate_all", "pydantic"),
+    ),
+    ("kafka-python send()", ("send (kafka/producer/kafka.py)",)),
+    (
+        "kafka-python flush / waiting on futures",
+        ("flush (kafka/producer/kafka.py)", "FutureRecordMetadata.get", "FutureProduceResult"),
+    ),
+    ("pack per partition", ("pack", "partition_for", "murmur2")),
+    (
+        "thread hop (worker threads, call_soon_threadsafe)",
+        ("_Workers", "_settle", "call_soon_threadsafe"),
+    ),
+)
+PROFILE_LEAVES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    # What is left goes by the frame nearest the leaf that one of these names.
+    ("collector request path (auth, routing, answer)", ("ingest/collector/", "ingest/webhooks/")),
+    ("aiohttp (HTTP parsing, responses)", ("aiohttp/", "multidict/", "yarl/")),
+    ("asyncio event loop", ("asyncio/", "selectors.py")),
+)
+
+
+def _part(frames: Sequence[str]) -> str:
+    for name, needles in PROFILE_PARTS:
+        if any(needle in frame for frame in frames for needle in needles):
+            return name
+    for frame in reversed(frames):
+        for name, needles in PROFILE_LEAVES:
+            if any(needle in frame for needle in needles):
+                return name
+    return "other"
+
+
+def summarize_profile(path: Path) -> dict[str, float]:
+    """Share of GIL-holding samples per part of a py-spy ``--format raw`` file."""
+    counts: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, number = line.rpartition(" ")
+        if stack and number.isdigit():
+            counts[_part(stack.split(";"))] += int(number)
+    total = sum(counts.values())
+    return {name: count / total for name, count in counts.most_common()} if total else {}
+
+
+def _py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of ``pid`` (GIL-holding samples, raw collapsed stacks), or None."""
+    spy = _py_spy()
+    if spy is None:
+        logger.warning("py-spy not found (pip install py-spy): no profile")
+        return None
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--gil",
+            "--rate",
+            "250",
+            "--nolineno",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        profiler.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait()
 
 
 # --------------------------------------------------------------------- broker, servers
@@ -473,6 +592,12 @@ async def run_phase(
             target.label,
             f"{args.requests:,} requests" if args.requests else f"{args.duration:.0f} s",
         )
+        profile: Path | None = None
+        profiler: subprocess.Popen[bytes] | None = None
+        if args.profile is not None and target.is_collector:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profile = args.profile / f"{bodies.run_id}-{mode.replace(' ', '')}.txt"
+            profiler = start_profiler(target.server.process.pid, profile)
         begin = meter.snapshot()
         load = await drive(
             session,
@@ -484,7 +609,11 @@ async def run_phase(
             **common,
         )
         end = meter.snapshot()
+        stop_profiler(profiler)
         details: dict[str, Any] = {}
+        if profile is not None and profile.exists():
+            details["profile"] = str(profile)
+            details["profile_shares"] = summarize_profile(profile)
         if produce_before is not None:
             after = await produce_totals(session, target.server)
             calls = after[1] - produce_before[1]
@@ -514,6 +643,8 @@ async def run_phases(
         waited = await wait_ready(target.server)
         logger.info("%s ready after %.1f s", target.server.name, waited)
     modes: list[tuple[str, int | None]] = [("single", None), (f"batch x{args.batch}", args.batch)]
+    if args.only is not None:
+        modes = [mode for mode in modes if mode[0].startswith(args.only)]
     phases: list[Phase] = []
     for number in range(1, args.repeat + 1):
         if args.repeat > 1:
@@ -528,24 +659,70 @@ async def run_phases(
 # ------------------------------------------------------------------------ verification
 
 
-def topic_end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
-    """Sum of end offsets per topic (non-transactional producer: one offset per record)."""
+@dataclass
+class TopicContents:
+    """What a topic holds: records, the events in them (a pack's lines each count), and
+    event ids seen more than once."""
+
+    records: int = 0
+    events: int = 0
+    duplicates: int = 0
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 300.0) -> TopicContents:
+    """Read ``topic`` from the beginning to its end offsets, counting the events inside packs
+    and checking every event id is there once (the bench's ids are unique)."""
+    import msgspec
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
+    from schemas.topics import PACK_HEADER, PACK_NDJSON
+
+    class _Id(msgspec.Struct):
+        event_id: str = ""
+
+    decoder = msgspec.json.Decoder(_Id)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, client_id="bench-collector", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        client_id="bench-collector",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
     )
+    contents = TopicContents()
+    seen: set[str] = set()
     try:
-        totals: dict[str, int] = {}
-        for topic in topics:
-            partitions = [
-                TopicPartition(topic, number)
-                for number in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            ends = consumer.end_offsets(partitions) if partitions else {}
-            totals[topic] = sum(ends.values())
-        return totals
+        partitions = [
+            TopicPartition(topic, number)
+            for number in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return contents
+        ends = consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + timeout
+        left = {tp for tp in partitions if ends[tp] > 0}
+        while left and time.monotonic() < deadline:
+            for tp, messages in consumer.poll(timeout_ms=1000).items():
+                for message in messages:
+                    contents.records += 1
+                    packed = (PACK_HEADER, PACK_NDJSON) in list(message.headers or ())
+                    lines = message.value.split(b"\n") if packed else [message.value]
+                    for line in lines:
+                        if not line:
+                            continue
+                        contents.events += 1
+                        event_id = decoder.decode(line).event_id
+                        if event_id in seen:
+                            contents.duplicates += 1
+                        seen.add(event_id)
+                if consumer.position(tp) >= ends[tp]:
+                    left.discard(tp)
+        if left:
+            raise BenchError(f"could not read {topic} to its end within {timeout:.0f} s")
+        return contents
     finally:
         consumer.close()
 
@@ -649,7 +826,9 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 ),
             ]
             phases = asyncio.run(run_phases(args, targets, run_id, meter))
-            on_topics = topic_end_offsets(bootstrap, [topics.raw, dead_letter_topic])
+            logger.info("reading the raw and dead-letter topics back")
+            raw_topic = read_topic(bootstrap, topics.raw)
+            dead_letters = read_topic(bootstrap, dead_letter_topic)
         finally:
             for server in servers:
                 code = server.stop()
@@ -661,13 +840,20 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         for phase in phases
         if phase.target == "collector"
     )
-    topic_matches = on_topics[topics.raw] == accepted_total and on_topics[dead_letter_topic] == 0
+    topic_matches = (
+        raw_topic.events == accepted_total
+        and raw_topic.duplicates == 0
+        and dead_letters.records == 0
+    )
     if not topic_matches:
         logger.warning(
-            "the raw topic holds %d records, the collector accepted %d (dead letters: %d)",
-            on_topics[topics.raw],
+            "the raw topic holds %d events (%d ids repeated) in %d records, the collector "
+            "accepted %d (dead-letter records: %d)",
+            raw_topic.events,
+            raw_topic.duplicates,
+            raw_topic.records,
             accepted_total,
-            on_topics[dead_letter_topic],
+            dead_letters.records,
         )
     chosen: list[dict[str, Any]] = []
     ratios: dict[str, dict[str, float | None]] = {}
@@ -709,9 +895,11 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         "all_runs": [phase.as_dict() for phase in phases] if args.repeat > 1 else None,
         "ratios_collector_to_ceiling": ratios,
         "raw_topic": {
-            "records": on_topics[topics.raw],
+            "records": raw_topic.records,
+            "events": raw_topic.events,
+            "repeated_event_ids": raw_topic.duplicates,
             "accepted_by_collector": accepted_total,
-            "dead_letters": on_topics[dead_letter_topic],
+            "dead_letters": dead_letters.records,
             "matches": topic_matches,
         },
         "max_other_cpu_cores": max(
@@ -763,6 +951,21 @@ def _render(result: dict[str, Any]) -> str:
             + (f"; Kafka hand-off {handoff:.1f} ms/request" if handoff is not None else "")
         )
     lines.append("")
+    for phase in result["phases"]:
+        shares = phase["details"].get("profile_shares")
+        if not shares:
+            continue
+        cores = phase["cpu_cores"].get("collector", 0.0)
+        events = phase["events_accepted"]
+        per_event = cores * phase["seconds"] / events * 1e6 if events else 0.0
+        lines.append(
+            f"where the collector's time goes, {phase['mode']} (py-spy, GIL-holding samples; "
+            f"{per_event:,.0f} us of collector CPU per event, split by share of samples):"
+        )
+        for name, share in shares.items():
+            lines.append(f"  {share * 100:5.1f}%  {share * per_event:7.1f} us/event  {name}")
+        lines.append(f"  (stacks: {phase['details']['profile']})")
+        lines.append("")
     for mode, ratio in result["ratios_collector_to_ceiling"].items():
         events = ratio["events_per_second"]
         p99 = ratio["p99_latency"]
@@ -788,8 +991,9 @@ def _render(result: dict[str, Any]) -> str:
         )
     raw = result["raw_topic"]
     lines.append(
-        f"raw topic: {raw['records']:,} records for {raw['accepted_by_collector']:,} events "
-        f"accepted (warm-ups included), {raw['dead_letters']:,} dead letters: "
+        f"raw topic: {raw['events']:,} events ({raw['repeated_event_ids']:,} ids repeated) in "
+        f"{raw['records']:,} records for {raw['accepted_by_collector']:,} events accepted "
+        f"(warm-ups included), {raw['dead_letters']:,} dead-letter records: "
         + ("match." if raw["matches"] else "MISMATCH.")
     )
     config = result["config"]
@@ -860,6 +1064,11 @@ def _parser() -> argparse.ArgumentParser:
         help="touchpoints per request in the batch mode [default: 100]",
     )
     parser.add_argument(
+        "--only",
+        choices=["single", "batch"],
+        help="run only this mode's two phases [default: both modes]",
+    )
+    parser.add_argument(
         "--concurrency",
         type=positive,
         default=32,
@@ -889,6 +1098,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bare-port", type=int, default=0, help="port of the bare server [default: a free port]"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record the collector with py-spy (GIL-holding samples) during each measured "
+        "collector phase into this directory, and print where its time goes; the sampling "
+        "slows the collector, so such a run's ratios are not the benchmark's",
     )
     add_run_options(parser, "server logs")
     parser.add_argument(

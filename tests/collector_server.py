@@ -18,6 +18,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas.topics import PACK_HEADER, PACK_NDJSON
 from schemas.touchpoint import Touchpoint, parse_touchpoint
 from tests.kafka_pipeline import REPO, Pipeline, stop
 from tests.signing import SendGridKeys
@@ -78,9 +79,39 @@ class Server:
         found: list[Touchpoint] = []
         deadline = time.monotonic() + timeout
         while len(found) < expected and time.monotonic() < deadline:
-            found.extend(parse_touchpoint(message.value) for message in consumer)
+            for message in consumer:
+                found.extend(parse_touchpoint(value) for value in unpack(message))
         consumer.close()
         return found
+
+    def partitions(self, topic: str) -> int:
+        consumer = KafkaConsumer(bootstrap_servers=self.pipeline.bootstrap)
+        try:
+            return len(consumer.partitions_for_topic(topic) or ())
+        finally:
+            consumer.close()
+
+    def records(self, topic: str, expected: int, timeout: float = 20.0) -> list[Any]:
+        """The first ``expected`` records of ``topic`` (fewer if they do not come in time)."""
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=self.pipeline.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=2000,
+        )
+        found: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < expected and time.monotonic() < deadline:
+            found.extend(consumer)
+        consumer.close()
+        return found
+
+
+def unpack(message: Any) -> list[bytes]:
+    """The touchpoints of a raw record: the lines of a pack, or the record itself."""
+    if (PACK_HEADER, PACK_NDJSON) in list(message.headers or ()):
+        return [line for line in message.value.split(b"\n") if line]
+    return [message.value]
 
 
 def send_request(request: urllib.request.Request) -> tuple[int, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from schemas.enums import DeadLetterReason
 from schemas.errors import SchemaValidationError
+from schemas.events import Event
 from schemas.touchpoint import Touchpoint, touchpoint_from_dict
 
 __all__ = [
@@ -65,8 +66,17 @@ class Rejection:
 
 @dataclass
 class Parsed:
+    """What an adapter made of a body: touchpoints validated by pydantic (the vendor
+    adapters), events validated by :func:`schemas.events.decode_event` (our own API's
+    fast path), and the items it could not use."""
+
     touchpoints: list[Touchpoint] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.touchpoints) + len(self.events)
 
 
 def validate_all(candidates: Iterable[tuple[int, dict[str, Any] | Rejection, bytes]]) -> Parsed:

@@ -22,6 +22,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from ingest.kafka import partition_for
+from schemas.rows import ROW_ADAPTERS, DeadLetterRow
+from schemas.topics import PACK_HEADER, PACK_NDJSON
+from schemas.touchpoint import parse_touchpoint
 from tests import vendor_payloads as vendor
 from tests.collector_server import (
     ADS_KEY,
@@ -34,6 +38,7 @@ from tests.collector_server import (
     running_collector,
     send_request,
     start_collector,
+    unpack,
 )
 from tests.kafka_pipeline import REPO, Pipeline, stop
 from tests.signing import (
@@ -775,3 +780,75 @@ def test_readiness_follows_the_broker_and_sigterm_is_prompt_with_kafka_down(
         in_flight.join(timeout=10)
         assert exited_after < 2 + 3, f"SIGTERM took {exited_after:.1f} s with Kafka down"
         assert answers == [503]  # answered, and not 2xx: the sender retries
+
+
+# -- issue 10: one record per partition, each request waiting for its own -------------------
+
+
+def test_a_batch_is_one_record_per_partition_and_its_dead_letters_share_one(
+    server: Server,
+) -> None:
+    buyers = [f"pack-buyer-{number}" for number in range(30)]
+    items: list[Any] = [
+        {**NATIVE_EVENT, "event_id": f"pack-{number}", "buyer_id": buyers[number % 30]}
+        for number in range(100)
+    ]
+    items[10:10] = [{"event_id": "no-buyer"}, 42, {**NATIVE_EVENT, "channel": "fax"}]
+    status, answer = server.post("/v1/touchpoints", json.dumps(items).encode(), bearer(WEB_KEY))
+    assert status == 200, answer
+    assert answer["accepted"] == 100
+    assert [(item["index"], item["reason"]) for item in answer["rejected"]] == [
+        (10, "missing_field"),
+        (11, "not_an_object"),
+        (12, "unknown_channel"),
+    ]
+    raw_topic = server.pipeline.topics.raw
+    partitions = server.partitions(raw_topic)
+    used = {partition_for(buyer.encode(), partitions) for buyer in buyers}
+    records = server.records(raw_topic, len(used))
+    assert sorted(record.partition for record in records) == sorted(used)  # one each
+    sent = {item["event_id"]: item for item in items if isinstance(item, dict)}
+    received = []
+    for record in records:
+        assert (PACK_HEADER, PACK_NDJSON) in list(record.headers)
+        for line in unpack(record):
+            touchpoint = parse_touchpoint(line)
+            assert partition_for(touchpoint.buyer_id.encode(), partitions) == record.partition
+            assert touchpoint == parse_touchpoint(
+                json.dumps(
+                    {**sent[touchpoint.event_id], "received_at": touchpoint.received_at.isoformat()}
+                )
+            )
+            received.append(touchpoint.event_id)
+    assert sorted(received) == sorted(f"pack-{number}" for number in range(100))
+    dead_letter_topic = server.pipeline.topics.for_table(DeadLetterRow.table)
+    [letters] = server.records(dead_letter_topic, 1)
+    rows = [
+        ROW_ADAPTERS[DeadLetterRow.table].validate_json(row) for row in letters.value.split(b"\n")
+    ]
+    assert [row.reason for row in rows] == ["missing_field", "not_an_object", "unknown_channel"]
+    assert [row.raw for row in rows][:2] == ['{"event_id": "no-buyer"}', "42"]
+
+
+def test_concurrent_requests_are_all_acknowledged_and_all_on_the_topic(server: Server) -> None:
+    """Requests in flight together each wait for their own records (no shared flush): all
+    are answered 200 and every touchpoint is on the raw topic once."""
+    answers: list[tuple[int, Any]] = []
+
+    def send(batch: int) -> None:
+        items = [
+            {**NATIVE_EVENT, "event_id": f"c-{batch}-{n}", "buyer_id": f"cb-{n}"} for n in range(20)
+        ]
+        answers.append(server.post("/v1/touchpoints", json.dumps(items).encode(), bearer(WEB_KEY)))
+
+    threads = [threading.Thread(target=send, args=(batch,)) for batch in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [status for status, _ in answers] == [200] * 16
+    assert all(answer["accepted"] == 20 for _, answer in answers)
+    found = server.raw_touchpoints(16 * 20)
+    assert sorted(tp.event_id for tp in found) == sorted(
+        f"c-{batch}-{n}" for batch in range(16) for n in range(20)
+    )

@@ -23,6 +23,7 @@ from ingest.webhooks import (
     parse_zendesk,
 )
 from schemas.enums import DeadLetterReason
+from schemas.journey import to_micros
 from schemas.touchpoint import deterministic_event_id
 from tests import vendor_payloads as vendor
 
@@ -166,16 +167,16 @@ def test_native_api_accepts_an_object_an_array_and_ndjson() -> None:
         "event_type": "page_view",
         "occurred_at": "2026-03-02T10:00:00Z",
     }
-    assert len(parse_native(body(record), "application/json", NOW).touchpoints) == 1
-    assert len(parse_native(body([record, record]), "application/json", NOW).touchpoints) == 2
+    assert len(parse_native(body(record), "application/json", NOW).events) == 1
+    assert len(parse_native(body([record, record]), "application/json", NOW).events) == 2
     ndjson = body(record) + b"\n{broken\n" + body({**record, "channel": "fax"}) + b"\n"
     parsed = parse_native(ndjson, "application/x-ndjson", NOW)
-    assert len(parsed.touchpoints) == 1
+    assert len(parsed.events) == 1
     assert [(r.index, r.reason) for r in parsed.rejected] == [
         (1, DeadLetterReason.INVALID_JSON),
         (2, DeadLetterReason.UNKNOWN_CHANNEL),
     ]
-    assert parsed.touchpoints[0].received_at == NOW
+    assert parsed.events[0].received_at == to_micros(NOW)
 
 
 @pytest.mark.parametrize(
@@ -243,7 +244,7 @@ def test_an_ndjson_line_nested_too_deep_is_that_lines_dead_letter() -> None:
         "occurred_at": "2026-03-02T10:00:00Z",
     }
     parsed = parse_native(b"[" * 100_000 + b"\n" + body(record), "application/x-ndjson", NOW)
-    assert len(parsed.touchpoints) == 1
+    assert len(parsed.events) == 1
     assert [(r.index, r.reason) for r in parsed.rejected] == [(0, DeadLetterReason.INVALID_JSON)]
 
 
@@ -256,7 +257,7 @@ def test_nesting_within_the_limit_and_brackets_inside_strings_are_fine() -> None
         "occurred_at": "2026-03-02T10:00:00Z",
         "properties": {"url": "[" * 10_000 + '\\"{' * 100},
     }
-    assert len(parse_native(body(record), "application/json", NOW).touchpoints) == 1
+    assert len(parse_native(body(record), "application/json", NOW).events) == 1
     nested = body({"events": [{"id": "x", "deep": [[[[[[[[[[1]]]]]]]]]]}]})
     assert len(parse_ads(nested, NOW).rejected) == 1  # no type: a dead letter, not an error
 
