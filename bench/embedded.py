@@ -126,7 +126,17 @@ def _setup_logging() -> None:
 
 
 def _peak_rss_mib() -> float:
-    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process's own memory, in MiB.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``, not ``ru_maxrss``: Linux carries
+    ``ru_maxrss`` over a fork + exec, so a spawned phase would report this benchmark's own
+    peak (the generator's) whenever that is larger than the phase's.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

@@ -240,8 +240,10 @@ def test_a_missing_sort_directory_is_a_one_line_config_error(tmp_path: Path) -> 
         list(sort_by_event_time(many(10), temp_dir=tmp_path / "absent", run_records=2))
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so the child would report
+# this pytest process's peak whenever that is the larger one, and the test could not fail.
 _RSS_SCRIPT = """
-import json, resource, sys
+import json, sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -256,12 +258,15 @@ with path.open("w") as handle:
         handle.write(json.dumps({"event_id": f"e{n}", "buyer_id": f"b{n % 977}",
             "channel": "web", "event_type": "page_view", "occurred_at": at.isoformat(),
             "properties": {"url": "https://example.com/" + "p" * 200}}) + "\\n")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+before = peak_kib()
 last, seen = None, 0
 for record in sort_by_event_time(read_records(path), temp_dir=path.parent, run_records=5_000):
     seen += 1
     last = record
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 print(json.dumps({"records": seen, "base_kib": before, "peak_kib": after}))
 """
 
