@@ -474,8 +474,9 @@ def state_row(state: JourneyState) -> dict[str, Any]:
         "furthest_stage": furthest,
         "current_stage": None if now is None else now.stage,
         "stage_entered_at": stage_entered_at,
-        "touches_by_stage": state.touches_by_stage,
-        "touches_by_channel": state.touches_by_channel,
+        # Sorted: the dicts are in arrival order, and a Map's order is part of its value.
+        "touches_by_stage": dict(sorted(state.touches_by_stage.items())),
+        "touches_by_channel": dict(sorted(state.touches_by_channel.items())),
         "preferred_channel": preferred_channel(state),
         "first_touch_at": None if first is None else first.at / 1_000_000,
         "first_touch_channel": None if first is None else first.channel,
