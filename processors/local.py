@@ -10,6 +10,7 @@ import gc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from processors.engine import JourneyProcessor, ProcessorCounters
 from schemas.raw import RawRecord
@@ -25,6 +26,13 @@ class RunSummary:
     rows_written: dict[str, int] = field(default_factory=dict)
     counters: ProcessorCounters = field(default_factory=ProcessorCounters)
     watermark: datetime | None = None
+    changed: dict[str, int] = field(default_factory=dict)
+    """Buyer id → input partition of every journey the run changed."""
+    resumed_from: int | None = None
+    """The stored run whose journeys this run continued (None: it started empty)."""
+    resumed_journeys: int = 0
+    skipped: list[tuple[Path, int]] = field(default_factory=list)
+    """Inputs left out because a stored run had loaded them: (file, that run)."""
 
 
 def run_local(
@@ -50,6 +58,8 @@ def run_local(
         # collection rescans all of it for nothing (it halves a 1M-event run).
         gc.freeze()
         tables = output.encoded()
+        for partition, stored in output.stored.items():
+            summary.changed.update((buyer_id, partition) for buyer_id, _ in stored)
         sink.write(RowBatch(token=f"{run_id}:{summary.batches}", tables=tables))
         for table, rows in tables.items():
             summary.rows_written[table] = summary.rows_written.get(table, 0) + len(rows)

@@ -56,3 +56,32 @@ def expected_from_truth(truth: GroundTruth) -> dict[str, Any]:
         "buyers": len(truth.buyers),
         "unclassified": truth.unclassified,
     }
+
+
+def everything_written(client: Any, database: str) -> dict[str, Any]:
+    """Everything the runs wrote but the names of the input files and lines (they differ)."""
+
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in client.query(sql.format(db=database)).result_rows]
+
+    return {
+        **read_back(client, database),
+        "journey_state_rows": rows(
+            "SELECT * EXCEPT (version) FROM {db}.journey_state FINAL ORDER BY buyer_id"
+        ),
+        "transition_rows": rows(
+            "SELECT * EXCEPT (version) FROM {db}.stage_transitions FINAL "
+            "ORDER BY buyer_id, to_stage"
+        ),
+        "dropoff_rows": rows(
+            "SELECT * EXCEPT (version) FROM {db}.dropoffs FINAL ORDER BY buyer_id, stage"
+        ),
+        "touchpoint_rows": rows(
+            "SELECT * EXCEPT (source, source_position, inserted_at) FROM {db}.touchpoints FINAL "
+            "ORDER BY buyer_id, occurred_at, event_id"
+        ),
+        "dead_letter_rows": rows(
+            "SELECT reason, detail, raw_sha256, count() FROM {db}.dead_letters FINAL "
+            "GROUP BY ALL ORDER BY ALL"
+        ),
+    }

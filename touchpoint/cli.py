@@ -143,6 +143,13 @@ def _settings(ctx: click.Context, **more: Any) -> Settings:
 
 def _print_summary(summary: RunSummary) -> None:
     counters = summary.counters
+    if summary.resumed_from is not None:
+        click.echo(
+            f"Resumed {summary.resumed_journeys:,} journeys from run {summary.resumed_from} "
+            "in this database."
+        )
+    for path, seq in summary.skipped:
+        click.echo(f"Skipped {path}: run {seq} loaded the same content before.")
     click.echo(
         f"Read {summary.records:,} records: {counters.accepted:,} touchpoints, "
         f"{counters.duplicates:,} duplicates skipped, {counters.unclassified:,} unclassified, "
@@ -354,6 +361,11 @@ def run(
     The files are one bounded input, processed in event-time order whatever the order
     of their lines (or of the files): the same records give the same result. Allowed
     lateness and the dedup window govern streams (Kafka, the collector).
+
+    A run resumes from the journeys (and the dedup memory) the runs before it left in
+    the same database: load day 1, then day 2, and get what loading both at once gives.
+    Load the days in time order: events more than the dedup window behind the event
+    time reached before become too_late dead letters.
     """
     settings = _settings(
         ctx,

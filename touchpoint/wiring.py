@@ -33,6 +33,7 @@ from schemas.settings import (
     ProcessingSettings,
     Settings,
 )
+from sinks import journey_store
 from sinks.background import BackgroundSink
 from sinks.base import RowBatch
 from sinks.clickhouse import Client, connect, describe_target
@@ -180,6 +181,34 @@ def run_files(
     rules = rules if rules is not None else rules_for(settings)
     processor = build_processor(settings, rules)
     processing = settings.processing
+    database = settings.clickhouse.database
+    rules_json = rules.model_dump_json()
+    rules_sha256 = hashlib.sha256(rules_json.encode()).hexdigest()
+    runs = journey_store.stored_runs(client, database)
+    resumed = runs.committed
+    if resumed is not None and resumed.rules_sha256 != rules_sha256:
+        raise ConfigError(
+            f"the journeys in database {database} were built with other journey rules "
+            f"(run {resumed.seq}, inputs {resumed.inputs}); a run folds new events into them, "
+            "so two rule sets would classify the days differently: use the rules file of the "
+            "runs before, or load every input again into a new database"
+        )
+    if resumed is not None:
+        processor.states.update(journey_store.load_states(client, database, runs))
+        newest = resumed.newest_event_time
+        processor.restore(newest_event_times={0: newest} if newest is not None else None)
+    loaded = len(processor.states)
+    already = journey_store.loaded_inputs(client, database) if resumed is not None else {}
+    skipped = [(item.path, already[item.sha256]) for item in inputs if item.sha256 in already]
+    inputs = [item for item in inputs if item.sha256 not in already]
+    if not inputs:
+        return RunSummary(
+            counters=processor.counters,
+            skipped=skipped,
+            resumed_from=resumed.seq if resumed is not None else None,
+            resumed_journeys=loaded,
+            watermark=processor.watermark(),
+        )
 
     def records() -> Generator[RawRecord, None, None]:
         for item in inputs:
@@ -188,23 +217,33 @@ def run_files(
     # In time order within the allowed lateness (exports usually are): the same result
     # as sorted, so it streams through as it is, without the sort's disk pass.
     presorted = in_order_within(records(), processing.allowed_lateness)
+    input_names = [f"{item.path.name}:{item.sha256}" for item in inputs]
     run_id = hashlib.sha256(
         "\x1f".join(
             [
-                *(
-                    [f"{item.path.name}:{item.sha256}" for item in inputs]
-                    if presorted
-                    else sorted(f"{item.path.name}:{item.sha256}" for item in inputs)
-                ),
+                *(input_names if presorted else sorted(input_names)),
                 # batches differ from those of the unsorted runs before
                 "order:as-read" if presorted else "order:event-time",
-                rules.model_dump_json(),
+                rules_json,
                 format_duration(processing.allowed_lateness),
                 format_duration(processing.dedup_window),
                 str(processing.batch_size),
+                # the same input folded into other journeys gives other batches
+                f"resumed:{0 if resumed is None else resumed.seq}",
             ]
         ).encode()
     ).hexdigest()[:20]
+    described = ", ".join(f"{item.path.name} (sha256 {item.sha256[:12]})" for item in inputs)
+    shas = [item.sha256 for item in inputs]
+    seq = journey_store.begin_run(
+        client,
+        database,
+        runs,
+        run_id=run_id,
+        inputs=described,
+        input_sha256=shas,
+        rules_sha256=rules_sha256,
+    )
 
     writer = ClickHouseWriter(
         client,
@@ -233,6 +272,25 @@ def run_files(
         sink.abandon()
         raise
     sink.close()
+    states = processor.states
+    journey_store.commit_run(
+        client,
+        database,
+        seq,
+        run_id=run_id,
+        inputs=described,
+        input_sha256=shas,
+        rules_sha256=rules_sha256,
+        states=(
+            (buyer_id, partition, states[buyer_id])
+            for buyer_id, partition in summary.changed.items()
+        ),
+        newest_event_time=processor.max_event_time,
+        records=summary.records,
+    )
+    summary.resumed_from = None if resumed is None else resumed.seq
+    summary.resumed_journeys = loaded
+    summary.skipped = skipped
     return summary
 
 

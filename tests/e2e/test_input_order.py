@@ -29,7 +29,7 @@ import pytest
 from ingest import ordering
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from processors.rules import default_rules
-from tests.readback import expected_from_truth, read_back
+from tests.readback import everything_written, expected_from_truth
 from touchpoint.cli import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -122,35 +122,6 @@ def touchpoint_run(
     return out
 
 
-def outcome(client: Any, database: str) -> dict[str, Any]:
-    """Everything a run wrote but the names of the input file and line (they differ)."""
-
-    def rows(sql: str) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in client.query(sql.format(db=database)).result_rows]
-
-    return {
-        **read_back(client, database),
-        "journey_state_rows": rows(
-            "SELECT * EXCEPT (version) FROM {db}.journey_state FINAL ORDER BY buyer_id"
-        ),
-        "transition_rows": rows(
-            "SELECT * EXCEPT (version) FROM {db}.stage_transitions FINAL "
-            "ORDER BY buyer_id, to_stage"
-        ),
-        "dropoff_rows": rows(
-            "SELECT * EXCEPT (version) FROM {db}.dropoffs FINAL ORDER BY buyer_id, stage"
-        ),
-        "touchpoint_rows": rows(
-            "SELECT * EXCEPT (source, source_position, inserted_at) FROM {db}.touchpoints FINAL "
-            "ORDER BY buyer_id, occurred_at, event_id"
-        ),
-        "dead_letter_rows": rows(
-            "SELECT reason, detail, raw_sha256, count() FROM {db}.dead_letters FINAL "
-            "GROUP BY ALL ORDER BY ALL"
-        ),
-    }
-
-
 def test_time_sorted_by_buyer_and_shuffled_files_give_the_same_result_and_the_truth(
     exports: tuple[dict[str, Path], GroundTruth],
     chdb_url: str,
@@ -168,7 +139,7 @@ def test_time_sorted_by_buyer_and_shuffled_files_give_the_same_result_and_the_tr
         printed = touchpoint_run(capsys, chdb_url, database, path, "--batch-size", "500")
         assert "too_late" not in printed, f"{name}: {printed}"
         assert " 0 late," in printed, f"{name}: {printed}"
-        results[name] = outcome(clickhouse_client, database)
+        results[name] = everything_written(clickhouse_client, database)
 
     # The same through the spill path: runs of 400 records in files under --sort-dir.
     monkeypatch.setattr(ordering, "DEFAULT_RUN_RECORDS", 400)
@@ -190,7 +161,7 @@ def test_time_sorted_by_buyer_and_shuffled_files_give_the_same_result_and_the_tr
     spilled = re.search(r"(\d+) runs spilled to disk", caplog.text)
     assert spilled is not None and int(spilled.group(1)) > 10, caplog.text
     assert list(sort_dir.iterdir()) == []
-    results["shuffled, spilled"] = outcome(clickhouse_client, database)
+    results["shuffled, spilled"] = everything_written(clickhouse_client, database)
 
     expected = expected_from_truth(truth)
     for name, got in results.items():
@@ -227,7 +198,10 @@ def test_produce_sends_a_file_in_event_time_order_so_the_workers_give_the_same_r
     distributed = fresh_database()
     pipeline.sink_into(clickhouse_client, distributed)
 
-    got, want = outcome(clickhouse_client, distributed), outcome(clickhouse_client, embedded)
+    got, want = (
+        everything_written(clickhouse_client, distributed),
+        everything_written(clickhouse_client, embedded),
+    )
     expected = expected_from_truth(truth)
     assert {key: got[key] for key in expected} == expected
     assert "too_late" not in got["dead_letters"]
