@@ -48,7 +48,14 @@ from schemas.rows import (
 )
 from schemas.rules import JourneyRules
 
-__all__ = ["ROW_ENCODER", "BatchOutput", "BatchStats", "JourneyProcessor", "ProcessorCounters"]
+__all__ = [
+    "HELD_BACK_REASONS",
+    "ROW_ENCODER",
+    "BatchOutput",
+    "BatchStats",
+    "JourneyProcessor",
+    "ProcessorCounters",
+]
 
 ROW_ENCODER: Final = msgspec.json.Encoder()
 """Encodes one row dict as the JSON object ClickHouse's ``JSONEachRow`` reads."""
@@ -60,6 +67,8 @@ _TRANSITIONS: Final = StageTransitionRow.table
 _STATES: Final = JourneyStateRow.table
 _DROPOFFS: Final = DropoffRow.table
 _DEAD_LETTERS: Final = DeadLetterRow.table
+HELD_BACK_REASONS: Final = ("receive_time", "ahead_of_receipt", "future")
+"""Why an event's time may not move its partition's watermark (see JourneyProcessor)."""
 TABLES: Final = (_TOUCHPOINTS, _TRANSITIONS, _STATES, _DROPOFFS, _DEAD_LETTERS)
 
 
@@ -77,6 +86,11 @@ class ProcessorCounters:
     late: int = 0
     dropoffs: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
+    held_back: Counter[str] = field(default_factory=Counter)
+    """Events newer than their partition's event time that did not move it, by why:
+    ``receive_time`` (stamped with the time they were received), ``ahead_of_receipt``
+    (more than the allowed future skew after their own receipt) or ``future`` (that far
+    ahead of the clock)."""
 
     @property
     def dead_lettered(self) -> int:
@@ -167,6 +181,12 @@ class JourneyProcessor:
     ``watermark - dedup_window`` cannot be de-duplicated any more and become
     ``too_late`` dead letters.
 
+    No single event can drag a partition's event time ahead of its history: an event
+    stamped with its receive time (``occurred_at == received_at``: the source gave no
+    event time, e.g. Twilio status callbacks), one more than ``max_future_skew`` after
+    its own ``received_at``, or that far ahead of the clock is folded like any other
+    but does not move the watermark (counted in ``counters.held_back``).
+
     ``states`` maps buyer id → encoded :class:`~schemas.journey.JourneyState`
     (:func:`~schemas.journey.encode_state`); a dict by default.
     """
@@ -177,6 +197,7 @@ class JourneyProcessor:
         *,
         allowed_lateness: timedelta,
         dedup_window: timedelta,
+        max_future_skew: timedelta = timedelta(hours=1),
         states: MutableMapping[str, bytes] | None = None,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
@@ -195,6 +216,10 @@ class JourneyProcessor:
         self._newest: dict[int, int] = {}
         """Partition → newest event time seen (µs)."""
         self._clock = clock
+        self.max_future_skew = max_future_skew
+        self._skew = journey.micros_of(max_future_skew)
+        self._future = to_micros(clock()) + self._skew
+        """No event after this moves the watermark (the clock plus the skew, per batch)."""
         self._timers: dict[int, list[tuple[int, str, int]]] = {}
         self._live: dict[str, JourneyState] = {}
         """Decoded states this batch has read (changed or not)."""
@@ -427,8 +452,24 @@ class JourneyProcessor:
         partition = state.partition
         newest = self._newest.get(partition)
         if newest is None or at > newest:
-            self._newest[partition] = at
-            self._fire_timers(partition)
+            held = self._held_back(event)
+            if held is None:
+                self._newest[partition] = at
+                self._fire_timers(partition)
+            else:
+                counters.held_back[held] += 1
+
+    def _held_back(self, event: Event) -> str | None:
+        """Why this event's time may not move the watermark (None: it may)."""
+        received = event.received_at
+        if received is not None:
+            if event.at == received:
+                return "receive_time"
+            if event.at > received + self._skew:
+                return "ahead_of_receipt"
+        if event.at > self._future:
+            return "future"
+        return None
 
     def _fire_timers(self, partition: int) -> None:
         timers = self._timers.get(partition)
@@ -454,6 +495,7 @@ class JourneyProcessor:
     def flush(self) -> BatchOutput:
         """Rows produced since the last flush: touchpoints, dead letters, and changed journeys."""
         output, self._output = self._output, BatchOutput()
+        self._future = to_micros(self._clock()) + self._skew
         stats = output.stats
         store = self.states
         timeouts = self.timeouts

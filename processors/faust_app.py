@@ -332,6 +332,7 @@ def create_app(
     processor = JourneyProcessor(
         rules,
         allowed_lateness=processing.allowed_lateness,
+        max_future_skew=processing.max_future_skew,
         dedup_window=processing.dedup_window,
         states=store.states,
     )

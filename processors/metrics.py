@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from processors.engine import BatchOutput, ProcessorCounters
+from processors.engine import HELD_BACK_REASONS, BatchOutput, ProcessorCounters
 from schemas.enums import DeadLetterReason
 
 __all__ = ["WorkerMetrics"]
@@ -44,6 +44,14 @@ class WorkerMetrics:
         self.late = Counter(
             "touchpoint_worker_late_events_total",
             "Events older than their partition's watermark when they arrived.",
+            registry=registry,
+        )
+        self.held_back = Counter(
+            "touchpoint_worker_watermark_held_back_total",
+            "Events newer than their partition's event time that did not move its watermark, "
+            "by reason: receive_time (stamped when received), ahead_of_receipt, future "
+            "(more than TOUCHPOINT_MAX_FUTURE_SKEW ahead of their receipt or the clock).",
+            ["reason"],
             registry=registry,
         )
         self.dead_letters = Counter(
@@ -84,6 +92,9 @@ class WorkerMetrics:
             self._child(self.dead_letters, reason.value)
         self._duplicates_seen = 0
         self._late_seen = 0
+        self._held_back_seen: dict[str, int] = {}
+        for held in HELD_BACK_REASONS:
+            self._child(self.held_back, held)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -106,6 +117,11 @@ class WorkerMetrics:
         self.duplicates.inc(counters.duplicates - self._duplicates_seen)
         self.late.inc(counters.late - self._late_seen)
         self._duplicates_seen, self._late_seen = counters.duplicates, counters.late
+        for reason, count in counters.held_back.items():
+            seen = self._held_back_seen.get(reason, 0)
+            if count > seen:
+                self._child(self.held_back, reason).inc(count - seen)
+                self._held_back_seen[reason] = count
         self.journeys.set(journeys)
 
     def observe_watermarks(self, newest: dict[int, Any]) -> None:

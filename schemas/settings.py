@@ -166,6 +166,9 @@ class ProcessingSettings(BaseSettings):
     """How far behind the newest event time an event may arrive and still count as in order."""
     dedup_window: Duration = timedelta(days=7)
     """How long (event time) event ids are remembered for de-duplication."""
+    max_future_skew: Duration = timedelta(hours=1)
+    """An event more than this after its own receipt, or after the clock, is folded but
+    does not move the event-time watermark (nor does one stamped with its receive time)."""
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
 
 

@@ -160,6 +160,14 @@ def _print_summary(summary: RunSummary) -> None:
             f"{reason} {count}" for reason, count in sorted(counters.dead_letters.items())
         )
         click.echo(f"Dead letters by reason: {reasons} (table dead_letters).")
+    if counters.held_back:
+        reasons = ", ".join(
+            f"{reason} {count}" for reason, count in sorted(counters.held_back.items())
+        )
+        click.echo(
+            f"Events that did not move the event time: {reasons} (stamped when received, "
+            "or more than TOUCHPOINT_MAX_FUTURE_SKEW ahead)."
+        )
     watermark = summary.watermark.isoformat() if summary.watermark else "none"
     click.echo(f"Drop-offs judged: {counters.dropoffs:,}; event-time watermark {watermark}.")
 

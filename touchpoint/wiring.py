@@ -61,7 +61,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_PROCESSING_KEYS = frozenset({"rules_file", "allowed_lateness", "dedup_window", "batch_size"})
+_PROCESSING_KEYS = frozenset(
+    {"rules_file", "allowed_lateness", "dedup_window", "max_future_skew", "batch_size"}
+)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -113,6 +115,7 @@ def build_processor(settings: Settings, rules: JourneyRules) -> JourneyProcessor
         rules,
         allowed_lateness=processing.allowed_lateness,
         dedup_window=processing.dedup_window,
+        max_future_skew=processing.max_future_skew,
     )
 
 
