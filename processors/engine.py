@@ -216,6 +216,9 @@ class JourneyProcessor:
         self._newest: dict[int, int] = {}
         """Partition → newest event time seen (µs)."""
         self._clock = clock
+        self.accept_late = False
+        """Fold events however far behind the watermark (a replay of dead letters whose ids
+        the driver checked against the stored touchpoints) instead of ``too_late``."""
         self.max_future_skew = max_future_skew
         self._skew = journey.micros_of(max_future_skew)
         self._future = to_micros(clock()) + self._skew
@@ -291,6 +294,12 @@ class JourneyProcessor:
                 newest = self._newest.get(state.partition)
                 if newest is None or last.at > newest:
                     self._newest[state.partition] = last.at
+
+    def judge_due(self) -> None:
+        """Judge every deadline the watermark has passed (after late events armed some)."""
+        for partition in list(self._timers):
+            if partition in self._newest:
+                self._fire_timers(partition)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop timers and event time of partitions this processor no longer owns."""
@@ -397,7 +406,7 @@ class JourneyProcessor:
         at = event.at
         newest = self._newest.get(partition)
         watermark = None if newest is None else newest - self._lateness
-        if watermark is not None and at < watermark - self._dedup:
+        if watermark is not None and at < watermark - self._dedup and not self.accept_late:
             self.dead_letter(
                 DeadLetterReason.TOO_LATE,
                 f"occurred_at {from_micros(at).isoformat()} is more than the dedup window "

@@ -31,6 +31,8 @@ class RunSummary:
     resumed_from: int | None = None
     """The stored run whose journeys this run continued (None: it started empty)."""
     resumed_journeys: int = 0
+    run_seq: int | None = None
+    """The number of this run in its database's journey_runs (embedded runs)."""
     skipped: list[tuple[Path, int]] = field(default_factory=list)
     """Inputs left out because a stored run had loaded them: (file, that run)."""
 

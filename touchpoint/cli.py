@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from processors.local import RunSummary
 from schemas.errors import TouchpointError
 from schemas.export import json_schemas
 from schemas.settings import Settings
-from sinks import queries, report
+from sinks import dead_letters, queries, report
 from sinks.clickhouse import Client
 from touchpoint import wiring
 
@@ -702,6 +703,134 @@ def import_crm(ctx: click.Context, file: Path) -> None:
         + (f"; {rejected} rows without a key dead-lettered" if rejected else "")
         + "."
     )
+
+
+@cli.group("dead-letters")
+def dead_letters_group() -> None:
+    """Find dead letters, and send them back through the pipeline after a fix."""
+
+
+def _dead_letter_filters(command: F) -> F:
+    for decorator in reversed(
+        [
+            click.option(
+                "--reason",
+                "reasons",
+                multiple=True,
+                help="Only this reason (e.g. unknown_channel); repeat for more.",
+            ),
+            click.option(
+                "--source",
+                help="Only sources matching this SQL LIKE pattern (e.g. 'day-3%', "
+                "'touchpoints.raw%').",
+            ),
+            click.option("--from", "start", type=_DATES, help="Recorded at or after (UTC)."),
+            click.option("--to", "end", type=_DATES, help="Recorded before (UTC)."),
+        ]
+    ):
+        command = decorator(command)
+    return command
+
+
+def _filter(
+    reasons: tuple[str, ...], source: str | None, start: datetime | None, end: datetime | None
+) -> dead_letters.DeadLetterFilter:
+    return dead_letters.DeadLetterFilter(reasons, source, _utc(start), _utc(end))
+
+
+@dead_letters_group.command("list")
+@_dead_letter_filters
+@click.option(
+    "--limit",
+    type=click.IntRange(0, 100_000),
+    default=30,
+    show_default=True,
+    help="Dead letters to show one by one (the oldest first); the counts cover all.",
+)
+@click.pass_context
+def dead_letters_list(
+    ctx: click.Context,
+    reasons: tuple[str, ...],
+    source: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+) -> None:
+    """Count the dead letters by reason and replay outcome, and show the oldest."""
+    settings = _settings(ctx)
+    with wiring.clickhouse(settings) as client:
+        found = dead_letters.find(
+            client, settings.clickhouse.database, _filter(reasons, source, start, end)
+        )
+    counts = Counter((letter.reason, letter.last_outcome or "not replayed") for letter in found)
+    click.echo(
+        report.render_table(
+            ("reason", "replay", "dead letters"),
+            [(reason, outcome, count) for (reason, outcome), count in sorted(counts.items())],
+            title=f"{len(found):,} dead letters",
+        )
+    )
+    if limit and found:
+        click.echo()
+        click.echo(
+            report.render_table(
+                ("recorded at", "reason", "source", "position", "replay", "detail"),
+                [
+                    (
+                        letter.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
+                        letter.reason,
+                        letter.source,
+                        letter.position,
+                        letter.last_outcome or "-",
+                        letter.detail[:80],
+                    )
+                    for letter in found[:limit]
+                ],
+                title=f"The oldest {min(limit, len(found)):,}",
+            )
+        )
+
+
+@dead_letters_group.command("replay")
+@_dead_letter_filters
+@click.option(
+    "--kafka",
+    "to_kafka",
+    is_flag=True,
+    help="Produce them to the raw topic for the workers, instead of folding them into "
+    "this database's journeys here.",
+)
+@_kafka_options
+@click.pass_context
+def dead_letters_replay(
+    ctx: click.Context,
+    reasons: tuple[str, ...],
+    source: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    to_kafka: bool,
+    bootstrap: str | None,
+    partitions: int | None,
+) -> None:
+    """Send matching dead letters back through the pipeline, e.g. after a rules or schema
+    fix. Idempotent: each is replayed at most once, and an event whose id is already in
+    touchpoints is only marked a duplicate, so a replayed event counts once."""
+    settings = _settings(ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions)
+    with wiring.clickhouse(settings) as client:
+        result = wiring.replay_dead_letters(
+            settings, client, _filter(reasons, source, start, end), to_kafka=to_kafka
+        )
+    click.echo(
+        f"{result.matched:,} dead letters matched: {result.replayed:,} replayed "
+        f"({result.target}), {result.duplicates:,} already in touchpoints, "
+        f"{result.already_done:,} replayed before, {result.unreplayable:,} not replayable "
+        "(payload cut when stored, or a CSV row: run the fixed file again)."
+    )
+    if result.still_failing:
+        reasons_text = ", ".join(f"{r} {n}" for r, n in sorted(result.still_failing.items()))
+        click.echo(f"Still failing: {reasons_text} (fix, then replay again).")
+    if result.summary is not None:
+        _print_summary(result.summary)
 
 
 @cli.group()

@@ -6,9 +6,10 @@ import hashlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from processors.local import RunSummary, run_local
 from processors.rules import load_rules
 from schemas.dead_letter import DeadLetter
 from schemas.duration import format_duration
-from schemas.errors import BrokerError, ConfigError, InputError
+from schemas.enums import DeadLetterReason
+from schemas.errors import BrokerError, ConfigError, InputError, SchemaValidationError
+from schemas.events import decode_event
 from schemas.raw import RawRecord
 from schemas.rows import Row
 from schemas.rules import JourneyRules
@@ -33,7 +36,7 @@ from schemas.settings import (
     ProcessingSettings,
     Settings,
 )
-from sinks import journey_store
+from sinks import dead_letters, journey_store
 from sinks.background import BackgroundSink
 from sinks.base import RowBatch
 from sinks.clickhouse import Client, connect, describe_target
@@ -42,6 +45,7 @@ from sinks.writer import ClickHouseWriter
 
 __all__ = [
     "InputFile",
+    "ReplayResult",
     "build_processor",
     "clickhouse",
     "full_report",
@@ -50,6 +54,7 @@ __all__ = [
     "inspect_inputs",
     "load_report_config",
     "load_settings",
+    "replay_dead_letters",
     "rules_for",
     "run_collector",
     "run_files",
@@ -181,37 +186,14 @@ def run_files(
     ``on_sort_progress`` counts records read into the sort, ``on_progress`` records
     processed.
     """
-    rules = rules if rules is not None else rules_for(settings)
-    processor = build_processor(settings, rules)
-    processing = settings.processing
-    database = settings.clickhouse.database
-    rules_json = rules.model_dump_json()
-    rules_sha256 = hashlib.sha256(rules_json.encode()).hexdigest()
-    runs = journey_store.stored_runs(client, database)
-    resumed = runs.committed
-    if resumed is not None and resumed.rules_sha256 != rules_sha256:
-        raise ConfigError(
-            f"the journeys in database {database} were built with other journey rules "
-            f"(run {resumed.seq}, inputs {resumed.inputs}); a run folds new events into them, "
-            "so two rule sets would classify the days differently: use the rules file of the "
-            "runs before, or load every input again into a new database"
-        )
-    if resumed is not None:
-        processor.states.update(journey_store.load_states(client, database, runs))
-        newest = resumed.newest_event_time
-        processor.restore(newest_event_times={0: newest} if newest is not None else None)
-    loaded = len(processor.states)
-    already = journey_store.loaded_inputs(client, database) if resumed is not None else {}
+    resumed = _resume(settings, client, rules if rules is not None else rules_for(settings))
+    already = resumed.loaded_inputs()
     skipped = [(item.path, already[item.sha256]) for item in inputs if item.sha256 in already]
     inputs = [item for item in inputs if item.sha256 not in already]
     if not inputs:
-        return RunSummary(
-            counters=processor.counters,
-            skipped=skipped,
-            resumed_from=resumed.seq if resumed is not None else None,
-            resumed_journeys=loaded,
-            watermark=processor.watermark(),
-        )
+        summary = resumed.summary()
+        summary.skipped = skipped
+        return summary
 
     def records() -> Generator[RawRecord, None, None]:
         for item in inputs:
@@ -219,82 +201,270 @@ def run_files(
 
     # In time order within the allowed lateness (exports usually are): the same result
     # as sorted, so it streams through as it is, without the sort's disk pass.
-    presorted = in_order_within(records(), processing.allowed_lateness)
+    presorted = in_order_within(records(), settings.processing.allowed_lateness)
     input_names = [f"{item.path.name}:{item.sha256}" for item in inputs]
-    run_id = hashlib.sha256(
-        "\x1f".join(
-            [
-                *(input_names if presorted else sorted(input_names)),
-                # batches differ from those of the unsorted runs before
-                "order:as-read" if presorted else "order:event-time",
-                rules_json,
-                format_duration(processing.allowed_lateness),
-                format_duration(processing.dedup_window),
-                str(processing.batch_size),
-                # the same input folded into other journeys gives other batches
-                f"resumed:{0 if resumed is None else resumed.seq}",
-            ]
-        ).encode()
-    ).hexdigest()[:20]
-    described = ", ".join(f"{item.path.name} (sha256 {item.sha256[:12]})" for item in inputs)
-    shas = [item.sha256 for item in inputs]
-    seq = journey_store.begin_run(
-        client,
-        database,
-        runs,
-        run_id=run_id,
-        inputs=described,
-        input_sha256=shas,
-        rules_sha256=rules_sha256,
-    )
-
-    writer = ClickHouseWriter(
-        client,
-        settings.clickhouse.database,
-        retries=settings.clickhouse.insert_retries,
-        backoff=settings.clickhouse.retry_backoff,
-    )
-    # The engine inserts one batch while the processor folds the next.
-    sink = BackgroundSink(writer, close_inner=False)
     ordered = (
         records()
         if presorted
         else sort_by_event_time(records(), temp_dir=sort_dir, on_read=on_sort_progress)
     )
-    try:
-        with closing(ordered):  # removes the sort's files also when the run fails
-            summary = run_local(
-                ordered,
-                processor,
-                sink,
-                batch_size=processing.batch_size,
-                run_id=run_id,
-                on_progress=on_progress,
-            )
-    except BaseException:
-        sink.abandon()
-        raise
-    sink.close()
-    states = processor.states
-    journey_store.commit_run(
-        client,
-        database,
-        seq,
-        run_id=run_id,
-        inputs=described,
-        input_sha256=shas,
-        rules_sha256=rules_sha256,
-        states=(
-            (buyer_id, partition, states[buyer_id])
-            for buyer_id, partition in summary.changed.items()
-        ),
-        newest_event_time=processor.max_event_time,
-        records=summary.records,
+    summary = resumed.run(
+        ordered,
+        identity=[
+            *(input_names if presorted else sorted(input_names)),
+            # batches differ from those of the unsorted runs before
+            "order:as-read" if presorted else "order:event-time",
+        ],
+        described=", ".join(f"{item.path.name} (sha256 {item.sha256[:12]})" for item in inputs),
+        input_sha256=[item.sha256 for item in inputs],
+        on_progress=on_progress,
     )
-    summary.resumed_from = None if resumed is None else resumed.seq
-    summary.resumed_journeys = loaded
     summary.skipped = skipped
     return summary
+
+
+@dataclass
+class _ResumedRun:
+    """A processor holding the journeys the committed runs of a database left."""
+
+    settings: Settings
+    client: Client
+    processor: JourneyProcessor
+    runs: journey_store.StoredRuns
+    rules_json: str
+    rules_sha256: str
+    loaded: int
+
+    @property
+    def database(self) -> str:
+        return self.settings.clickhouse.database
+
+    def loaded_inputs(self) -> dict[str, int]:
+        if self.runs.committed is None:
+            return {}
+        return journey_store.loaded_inputs(self.client, self.database)
+
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            counters=self.processor.counters,
+            resumed_from=None if self.runs.committed is None else self.runs.committed.seq,
+            resumed_journeys=self.loaded,
+            watermark=self.processor.watermark(),
+        )
+
+    def run(
+        self,
+        records: Generator[RawRecord, None, None],
+        *,
+        identity: Sequence[str],
+        described: str,
+        input_sha256: Sequence[str],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> RunSummary:
+        """Process ``records`` into ClickHouse and store the journeys they changed.
+
+        ``identity`` names the input (with the settings and the run resumed from it makes
+        the run id, hence the batches' deduplication tokens).
+        """
+        settings, client, processor = self.settings, self.client, self.processor
+        processing = settings.processing
+        committed = self.runs.committed
+        run_id = hashlib.sha256(
+            "\x1f".join(
+                [
+                    *identity,
+                    self.rules_json,
+                    format_duration(processing.allowed_lateness),
+                    format_duration(processing.dedup_window),
+                    str(processing.batch_size),
+                    # the same input folded into other journeys gives other batches
+                    f"resumed:{0 if committed is None else committed.seq}",
+                ]
+            ).encode()
+        ).hexdigest()[:20]
+        database = self.database
+        seq = journey_store.begin_run(
+            client,
+            database,
+            self.runs,
+            run_id=run_id,
+            inputs=described,
+            input_sha256=input_sha256,
+            rules_sha256=self.rules_sha256,
+        )
+        writer = ClickHouseWriter(
+            client,
+            database,
+            retries=settings.clickhouse.insert_retries,
+            backoff=settings.clickhouse.retry_backoff,
+        )
+        # The engine inserts one batch while the processor folds the next.
+        sink = BackgroundSink(writer, close_inner=False)
+        try:
+            with closing(records):  # e.g. removes a sort's files also when the run fails
+                summary = run_local(
+                    records,
+                    processor,
+                    sink,
+                    batch_size=processing.batch_size,
+                    run_id=run_id,
+                    on_progress=on_progress,
+                )
+        except BaseException:
+            sink.abandon()
+            raise
+        sink.close()
+        states = processor.states
+        journey_store.commit_run(
+            client,
+            database,
+            seq,
+            run_id=run_id,
+            inputs=described,
+            input_sha256=input_sha256,
+            rules_sha256=self.rules_sha256,
+            states=(
+                (buyer_id, partition, states[buyer_id])
+                for buyer_id, partition in summary.changed.items()
+            ),
+            newest_event_time=processor.max_event_time,
+            records=summary.records,
+        )
+        summary.resumed_from = None if committed is None else committed.seq
+        summary.resumed_journeys = self.loaded
+        summary.run_seq = seq
+        return summary
+
+
+def _resume(settings: Settings, client: Client, rules: JourneyRules) -> _ResumedRun:
+    """A processor with the journeys, timers and event time the committed runs left."""
+    processor = build_processor(settings, rules)
+    database = settings.clickhouse.database
+    rules_json = rules.model_dump_json()
+    rules_sha256 = hashlib.sha256(rules_json.encode()).hexdigest()
+    runs = journey_store.stored_runs(client, database)
+    committed = runs.committed
+    if committed is not None and committed.rules_sha256 != rules_sha256:
+        raise ConfigError(
+            f"the journeys in database {database} were built with other journey rules "
+            f"(run {committed.seq}, inputs {committed.inputs}); a run folds new events into "
+            "them, so two rule sets would classify the days differently: use the rules file "
+            "of the runs before, or load every input again into a new database"
+        )
+    if committed is not None:
+        processor.states.update(journey_store.load_states(client, database, runs))
+        newest = committed.newest_event_time
+        processor.restore(newest_event_times={0: newest} if newest is not None else None)
+    return _ResumedRun(
+        settings, client, processor, runs, rules_json, rules_sha256, len(processor.states)
+    )
+
+
+@dataclass
+class ReplayResult:
+    """What ``touchpoint dead-letters replay`` did with the matching dead letters."""
+
+    matched: int = 0
+    already_done: int = 0
+    """Replayed before (or their event was already there): not sent again."""
+    unreplayable: int = 0
+    """Their raw payload was cut when stored, or is a CSV row (run the fixed file again)."""
+    duplicates: int = 0
+    """Their event id is in ``touchpoints`` already: marked, not sent."""
+    replayed: int = 0
+    still_failing: Counter[str] = field(default_factory=Counter)
+    """Reason → letters that fail validation again (fix, then replay again)."""
+    target: str = "embedded"
+    summary: RunSummary | None = None
+
+
+def _then_judge(
+    records: Generator[RawRecord, None, None], processor: JourneyProcessor
+) -> Generator[RawRecord, None, None]:
+    """``records``, then the deadlines their late events armed that are already due."""
+    with closing(records):
+        yield from records
+    processor.judge_due()
+
+
+def replay_dead_letters(
+    settings: Settings,
+    client: Client,
+    where: dead_letters.DeadLetterFilter,
+    *,
+    to_kafka: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Send matching dead letters back through the pipeline, each at most once.
+
+    Embedded (default): folded into the stored journeys of this database like one more
+    ``touchpoint run`` — however far behind the event time reached, since each event id
+    is first looked up in ``touchpoints`` (an event already there is a duplicate and is
+    only marked). ``to_kafka``: produced to the raw topic for the workers instead.
+    Every letter's outcome goes to ``dead_letter_replays``; a letter replayed before,
+    or whose event was there, is skipped next time, one that failed again is retried.
+    """
+    database = settings.clickhouse.database
+    letters = dead_letters.find(client, database, where)
+    result = ReplayResult(matched=len(letters))
+    outcomes: list[tuple[str, str, str]] = []
+    candidates: list[tuple[dead_letters.StoredDeadLetter, bytes, str]] = []
+    for letter in letters:
+        if letter.done:
+            result.already_done += 1
+        elif letter.raw_truncated or letter.reason == DeadLetterReason.MALFORMED_ROW.value:
+            result.unreplayable += 1
+        else:
+            data = letter.raw.encode("utf-8", "surrogatepass")
+            try:
+                event = decode_event(data)
+            except SchemaValidationError as exc:
+                result.still_failing[exc.reason.value] += 1
+                outcomes.append(
+                    (letter.dead_letter_id, "failed", f"{exc.reason.value}: {exc.detail}")
+                )
+                continue
+            candidates.append((letter, data, event.event_id))
+    known = dead_letters.known_event_ids(
+        client, database, [event_id for *_, event_id in candidates]
+    )
+    fresh = []
+    for letter, data, event_id in candidates:
+        if event_id in known:
+            result.duplicates += 1
+            outcomes.append((letter.dead_letter_id, "duplicate", ""))
+        else:
+            fresh.append((letter, data))
+    run_seq = 0
+    if fresh and to_kafka:
+        result.target, sent, _ = produce(
+            settings, iter([data for _, data in fresh]), watermark=False, on_progress=on_progress
+        )
+        if sent != len(fresh):
+            raise BrokerError(
+                f"{len(fresh) - sent} of {len(fresh)} replayed records were not acknowledged"
+            )
+        outcomes.extend((letter.dead_letter_id, "sent", "") for letter, _ in fresh)
+        result.replayed = len(fresh)
+    elif fresh:
+        resumed = _resume(settings, client, rules_for(settings))
+        resumed.processor.accept_late = True
+        ids = sorted(letter.dead_letter_id for letter, _ in fresh)
+        records = sort_by_event_time(
+            RawRecord(letter.source, letter.position, data) for letter, data in fresh
+        )
+        result.summary = resumed.run(
+            records,
+            identity=["replay", hashlib.sha256("\x1f".join(ids).encode()).hexdigest()],
+            described=f"replay of {len(fresh)} dead letters",
+            input_sha256=[],
+            on_progress=on_progress,
+        )
+        run_seq = result.summary.run_seq or 0
+        outcomes.extend((letter.dead_letter_id, "replayed", "") for letter, _ in fresh)
+        result.replayed = len(fresh)
+    dead_letters.record_outcomes(client, database, outcomes, target=result.target, run_seq=run_seq)
+    return result
 
 
 # -- distributed path ----------------------------------------------------------
