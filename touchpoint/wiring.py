@@ -315,7 +315,8 @@ class _ResumedRun:
             raise
         sink.close()
         states = processor.states
-        journey_store.commit_run(
+        started = time.perf_counter()
+        stored = journey_store.commit_run(
             client,
             database,
             seq,
@@ -329,6 +330,9 @@ class _ResumedRun:
             ),
             newest_event_time=processor.max_event_time,
             records=summary.records,
+        )
+        logger.info(
+            "run %d: stored %d journeys in %.2fs", seq, stored, time.perf_counter() - started
         )
         summary.resumed_from = None if committed is None else committed.seq
         summary.resumed_journeys = self.loaded
