@@ -21,7 +21,7 @@ each question that has a precomputed source:
     revenue and distinct buyers per day × stage × channel × campaign × persona, and the
     same rolled up to stage × channel (distinct buyers over the whole range).
 ``stage funnel``
-    ``journey_state`` (``queries.stage_funnel``) vs each buyer's highest stage in
+    ``journey_state`` (``analysis.funnel``) vs each buyer's highest stage in
     ``touchpoints``: reached and moved on per stage (*dropped* needs the timeouts and the
     watermark, so it has no raw twin and is not compared).
 ``exits``
@@ -626,6 +626,16 @@ def _cases(client: Client, config: ReportConfig) -> list[tuple[str, str, Callabl
                 client, db, model="linear", by="campaign", lookback=lookback
             ),
         ),
+        (
+            "spend_returns by campaign",
+            "analysis",
+            lambda: analysis.spend_returns(client, db, by="campaign", lookback=lookback),
+        ),
+        (
+            "spend_returns by channel",
+            "analysis",
+            lambda: analysis.spend_returns(client, db, by="channel", lookback=lookback),
+        ),
         ("high_intent", "analysis", lambda: analysis.high_intent(client, db, limit=REPORT_LIMIT)),
         ("why_not_buy_or_stay", "analysis", lambda: analysis.why_not_buy_or_stay(client, db)),
         ("retention_cohorts", "analysis", lambda: analysis.retention_cohorts(client, db)),
@@ -639,7 +649,6 @@ def _cases(client: Client, config: ReportConfig) -> list[tuple[str, str, Callabl
         ("weekly_sales", "analysis", lambda: analysis.weekly_sales(client, db)),
         ("persona_stats", "analysis", lambda: analysis.persona_stats(client, db)),
         ("transition_flow", "analysis", lambda: analysis.transition_flow(client, db)),
-        ("stage_funnel", "queries", lambda: queries.stage_funnel(client, db)),
         (
             "dropoffs_by_stage_channel",
             "queries",
@@ -681,8 +690,7 @@ def _pairs(
 
     def stage_funnel() -> Rows:
         return [
-            (step.stage.value, step.reached, step.moved_on)
-            for step in queries.stage_funnel(client, db)
+            (step.stage.value, step.reached, step.moved_on) for step in analysis.funnel(client, db)
         ]
 
     def exits() -> Rows:

@@ -23,6 +23,7 @@ from sinks.clickhouse import Client, identifier, translate_error
 
 __all__ = [
     "ACTION_KINDS",
+    "AD_SPEND_CHANNEL",
     "ATTRIBUTION_MODELS",
     "AttributionModel",
     "AttributionShare",
@@ -37,6 +38,7 @@ __all__ = [
     "Period",
     "PersonaStats",
     "PromoEffect",
+    "SpendReturn",
     "TrackedBuyer",
     "WeekSales",
     "WhyNot",
@@ -47,9 +49,12 @@ __all__ = [
     "funnel",
     "high_intent",
     "hour_of_week",
+    "period_condition",
     "persona_stats",
     "promo_effectiveness",
     "retention_cohorts",
+    "spend_returns",
+    "spend_total",
     "transition_flow",
     "weekly_sales",
     "why_not_buy_or_stay",
@@ -99,7 +104,8 @@ _IN_PERIOD: Final = (
 )
 
 
-def _in_period(column: str) -> str:
+def period_condition(column: str) -> str:
+    """SQL: ``column`` in ``[{start}, {end})``, the parameters of :meth:`Period.parameters`."""
     return _IN_PERIOD.format(column=column)
 
 
@@ -172,7 +178,7 @@ def funnel(
                 toInt8(furthest_stage) > rank) AS p90_seconds
         FROM {db}.journey_state FINAL
         ARRAY JOIN range(1, 7) AS rank
-        WHERE furthest_stage IS NOT NULL AND {_in_period("first_touch_at")}
+        WHERE furthest_stage IS NOT NULL AND {period_condition("first_touch_at")}
         GROUP BY grp, rank
         ORDER BY grp, rank
     """
@@ -225,7 +231,7 @@ def dropoff_diagnosis(
                    ifNull(last_touch_channel, '(none)') AS last_channel,
                    ifNull(last_touch_event_type, '(none)') AS last_action
             FROM {db}.dropoffs FINAL
-            WHERE {_in_period("deadline")}
+            WHERE {period_condition("deadline")}
         ),
         next_actions AS (
             SELECT d.buyer_id AS buyer_id, d.stage AS stage,
@@ -299,7 +305,7 @@ def hour_of_week(client: Client, database: str, *, period: Period | None = None)
             SELECT channel, {kind} AS kind, toDayOfWeek(occurred_at) AS day_of_week,
                    toHour(occurred_at) AS hour, count() AS touches
             FROM {db}.touchpoints FINAL
-            WHERE {_in_period("occurred_at")}
+            WHERE {period_condition("occurred_at")}
             GROUP BY channel, kind, day_of_week, hour
             ORDER BY channel, kind, day_of_week, hour
         """
@@ -345,7 +351,7 @@ def channel_effectiveness(
         LEFT JOIN (
             SELECT buyer_id, purchases AS buyer_purchases FROM {db}.journey_state FINAL
         ) AS j USING (buyer_id)
-        WHERE NOT t.is_purchase AND {_in_period("t.occurred_at")}
+        WHERE NOT t.is_purchase AND {period_condition("t.occurred_at")}
         GROUP BY channel
         ORDER BY channel
     """
@@ -393,7 +399,7 @@ def promo_effectiveness(
             SELECT buyer_id, ifNull(promo, '(none)') AS promo,
                    toDecimal128(ifNull(revenue, 0), 4) AS revenue
             FROM {db}.touchpoints FINAL
-            WHERE is_purchase AND {_in_period("occurred_at")}
+            WHERE is_purchase AND {period_condition("occurred_at")}
         ),
         promo_only AS (
             SELECT buyer_id FROM orders GROUP BY buyer_id HAVING countIf(promo = '(none)') = 0
@@ -423,6 +429,9 @@ class AttributionShare:
     purchases: float
     """Purchases credited (fractions; all keys of one model sum to the purchase count)."""
     revenue: Decimal
+    acquisitions: float
+    """The credit of buyers' *first* purchases: new buyers acquired (fractions; all keys of
+    one model sum to the number of buyers whose first purchase falls in the period)."""
 
 
 _WEIGHTS: Final[dict[AttributionModel, str]] = {
@@ -452,18 +461,28 @@ def attribution(
     Models: first touch, last touch, linear (equal shares), time decay (a touch's weight
     halves every ``half_life`` before the purchase), position based (40 % first, 40 % last,
     20 % shared by the middle). Credits of one purchase sum to 1; a purchase with no touch
-    in the look-back window is credited to its own channel and campaign.
+    in the look-back window is credited to its own channel and campaign. A buyer's first
+    purchase (earliest ``(occurred_at, event_id)`` of all their purchases, in the period or
+    not) is an acquisition, credited the same way.
     """
     db = identifier(database)
     weights = _WEIGHTS[model]
     key = "touch.2" if by == "channel" else "touch.3"
     sql = f"""
-        WITH purchases AS (
+        WITH firsts AS (
+            SELECT buyer_id, argMin(event_id, (occurred_at, event_id)) AS first_purchase
+            FROM {db}.touchpoints FINAL
+            WHERE is_purchase
+            GROUP BY buyer_id
+        ),
+        purchases AS (
             SELECT buyer_id, event_id, occurred_at AS at,
                    toFloat64(ifNull(revenue, 0)) AS revenue,
-                   channel AS own_channel, ifNull(campaign, '(none)') AS own_campaign
+                   channel AS own_channel, ifNull(campaign, '(none)') AS own_campaign,
+                   (buyer_id, event_id) IN (SELECT buyer_id, first_purchase FROM firsts)
+                       AS acquired
             FROM {db}.touchpoints FINAL
-            WHERE is_purchase AND {_in_period("occurred_at")}
+            WHERE is_purchase AND {period_condition("occurred_at")}
         ),
         paths AS (
             SELECT buyer_id,
@@ -473,7 +492,7 @@ def attribution(
             GROUP BY buyer_id
         ),
         credited AS (
-            SELECT p.revenue AS revenue,
+            SELECT p.revenue AS revenue, p.acquired AS acquired,
                 arraySort(x -> x.1, arrayFilter(
                     x -> x.1 < p.at AND x.1 >= p.at - toIntervalSecond({{lookback:UInt32}}),
                     t.touches)) AS found,
@@ -484,7 +503,8 @@ def attribution(
                 {weights} AS weights
             FROM purchases AS p LEFT JOIN paths AS t USING (buyer_id)
         )
-        SELECT {key} AS credited_key, sum(w) AS purchases, sum(w * revenue) AS revenue
+        SELECT {key} AS credited_key, sum(w) AS purchases, sum(w * revenue) AS revenue,
+               sum(w * acquired) AS acquisitions
         FROM credited
         ARRAY JOIN path AS touch, weights AS w
         GROUP BY credited_key
@@ -497,9 +517,116 @@ def attribution(
         "half_life": max(1, int(half_life.total_seconds())),
     }
     return [
-        AttributionShare(model, str(name), float(purchases), Decimal(str(round(float(revenue), 4))))
-        for name, purchases, revenue in _rows(client, sql, parameters, "attribution query")
+        AttributionShare(
+            model,
+            str(name),
+            float(purchases),
+            Decimal(str(round(float(revenue), 4))),
+            float(acquisitions),
+        )
+        for name, purchases, revenue, acquisitions in _rows(
+            client, sql, parameters, "attribution query"
+        )
     ]
+
+
+# -- ad spend: cost per acquisition, return on ad spend ----------------------------------------
+
+AD_SPEND_CHANNEL: Final = "ads"
+"""The channel of imported ad spend: every ``ad_spend`` row comes from an ad platform."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpendReturn:
+    key: str
+    """The campaign or channel (``all (blended)`` for :func:`spend_total`)."""
+    spend: Decimal | None
+    """Ad spend in the period; None when ``ad_spend`` has no row for it (nothing imported)."""
+    acquisitions: float
+    """New buyers credited to it: the attribution credit of first purchases in the period."""
+    revenue: Decimal
+    """Revenue credited to it: the attribution credit of every purchase in the period."""
+
+    @property
+    def cpa(self) -> Decimal | None:
+        """Cost per acquisition, spend / acquisitions. None (shown as a dash) without spend
+        (no row, or 0) and without acquisitions — never 0 or infinity."""
+        if not self.spend or self.acquisitions <= 0:
+            return None
+        return self.spend / Decimal(repr(self.acquisitions))
+
+    @property
+    def roas(self) -> float | None:
+        """Return on ad spend, revenue / spend. None (a dash) without spend (no row, or 0);
+        0.0 for spend that brought no revenue."""
+        if not self.spend:
+            return None
+        return float(self.revenue) / float(self.spend)
+
+
+def spend_returns(
+    client: Client,
+    database: str,
+    *,
+    by: Literal["campaign", "channel"] = "campaign",
+    period: Period | None = None,
+    model: AttributionModel = "linear",
+    lookback: timedelta = timedelta(days=30),
+    half_life: timedelta = timedelta(days=7),
+) -> list[SpendReturn]:
+    """Per campaign or channel: ad spend, new buyers (acquisitions) and revenue credited by
+    ``model`` (:func:`attribution`: purchases in ``period``), CPA and ROAS.
+
+    A day's spend counts when the day (00:00 UTC) is in ``period``. Every ``ad_spend`` row is
+    the ``ads`` channel; by campaign, the export's campaign name meets the touchpoints'
+    ``campaign`` (summed over platforms). Keys with spend or credit are listed, most spend
+    first.
+    """
+    db = identifier(database)
+    key = "campaign" if by == "campaign" else "{channel:String}"
+    sql = f"""
+        SELECT {key} AS spend_key, sum(cost) AS spend
+        FROM {db}.ad_spend FINAL
+        WHERE {period_condition("toDateTime64(day, 3, 'UTC')")}
+        GROUP BY spend_key
+    """
+    parameters = {**(period or Period()).parameters(), "channel": AD_SPEND_CHANNEL}
+    spend = {
+        str(name): Decimal(cost) for name, cost in _rows(client, sql, parameters, "ad spend query")
+    }
+    credited = {
+        share.key: share
+        for share in attribution(
+            client,
+            database,
+            model=model,
+            by=by,
+            period=period,
+            lookback=lookback,
+            half_life=half_life,
+        )
+    }
+    rows = [
+        SpendReturn(
+            name,
+            spend.get(name),
+            credited[name].acquisitions if name in credited else 0.0,
+            credited[name].revenue if name in credited else Decimal(0),
+        )
+        for name in spend.keys() | credited.keys()
+    ]
+    return sorted(rows, key=lambda r: (r.spend is None, -(r.spend or 0), -r.revenue, r.key))
+
+
+def spend_total(rows: Sequence[SpendReturn]) -> SpendReturn:
+    """All spend, all new buyers, all revenue: the blended CPA and ROAS."""
+    spends = [row.spend for row in rows if row.spend is not None]
+    return SpendReturn(
+        "all (blended)",
+        sum(spends, Decimal(0)) if spends else None,
+        sum(row.acquisitions for row in rows),
+        sum((row.revenue for row in rows), Decimal(0)),
+    )
 
 
 # -- high intent now ----------------------------------------------------------------------
@@ -622,7 +749,7 @@ def why_not_buy_or_stay(
             GROUP BY buyer_id
         ) AS t USING (buyer_id)
         WHERE (j.purchases = 0 OR (j.purchases = 1 AND toInt8(j.furthest_stage) < 5))
-          AND {_in_period("j.first_touch_at")}
+          AND {period_condition("j.first_touch_at")}
         GROUP BY segment, last_channel, last_action
         ORDER BY segment DESC, buyers DESC, last_channel, last_action
     """
@@ -671,7 +798,7 @@ def retention_cohorts(
         ),
         firsts AS (
             SELECT buyer_id, toMonday(min(occurred_at)) AS cohort FROM orders GROUP BY buyer_id
-            HAVING {_in_period("min(occurred_at)")}
+            HAVING {period_condition("min(occurred_at)")}
         ),
         sizes AS (SELECT cohort, count() AS size FROM firsts GROUP BY cohort)
         SELECT f.cohort, intDiv(dateDiff('day', f.cohort, toMonday(o.occurred_at)), 7) AS week,
@@ -874,7 +1001,7 @@ def weekly_sales(client: Client, database: str, *, period: Period | None = None)
     sql = f"""
         SELECT toMonday(occurred_at) AS week, count(), sum(toDecimal128(ifNull(revenue, 0), 4))
         FROM {db}.touchpoints FINAL
-        WHERE is_purchase AND {_in_period("occurred_at")}
+        WHERE is_purchase AND {period_condition("occurred_at")}
         GROUP BY week ORDER BY week
     """
     return [
@@ -936,7 +1063,7 @@ def persona_stats(
                countIf(j.furthest_stage = 'advocacy') AS advocates
         FROM {db}.journey_state AS j FINAL
         LEFT JOIN scores AS s ON s.buyer_id = j.buyer_id
-        WHERE {_in_period("j.first_touch_at")}
+        WHERE {period_condition("j.first_touch_at")}
         GROUP BY persona
         ORDER BY persona
     """
@@ -991,7 +1118,7 @@ def transition_flow(client: Client, database: str, *, period: Period | None = No
     sql = f"""
         SELECT ifNull(toString(from_stage), '(entry)') AS source, to_stage, count()
         FROM {db}.stage_transitions FINAL
-        WHERE {_in_period("transitioned_at")}
+        WHERE {period_condition("transitioned_at")}
         GROUP BY source, to_stage
         ORDER BY to_stage, source
     """

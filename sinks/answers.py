@@ -13,7 +13,16 @@ from sinks import analysis, queries
 from sinks.analysis import Period
 from sinks.clickhouse import Client
 
-__all__ = ["Answers", "Comparison", "PersonaCard", "Slot", "TargetProgress", "gather"]
+__all__ = [
+    "Answers",
+    "Brief",
+    "Comparison",
+    "PersonaCard",
+    "Slot",
+    "TargetProgress",
+    "gather",
+    "gather_brief",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,20 @@ class TargetProgress:
         return None if self.actual is None or not self.target else 100.0 * self.actual / self.target
 
 
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """``touchpoint report --brief``: the funnel, drop-offs and exits — the same rows, by the
+    same definitions, as the full report's first sections."""
+
+    database: str
+    period: Period
+    by: analysis.FunnelGroup | None
+    funnel: list[analysis.FunnelRow]
+    funnel_by: list[analysis.FunnelRow]
+    dropoffs: list[queries.DropoffCount]
+    exits: list[queries.ExitCount]
+
+
 @dataclass
 class Answers:
     database: str
@@ -82,6 +105,8 @@ class Answers:
     promos: list[analysis.PromoEffect]
     attribution: dict[str, list[analysis.AttributionShare]]
     attribution_campaigns: list[analysis.AttributionShare]
+    spend_by_campaign: list[analysis.SpendReturn]
+    spend_by_channel: list[analysis.SpendReturn]
     high_intent: list[analysis.HighIntentBuyer]
     why_not: list[analysis.WhyNot]
     cohorts: list[analysis.CohortCell]
@@ -187,20 +212,28 @@ def _persona_cards(
     return cards
 
 
-def _headline(client: Client, database: str, period: Period) -> dict[str, float | None]:
-    funnel = analysis.funnel(client, database, period=period)
+def _funnel(
+    client: Client,
+    database: str,
+    config: ReportConfig,
+    period: Period,
+    by: analysis.FunnelGroup | None = None,
+) -> list[analysis.FunnelRow]:
+    """The stage funnel as the report defines it (conversion within the configured window):
+    one definition for the funnel tables, persona cards, comparison and KPI targets."""
+    return analysis.funnel(client, database, by=by, period=period, window=config.conversion_window)
+
+
+def _headline(
+    client: Client, database: str, period: Period, funnel: list[analysis.FunnelRow]
+) -> dict[str, float | None]:
+    """The comparison and KPI metrics; conversion per stage is ``funnel``'s, exactly."""
     stats = analysis.persona_stats(client, database, period=period)
+    weekly = analysis.weekly_sales(client, database, period=period)
     values: dict[str, float | None] = {
         "buyers reached": float(next((r.reached for r in funnel if r.stage is STAGES[0]), 0)),
-        "purchases": float(
-            sum(w.purchases for w in analysis.weekly_sales(client, database, period=period))
-        ),
-        "revenue": float(
-            sum(
-                (w.revenue for w in analysis.weekly_sales(client, database, period=period)),
-                Decimal(0),
-            )
-        ),
+        "purchases": float(sum(w.purchases for w in weekly)),
+        "revenue": float(sum((w.revenue for w in weekly), Decimal(0))),
     }
     for row in funnel:
         if row.stage is not STAGES[-1]:
@@ -210,6 +243,28 @@ def _headline(client: Client, database: str, period: Period) -> dict[str, float 
     nps = [s for s in stats if s.nps is not None]
     values["nps"] = (sum(s.nps or 0 for s in nps) / len(nps)) if nps else None
     return values
+
+
+def gather_brief(
+    client: Client,
+    database: str,
+    config: ReportConfig,
+    *,
+    period: Period | None = None,
+    by: analysis.FunnelGroup | None = None,
+) -> Brief:
+    """The funnel (and ``by`` split), drop-offs and exits of buyers whose first touch is in
+    ``period`` — what the full report shows first."""
+    period = period or Period()
+    return Brief(
+        database=database,
+        period=period,
+        by=by,
+        funnel=_funnel(client, database, config, period),
+        funnel_by=_funnel(client, database, config, period, by) if by else [],
+        dropoffs=queries.dropoffs_by_stage_channel(client, database, period=period),
+        exits=queries.exits_by_stage_channel(client, database, period=period),
+    )
 
 
 def gather(
@@ -224,11 +279,10 @@ def gather(
 ) -> Answers:
     """Run every analysis query once and derive the report's answers."""
     period = period or Period()
+    brief = gather_brief(client, database, config, period=period, by=by)
     heat = analysis.hour_of_week(client, database, period=None if period == Period() else period)
     best, worst = _slots(heat)
-    funnel_by_persona = analysis.funnel(
-        client, database, by="persona", period=period, window=config.conversion_window
-    )
+    funnel_by_persona = _funnel(client, database, config, period, "persona")
     personas = analysis.persona_stats(client, database, period=period)
     attribution: dict[str, list[analysis.AttributionShare]] = {
         model: analysis.attribution(
@@ -245,15 +299,11 @@ def gather(
         database=database,
         period=period,
         by=by,
-        funnel=analysis.funnel(client, database, period=period, window=config.conversion_window),
-        funnel_by=analysis.funnel(
-            client, database, by=by, period=period, window=config.conversion_window
-        )
-        if by
-        else [],
-        dropoffs=queries.dropoffs_by_stage_channel(client, database),
+        funnel=brief.funnel,
+        funnel_by=brief.funnel_by,
+        dropoffs=brief.dropoffs,
         diagnosis=analysis.dropoff_diagnosis(client, database, period=period),
-        exits=queries.exits_by_stage_channel(client, database),
+        exits=brief.exits,
         heat=heat,
         best_slots=best,
         worst_slots=worst,
@@ -270,6 +320,20 @@ def gather(
             period=period,
             lookback=config.attribution_lookback,
         ),
+        spend_by_campaign=analysis.spend_returns(
+            client,
+            database,
+            by="campaign",
+            period=period,
+            lookback=config.attribution_lookback,
+        ),
+        spend_by_channel=analysis.spend_returns(
+            client,
+            database,
+            by="channel",
+            period=period,
+            lookback=config.attribution_lookback,
+        ),
         high_intent=analysis.high_intent(client, database, limit=25),
         why_not=analysis.why_not_buy_or_stay(client, database, period=period),
         cohorts=list(analysis.retention_cohorts(client, database, period=period)),
@@ -281,9 +345,9 @@ def gather(
         personas=_persona_cards(config, personas, funnel_by_persona),
         generated_at=now,
     )
-    current = _headline(client, database, period)
+    current = _headline(client, database, period, brief.funnel)
     if compare is not None:
-        previous = _headline(client, database, compare)
+        previous = _headline(client, database, compare, _funnel(client, database, config, compare))
         answers.compare_period = compare
         answers.comparison = [
             Comparison(name, value, previous.get(name)) for name, value in current.items()

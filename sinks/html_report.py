@@ -10,7 +10,7 @@ from html import escape
 from typing import Final
 
 from schemas.enums import STAGES
-from sinks.analysis import ATTRIBUTION_MODELS
+from sinks.analysis import ATTRIBUTION_MODELS, SpendReturn, spend_total
 from sinks.answers import Answers
 
 __all__ = ["render_html"]
@@ -299,6 +299,15 @@ def _persona_cards(answers: Answers) -> str:
     return f'<div class="grid">{"".join(cards)}</div>'
 
 
+def _spend_table(rows: Sequence[SpendReturn], by: str) -> str:
+    shown = [*rows, spend_total(rows)] if rows else []
+    table = _table(
+        (by, "spend", "acquisitions", "revenue", "CPA", "ROAS"),
+        [(r.key, r.spend, r.acquisitions, r.revenue, r.cpa, r.roas) for r in shown],
+    )
+    return f'<div class="card" data-table="spend-by-{by}"><h3>By {by}</h3>{table}</div>'
+
+
 def render_html(answers: Answers) -> str:
     """The whole report as a single offline HTML document."""
     generated = (answers.generated_at or datetime.now(UTC)).isoformat(timespec="seconds")
@@ -407,6 +416,21 @@ def render_html(answers: Answers) -> str:
         ),
         "<h2>Attribution, five models side by side</h2>",
         _attribution_chart(answers),
+        "<h2>What does a new buyer cost? Ad spend, CPA and ROAS</h2>",
+        '<p class="muted">Linear attribution of the period\'s purchases: acquisitions are '
+        "buyers' first purchases, revenue is every purchase. CPA = spend / acquisitions, "
+        "ROAS = revenue / spend; – where there is no spend (or, for CPA, no acquisition)."
+        + (
+            ""
+            if any(row.spend is not None for row in answers.spend_by_channel)
+            else " No ad spend in this period: load an export with "
+            "<code>touchpoint import ads-csv FILE</code>."
+        )
+        + "</p>",
+        '<div class="grid">'
+        + _spend_table(answers.spend_by_campaign, "campaign")
+        + _spend_table(answers.spend_by_channel, "channel")
+        + "</div>",
         "<h2>High intent now</h2>",
         _table(
             ("buyer", "persona", "score", "last touch", "last channel", "preferred channel"),

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from itertools import groupby
 
-from sinks.answers import Answers
-from sinks.queries import DropoffCount, ExitCount, FunnelStep
+from sinks.analysis import FunnelGroup, FunnelRow, SpendReturn, spend_total
+from sinks.answers import Answers, Brief
+from sinks.queries import DropoffCount, ExitCount
 
 __all__ = [
     "render_answers",
+    "render_brief",
     "render_dropoffs",
     "render_exits",
     "render_funnel",
+    "render_funnel_by",
+    "render_spend",
     "render_table",
 ]
 
@@ -56,31 +59,69 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def render_funnel(steps: Sequence[FunnelStep], by_label: str | None = None) -> str:
-    blocks = []
-    for group, group_steps in groupby(steps, key=lambda step: step.group):
-        rows = [
+def _money(value: Decimal | float | None) -> str:
+    return "-" if value is None else f"{float(value):,.2f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _metric(metric: str, value: float | None) -> str:
+    """A comparison or KPI value, formatted as the table it comes from shows it."""
+    return _pct(value) if metric.startswith("conversion %") else _money(value)
+
+
+def render_funnel(rows: Sequence[FunnelRow]) -> str:
+    """The stage funnel: reached, moved on (in the conversion window), dropped, timing."""
+    return render_table(
+        (
+            "stage",
+            "reached",
+            "moved on",
+            "in window",
+            "dropped",
+            "in progress",
+            "conversion %",
+            "drop-off %",
+            "median days",
+            "p90 days",
+        ),
+        [
             (
-                step.stage.value,
-                step.reached,
-                step.moved_on,
-                step.dropped,
-                step.in_progress,
-                step.conversion_pct,
+                row.stage.value,
+                row.reached,
+                row.moved_on,
+                row.moved_on_in_window,
+                row.dropped,
+                row.in_progress,
+                _pct(row.conversion_pct),
+                _pct(row.dropoff_pct),
+                "-" if row.median_days_to_next is None else f"{row.median_days_to_next:.1f}",
+                "-" if row.p90_days_to_next is None else f"{row.p90_days_to_next:.1f}",
             )
-            for step in group_steps
-        ]
-        title = "Stage funnel" if by_label is None else f"Stage funnel — {by_label} = {group}"
-        blocks.append(
-            render_table(
-                ("stage", "reached", "moved on", "dropped", "in progress", "conversion %"),
-                rows,
-                title,
+            for row in rows
+        ],
+        "Where do customers drop off? Stage funnel (conversion within the window)",
+    )
+
+
+def render_funnel_by(rows: Sequence[FunnelRow], by: FunnelGroup | None) -> str:
+    return render_table(
+        ("group", "stage", "reached", "moved on in window", "dropped", "conversion %"),
+        [
+            (
+                row.group,
+                row.stage.value,
+                row.reached,
+                row.moved_on_in_window,
+                row.dropped,
+                _pct(row.conversion_pct),
             )
-        )
-    if not blocks:
-        blocks.append(render_table(("stage", "reached"), [], "Stage funnel"))
-    return "\n\n".join(blocks)
+            for row in rows
+        ],
+        f"Funnel by {by}",
+    )
 
 
 def render_dropoffs(counts: Sequence[DropoffCount]) -> str:
@@ -108,69 +149,49 @@ def render_exits(counts: Sequence[ExitCount]) -> str:
     )
 
 
-def _money(value: Decimal | float | None) -> str:
-    return "-" if value is None else f"{float(value):,.2f}"
+def render_brief(brief: Brief) -> str:
+    """``--brief``: the full report's funnel, split, drop-off and exit tables, nothing else."""
+    blocks = [render_funnel(brief.funnel)]
+    if brief.funnel_by:
+        blocks.append(render_funnel_by(brief.funnel_by, brief.by))
+    blocks.append(render_dropoffs(brief.dropoffs))
+    blocks.append(render_exits(brief.exits))
+    return "\n\n".join(blocks)
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def render_spend(rows: Sequence[SpendReturn], by: str) -> str:
+    """Spend, new buyers, revenue, CPA and ROAS per campaign or channel, and the total.
+
+    No spend (nothing imported, or 0): spend, CPA and ROAS are "-". Spend but no new buyer:
+    CPA is "-", ROAS is revenue / spend (0.00 when nothing came back)."""
+    shown = [*rows, spend_total(rows)] if rows else []
+    return render_table(
+        (by, "spend", "acquisitions", "revenue", "CPA", "ROAS"),
+        [
+            (
+                row.key,
+                _money(row.spend),
+                f"{row.acquisitions:,.2f}",
+                _money(row.revenue),
+                _money(row.cpa),
+                _ratio(row.roas),
+            )
+            for row in shown
+        ],
+        f"What does a new buyer cost? Ad spend, CPA and ROAS by {by} "
+        "(linear attribution of purchases in the period)",
+    )
 
 
 def render_answers(answers: Answers) -> str:
     """Every answer of the report as terminal tables, in the order analysts ask them."""
-    blocks: list[str] = []
-    rows: list[Sequence[object]] = [
-        (
-            row.stage.value,
-            row.reached,
-            row.moved_on,
-            row.moved_on_in_window,
-            row.dropped,
-            row.in_progress,
-            _pct(row.conversion_pct),
-            _pct(row.dropoff_pct),
-            "-" if row.median_days_to_next is None else f"{row.median_days_to_next:.1f}",
-            "-" if row.p90_days_to_next is None else f"{row.p90_days_to_next:.1f}",
-        )
-        for row in answers.funnel
-    ]
-    blocks.append(
-        render_table(
-            (
-                "stage",
-                "reached",
-                "moved on",
-                "in window",
-                "dropped",
-                "in progress",
-                "conversion %",
-                "drop-off %",
-                "median days",
-                "p90 days",
-            ),
-            rows,
-            "Where do customers drop off? Stage funnel (conversion within the window)",
-        )
-    )
+    blocks: list[str] = [render_funnel(answers.funnel)]
     if answers.funnel_by:
-        rows = [
-            (
-                row.group,
-                row.stage.value,
-                row.reached,
-                row.moved_on_in_window,
-                row.dropped,
-                _pct(row.conversion_pct),
-            )
-            for row in answers.funnel_by
-        ]
-        blocks.append(
-            render_table(
-                ("group", "stage", "reached", "moved on in window", "dropped", "conversion %"),
-                rows,
-                f"Funnel by {answers.by}",
-            )
-        )
+        blocks.append(render_funnel_by(answers.funnel_by, answers.by))
     blocks.append(render_dropoffs(answers.dropoffs))
     blocks.append(
         render_table(
@@ -258,6 +279,13 @@ def render_answers(answers: Answers) -> str:
             "Attribution of revenue by channel, five models",
         )
     )
+    blocks.append(render_spend(answers.spend_by_campaign, "campaign"))
+    blocks.append(render_spend(answers.spend_by_channel, "channel"))
+    if not any(row.spend is not None for row in answers.spend_by_channel):
+        blocks.append(
+            "No ad spend in this period: load an ad-platform export with "
+            "`touchpoint import ads-csv FILE` for CPA and ROAS."
+        )
     blocks.append(
         render_table(
             ("buyer", "persona", "score", "last touch", "last channel", "preferred channel"),
@@ -383,7 +411,12 @@ def render_answers(answers: Answers) -> str:
             render_table(
                 ("metric", "current", "previous", "change"),
                 [
-                    (c.metric, _money(c.current), _money(c.previous), _money(c.change))
+                    (
+                        c.metric,
+                        _metric(c.metric, c.current),
+                        _metric(c.metric, c.previous),
+                        _metric(c.metric, c.change),
+                    )
                     for c in answers.comparison
                 ],
                 "Current vs previous period",
@@ -394,7 +427,12 @@ def render_answers(answers: Answers) -> str:
             render_table(
                 ("metric", "actual", "target", "progress %"),
                 [
-                    (t.metric, _money(t.actual), _money(t.target), _pct(t.progress_pct))
+                    (
+                        t.metric,
+                        _metric(t.metric, t.actual),
+                        _metric(t.metric, t.target),
+                        _pct(t.progress_pct),
+                    )
                     for t in answers.targets
                 ],
                 "Progress against targets",

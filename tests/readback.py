@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from ingest.generator import GroundTruth
-from sinks import queries
+from sinks import analysis, queries
 
 
 def read_back(client: Any, database: str) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def read_back(client: Any, database: str) -> dict[str, Any]:
             "moved_on": step.moved_on,
             "dropped": step.dropped,
         }
-        for step in queries.stage_funnel(client, database)
+        for step in analysis.funnel(client, database)
     }
     dropoffs = {
         (d.stage.value, d.channel): d.buyers

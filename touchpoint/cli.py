@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -22,8 +23,7 @@ from processors.local import RunSummary
 from schemas.errors import TouchpointError
 from schemas.export import json_schemas
 from schemas.settings import Settings
-from sinks import dead_letters, queries, report
-from sinks.clickhouse import Client
+from sinks import dead_letters, report
 from touchpoint import wiring
 
 ENV = "TOUCHPOINT_"
@@ -173,12 +173,11 @@ def _print_summary(summary: RunSummary) -> None:
     click.echo(f"Drop-offs judged: {counters.dropoffs:,}; event-time watermark {watermark}.")
 
 
-def _print_report(client: Client, database: str, by: queries.Grouping | None) -> None:
-    click.echo(report.render_funnel(queries.stage_funnel(client, database, by), by))
-    click.echo()
-    click.echo(report.render_dropoffs(queries.dropoffs_by_stage_channel(client, database)))
-    click.echo()
-    click.echo(report.render_exits(queries.exits_by_stage_channel(client, database)))
+def _report_config_path() -> Path | None:
+    """The report config `touchpoint report` would use (TOUCHPOINT_REPORT_CONFIG), for the
+    brief report printed after a run."""
+    value = os.environ.get(ENV + "REPORT_CONFIG")
+    return Path(value) if value else None
 
 
 def _run(settings: Settings, paths: Sequence[Path], sort_dir: Path | None = None) -> RunSummary:
@@ -198,7 +197,10 @@ def _run(settings: Settings, paths: Sequence[Path], sort_dir: Path | None = None
             )
         _print_summary(summary)
         click.echo()
-        _print_report(client, settings.clickhouse.database, None)
+        brief = wiring.brief_report(
+            settings, client, config_path=_report_config_path(), start=None, end=None, by=None
+        )
+        click.echo(report.render_brief(brief))
     return summary
 
 
@@ -621,7 +623,11 @@ def _utc(value: datetime | None) -> datetime | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Personas and KPI targets (TOML).  [default: the shipped report config]",
 )
-@click.option("--brief", is_flag=True, help="Only the funnel, drop-offs and exits.")
+@click.option(
+    "--brief",
+    is_flag=True,
+    help="Only the funnel (and --by split), drop-offs and exits, for the same period.",
+)
 @click.pass_context
 def report_command(
     ctx: click.Context,
@@ -638,8 +644,13 @@ def report_command(
     channels, promos, attribution, high intent, personas, buyer tracker, targets."""
     settings = _settings(ctx)
     if brief:
+        if html_path is not None or compare_from or compare_to:
+            raise click.UsageError("--brief cannot be combined with --html or --compare-from/to")
         with wiring.clickhouse(settings) as client:
-            _print_report(client, settings.clickhouse.database, by if by != "tier" else None)
+            summary = wiring.brief_report(
+                settings, client, config_path=config, start=_utc(start), end=_utc(end), by=by
+            )
+        click.echo(report.render_brief(summary))
         return
     compare = (_utc(compare_from), _utc(compare_to)) if compare_from or compare_to else None
     answers = wiring.full_report(

@@ -46,6 +46,7 @@ from sinks.writer import ClickHouseWriter
 __all__ = [
     "InputFile",
     "ReplayResult",
+    "brief_report",
     "build_processor",
     "clickhouse",
     "full_report",
@@ -748,6 +749,28 @@ def full_report(
             compare=Period(*compare) if compare else None,
             now=datetime.now(UTC),
         )
+
+
+def brief_report(
+    settings: Settings,
+    client: Client,
+    *,
+    config_path: Path | None,
+    start: datetime | None,
+    end: datetime | None,
+    by: Any,
+) -> Any:
+    """The funnel, drop-offs and exits of the full report (see sinks.answers.gather_brief)."""
+    from sinks.analysis import Period
+    from sinks.answers import gather_brief
+
+    return gather_brief(
+        client,
+        settings.clickhouse.database,
+        load_report_config(config_path),
+        period=Period(start, end),
+        by=by,
+    )
 
 
 def import_crm_csv(settings: Settings, path: Path) -> tuple[int, int]:

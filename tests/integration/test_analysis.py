@@ -4,6 +4,7 @@ and independent recomputations from the raw touchpoints table."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -384,3 +385,209 @@ def test_every_sql_example_in_the_analysis_docs_runs(
     for sql in examples:
         rows = clickhouse_client.query(sql.replace("touchpoint.", f"{database}.")).result_rows
         assert rows, sql
+
+
+# -- ad spend: CPA and ROAS ---------------------------------------------------------------
+
+SPEND_PERIOD = analysis.Period(datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 23, tzinfo=UTC))
+SPEND_CSV = """Day,Platform,Campaign,Impressions,Clicks,Cost
+2026-03-02,google,spring,1000,40,30.00
+2026-03-03,meta,spring,800,25,20.00
+2026-03-06,google,summer,500,10,45.00
+2026-03-03,google,winter,300,5,15.00
+2026-03-04,google,autumn,100,0,0.00
+2026-02-25,google,spring,999,99,999.00
+2026-03-23,google,spring,777,77,777.00
+"""
+"""Spring on two platforms; summer; winter (spend, no buyer); autumn (spend 0); spring's
+spend before the period and on its end day (excluded: ``[from, to)``)."""
+
+
+def spend_events() -> list[dict[str, Any]]:
+    """Ana: first purchase and a repeat; Ben: three touches; Cy: an ad, no purchase; Dee: her
+    first purchase before the period, a repeat in it with no touch in the look-back; Eve:
+    after the period; Fay: an email campaign without spend."""
+    records = [
+        event("ad_click", at=0 * DAY, buyer="ana", campaign="spring"),
+        event("email_click", at=1 * DAY, buyer="ana", campaign="news"),
+        event("purchase", at=2 * DAY, buyer="ana", revenue="120.00", currency="USD"),
+        event("purchase", at=10 * DAY, buyer="ana", revenue="60.00", currency="USD"),
+        event("ad_click", at=3 * DAY, buyer="ben", campaign="spring"),
+        event("ad_click", at=4 * DAY, buyer="ben", campaign="summer"),
+        event("page_view", at=5 * DAY, buyer="ben"),
+        event("purchase", at=6 * DAY, buyer="ben", revenue="90.00", currency="USD"),
+        event("ad_click", at=1 * DAY, buyer="cy", campaign="winter"),
+        event("ad_click", at=-40 * DAY, buyer="dee", campaign="spring"),
+        event("purchase", at=-35 * DAY, buyer="dee", revenue="30.00", currency="USD"),
+        event("purchase", at=5 * DAY, buyer="dee", revenue="45.00", currency="USD"),
+        event("ad_click", at=25 * DAY, buyer="eve", campaign="spring"),
+        event("purchase", at=26 * DAY, buyer="eve", revenue="500.00", currency="USD"),
+        event("email_click", at=7 * DAY, buyer="fay", campaign="news"),
+        event("purchase", at=8 * DAY, buyer="fay", revenue="80.00", currency="USD"),
+    ]
+    return sorted(records, key=lambda r: r["occurred_at"])
+
+
+def expected_spend_returns(
+    records: list[dict[str, Any]], csv_text: str, period: analysis.Period, by: str
+) -> dict[str, tuple[Decimal | None, float, float]]:
+    """(spend, acquisitions, revenue) per key, straight from the input: linear attribution of
+    the period's purchases over the buyer's touches in the 30 days before; a buyer's first
+    purchase is an acquisition; every ad-spend row is the ads channel."""
+    assert period.start is not None and period.end is not None
+    lookback = timedelta(days=30)
+
+    def at(record: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(record["occurred_at"])
+
+    def key(record: dict[str, Any]) -> str:
+        return str(record["channel"] if by == "channel" else record.get("campaign", "(none)"))
+
+    purchases = [r for r in records if r["event_type"] == "purchase"]
+    first = {
+        buyer: min((p for p in purchases if p["buyer_id"] == buyer), key=at)["event_id"]
+        for buyer in {p["buyer_id"] for p in purchases}
+    }
+    credit: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for purchase in purchases:
+        if not period.start <= at(purchase) < period.end:
+            continue
+        path = [
+            r
+            for r in records
+            if r["buyer_id"] == purchase["buyer_id"]
+            and r["event_type"] != "purchase"
+            and at(purchase) - lookback <= at(r) < at(purchase)
+        ] or [purchase]
+        for touch in path:
+            credit[key(touch)][0] += (first[purchase["buyer_id"]] == purchase["event_id"]) / len(
+                path
+            )
+            credit[key(touch)][1] += float(purchase["revenue"]) / len(path)
+    spend: dict[str, Decimal] = defaultdict(Decimal)
+    for line in csv_text.strip().splitlines()[1:]:
+        day, _platform, campaign, _impressions, _clicks, cost = line.split(",")
+        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        if period.start <= start < period.end:
+            spend["ads" if by == "channel" else campaign] += Decimal(cost)
+    return {
+        name: (spend.get(name), credit[name][0] if name in credit else 0.0, credit[name][1])
+        for name in set(spend) | set(credit)
+    }
+
+
+def _money(value: float | Decimal | None) -> str:
+    return "-" if value is None else f"{float(value):,.2f}"
+
+
+@pytest.fixture
+def with_spend(clickhouse_client: Any, database: str, chdb_url: str, tmp_path: Any) -> str:
+    load(clickhouse_client, database, spend_events())
+    (tmp_path / "spend.csv").write_text(SPEND_CSV, encoding="utf-8")
+    settings = wiring.load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
+    assert wiring.import_ads_csv(settings, tmp_path / "spend.csv", "google") == (7, 0)
+    return database
+
+
+def test_cpa_and_roas_by_campaign_and_channel_from_the_raw_input(
+    clickhouse_client: Any, with_spend: str
+) -> None:
+    from schemas.report_config import ReportConfig
+    from sinks.answers import gather
+    from sinks.html_report import render_html
+    from sinks.report import render_answers
+
+    records = spend_events()
+    answers = gather(clickhouse_client, with_spend, ReportConfig(), period=SPEND_PERIOD)
+    text = render_answers(answers)
+    html = render_html(answers)
+    for by, rows in (
+        ("campaign", answers.spend_by_campaign),
+        ("channel", answers.spend_by_channel),
+    ):
+        expected = expected_spend_returns(records, SPEND_CSV, SPEND_PERIOD, by)
+        got = {row.key: row for row in rows}
+        assert set(got) == set(expected), by
+        for name, (spend, acquisitions, revenue) in expected.items():
+            row = got[name]
+            assert row.spend == spend, (by, name)
+            assert row.acquisitions == pytest.approx(acquisitions), (by, name)
+            assert float(row.revenue) == pytest.approx(revenue), (by, name)
+            cpa = float(spend) / acquisitions if spend and acquisitions else None
+            roas = revenue / float(spend) if spend else None
+            got_cpa = None if row.cpa is None else float(row.cpa)
+            assert got_cpa == (None if cpa is None else pytest.approx(cpa)), (by, name)
+            assert row.roas == (None if roas is None else pytest.approx(roas)), (by, name)
+            cells = [name, _money(spend), f"{acquisitions:,.2f}", _money(revenue)]
+            cells += [_money(cpa), _money(roas)]
+            # the terminal table, and the HTML one (a dash there is "–")
+            section = text.split(f"Ad spend, CPA and ROAS by {by}")[1].split("\n\n")[0]
+            assert cells in [line.split() for line in section.splitlines()], (by, name)
+            table = html.split(f'data-table="spend-by-{by}"')[1].split("</table>")[0]
+            html_rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in table.split("<tr>")[2:]]
+            assert [c.replace("-", "–") if c == "-" else c for c in cells] in html_rows
+        total = analysis.spend_total(rows)
+        assert total.acquisitions == pytest.approx(3)  # Ana, Ben, Fay; Dee's first was earlier
+        assert total.spend == Decimal("110")
+        assert float(total.revenue) == pytest.approx(120 + 60 + 90 + 45 + 80)
+
+    # By hand, for the reader: spring has half of Ana's first purchase and a third of Ben's.
+    spring = next(r for r in answers.spend_by_campaign if r.key == "spring")
+    assert (spring.spend, spring.acquisitions) == (Decimal(50), pytest.approx(1 / 2 + 1 / 3))
+    assert float(spring.cpa or 0) == pytest.approx(60.0)  # 50 / (5/6)
+    assert spring.roas == pytest.approx(2.4)  # (60 + 30 + 30) / 50
+    winter = next(r for r in answers.spend_by_campaign if r.key == "winter")
+    assert (winter.cpa, winter.roas) == (None, 0.0)  # spend, no buyer
+    autumn = next(r for r in answers.spend_by_campaign if r.key == "autumn")
+    assert (autumn.spend, autumn.cpa, autumn.roas) == (Decimal(0), None, None)  # spend 0
+
+
+def test_cpa_and_roas_are_recomputed_by_the_plain_sql_of_the_docs(
+    clickhouse_client: Any, with_spend: str
+) -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "analysis.md").read_text()
+    sql = next(s for s in re.findall(r"```sql\n(.*?)```", docs, flags=re.S) if "ad_spend" in s)
+    assert SPEND_PERIOD.start is not None and SPEND_PERIOD.end is not None
+    sql = (
+        sql.replace("touchpoint.", f"{with_spend}.")
+        .replace("2026-03-01", SPEND_PERIOD.start.date().isoformat())
+        .replace("2026-04-01", SPEND_PERIOD.end.date().isoformat())
+    )
+    recomputed = {
+        name: (spend, acquisitions, revenue, cpa, roas)
+        for name, spend, acquisitions, revenue, cpa, roas in clickhouse_client.query(
+            sql
+        ).result_rows
+    }
+    rows = analysis.spend_returns(clickhouse_client, with_spend, period=SPEND_PERIOD)
+    assert set(recomputed) == {row.key for row in rows}
+    for row in rows:
+        spend, acquisitions, revenue, cpa, roas = recomputed[row.key]
+        assert spend == row.spend, row.key
+        assert acquisitions == pytest.approx(row.acquisitions), row.key
+        assert revenue == pytest.approx(float(row.revenue)), row.key
+        assert cpa == (None if row.cpa is None else pytest.approx(float(row.cpa))), row.key
+        assert roas == (None if row.roas is None else pytest.approx(row.roas)), row.key
+
+
+def test_no_spend_shows_a_dash_and_says_how_to_load_it(
+    clickhouse_client: Any, two_purchases: str
+) -> None:
+    from schemas.report_config import ReportConfig
+    from sinks.answers import gather
+    from sinks.report import render_answers
+
+    answers = gather(clickhouse_client, two_purchases, ReportConfig())
+    assert answers.spend_by_channel and all(
+        (r.spend, r.cpa, r.roas) == (None, None, None) for r in answers.spend_by_channel
+    )
+    text = render_answers(answers)
+    assert "touchpoint import ads-csv FILE" in text
+    web = next(
+        line.split()
+        for line in text.split("Ad spend, CPA and ROAS by channel")[1].splitlines()
+        if line.startswith("web ")
+    )
+    assert web[1] == "-" and web[-2:] == ["-", "-"]

@@ -14,7 +14,7 @@ from processors.rules import default_rules
 from schemas.enums import Stage
 from schemas.errors import MigrationError
 from schemas.raw import RawRecord
-from sinks import queries
+from sinks import analysis, queries
 from sinks.migrate import Migration, apply_migrations, load_migrations
 from sinks.writer import ClickHouseWriter
 from tests.factories import event
@@ -82,7 +82,7 @@ def test_queries_answer_the_funnel_drop_off_and_exit_questions(
     clickhouse_client: Any, database: str
 ) -> None:
     run(clickhouse_client, database)
-    funnel = {step.stage: step for step in queries.stage_funnel(clickhouse_client, database)}
+    funnel = {step.stage: step for step in analysis.funnel(clickhouse_client, database)}
     assert [(funnel[s].reached, funnel[s].moved_on, funnel[s].dropped) for s in Stage] == [
         (4, 3, 1),  # ana, ben (skipped pre-awareness), cy, clock(awareness)
         (3, 1, 1),  # ben drops at awareness; clock is still inside its timeout
@@ -105,7 +105,7 @@ def test_queries_answer_the_funnel_drop_off_and_exit_questions(
     ]
     by_campaign = {
         (s.group, s.stage): s.reached
-        for s in queries.stage_funnel(clickhouse_client, database, "campaign")
+        for s in analysis.funnel(clickhouse_client, database, by="campaign")
     }
     assert by_campaign[("spring", Stage.PURCHASE)] == 1
     assert queries.dead_letter_counts(clickhouse_client, database) == {"invalid_json": 1}
