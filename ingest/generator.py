@@ -742,7 +742,9 @@ def generate(
             if rng.random() < config.out_of_order_rate:
                 delay = lateness * rng.uniform(0.05, 0.9)
             else:
-                delay = timedelta(milliseconds=rng.randrange(2000))
+                # never 0: a touch received the instant it occurred would read as stamped
+                # with its receive time, which the watermark does not follow
+                delay = timedelta(milliseconds=max(1, rng.randrange(2000)))
             delivered = _until(touch.at + delay, config.end)
             touch.record["received_at"] = delivered.isoformat(timespec="milliseconds")
             line = json.dumps(touch.record, separators=(",", ":"))
