@@ -183,6 +183,8 @@ def _report_config_path() -> Path | None:
 def _run(settings: Settings, paths: Sequence[Path], sort_dir: Path | None = None) -> RunSummary:
     rules = wiring.rules_for(settings)
     inputs = wiring.inspect_inputs(paths)
+    # Checked now, not after the run: a bad path would fail a run that went well.
+    wiring.load_report_config(_report_config_path())
     with wiring.clickhouse(settings) as client:
         total = sum(item.lines for item in inputs)
         with _Phases("Sorting", "Processing", total=total) as progress:

@@ -198,3 +198,17 @@ def test_schema_export_writes_json_schema_files(tmp_path: Path) -> None:
     document = json.loads((tmp_path / "schemas-out" / "touchpoint.v1.schema.json").read_text())
     assert {"event_id", "buyer_id", "channel", "occurred_at"} <= set(document["required"])
     assert document["$schema"].startswith("https://json-schema.org/")
+
+
+def test_a_bad_report_config_stops_a_run_before_it_writes_anything(tmp_path: Path) -> None:
+    """The summary after a run reads TOUCHPOINT_REPORT_CONFIG: checked first, so a wrong
+    path is a clear error up front, not a failure after the data went in."""
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(event("page_view", at=timedelta(0))) + "\n", encoding="utf-8")
+    missing = tmp_path / "no-such-report.toml"
+    result = touchpoint(
+        tmp_path, "run", "--input", str(events), env={"TOUCHPOINT_REPORT_CONFIG": str(missing)}
+    )
+    assert result.returncode == 1
+    assert f"cannot read report config {missing}" in result.stderr
+    assert not (tmp_path / "touchpoint-data" / "clickhouse").exists()
