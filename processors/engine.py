@@ -26,7 +26,7 @@ import msgspec
 from processors import journey
 from processors.rules import Classifier
 from schemas.dead_letter import DeadLetter
-from schemas.enums import STAGES, DeadLetterReason
+from schemas.enums import DeadLetterReason
 from schemas.errors import SchemaValidationError
 from schemas.events import Event, decode_event
 from schemas.journey import (
@@ -60,8 +60,6 @@ __all__ = [
 ROW_ENCODER: Final = msgspec.json.Encoder()
 """Encodes one row dict as the JSON object ClickHouse's ``JSONEachRow`` reads."""
 _encode = ROW_ENCODER.encode
-_STAGE_VALUES: Final = tuple(stage.value for stage in STAGES)
-_RANK: Final = {stage: index for index, stage in enumerate(_STAGE_VALUES)}
 _TOUCHPOINTS: Final = TouchpointRow.table
 _TRANSITIONS: Final = StageTransitionRow.table
 _STATES: Final = JourneyStateRow.table
@@ -204,8 +202,10 @@ class JourneyProcessor:
         if dedup_window < allowed_lateness:
             raise ValueError("dedup_window must be at least allowed_lateness")
         self.classifier = Classifier(rules)
+        self.order = rules.order
+        """The rules' stages, in journey order."""
         self.timeouts: dict[str, int] = {
-            stage.value: journey.micros_of(timeout) for stage, timeout in rules.timeouts.items()
+            stage: journey.micros_of(timeout) for stage, timeout in rules.timeouts.items()
         }
         self.allowed_lateness = allowed_lateness
         self.dedup_window = dedup_window
@@ -344,9 +344,9 @@ class JourneyProcessor:
         timeout = self.timeouts.get(stage)
         if timeout is None or stage in state.judged:
             return
-        rank = _RANK[stage]
+        rank = self.order.rank[stage]
         key = (touch.at, touch.event_id)
-        for higher in _STAGE_VALUES[rank + 1 :]:
+        for higher in self.order.names[rank + 1 :]:
             hit = state.stage_hits.get(higher)
             if hit is not None and (hit.at, hit.event_id) <= key:
                 return  # reached past this stage before: not a move
@@ -359,8 +359,9 @@ class JourneyProcessor:
         timers = self._timers.get(state.partition)
         if timers is None:
             timers = self._timers[state.partition] = []
-        for deadline, stage in journey.deadlines(state, self.timeouts):
-            heapq.heappush(timers, (deadline, buyer_id, _RANK[stage]))
+        ranks = self.order.rank
+        for deadline, stage in journey.deadlines(state, self.timeouts, order=self.order):
+            heapq.heappush(timers, (deadline, buyer_id, ranks[stage]))
 
     # -- input ---------------------------------------------------------------
 
@@ -433,7 +434,7 @@ class JourneyProcessor:
         classification = self.classifier.classify_fields(
             event.channel, event.event_type, event.properties
         )
-        touch = journey.fold(state, event, classification)
+        touch = journey.fold(state, event, classification, self.order)
         counters = self.counters
         counters.accepted += 1
         stage = classification.stage
@@ -485,17 +486,18 @@ class JourneyProcessor:
         if not timers:
             return
         watermark = self._newest[partition] - self._lateness
+        names = self.order.names
         while timers and timers[0][0] <= watermark:
             deadline, buyer_id, rank = heapq.heappop(timers)
             state = self._read(buyer_id)
             if state is None:
                 continue
-            stage = _STAGE_VALUES[rank]
+            stage = names[rank]
             hit = state.stage_hits.get(stage)
             if hit is None or stage in state.judged or hit.at + self.timeouts[stage] != deadline:
                 continue  # superseded: a late event moved this stage's entry
             self._change(buyer_id, state)
-            record = journey.judge(state, stage, self.timeouts)
+            record = journey.judge(state, stage, self.timeouts, self.order)
             if record is not None:
                 self.counters.dropoffs += 1
 
@@ -508,16 +510,17 @@ class JourneyProcessor:
         stats = output.stats
         store = self.states
         timeouts = self.timeouts
+        order = self.order
         for buyer_id, (hits_before, dropoffs_before) in self._changed.items():
             state = self._live[buyer_id]
             partition = state.partition
             hits_changed = state.stage_hits != hits_before
-            moves = journey.transitions(state) if hits_changed else None
+            moves = journey.transitions(state, order) if hits_changed else None
             newest = self._newest.get(partition)
             if newest is not None:
-                journey.prune(state, newest - self._lateness, self._dedup, timeouts, moves)
+                journey.prune(state, newest - self._lateness, self._dedup, timeouts, moves, order)
             if moves is not None:
-                previous = journey.moves_of(hits_before)
+                previous = journey.moves_of(hits_before, order)
                 changed = [move for move in moves if move not in previous]
                 still_moves = {to_stage for _, to_stage, _ in moves}
                 retracted = [move for move in previous if move[1] not in still_moves]
@@ -530,7 +533,7 @@ class JourneyProcessor:
                     output.add(partition, _DROPOFFS, _encode(journey.dropoff_row(state, record)))
                     if record.recovered_at is None:
                         stats.dropoffs[stage] += 1
-            output.add(partition, _STATES, _encode(journey.state_row(state)))
+            output.add(partition, _STATES, _encode(journey.state_row(state, order)))
             blob = encode_state(state)
             store[buyer_id] = blob
             stored = output.stored.get(partition)

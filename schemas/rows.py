@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 from pydantic import TypeAdapter
 
 from schemas.dead_letter import DeadLetter
-from schemas.enums import Channel, ExitKind, Stage
+from schemas.enums import Channel, ExitKind
+from schemas.rules import StageName
 
 __all__ = [
     "ROW_ADAPTERS",
@@ -63,7 +64,7 @@ class TouchpointRow(Row):
     currency: str | None
     properties: str
     persona: str | None
-    stage: Stage | None
+    stage: StageName | None
     exit_kind: ExitKind | None
     is_purchase: bool
     rule_id: str | None
@@ -84,8 +85,8 @@ class StageTransitionRow(Row):
     table: ClassVar[str] = "stage_transitions"
 
     buyer_id: str
-    to_stage: Stage
-    from_stage: Stage | None
+    to_stage: StageName
+    from_stage: StageName | None
     transitioned_at: datetime
     event_id: str
     channel: Channel
@@ -109,8 +110,8 @@ class JourneyStateRow(Row):
     tier: str | None
     account_id: str | None
     anonymous_id: str | None
-    furthest_stage: Stage | None
-    current_stage: Stage | None
+    furthest_stage: StageName | None
+    current_stage: StageName | None
     stage_entered_at: dict[str, datetime]
     touches_by_stage: dict[str, int]
     touches_by_channel: dict[str, int]
@@ -126,7 +127,7 @@ class JourneyStateRow(Row):
     revenue: Decimal
     first_purchase_at: datetime | None
     last_purchase_at: datetime | None
-    dropoff_stage: Stage | None
+    dropoff_stage: StageName | None
     dropoff_at: datetime | None
     events: int
     unclassified: int
@@ -140,7 +141,7 @@ class DropoffRow(Row):
     table: ClassVar[str] = "dropoffs"
 
     buyer_id: str
-    stage: Stage
+    stage: StageName
     entered_at: datetime
     deadline: datetime
     last_touch_at: datetime | None
