@@ -9,6 +9,12 @@ records, and writes what a correct pipeline must find: per buyer and in
 aggregate, the furthest stage, drop-off stage (and the channel of the last
 touch before it), exits, purchases and revenue.
 
+By default every journey runs to its end on a fixed 2026 timeline. A timeline
+that ends at a given "now" (:meth:`GeneratorConfig.ending_at`) has buyers
+arriving steadily until then and cuts every journey there, as a live system
+sees it: the newest buyers are mid-journey, and the ground truth is the state
+as of now (what happened after it has not happened yet).
+
 The generator knows stages only as a *description of its own simulation*: it
 never calls the classifier, so its ground truth is an independent check of it.
 """
@@ -29,7 +35,9 @@ from schemas.enums import STAGES, DeadLetterReason, ExitKind, Stage
 from schemas.touchpoint import MAX_RECORD_BYTES, deterministic_event_id
 
 __all__ = [
+    "DEFAULT_HISTORY",
     "DEFAULT_PERSONAS",
+    "BuyerTruth",
     "GeneratorConfig",
     "GroundTruth",
     "Persona",
@@ -38,6 +46,8 @@ __all__ = [
 ]
 
 _MS: Final = timedelta(milliseconds=1)
+DEFAULT_HISTORY: Final = timedelta(days=120)
+"""How far back a timeline that ends "now" starts: buyers arrive steadily over it."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,10 @@ class GeneratorConfig:
     seed: int = 7
     start: datetime = datetime(2026, 1, 5, tzinfo=UTC)
     start_span: timedelta = timedelta(days=60)
+    """Buyers' first touches are spread evenly over ``start`` + [0, ``start_span``)."""
+    end: datetime | None = None
+    """Where the timeline ends ("now"): touches after it are not generated, so journeys
+    still under way there are cut mid-way. None: every journey runs to its end."""
     duplicate_rate: float = 0.02
     out_of_order_rate: float = 0.05
     malformed_rate: float = 0.002
@@ -178,6 +192,23 @@ class GeneratorConfig:
         for stage in (Stage.PRE_AWARENESS, Stage.AWARENESS, Stage.CONSIDERATION, Stage.PURCHASE):
             if stage not in self.timeouts:
                 raise ValueError(f"the generator needs a drop-off timeout for {stage.value}")
+        if self.start.tzinfo is None or (self.end is not None and self.end.tzinfo is None):
+            raise ValueError("start and end must be timezone-aware")
+        if self.start_span <= timedelta(0):
+            raise ValueError("start_span must be positive")
+        if self.end is not None and self.end < self.start + self.start_span:
+            raise ValueError("end must not come before the last buyer's arrival")
+
+    @classmethod
+    def ending_at(
+        cls, now: datetime, *, history: timedelta = DEFAULT_HISTORY, **options: Any
+    ) -> GeneratorConfig:
+        """A timeline that ends at ``now``: buyers arrive evenly over the ``history``
+        before it, and every journey is cut at ``now`` (the newest buyers are
+        mid-journey). ``options`` are the other fields (buyers, seed, timeouts...)."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        return cls(start=now - history, start_span=history, end=now, **options)
 
 
 @dataclass
@@ -186,6 +217,12 @@ class _Touch:
     event_id: str
     channel: str
     record: dict[str, Any]
+    enters: Stage | None = None
+    """The stage this touch moved the buyer into (by the simulation, not the rules)."""
+    exit: tuple[str, str, str] | None = None
+    """(kind, stage at the exit, channel) if this touch is an exit."""
+    order_value: Decimal | None = None
+    """The order's revenue if this touch is an order."""
 
 
 @dataclass
@@ -201,6 +238,13 @@ class BuyerTruth:
     """(kind, stage at the exit, channel)"""
     purchases: int = 0
     revenue: Decimal = Decimal(0)
+    deadline: datetime | None = None
+    """When no progress past ``stalled_at`` means a drop-off there (None: it cannot drop)."""
+
+    def live_at(self, watermark: datetime) -> bool:
+        """Still mid-journey at ``watermark``: in a stage it can drop off from, with the
+        drop-off deadline not yet reached (it may still move on)."""
+        return self.deadline is not None and self.deadline > watermark
 
 
 @dataclass
@@ -213,6 +257,12 @@ class GroundTruth:
     unclassified: int
     malformed: Counter[str]
     final_watermark: datetime
+    end: datetime | None = None
+    """Where the timeline was cut ("now"), if it was."""
+
+    def live(self) -> list[BuyerTruth]:
+        """Buyers still mid-journey at the final watermark (not dropped off, not done)."""
+        return [buyer for buyer in self.buyers if buyer.live_at(self.final_watermark)]
 
     def funnel(self) -> dict[Stage, dict[str, int]]:
         result: dict[Stage, dict[str, int]] = {}
@@ -244,6 +294,7 @@ class GroundTruth:
                 "purchases": sum(buyer.purchases for buyer in self.buyers),
                 "revenue": str(sum((buyer.revenue for buyer in self.buyers), Decimal(0))),
                 "final_watermark": self.final_watermark.isoformat(),
+                **({"timeline_end": self.end.isoformat()} if self.end is not None else {}),
             },
             "funnel": {stage.value: counts for stage, counts in self.funnel().items()},
             "dropoffs_by_stage_channel": [
@@ -294,8 +345,6 @@ class _Journey:
         self.entered_at = self.now
         self.acquisition_campaign: str | None = None
         self.orders = 0
-        self.truth_exits: list[tuple[str, str, str]] = []
-        self.revenue = Decimal(0)
         self.subscribed_email = False
         self.subscribed_sms = False
 
@@ -389,11 +438,13 @@ class _Journey:
             self._advance(timedelta(minutes=5), budget / (most + 1))
             self._filler()
 
-    def _enter(self, stage: Stage, channel: str, event_type: str, **kwargs: Any) -> None:
-        self.emit(channel, event_type, **kwargs)
+    def _enter(self, stage: Stage, channel: str, event_type: str, **kwargs: Any) -> _Touch:
+        touch = self.emit(channel, event_type, **kwargs)
         if self.stage is None or stage.rank > self.stage.rank:
             self.stage = stage
             self.entered_at = self.now
+            touch.enters = stage
+        return touch
 
     # -- the journey ---------------------------------------------------------
 
@@ -514,7 +565,7 @@ class _Journey:
                 properties={"product_id": "pro"},
             )
             self._advance(timedelta(minutes=1), timedelta(minutes=20))
-        self._enter(
+        order = self._enter(
             into,
             "web",
             event_type,
@@ -527,7 +578,7 @@ class _Journey:
                 "quantity": 1,
             },
         )
-        self.revenue += value
+        order.order_value = value
         if into is Stage.PURCHASE and self.acquisition_campaign in _CAMPAIGNS["ads"]:
             self._advance(timedelta(minutes=1), timedelta(hours=6))
             self.emit(
@@ -557,7 +608,7 @@ class _Journey:
     ) -> None:
         touch = self.emit(channel, event_type, properties=properties)
         assert self.stage is not None
-        self.truth_exits.append((kind.value, self.stage.value, touch.channel))
+        touch.exit = (kind.value, self.stage.value, touch.channel)
 
     def _stall(self, stage: Stage, timeout: timedelta) -> None:
         """No progress past ``stage``: a few touches that move nothing, maybe an exit."""
@@ -592,20 +643,40 @@ class _Journey:
             self._advance(timedelta(days=5), timedelta(days=40))
             self._exit(ExitKind.CANCELLATION, "web", "subscription_cancelled", {"plan": "pro"})
 
+    def cut(self, end: datetime | None) -> None:
+        """Forget the touches after ``end``: they have not happened yet."""
+        if end is not None:
+            self.touches = [touch for touch in self.touches if touch.at <= end]
+
     def truth(self) -> BuyerTruth:
-        assert self.stage is not None
-        stalled = self.stage if self.stage is not Stage.ADVOCACY else None
-        truth = BuyerTruth(
+        """What the buyer's touches (those kept) show: stage, exits, orders."""
+        furthest: _Touch | None = None
+        exits: list[tuple[str, str, str]] = []
+        orders = 0
+        revenue = Decimal(0)
+        for touch in self.touches:
+            if touch.enters is not None:
+                furthest = touch
+            if touch.exit is not None:
+                exits.append(touch.exit)
+            if touch.order_value is not None:
+                orders += 1
+                revenue += touch.order_value
+        assert furthest is not None and furthest.enters is not None  # the first touch enters
+        stage = furthest.enters
+        stalled = stage if stage is not Stage.ADVOCACY else None
+        timeout = self.config.timeouts.get(stage) if stalled is not None else None
+        return BuyerTruth(
             buyer_id=self.buyer_id,
             persona=self.persona.name,
-            furthest_stage=self.stage,
+            furthest_stage=stage,
             stalled_at=stalled,
-            entered_furthest_at=self.entered_at,
-            exits=list(self.truth_exits),
-            purchases=self.orders,
-            revenue=self.revenue,
+            entered_furthest_at=furthest.at,
+            exits=exits,
+            purchases=orders,
+            revenue=revenue,
+            deadline=None if timeout is None else furthest.at + timeout,
         )
-        return truth
 
 
 def _malformed(rng: random.Random, reason: DeadLetterReason, template: dict[str, Any]) -> str:
@@ -642,6 +713,11 @@ _MALFORMED_KINDS: Final = (
 )
 
 
+def _until(at: datetime, end: datetime | None) -> datetime:
+    """A delivery time, at the latest ``end``: nothing has been received after "now"."""
+    return at if end is None or at <= end else end
+
+
 def generate(
     config: GeneratorConfig, on_buyer: Callable[[int], None] | None = None
 ) -> tuple[list[str], GroundTruth]:
@@ -658,6 +734,7 @@ def generate(
         rng = random.Random(f"{config.seed}:{index}")
         journey = _Journey(index, config, rng)
         journey.run()
+        journey.cut(config.end)
         truths.append((journey.truth(), journey.touches))
         for touch in journey.touches:
             if touch.record["event_type"] in unknown_types:
@@ -665,14 +742,16 @@ def generate(
             if rng.random() < config.out_of_order_rate:
                 delay = lateness * rng.uniform(0.05, 0.9)
             else:
-                delay = timedelta(milliseconds=rng.randrange(2000))
-            delivered = touch.at + delay
+                # never 0: a touch received the instant it occurred would read as stamped
+                # with its receive time, which the watermark does not follow
+                delay = timedelta(milliseconds=max(1, rng.randrange(2000)))
+            delivered = _until(touch.at + delay, config.end)
             touch.record["received_at"] = delivered.isoformat(timespec="milliseconds")
             line = json.dumps(touch.record, separators=(",", ":"))
             deliveries.append((delivered, sequence, line))
             sequence += 1
             if rng.random() < config.duplicate_rate:
-                again = touch.at + lateness * rng.uniform(0.0, 0.9)
+                again = _until(touch.at + lateness * rng.uniform(0.0, 0.9), config.end)
                 deliveries.append((again, sequence, line))
                 sequence += 1
                 duplicates += 1
@@ -684,9 +763,8 @@ def generate(
     final_watermark = max_time - lateness
     buyers: list[BuyerTruth] = []
     for truth, touches in truths:
-        stage = truth.stalled_at
-        if stage is not None and stage in config.timeouts:
-            deadline = truth.entered_furthest_at + config.timeouts[stage]
+        stage, deadline = truth.stalled_at, truth.deadline
+        if stage is not None and deadline is not None:
             if deadline <= final_watermark:
                 truth.dropoff_stage = stage
                 before = [touch for touch in touches if touch.at <= deadline]
@@ -714,6 +792,7 @@ def generate(
         unclassified=unclassified,
         malformed=malformed,
         final_watermark=final_watermark,
+        end=config.end,
     )
 
 

@@ -204,6 +204,13 @@ def _run(settings: Settings, paths: Sequence[Path], sort_dir: Path | None = None
     return summary
 
 
+_DATES = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"])
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
 @cli.command()
 @_option(
     "--buyers",
@@ -214,31 +221,42 @@ def _run(settings: Settings, paths: Sequence[Path], sort_dir: Path | None = None
     help="Synthetic buyers to simulate.",
 )
 @_option("--seed", env="DEMO_SEED", type=int, default=7, show_default=True, help="Random seed.")
-@click.option("--fresh", is_flag=True, help="Drop the demo database first.")
+@_option(
+    "--now",
+    env="DEMO_NOW",
+    type=_DATES,
+    help="Where the synthetic timeline ends (UTC, not in the future), for a reproducible "
+    "demo.  [default: now, or where the data of the demo before ends when it is reused]",
+)
+@click.option("--fresh", is_flag=True, help="Drop the demo database first and generate data anew.")
 @click.pass_context
-def demo(ctx: click.Context, buyers: int, seed: int, fresh: bool) -> None:
-    """Generate synthetic journeys, run them, print the report — all embedded."""
+def demo(ctx: click.Context, buyers: int, seed: int, now: datetime | None, fresh: bool) -> None:
+    """Generate synthetic journeys up to now, run them, print the report — all embedded.
+
+    Buyers arrive over the 120 days before "now" and every journey is cut there, so
+    the newest buyers are mid-journey (the report's "High intent now"). A rerun reuses
+    the data and changes no number; --fresh makes data ending now. The database holds
+    one demo: another size, seed or --now needs --fresh.
+    """
     settings = _settings(ctx)
-    rules = wiring.rules_for(settings)
-    folder = settings.data_dir / "demo"
-    events = folder / f"events-seed{seed}-buyers{buyers}.jsonl"
-    truth = folder / f"truth-seed{seed}-buyers{buyers}.json"
-    if fresh:
-        with wiring.clickhouse(settings, migrate=False) as client:
-            client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse.database} SYNC")
-    if fresh or not events.exists() or not truth.exists():
-        config = GeneratorConfig(
+    with _Phases("Generating", total=buyers) as progress:
+        data = wiring.demo_data(
+            settings,
             buyers=buyers,
             seed=seed,
-            timeouts=dict(rules.timeouts),
-            allowed_lateness=settings.processing.allowed_lateness,
+            now=_utc(now),
+            fresh=fresh,
+            on_buyer=progress.step(0),
         )
-        with _progress(buyers, "Generating") as advance:
-            write_dataset(config, events, truth, on_buyer=advance)
-    _run(settings, [events])
+    _run(settings, [data.events])
     click.echo()
-    click.echo(f"Events:       {events}")
-    click.echo(f"Ground truth: {truth}")
+    ends = f"{data.now:%Y-%m-%d %H:%M:%S} UTC"
+    click.echo(
+        f"Timeline:     ends {ends}"
+        + ("" if data.generated else " (data of an earlier run; --fresh for data ending now)")
+    )
+    click.echo(f"Events:       {data.events}")
+    click.echo(f"Ground truth: {data.truth}")
     click.echo(f"ClickHouse:   {wiring.target_description(settings)}")
     click.echo(
         f"Query it:     {_command_name()} report --by persona   (or any SQL over the tables "
@@ -592,13 +610,6 @@ def collector(
         f"→ Kafka {settings.kafka.bootstrap} (API spec at /openapi.json)"
     )
     wiring.run_collector(settings)
-
-
-_DATES = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"])
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
 
 
 @cli.command("report")

@@ -81,7 +81,12 @@ class LagMonitor(threading.Thread):
 
     def measure(self) -> None:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+        # Group-less: it only reads end offsets and never commits. kafka-python's default
+        # enable_auto_commit=True would make it warn "group_id is None: disabling
+        # auto-commit." at every measurement (every 10 s in a worker and in the sink).
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, request_timeout_ms=5000, enable_auto_commit=False
+        )
         try:
             committed = admin.list_group_offsets(self.group).get(self.group, {})
             partitions = [

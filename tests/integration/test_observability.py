@@ -4,6 +4,7 @@ a pipeline run, and dashboards that only use metrics a real scrape exposes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +236,120 @@ def test_metrics_are_served_while_kafka_is_unreachable(pipeline: Pipeline, tmp_p
         assert process.poll() is None  # still waiting for Kafka, not crashed
     finally:
         stop(process)
+
+
+def test_the_lag_monitor_measures_a_groups_lag_without_a_warning(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its group-less consumer once made kafka-python warn "group_id is None: disabling
+    auto-commit." at every measurement: every 10 s in each worker and sink (issue 16)."""
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+    from prometheus_client import CollectorRegistry
+
+    from ingest.kafka import ensure_topics
+    from touchpoint.monitoring import LagMonitor
+
+    topic, group = pipeline.topics.raw, f"{pipeline.app_id}-lag"
+    ensure_topics(pipeline.bootstrap, {topic: 2})
+    producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap, acks="all")
+    for number in range(5):
+        producer.send(topic, f"m{number}".encode(), partition=0)
+    producer.send(topic, b"other", partition=1)
+    producer.flush()
+    producer.close()
+    committer = KafkaConsumer(
+        bootstrap_servers=pipeline.bootstrap, group_id=group, enable_auto_commit=False
+    )
+    committer.commit({TopicPartition(topic, 0): OffsetAndMetadata(2, "", -1)})
+    committer.close()
+
+    registry = CollectorRegistry()
+    monitor = LagMonitor(registry, pipeline.bootstrap, group, [topic])
+    caplog.set_level(logging.INFO)
+    caplog.clear()  # the commit above may warn while the new group's coordinator loads
+    for _ in range(3):  # each measurement used to warn once
+        monitor.measure()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+    lag = {
+        partition: registry.get_sample_value(
+            "touchpoint_consumer_lag", {"group": group, "topic": topic, "partition": partition}
+        )
+        for partition in ("0", "1")
+    }
+    assert lag == {"0": 3.0, "1": 1.0}
+
+
+def metric_value(port: int, name: str) -> float | None:
+    """One sample of a metric as a process serves it on /metrics, or None if absent."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            body = response.read().decode()
+    except OSError:
+        return None
+    found = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", body, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+_WARNING_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ WARNING (\S+): ")
+
+
+def warnings_since(log: str, since: datetime) -> list[str]:
+    """WARNING lines logged at or after ``since`` (``logging`` writes local time, in seconds)."""
+    found = []
+    for line in log.splitlines():
+        match = _WARNING_LINE.search(line)
+        if match is None:
+            continue
+        at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").astimezone()
+        # kafka-python's watchdog for a slow step of its network loop: a loaded machine
+        # (a shared CI runner) can trip it at any time.
+        if at >= since and match.group(2) != "kafka.net.selector":
+            found.append(line)
+    return found
+
+
+@pytest.mark.slow
+def test_an_idle_worker_and_sink_log_no_periodic_warning(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A healthy worker and sink with metrics on, past their start and over more than one
+    lag-monitor period (10 s), log no warnings: they logged "group_id is None: disabling
+    auto-commit." every 10 s (issue 16). Warnings while they start (e.g. the sink's first
+    assignment racing the topics' creation) are not this test's business."""
+    worker_port, sink_port = free_port(), free_port()
+    worker = start_process(
+        pipeline, tmp_path, "worker", "worker", "--metrics-port", str(worker_port)
+    )
+    sink = start_process(
+        pipeline,
+        tmp_path,
+        "sink",
+        "sink",
+        "--metrics-port",
+        str(sink_port),
+        env={
+            "TOUCHPOINT_CLICKHOUSE_URL": f"chdb:{tmp_path / 'ch'}",
+            "TOUCHPOINT_KAFKA_SINK_GROUP": f"{pipeline.app_id}-sink",
+        },
+    )
+    try:
+        deadline = time.monotonic() + 120
+        ports = {"worker": worker_port, "sink": sink_port}
+        while ports and time.monotonic() < deadline:
+            for name, port in list(ports.items()):
+                if metric_value(port, "touchpoint_consumer_lag_up") == 1.0:
+                    del ports[name]  # its lag monitor has measured once
+            time.sleep(0.5)
+        assert ports == {}, f"the lag monitor of {sorted(ports)} never reached Kafka"
+        steady = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
+        time.sleep(12)  # at least one more measurement each
+        assert worker.poll() is None and sink.poll() is None
+    finally:
+        stop(worker)
+        stop(sink)
+    for name in ("worker", "sink"):
+        log = (tmp_path / f"{name}.log").read_text(errors="replace")
+        assert "group_id is None" not in log, name
+        assert warnings_since(log, steady) == [], name
