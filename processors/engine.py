@@ -25,9 +25,10 @@ import msgspec
 
 from processors import journey
 from processors.rules import Classifier
+from processors.triggers import TriggerSet
 from schemas.dead_letter import DeadLetter
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import RulesError, SchemaValidationError
 from schemas.events import Event, decode_event
 from schemas.journey import (
     JourneyState,
@@ -45,6 +46,7 @@ from schemas.rows import (
     Row,
     StageTransitionRow,
     TouchpointRow,
+    TriggerRow,
 )
 from schemas.rules import JourneyRules
 
@@ -65,9 +67,10 @@ _TRANSITIONS: Final = StageTransitionRow.table
 _STATES: Final = JourneyStateRow.table
 _DROPOFFS: Final = DropoffRow.table
 _DEAD_LETTERS: Final = DeadLetterRow.table
+_TRIGGERS: Final = TriggerRow.table
 HELD_BACK_REASONS: Final = ("receive_time", "ahead_of_receipt", "future")
 """Why an event's time may not move its partition's watermark (see JourneyProcessor)."""
-TABLES: Final = (_TOUCHPOINTS, _TRANSITIONS, _STATES, _DROPOFFS, _DEAD_LETTERS)
+TABLES: Final = (_TOUCHPOINTS, _TRANSITIONS, _STATES, _DROPOFFS, _DEAD_LETTERS, _TRIGGERS)
 
 
 def _utc_now() -> datetime:
@@ -106,6 +109,10 @@ class BatchStats:
     dead_letters: Counter[str] = field(default_factory=Counter)
     dropoffs: Counter[str] = field(default_factory=Counter)
     """stage → new, unrecovered drop-offs."""
+    triggers: Counter[str] = field(default_factory=Counter)
+    """trigger id → firings."""
+    retractions: Counter[str] = field(default_factory=Counter)
+    """trigger id → firings taken back (a late event disproved the drop-off)."""
 
 
 @dataclass
@@ -163,6 +170,10 @@ class BatchOutput:
     def dead_letters(self) -> list[DeadLetterRow]:
         return self.tables()[_DEAD_LETTERS]  # type: ignore[return-value]
 
+    @property
+    def triggers(self) -> list[TriggerRow]:
+        return self.tables()[_TRIGGERS]  # type: ignore[return-value]
+
     def __len__(self) -> int:
         return sum(len(rows) for tables in self.rows.values() for rows in tables.values())
 
@@ -202,6 +213,13 @@ class JourneyProcessor:
         if dedup_window < allowed_lateness:
             raise ValueError("dedup_window must be at least allowed_lateness")
         self.classifier = Classifier(rules)
+        self.triggers = TriggerSet(rules)
+        """The rules' real-time triggers (see :mod:`processors.triggers`)."""
+        if self.triggers.longest_window > journey.micros_of(dedup_window):
+            raise RulesError(
+                f"a high_intent trigger's window is longer than the dedup window "
+                f"({dedup_window}): the touches it counts would no longer be kept"
+            )
         self.order = rules.order
         """The rules' stages, in journey order."""
         self.timeouts: dict[str, int] = {
@@ -458,6 +476,13 @@ class JourneyProcessor:
         )
         if stage is not None and state.stage_hits[stage] is touch:
             self._schedule_hit(buyer_id, state, stage, touch)
+        triggers = self.triggers
+        if triggers:
+            fired = triggers.on_touch(state, touch, classification.exit)
+            if stage is not None and state.fired and state.dropoffs:
+                fired.extend(triggers.retractions(state))
+            if fired:
+                self._emit_triggers(state.partition, fired)
 
         partition = state.partition
         newest = self._newest.get(partition)
@@ -500,6 +525,17 @@ class JourneyProcessor:
             record = journey.judge(state, stage, self.timeouts, self.order)
             if record is not None:
                 self.counters.dropoffs += 1
+                if self.triggers:
+                    fired = self.triggers.on_dropoff(state, record)
+                    if fired:
+                        self._emit_triggers(state.partition, fired)
+
+    def _emit_triggers(self, partition: int, rows: list[dict[str, Any]]) -> None:
+        output = self._output
+        stats = output.stats
+        for row in rows:
+            (stats.retractions if row["is_retraction"] else stats.triggers)[row["trigger_id"]] += 1
+            output.add(partition, _TRIGGERS, _encode(row))
 
     # -- output --------------------------------------------------------------
 

@@ -31,6 +31,7 @@ __all__ = [
     "Row",
     "StageTransitionRow",
     "TouchpointRow",
+    "TriggerRow",
 ]
 
 
@@ -219,6 +220,35 @@ class CrmClientRow(Row):
     source: str
 
 
+@dataclass(frozen=True, slots=True)
+class TriggerRow(Row):
+    """A real-time trigger fired (or, ``is_retraction = 1``, was taken back).
+
+    One row per (trigger, buyer, occurrence); ``trigger_event_id`` is a hash of the
+    three, so a replay gives the same id. ``fired_at`` is the event time of what caused
+    it (a drop-off's deadline). A retraction carries the same id and a higher
+    ``version``: under ``FINAL`` the latest word on each firing wins.
+    """
+
+    table: ClassVar[str] = "journey_triggers"
+
+    trigger_event_id: str
+    trigger_id: str
+    kind: str
+    buyer_id: str
+    fired_at: datetime
+    stage: StageName | None
+    event_id: str | None
+    """The event that caused it (a drop-off: the last touch before its deadline)."""
+    channel: str | None
+    campaign: str | None
+    persona: str | None
+    payload: str
+    """JSON object: what else a receiver needs (see docs/journeys.md, *Triggers*)."""
+    is_retraction: int
+    version: int
+
+
 ROW_TYPES: tuple[type[Row], ...] = (
     TouchpointRow,
     StageTransitionRow,
@@ -227,6 +257,7 @@ ROW_TYPES: tuple[type[Row], ...] = (
     DeadLetterRow,
     AdSpendRow,
     CrmClientRow,
+    TriggerRow,
 )
 ROW_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     row_type.table: TypeAdapter(row_type) for row_type in ROW_TYPES

@@ -151,13 +151,14 @@ class Trigger(BaseModel):
       event later shows progress at or before the deadline, a retraction row follows.
     - ``stage_move`` — the buyer moved into ``stage`` (optionally only from ``from_stage``,
       the move before it); ``fired_at`` is the time of the event that moved them.
-    - ``high_intent`` — the buyer's *intent score* crossed ``threshold``. The score at a
-      touch is the number of the buyer's touches (any channel, any event, the touch
-      itself included) in the ``window`` of event time ending at it (default 7 days),
-      counted while the buyer's furthest stage is ``stage`` (default: the stage just
-      below the purchase stage, ``consideration`` in the shipped rules). It *crosses*
-      at a touch whose score reaches ``threshold`` when the buyer's previous touch had
-      a lower score (or another stage). Event time only, never the clock.
+    - ``high_intent`` — the buyer's *intent score* crossed ``threshold``. At a touch that
+      finds the buyer with ``stage`` as their furthest stage (default: the stage just
+      below the purchase stage, ``consideration`` in the shipped rules), the score is
+      the number of their touches (any channel, any event, that touch included) in the
+      ``window`` of event time ending at it (default 7 days, at most the dedup window),
+      counting only touches since they entered the stage. It *crosses* at a touch whose
+      score reaches ``threshold`` when the touch before it (in the stage) scored lower.
+      Event time only, never the clock.
     - ``exit`` — the buyer exited with one of ``kinds`` (default: any kind).
 
     Filters, all optional, all must match: ``channel``, ``campaign`` (the channel and
