@@ -166,3 +166,24 @@ def test_a_run_writes_exactly_the_expected_firings_and_a_resumed_run_retracts_on
         f"SELECT count() FROM {fresh_database}.journey_triggers FINAL"
     ).result_rows[0][0]
     assert count == len(expected)
+
+    # `touchpoint triggers`: counts per trigger, then the latest firings.
+    out = run(capsys, chdb_url, fresh_database, "triggers", "--limit", "3")
+    counts = {line.split()[0]: line.split()[1:5] for line in out.splitlines()[3:7]}
+    assert counts == {
+        "considering": ["stage_move", "2", "0", "2"],
+        "hot": ["high_intent", "1", "0", "1"],
+        "lost": ["exit", "2", "0", "1"],
+        "stalled": ["dropoff", "2", "1", "2"],
+    }, out
+    assert "7 firings" in out
+    assert "The latest 3" in out
+    assert (
+        "2026-04-07 09:00:00  stalled  eve    no progress past awareness (last: email_open)" in out
+    ), out
+    out = run(capsys, chdb_url, fresh_database, "triggers", "--retractions", "--trigger", "stalled")
+    assert "ben" in out and "yes" in out and "eve" not in out, out
+    out = run(
+        capsys, chdb_url, fresh_database, "triggers", "--from", "2026-03-20", "--to", "2026-04-01"
+    )
+    assert "considering  stage_move      1          0       1" in out, out
