@@ -554,7 +554,10 @@ class JourneyProcessor:
             moves = journey.transitions(state, order) if hits_changed else None
             newest = self._newest.get(partition)
             if newest is not None:
-                journey.prune(state, newest - self._lateness, self._dedup, timeouts, moves, order)
+                watermark = newest - self._lateness
+                journey.prune(state, watermark, self._dedup, timeouts, moves, order)
+                if state.fired:
+                    self.triggers.forget(state, watermark - self._dedup)
             if moves is not None:
                 previous = journey.moves_of(hits_before, order)
                 changed = [move for move in moves if move not in previous]

@@ -95,6 +95,10 @@ class TriggerSet:
         compiled = [CompiledTrigger.of(trigger, rules) for trigger in rules.triggers]
         self.order: StageOrder = rules.order
         self.ids: tuple[str, ...] = tuple(trigger.id for trigger in compiled)
+        self._by_event = frozenset(
+            trigger.id for trigger in compiled if trigger.kind in ("exit", "high_intent")
+        )
+        """Triggers whose occurrences are events (not stages): their fired list can grow."""
         self.moves: dict[str, list[CompiledTrigger]] = {}
         self.dropoffs: dict[str, list[CompiledTrigger]] = {}
         for trigger in compiled:
@@ -201,6 +205,32 @@ class TriggerSet:
                     )
                 )
         return rows
+
+    def forget(self, state: JourneyState, cutoff: int) -> None:
+        """Drop fired occurrences no check can need any more, so ``state.fired`` stays small.
+
+        An exit or a high-intent crossing is keyed by its event, and an event before
+        ``cutoff`` (the watermark minus the dedup window) is never folded again (it is
+        ``too_late``), so its entry is only needed for the cooldown: each trigger's latest
+        firing is kept. Moves and drop-offs are keyed by stage (a few per buyer) and kept:
+        they stop a stage from firing twice, and a drop-off's entry is what a retraction
+        finds. Entries of triggers no longer in the rules go once they are old.
+        """
+        fired = state.fired
+        known = set(self.ids)
+        latest: dict[str, int] = {}
+        for entry in fired:
+            if entry.at > latest.get(entry.trigger, -1):
+                latest[entry.trigger] = entry.at
+        kept = [
+            entry
+            for entry in fired
+            if entry.at >= cutoff
+            or entry.at == latest[entry.trigger]
+            or (entry.trigger in known and entry.trigger not in self._by_event)
+        ]
+        if len(kept) != len(fired):
+            state.fired = kept
 
     # -- helpers -------------------------------------------------------------------
 

@@ -287,3 +287,21 @@ def test_a_state_stored_before_triggers_existed_still_decodes() -> None:
     state = decode_state(old)
     assert state.fired == []
     assert decode_state(encode_state(state)) == state
+
+
+def test_fired_exits_leave_the_state_once_their_events_cannot_come_again() -> None:
+    proc = processor('[[trigger]]\nid = "lost"\non = "exit"\n' + DROPOFF)
+
+    def unsubscribe(at: timedelta) -> dict[str, Any]:
+        return event("email_unsubscribe", at=at, event_id=f"u-{at}")
+
+    feed(proc, event("email_open", at=0 * DAY), unsubscribe(DAY), unsubscribe(2 * DAY))
+    feed(proc, unsubscribe(3 * DAY), clock(30 * DAY))
+    state = proc.state("b1")
+    assert state is not None
+    # Day 1 and 2 are far behind the dedup window; day 3 is the trigger's latest firing
+    # (the cooldown counts from it); the drop-off's entry stays for a retraction.
+    assert sorted((f.trigger, f.key) for f in state.fired) == [
+        ("lost", "u-3 days, 0:00:00"),
+        ("stalled", "awareness"),
+    ]
