@@ -305,3 +305,31 @@ def test_fired_exits_leave_the_state_once_their_events_cannot_come_again() -> No
         ("lost", "u-3 days, 0:00:00"),
         ("stalled", "awareness"),
     ]
+
+
+def test_the_same_input_fires_the_same_triggers_in_any_batch_size() -> None:
+    from ingest.generator import GeneratorConfig, generate
+
+    config = GeneratorConfig(buyers=300, seed=5, duplicate_rate=0.03, out_of_order_rate=0.1)
+    lines, _ = generate(config)
+    triggers = MOVE + DROPOFF + HOT + '\n[[trigger]]\nid = "lost"\non = "exit"\ncooldown = "10d"\n'
+
+    def firings(batch: int) -> set[tuple[Any, ...]]:
+        proc = processor(triggers)
+        rows: list[TriggerRow] = []
+        for number, line in enumerate(lines):
+            proc.process_raw(line, source="gen", position=str(number))
+            if number % batch == batch - 1:
+                rows.extend(proc.flush().triggers)
+        rows.extend(proc.flush().triggers)
+        ids = [row.trigger_event_id for row in rows if not row.is_retraction]
+        assert len(ids) == len(set(ids)), "a firing was sent twice"
+        return {
+            (r.trigger_event_id, r.trigger_id, r.buyer_id, r.fired_at, r.channel, r.persona)
+            for r in rows
+        }
+
+    one_by_one = firings(1)
+    assert {trigger for _, trigger, *_ in one_by_one} == {"considering", "stalled", "hot", "lost"}
+    assert firings(37) == one_by_one
+    assert firings(len(lines)) == one_by_one
