@@ -86,6 +86,9 @@ class ProcessorCounters:
     unclassified: int = 0
     late: int = 0
     dropoffs: int = 0
+    triggers: int = 0
+    """Triggers fired (retractions not included)."""
+    retractions: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     held_back: Counter[str] = field(default_factory=Counter)
     """Events newer than their partition's event time that did not move it, by why:
@@ -533,8 +536,14 @@ class JourneyProcessor:
     def _emit_triggers(self, partition: int, rows: list[dict[str, Any]]) -> None:
         output = self._output
         stats = output.stats
+        counters = self.counters
         for row in rows:
-            (stats.retractions if row["is_retraction"] else stats.triggers)[row["trigger_id"]] += 1
+            if row["is_retraction"]:
+                stats.retractions[row["trigger_id"]] += 1
+                counters.retractions += 1
+            else:
+                stats.triggers[row["trigger_id"]] += 1
+                counters.triggers += 1
             output.add(partition, _TRIGGERS, _encode(row))
 
     # -- output --------------------------------------------------------------

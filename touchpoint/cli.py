@@ -172,6 +172,11 @@ def _print_summary(summary: RunSummary) -> None:
         )
     watermark = summary.watermark.isoformat() if summary.watermark else "none"
     click.echo(f"Drop-offs judged: {counters.dropoffs:,}; event-time watermark {watermark}.")
+    if counters.triggers or counters.retractions:
+        click.echo(
+            f"Triggers fired: {counters.triggers:,}, retracted: {counters.retractions:,} "
+            "(table journey_triggers; `touchpoint triggers` lists them)."
+        )
 
 
 def _report_config_path() -> Path | None:

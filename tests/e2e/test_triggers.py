@@ -133,7 +133,8 @@ def test_a_run_writes_exactly_the_expected_firings_and_a_resumed_run_retracts_on
     }
     assert fired(clickhouse_client, fresh_database) == day_one
 
-    run(capsys, chdb_url, fresh_database, "run", "--input", str(second), *options)
+    printed = run(capsys, chdb_url, fresh_database, "run", "--input", str(second), *options)
+    assert "Triggers fired: 3, retracted: 1 (table journey_triggers" in printed, printed
     day_two = {
         ("stalled", "ben", at(21 * DAY), 1, "support", "awareness"),  # retracted
         ("considering", "ben", at(20 * DAY), 0, "email", "consideration"),
