@@ -533,8 +533,10 @@ class JourneyProcessor:
                     if fired:
                         self._emit_triggers(state.partition, fired)
 
-    def _emit_triggers(self, partition: int, rows: list[dict[str, Any]]) -> None:
-        output = self._output
+    def _emit_triggers(
+        self, partition: int, rows: list[dict[str, Any]], output: BatchOutput | None = None
+    ) -> None:
+        output = self._output if output is None else output
         stats = output.stats
         counters = self.counters
         for row in rows:
@@ -576,6 +578,10 @@ class JourneyProcessor:
                     output.add(partition, _TRANSITIONS, _encode(row))
                 for from_stage, to_stage, _ in changed:
                     stats.moves[(from_stage or "entry", to_stage)] += 1
+                if state.fired and self.triggers.moves:
+                    unmoved = self.triggers.unmoved(state, still_moves)
+                    if unmoved:
+                        self._emit_triggers(partition, unmoved, output)
             for stage, record in state.dropoffs.items():
                 if dropoffs_before.get(stage) != record:
                     output.add(partition, _DROPOFFS, _encode(journey.dropoff_row(state, record)))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -206,6 +206,41 @@ class TriggerSet:
                 )
         return rows
 
+    def unmoved(self, state: JourneyState, moves: Collection[str]) -> list[dict[str, Any]]:
+        """Retraction rows for fired stage moves that are no moves any more.
+
+        A late event showed the buyer had been past the stage before they entered it (the
+        ``stage_transitions`` row is deleted too). ``moves``: the stages that are moves now.
+        """
+        rows: list[dict[str, Any]] = []
+        for index, fired in enumerate(state.fired):
+            if fired.retracted or fired.key in moves:
+                continue
+            trigger = next(
+                (t for t in self.moves.get(fired.key, ()) if t.id == fired.trigger), None
+            )
+            if trigger is None:
+                continue
+            state.fired[index] = FiredTrigger(
+                fired.trigger, fired.key, fired.at, fired.trigger_event_id, True
+            )
+            hit = state.stage_hits.get(fired.key)
+            touch = hit if hit is not None and hit.at == fired.at else None
+            payload = {"to_stage": fired.key, "retracted": "the buyer had been past it before"}
+            rows.append(
+                _row(
+                    state,
+                    trigger,
+                    fired.trigger_event_id,
+                    fired.at,
+                    fired.key,
+                    touch,
+                    payload,
+                    retraction=True,
+                )
+            )
+        return rows
+
     def forget(self, state: JourneyState, cutoff: int) -> None:
         """Drop fired occurrences no check can need any more, so ``state.fired`` stays small.
 
@@ -290,7 +325,7 @@ class TriggerSet:
     ) -> None:
         last: int | None = None
         for fired in state.fired:
-            if fired.trigger == trigger.id:
+            if fired.trigger == trigger.id and not fired.retracted:
                 if fired.key == key:
                     return  # this occurrence fired before
                 if last is None or fired.at > last:

@@ -150,7 +150,9 @@ class Trigger(BaseModel):
       i.e. once the watermark passed its deadline; ``fired_at`` is the deadline). If a late
       event later shows progress at or before the deadline, a retraction row follows.
     - ``stage_move`` — the buyer moved into ``stage`` (optionally only from ``from_stage``,
-      the move before it); ``fired_at`` is the time of the event that moved them.
+      the move before it); ``fired_at`` is the time of the event that moved them. If a
+      late event shows it was no move (the buyer had been past the stage before), a
+      retraction row follows, as for the ``stage_transitions`` row.
     - ``high_intent`` — the buyer's *intent score* crossed ``threshold``. At a touch that
       finds the buyer with ``stage`` as their furthest stage (default: the stage just
       below the purchase stage, ``consideration`` in the shipped rules), the score is
@@ -168,8 +170,9 @@ class Trigger(BaseModel):
 
     ``cooldown``: after a firing, the same trigger does not fire again for the same
     buyer for this long (event time; an occurrence earlier than the last firing is held
-    back too). A trigger fires at most once per occurrence, also across restarts and
-    replays: what fired is kept in the buyer's journey state.
+    back too; a retracted firing does not count). A trigger fires at most once per
+    occurrence, also across restarts and replays: what fired is kept in the buyer's
+    journey state.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

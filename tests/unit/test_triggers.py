@@ -333,3 +333,23 @@ def test_the_same_input_fires_the_same_triggers_in_any_batch_size() -> None:
     assert {trigger for _, trigger, *_ in one_by_one} == {"considering", "stalled", "hot", "lost"}
     assert firings(37) == one_by_one
     assert firings(len(lines)) == one_by_one
+
+
+def test_a_stage_move_that_a_late_event_shows_never_happened_is_retracted() -> None:
+    proc = processor(MOVE)
+    feed(proc, event("email_open", at=0 * DAY))
+    [fired] = feed(proc, event("email_click", at=2 * DAY))
+    # Late: the buyer had purchased before the click, so consideration was skipped past.
+    tables = proc.process_raw(json.dumps(event("purchase", at=DAY)), source="t", position="9")
+    assert tables is not None
+    output = proc.flush()
+    [retraction] = output.triggers
+    assert (retraction.trigger_event_id, retraction.is_retraction) == (fired.trigger_event_id, 1)
+    assert (retraction.fired_at, retraction.event_id) == (fired.fired_at, fired.event_id)
+    assert retraction.version > fired.version
+    assert any(t.is_deleted and t.to_stage == "consideration" for t in output.transitions)
+    # Later still: a consideration touch before the purchase. Now it is a move again, with
+    # another event: a new occurrence.
+    [again] = feed(proc, event("product_view", at=DAY - HOUR))
+    assert (again.is_retraction, again.fired_at) == (0, T0 + DAY - HOUR)
+    assert again.trigger_event_id != fired.trigger_event_id
