@@ -9,7 +9,9 @@ once into a :class:`TriggerSet`; the processor calls it at the moment something 
 - :meth:`TriggerSet.on_dropoff` when a drop-off is judged (the watermark passed its
   deadline);
 - :meth:`TriggerSet.retractions` after a touch that may disprove a drop-off that fired
-  (progress at or before the deadline, arriving after the judgement).
+  (progress at or before the deadline, arriving after the judgement);
+- :meth:`TriggerSet.unmoved` at a batch's flush, when the buyer's moves changed: a fired
+  stage move that a late event showed was no move.
 
 Each returns row dicts of the ``journey_triggers`` table, and records what fired in
 ``state.fired`` (:class:`schemas.journey.FiredTrigger`), which is stored with the state:
