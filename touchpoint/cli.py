@@ -829,7 +829,7 @@ def dead_letters_list(
 @click.option("--from", "start", type=_DATES, help="Fired at or after (event time, UTC).")
 @click.option("--to", "end", type=_DATES, help="Fired before (event time, UTC).")
 @click.option(
-    "--retractions", is_flag=True, help="List only retractions (drop-offs disproved later)."
+    "--retractions", is_flag=True, help="List only retractions (firings a late event disproved)."
 )
 @click.option(
     "--limit",
