@@ -156,7 +156,7 @@ _UNKNOWN_EVENTS: Final[dict[str, str]] = {
     "sms": "sms_link_preview",
     "support": "chat_started",
 }
-DEFAULT_TIMEOUTS: Final[dict[Stage, timedelta]] = {
+DEFAULT_TIMEOUTS: Final[dict[str, timedelta]] = {
     Stage.PRE_AWARENESS: timedelta(days=14),
     Stage.AWARENESS: timedelta(days=21),
     Stage.CONSIDERATION: timedelta(days=30),
@@ -179,7 +179,7 @@ class GeneratorConfig:
     malformed_rate: float = 0.002
     unclassified_rate: float = 0.01
     allowed_lateness: timedelta = timedelta(hours=2)
-    timeouts: Mapping[Stage, timedelta] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    timeouts: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     personas: tuple[Persona, ...] = DEFAULT_PERSONAS
 
     def __post_init__(self) -> None:

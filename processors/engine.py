@@ -25,9 +25,10 @@ import msgspec
 
 from processors import journey
 from processors.rules import Classifier
+from processors.triggers import TriggerSet
 from schemas.dead_letter import DeadLetter
-from schemas.enums import STAGES, DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.enums import DeadLetterReason
+from schemas.errors import RulesError, SchemaValidationError
 from schemas.events import Event, decode_event
 from schemas.journey import (
     JourneyState,
@@ -45,6 +46,7 @@ from schemas.rows import (
     Row,
     StageTransitionRow,
     TouchpointRow,
+    TriggerRow,
 )
 from schemas.rules import JourneyRules
 
@@ -60,16 +62,15 @@ __all__ = [
 ROW_ENCODER: Final = msgspec.json.Encoder()
 """Encodes one row dict as the JSON object ClickHouse's ``JSONEachRow`` reads."""
 _encode = ROW_ENCODER.encode
-_STAGE_VALUES: Final = tuple(stage.value for stage in STAGES)
-_RANK: Final = {stage: index for index, stage in enumerate(_STAGE_VALUES)}
 _TOUCHPOINTS: Final = TouchpointRow.table
 _TRANSITIONS: Final = StageTransitionRow.table
 _STATES: Final = JourneyStateRow.table
 _DROPOFFS: Final = DropoffRow.table
 _DEAD_LETTERS: Final = DeadLetterRow.table
+_TRIGGERS: Final = TriggerRow.table
 HELD_BACK_REASONS: Final = ("receive_time", "ahead_of_receipt", "future")
 """Why an event's time may not move its partition's watermark (see JourneyProcessor)."""
-TABLES: Final = (_TOUCHPOINTS, _TRANSITIONS, _STATES, _DROPOFFS, _DEAD_LETTERS)
+TABLES: Final = (_TOUCHPOINTS, _TRANSITIONS, _STATES, _DROPOFFS, _DEAD_LETTERS, _TRIGGERS)
 
 
 def _utc_now() -> datetime:
@@ -85,6 +86,9 @@ class ProcessorCounters:
     unclassified: int = 0
     late: int = 0
     dropoffs: int = 0
+    triggers: int = 0
+    """Triggers fired (retractions not included)."""
+    retractions: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     held_back: Counter[str] = field(default_factory=Counter)
     """Events newer than their partition's event time that did not move it, by why:
@@ -108,6 +112,10 @@ class BatchStats:
     dead_letters: Counter[str] = field(default_factory=Counter)
     dropoffs: Counter[str] = field(default_factory=Counter)
     """stage → new, unrecovered drop-offs."""
+    triggers: Counter[str] = field(default_factory=Counter)
+    """trigger id → firings."""
+    retractions: Counter[str] = field(default_factory=Counter)
+    """trigger id → firings taken back (a late event disproved the drop-off)."""
 
 
 @dataclass
@@ -165,6 +173,10 @@ class BatchOutput:
     def dead_letters(self) -> list[DeadLetterRow]:
         return self.tables()[_DEAD_LETTERS]  # type: ignore[return-value]
 
+    @property
+    def triggers(self) -> list[TriggerRow]:
+        return self.tables()[_TRIGGERS]  # type: ignore[return-value]
+
     def __len__(self) -> int:
         return sum(len(rows) for tables in self.rows.values() for rows in tables.values())
 
@@ -204,8 +216,17 @@ class JourneyProcessor:
         if dedup_window < allowed_lateness:
             raise ValueError("dedup_window must be at least allowed_lateness")
         self.classifier = Classifier(rules)
+        self.triggers = TriggerSet(rules)
+        """The rules' real-time triggers (see :mod:`processors.triggers`)."""
+        if self.triggers.longest_window > journey.micros_of(dedup_window):
+            raise RulesError(
+                f"a high_intent trigger's window is longer than the dedup window "
+                f"({dedup_window}): the touches it counts would no longer be kept"
+            )
+        self.order = rules.order
+        """The rules' stages, in journey order."""
         self.timeouts: dict[str, int] = {
-            stage.value: journey.micros_of(timeout) for stage, timeout in rules.timeouts.items()
+            stage: journey.micros_of(timeout) for stage, timeout in rules.timeouts.items()
         }
         self.allowed_lateness = allowed_lateness
         self.dedup_window = dedup_window
@@ -344,9 +365,9 @@ class JourneyProcessor:
         timeout = self.timeouts.get(stage)
         if timeout is None or stage in state.judged:
             return
-        rank = _RANK[stage]
+        rank = self.order.rank[stage]
         key = (touch.at, touch.event_id)
-        for higher in _STAGE_VALUES[rank + 1 :]:
+        for higher in self.order.names[rank + 1 :]:
             hit = state.stage_hits.get(higher)
             if hit is not None and (hit.at, hit.event_id) <= key:
                 return  # reached past this stage before: not a move
@@ -359,8 +380,9 @@ class JourneyProcessor:
         timers = self._timers.get(state.partition)
         if timers is None:
             timers = self._timers[state.partition] = []
-        for deadline, stage in journey.deadlines(state, self.timeouts):
-            heapq.heappush(timers, (deadline, buyer_id, _RANK[stage]))
+        ranks = self.order.rank
+        for deadline, stage in journey.deadlines(state, self.timeouts, order=self.order):
+            heapq.heappush(timers, (deadline, buyer_id, ranks[stage]))
 
     # -- input ---------------------------------------------------------------
 
@@ -433,7 +455,7 @@ class JourneyProcessor:
         classification = self.classifier.classify_fields(
             event.channel, event.event_type, event.properties
         )
-        touch = journey.fold(state, event, classification)
+        touch = journey.fold(state, event, classification, self.order)
         counters = self.counters
         counters.accepted += 1
         stage = classification.stage
@@ -457,6 +479,13 @@ class JourneyProcessor:
         )
         if stage is not None and state.stage_hits[stage] is touch:
             self._schedule_hit(buyer_id, state, stage, touch)
+        triggers = self.triggers
+        if triggers:
+            fired = triggers.on_touch(state, touch, classification.exit)
+            if stage is not None and state.fired and state.dropoffs:
+                fired.extend(triggers.retractions(state))
+            if fired:
+                self._emit_triggers(state.partition, fired)
 
         partition = state.partition
         newest = self._newest.get(partition)
@@ -485,19 +514,39 @@ class JourneyProcessor:
         if not timers:
             return
         watermark = self._newest[partition] - self._lateness
+        names = self.order.names
         while timers and timers[0][0] <= watermark:
             deadline, buyer_id, rank = heapq.heappop(timers)
             state = self._read(buyer_id)
             if state is None:
                 continue
-            stage = _STAGE_VALUES[rank]
+            stage = names[rank]
             hit = state.stage_hits.get(stage)
             if hit is None or stage in state.judged or hit.at + self.timeouts[stage] != deadline:
                 continue  # superseded: a late event moved this stage's entry
             self._change(buyer_id, state)
-            record = journey.judge(state, stage, self.timeouts)
+            record = journey.judge(state, stage, self.timeouts, self.order)
             if record is not None:
                 self.counters.dropoffs += 1
+                if self.triggers:
+                    fired = self.triggers.on_dropoff(state, record)
+                    if fired:
+                        self._emit_triggers(state.partition, fired)
+
+    def _emit_triggers(
+        self, partition: int, rows: list[dict[str, Any]], output: BatchOutput | None = None
+    ) -> None:
+        output = self._output if output is None else output
+        stats = output.stats
+        counters = self.counters
+        for row in rows:
+            if row["is_retraction"]:
+                stats.retractions[row["trigger_id"]] += 1
+                counters.retractions += 1
+            else:
+                stats.triggers[row["trigger_id"]] += 1
+                counters.triggers += 1
+            output.add(partition, _TRIGGERS, _encode(row))
 
     # -- output --------------------------------------------------------------
 
@@ -508,16 +557,20 @@ class JourneyProcessor:
         stats = output.stats
         store = self.states
         timeouts = self.timeouts
+        order = self.order
         for buyer_id, (hits_before, dropoffs_before) in self._changed.items():
             state = self._live[buyer_id]
             partition = state.partition
             hits_changed = state.stage_hits != hits_before
-            moves = journey.transitions(state) if hits_changed else None
+            moves = journey.transitions(state, order) if hits_changed else None
             newest = self._newest.get(partition)
             if newest is not None:
-                journey.prune(state, newest - self._lateness, self._dedup, timeouts, moves)
+                watermark = newest - self._lateness
+                journey.prune(state, watermark, self._dedup, timeouts, moves, order)
+                if state.fired:
+                    self.triggers.forget(state, watermark - self._dedup)
             if moves is not None:
-                previous = journey.moves_of(hits_before)
+                previous = journey.moves_of(hits_before, order)
                 changed = [move for move in moves if move not in previous]
                 still_moves = {to_stage for _, to_stage, _ in moves}
                 retracted = [move for move in previous if move[1] not in still_moves]
@@ -525,12 +578,16 @@ class JourneyProcessor:
                     output.add(partition, _TRANSITIONS, _encode(row))
                 for from_stage, to_stage, _ in changed:
                     stats.moves[(from_stage or "entry", to_stage)] += 1
+                if state.fired and self.triggers.moves:
+                    unmoved = self.triggers.unmoved(state, still_moves)
+                    if unmoved:
+                        self._emit_triggers(partition, unmoved, output)
             for stage, record in state.dropoffs.items():
                 if dropoffs_before.get(stage) != record:
                     output.add(partition, _DROPOFFS, _encode(journey.dropoff_row(state, record)))
                     if record.recovered_at is None:
                         stats.dropoffs[stage] += 1
-            output.add(partition, _STATES, _encode(journey.state_row(state)))
+            output.add(partition, _STATES, _encode(journey.state_row(state, order)))
             blob = encode_state(state)
             store[buyer_id] = blob
             stored = output.stored.get(partition)

@@ -336,6 +336,8 @@ def create_app(
         dedup_window=processing.dedup_window,
         states=store.states,
     )
+    if metrics is not None:
+        metrics.bind_triggers(processor.triggers.ids)
 
     skipping: dict[int, int] = {}
     """Partitions now receiving records delivered again → how many were skipped so far."""

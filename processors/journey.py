@@ -21,9 +21,10 @@ from decimal import Decimal
 from typing import Any
 
 from processors.rules import Classification
-from schemas.enums import STAGES, Channel
+from schemas.enums import Channel
 from schemas.events import Event
 from schemas.journey import DropoffRecord, ExitRecord, JourneyState, Latest, TouchRef
+from schemas.rules import DEFAULT_ORDER, StageOrder
 
 __all__ = [
     "Transition",
@@ -53,8 +54,6 @@ __all__ = [
 Transition = tuple[str | None, str, TouchRef]
 """(from stage, to stage, the event that moved the buyer)"""
 _CHANNEL_ORDER = {channel.value: index for index, channel in enumerate(Channel)}
-_DESCENDING = tuple(stage.value for stage in reversed(STAGES))
-_RANK = {stage.value: index for index, stage in enumerate(STAGES)}
 
 
 def micros_of(duration: timedelta) -> int:
@@ -127,7 +126,12 @@ def _later(current: Latest | None, touch: TouchRef, value: str | None) -> Latest
     return current
 
 
-def fold(state: JourneyState, event: Event, classification: Classification) -> TouchRef:
+def fold(
+    state: JourneyState,
+    event: Event,
+    classification: Classification,
+    order: StageOrder = DEFAULT_ORDER,
+) -> TouchRef:
     """Fold one new (not duplicate) event into ``state``, in place; returns its touch."""
     stage = classification.stage
     at, event_id = event.at, event.event_id
@@ -168,7 +172,7 @@ def fold(state: JourneyState, event: Event, classification: Classification) -> T
         if hit is None or key < (hit.at, hit.event_id):
             state.stage_hits[stage] = touch
         if state.dropoffs:
-            _mark_recoveries(state, stage, at)
+            _mark_recoveries(state, stage, at, order.rank)
 
     if classification.exit is not None:
         bisect.insort(
@@ -192,10 +196,10 @@ def _touch_key(touch: TouchRef) -> tuple[int, str]:
     return (touch.at, touch.event_id)
 
 
-def _mark_recoveries(state: JourneyState, stage: str, at: int) -> None:
-    rank = _RANK[stage]
+def _mark_recoveries(state: JourneyState, stage: str, at: int, ranks: Mapping[str, int]) -> None:
+    rank = ranks[stage]
     for dropped_stage, record in state.dropoffs.items():
-        if rank > _RANK[dropped_stage] and (
+        if rank > ranks[dropped_stage] and (
             record.recovered_at is None or at < record.recovered_at
         ):
             state.dropoffs[dropped_stage] = DropoffRecord(
@@ -203,28 +207,28 @@ def _mark_recoveries(state: JourneyState, stage: str, at: int) -> None:
             )
 
 
-def furthest_stage(state: JourneyState) -> str | None:
+def furthest_stage(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> str | None:
     hits = state.stage_hits
-    for stage in _DESCENDING:
+    for stage in order.descending:
         if stage in hits:
             return stage
     return None
 
 
-def transitions(state: JourneyState) -> list[Transition]:
+def transitions(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> list[Transition]:
     """The moves of the buyer's furthest stage, in order.
 
     A stage is a move when it was hit before every higher stage; a stage reached
     only by skipping past it is not a move of its own.
     """
-    return moves_of(state.stage_hits)
+    return moves_of(state.stage_hits, order)
 
 
-def moves_of(hits: Mapping[str, TouchRef]) -> list[Transition]:
+def moves_of(hits: Mapping[str, TouchRef], order: StageOrder = DEFAULT_ORDER) -> list[Transition]:
     """:func:`transitions` of a buyer whose first hit per stage is ``hits``."""
     found: list[tuple[str, TouchRef]] = []
     earliest: TouchRef | None = None
-    for stage in _DESCENDING:
+    for stage in order.descending:
         hit = hits.get(stage)
         if hit is None:
             continue
@@ -243,12 +247,12 @@ def moves_of(hits: Mapping[str, TouchRef]) -> list[Transition]:
     return moves
 
 
-def reached_at(state: JourneyState) -> dict[str, int]:
+def reached_at(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> dict[str, int]:
     """When the buyer first reached each stage (a higher stage reaches the ones below it)."""
     result: dict[str, int] = {}
     earliest: int | None = None
     hits = state.stage_hits
-    for stage in _DESCENDING:
+    for stage in order.descending:
         hit = hits.get(stage)
         if hit is not None and (earliest is None or hit.at < earliest):
             earliest = hit.at
@@ -257,10 +261,12 @@ def reached_at(state: JourneyState) -> dict[str, int]:
     return result
 
 
-def stage_at(state: JourneyState, key: tuple[int, str]) -> str | None:
+def stage_at(
+    state: JourneyState, key: tuple[int, str], order: StageOrder = DEFAULT_ORDER
+) -> str | None:
     """The buyer's furthest stage as of the event with this key (inclusive)."""
     hits = state.stage_hits
-    for stage in _DESCENDING:
+    for stage in order.descending:
         hit = hits.get(stage)
         if hit is not None and (hit.at, hit.event_id) <= key:
             return stage
@@ -280,9 +286,10 @@ def deadlines(
     state: JourneyState,
     timeouts: Mapping[str, int],
     moves: Sequence[Transition] | None = None,
+    order: StageOrder = DEFAULT_ORDER,
 ) -> Iterator[tuple[int, str]]:
     """Drop-off deadlines of the buyer's moves that are not judged yet."""
-    for _, stage, hit in transitions(state) if moves is None else moves:
+    for _, stage, hit in transitions(state, order) if moves is None else moves:
         timeout = timeouts.get(stage)
         if timeout is not None and stage not in state.judged:
             yield hit.at + timeout, stage
@@ -300,7 +307,12 @@ def last_touch_until(state: JourneyState, until: int) -> TouchRef | None:
     )
 
 
-def judge(state: JourneyState, stage: str, timeouts: Mapping[str, int]) -> DropoffRecord | None:
+def judge(
+    state: JourneyState,
+    stage: str,
+    timeouts: Mapping[str, int],
+    order: StageOrder = DEFAULT_ORDER,
+) -> DropoffRecord | None:
     """Decide whether the buyer dropped off at ``stage``, once the watermark passed its deadline.
 
     Returns the new drop-off record, or None if the buyer moved on in time (or
@@ -308,7 +320,7 @@ def judge(state: JourneyState, stage: str, timeouts: Mapping[str, int]) -> Dropo
     """
     if stage in state.judged:
         return None
-    moves = {to_stage: hit for _, to_stage, hit in transitions(state)}
+    moves = {to_stage: hit for _, to_stage, hit in transitions(state, order)}
     hit = moves.get(stage)
     timeout = timeouts.get(stage)
     if hit is None or timeout is None:
@@ -316,9 +328,10 @@ def judge(state: JourneyState, stage: str, timeouts: Mapping[str, int]) -> Dropo
     state.judged.append(stage)
     state.version += 1
     deadline = hit.at + timeout
-    rank = _RANK[stage]
+    ranks = order.rank
+    rank = ranks[stage]
     progress = min(
-        (other.at for other_stage, other in state.stage_hits.items() if _RANK[other_stage] > rank),
+        (other.at for other_stage, other in state.stage_hits.items() if ranks[other_stage] > rank),
         default=None,
     )
     if progress is not None and progress <= deadline:
@@ -334,13 +347,14 @@ def prune(
     dedup_window: int,
     timeouts: Mapping[str, int],
     moves: Sequence[Transition] | None = None,
+    order: StageOrder = DEFAULT_ORDER,
 ) -> None:
     """Forget touches no dedup check or drop-off judgement can need any more."""
     cutoff = watermark - dedup_window
     recent = state.recent
     if not recent or recent[0].at >= cutoff:
         return
-    for deadline, _ in deadlines(state, timeouts, moves):
+    for deadline, _ in deadlines(state, timeouts, moves, order):
         cutoff = min(cutoff, deadline)
     index = bisect.bisect_left(recent, cutoff, key=lambda touch: touch.at)
     if not index:
@@ -435,12 +449,12 @@ def dropoff_row(state: JourneyState, record: DropoffRecord) -> dict[str, Any]:
     }
 
 
-def state_row(state: JourneyState) -> dict[str, Any]:
+def state_row(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> dict[str, Any]:
     hits = state.stage_hits
     furthest: str | None = None
     stage_entered_at: dict[str, float] = {}
     earliest: int | None = None
-    for stage in _DESCENDING:
+    for stage in order.descending:
         hit = hits.get(stage)
         if hit is not None:
             if furthest is None:
@@ -457,7 +471,7 @@ def state_row(state: JourneyState) -> dict[str, Any]:
     exits = [
         [
             record.kind,
-            stage_at(state, (record.touch.at, record.touch.event_id)) or "",
+            stage_at(state, (record.touch.at, record.touch.event_id), order) or "",
             record.touch.channel,
             record.touch.at / 1_000_000,
         ]

@@ -6,6 +6,7 @@ Label children are bound once per label value and reused; the hot path only call
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -66,6 +67,20 @@ class WorkerMetrics:
             ["stage"],
             registry=registry,
         )
+        self.triggers_fired = Counter(
+            "touchpoint_worker_triggers_fired_total",
+            "Real-time triggers fired (journey.triggers rows that are not retractions), "
+            "by trigger id.",
+            ["trigger"],
+            registry=registry,
+        )
+        self.triggers_retracted = Counter(
+            "touchpoint_worker_triggers_retracted_total",
+            "Fired drop-off triggers retracted because a late event showed progress in time, "
+            "by trigger id.",
+            ["trigger"],
+            registry=registry,
+        )
         self.batch_seconds = Histogram(
             "touchpoint_worker_batch_seconds",
             "Time a worker spends on one batch, by step: process (decode, classify, fold, "
@@ -96,6 +111,12 @@ class WorkerMetrics:
         for held in HELD_BACK_REASONS:
             self._child(self.held_back, held)
 
+    def bind_triggers(self, trigger_ids: Iterable[str]) -> None:
+        """Bind the trigger counters' children once (exposed at 0 from the start)."""
+        for trigger in trigger_ids:
+            self._child(self.triggers_fired, trigger)
+            self._child(self.triggers_retracted, trigger)
+
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
         child = self._children.get(key)
@@ -114,6 +135,10 @@ class WorkerMetrics:
             self._child(self.dead_letters, reason).inc(count)
         for stage, count in stats.dropoffs.items():
             self._child(self.dropoffs, stage).inc(count)
+        for trigger, count in stats.triggers.items():
+            self._child(self.triggers_fired, trigger).inc(count)
+        for trigger, count in stats.retractions.items():
+            self._child(self.triggers_retracted, trigger).inc(count)
         self.duplicates.inc(counters.duplicates - self._duplicates_seen)
         self.late.inc(counters.late - self._late_seen)
         self._duplicates_seen, self._late_seen = counters.duplicates, counters.late

@@ -10,7 +10,7 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from schemas.enums import ExitKind, Stage
+from schemas.enums import ExitKind
 from schemas.errors import RulesError
 from schemas.rules import Condition, JourneyRules, Rule
 from schemas.touchpoint import PropertyValue, Touchpoint
@@ -23,7 +23,7 @@ class Classification:
     """What one rule says about one event. ``rule_id`` is None when no rule matched."""
 
     rule_id: str | None
-    stage: Stage | None
+    stage: str | None
     exit: ExitKind | None
     purchase: bool
 
@@ -55,8 +55,9 @@ def load_rules(path: Path | None = None) -> JourneyRules:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         loc = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
         raise RulesError(
-            f"{where}: {loc}: {first['msg']} ({exc.error_count()} problem(s))"
+            f"{where}: {loc + ': ' if loc else ''}{message} ({exc.error_count()} problem(s))"
         ) from exc
 
 

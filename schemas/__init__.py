@@ -14,7 +14,14 @@ from schemas.errors import (
     SinkRetryableError,
     TouchpointError,
 )
-from schemas.journey import DropoffRecord, ExitRecord, JourneyState, Latest, TouchRef
+from schemas.journey import (
+    DropoffRecord,
+    ExitRecord,
+    FiredTrigger,
+    JourneyState,
+    Latest,
+    TouchRef,
+)
 from schemas.raw import RawRecord
 from schemas.rows import (
     ROW_TYPES,
@@ -24,8 +31,9 @@ from schemas.rows import (
     Row,
     StageTransitionRow,
     TouchpointRow,
+    TriggerRow,
 )
-from schemas.rules import Condition, JourneyRules, Rule
+from schemas.rules import Condition, JourneyRules, Rule, Trigger
 from schemas.settings import ClickHouseSettings, ProcessingSettings, Settings
 from schemas.touchpoint import (
     MAX_RECORD_BYTES,
@@ -51,6 +59,7 @@ __all__ = [
     "Duration",
     "ExitKind",
     "ExitRecord",
+    "FiredTrigger",
     "InputError",
     "JourneyRules",
     "JourneyState",
@@ -73,6 +82,8 @@ __all__ = [
     "Touchpoint",
     "TouchpointError",
     "TouchpointRow",
+    "Trigger",
+    "TriggerRow",
     "deterministic_event_id",
     "format_duration",
     "parse_duration",

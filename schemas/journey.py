@@ -34,6 +34,7 @@ __all__ = [
     "US",
     "DropoffRecord",
     "ExitRecord",
+    "FiredTrigger",
     "JourneyState",
     "Latest",
     "PartitionPosition",
@@ -97,6 +98,21 @@ class DropoffRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
     recovered_at: int | None = None
 
 
+class FiredTrigger(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One occurrence a trigger fired on (kept so it never fires twice, and for cooldowns)."""
+
+    trigger: str
+    """The trigger's id."""
+    key: str
+    """What makes the occurrence one: the stage of a move or a drop-off (each happens once
+    per buyer), the event id of an exit or a high-intent crossing."""
+    at: int
+    """When it fired (event time, µs): what the trigger's cooldown counts from."""
+    trigger_event_id: str
+    retracted: bool = False
+    """A drop-off that a late event disproved (a retraction row was sent)."""
+
+
 class JourneyState(msgspec.Struct, array_like=True, gc=False):
     """Everything the fold remembers about one buyer (mutable: the fold updates it in place).
 
@@ -138,6 +154,10 @@ class JourneyState(msgspec.Struct, array_like=True, gc=False):
     dropoffs: dict[str, DropoffRecord] = msgspec.field(default_factory=dict)
     format: int = STATE_FORMAT
     """Version of this encoding (a reader refuses others)."""
+    # Fields added after format 1 shipped go below, with defaults: an encoded state is a
+    # positional array, so a state stored before them decodes with their defaults.
+    fired: list[FiredTrigger] = msgspec.field(default_factory=list)
+    """Trigger occurrences that fired for this buyer (see :mod:`processors.triggers`)."""
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 from pydantic import TypeAdapter
 
 from schemas.dead_letter import DeadLetter
-from schemas.enums import Channel, ExitKind, Stage
+from schemas.enums import Channel, ExitKind
+from schemas.rules import StageName
 
 __all__ = [
     "ROW_ADAPTERS",
@@ -30,6 +31,7 @@ __all__ = [
     "Row",
     "StageTransitionRow",
     "TouchpointRow",
+    "TriggerRow",
 ]
 
 
@@ -63,7 +65,7 @@ class TouchpointRow(Row):
     currency: str | None
     properties: str
     persona: str | None
-    stage: Stage | None
+    stage: StageName | None
     exit_kind: ExitKind | None
     is_purchase: bool
     rule_id: str | None
@@ -84,8 +86,8 @@ class StageTransitionRow(Row):
     table: ClassVar[str] = "stage_transitions"
 
     buyer_id: str
-    to_stage: Stage
-    from_stage: Stage | None
+    to_stage: StageName
+    from_stage: StageName | None
     transitioned_at: datetime
     event_id: str
     channel: Channel
@@ -109,8 +111,8 @@ class JourneyStateRow(Row):
     tier: str | None
     account_id: str | None
     anonymous_id: str | None
-    furthest_stage: Stage | None
-    current_stage: Stage | None
+    furthest_stage: StageName | None
+    current_stage: StageName | None
     stage_entered_at: dict[str, datetime]
     touches_by_stage: dict[str, int]
     touches_by_channel: dict[str, int]
@@ -126,7 +128,7 @@ class JourneyStateRow(Row):
     revenue: Decimal
     first_purchase_at: datetime | None
     last_purchase_at: datetime | None
-    dropoff_stage: Stage | None
+    dropoff_stage: StageName | None
     dropoff_at: datetime | None
     events: int
     unclassified: int
@@ -140,7 +142,7 @@ class DropoffRow(Row):
     table: ClassVar[str] = "dropoffs"
 
     buyer_id: str
-    stage: Stage
+    stage: StageName
     entered_at: datetime
     deadline: datetime
     last_touch_at: datetime | None
@@ -218,6 +220,35 @@ class CrmClientRow(Row):
     source: str
 
 
+@dataclass(frozen=True, slots=True)
+class TriggerRow(Row):
+    """A real-time trigger fired (or, ``is_retraction = 1``, was taken back).
+
+    One row per (trigger, buyer, occurrence); ``trigger_event_id`` is a hash of the
+    three, so a replay gives the same id. ``fired_at`` is the event time of what caused
+    it (a drop-off's deadline). A retraction carries the same id and a higher
+    ``version``: under ``FINAL`` the latest word on each firing wins.
+    """
+
+    table: ClassVar[str] = "journey_triggers"
+
+    trigger_event_id: str
+    trigger_id: str
+    kind: str
+    buyer_id: str
+    fired_at: datetime
+    stage: StageName | None
+    event_id: str | None
+    """The event that caused it (a drop-off: the last touch before its deadline)."""
+    channel: str | None
+    campaign: str | None
+    persona: str | None
+    payload: str
+    """JSON object: what else a receiver needs (see docs/journeys.md, *Triggers*)."""
+    is_retraction: int
+    version: int
+
+
 ROW_TYPES: tuple[type[Row], ...] = (
     TouchpointRow,
     StageTransitionRow,
@@ -226,6 +257,7 @@ ROW_TYPES: tuple[type[Row], ...] = (
     DeadLetterRow,
     AdSpendRow,
     CrmClientRow,
+    TriggerRow,
 )
 ROW_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     row_type.table: TypeAdapter(row_type) for row_type in ROW_TYPES

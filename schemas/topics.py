@@ -26,6 +26,7 @@ from schemas.rows import (
     JourneyStateRow,
     StageTransitionRow,
     TouchpointRow,
+    TriggerRow,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ TABLE_BY_TOPIC: Final[dict[str, str]] = {
     "journey.state": JourneyStateRow.table,
     "journey.dropoffs": DropoffRow.table,
     "touchpoints.dlq": DeadLetterRow.table,
+    "journey.triggers": TriggerRow.table,
 }
 """Output topic → the ClickHouse table (and row type) its messages are rows of."""
 

@@ -63,3 +63,33 @@ def final_rows(batches_rows: dict[str, list[Any]]) -> dict[str, dict[tuple[str, 
                 latest[row_key] = replace(row, version=0)
         result[table] = latest
     return result
+
+
+SAMPLE_TRIGGERS = """
+[[trigger]]
+id = "considering"
+on = "stage_move"
+stage = "consideration"
+
+[[trigger]]
+id = "stalled"
+on = "dropoff"
+stage = "awareness"
+
+[[trigger]]
+id = "lost"
+on = "exit"
+cooldown = "30d"
+"""
+"""Triggers of every kind but high_intent (whose crossings depend on delivery order)."""
+
+
+def rules_with_triggers(triggers: str = SAMPLE_TRIGGERS) -> Any:
+    """The shipped journey rules plus ``triggers`` (``[[trigger]]`` TOML)."""
+    import tomllib
+    from importlib import resources
+
+    from schemas.rules import JourneyRules
+
+    shipped = resources.files("processors").joinpath("default_rules.toml").read_text("utf-8")
+    return JourneyRules.model_validate(tomllib.loads(shipped + "\n" + triggers))

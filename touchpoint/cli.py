@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from processors.local import RunSummary
 from schemas.errors import TouchpointError
 from schemas.export import json_schemas
 from schemas.settings import Settings
-from sinks import dead_letters, report
+from sinks import dead_letters, report, triggers
 from touchpoint import wiring
 
 ENV = "TOUCHPOINT_"
@@ -171,6 +172,11 @@ def _print_summary(summary: RunSummary) -> None:
         )
     watermark = summary.watermark.isoformat() if summary.watermark else "none"
     click.echo(f"Drop-offs judged: {counters.dropoffs:,}; event-time watermark {watermark}.")
+    if counters.triggers or counters.retractions:
+        click.echo(
+            f"Triggers fired: {counters.triggers:,}, retracted: {counters.retractions:,} "
+            "(table journey_triggers; `touchpoint triggers` lists them)."
+        )
 
 
 def _report_config_path() -> Path | None:
@@ -813,6 +819,98 @@ def dead_letters_list(
                 title=f"The oldest {min(limit, len(found)):,}",
             )
         )
+
+
+@cli.command("triggers")
+@click.option(
+    "--trigger",
+    "trigger_ids",
+    multiple=True,
+    help="Only this trigger id (of the rules' [[trigger]]); repeat for more.",
+)
+@click.option("--from", "start", type=_DATES, help="Fired at or after (event time, UTC).")
+@click.option("--to", "end", type=_DATES, help="Fired before (event time, UTC).")
+@click.option(
+    "--retractions", is_flag=True, help="List only retractions (firings a late event disproved)."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(0, 100_000),
+    default=20,
+    show_default=True,
+    help="Latest firings to show one by one; the counts cover all.",
+)
+@click.pass_context
+def triggers_command(
+    ctx: click.Context,
+    trigger_ids: tuple[str, ...],
+    start: datetime | None,
+    end: datetime | None,
+    retractions: bool,
+    limit: int,
+) -> None:
+    """What the real-time triggers fired: counts per trigger, then the latest firings."""
+    settings = _settings(ctx)
+    where = triggers.TriggerFilter(trigger_ids, _utc(start), _utc(end))
+    with wiring.clickhouse(settings) as client:
+        database = settings.clickhouse.database
+        counted = triggers.counts(client, database, where)
+        shown = triggers.latest(
+            client, database, replace(where, retractions=True if retractions else None), limit
+        )
+    click.echo(
+        report.render_table(
+            ("trigger", "on", "fired", "retracted", "buyers", "latest"),
+            [
+                (
+                    count.trigger_id,
+                    count.kind,
+                    count.fired,
+                    count.retracted,
+                    count.buyers,
+                    "-" if count.last_fired_at is None else f"{count.last_fired_at:%Y-%m-%d %H:%M}",
+                )
+                for count in counted
+            ],
+            title=f"{sum(count.fired for count in counted):,} firings",
+        )
+    )
+    if limit and shown:
+        click.echo()
+        click.echo(
+            report.render_table(
+                ("fired at", "trigger", "buyer", "cause", "channel", "campaign", "retracted"),
+                [
+                    (
+                        f"{row.fired_at:%Y-%m-%d %H:%M:%S}",
+                        row.trigger_id,
+                        row.buyer_id,
+                        _cause(row),
+                        row.channel or "-",
+                        row.campaign or "-",
+                        "yes" if row.is_retraction else "",
+                    )
+                    for row in shown
+                ],
+                title=f"The latest {len(shown):,}" + (" retractions" if retractions else ""),
+            )
+        )
+
+
+def _cause(row: triggers.StoredTrigger) -> str:
+    payload = json.loads(row.payload)
+    match row.kind:
+        case "stage_move":
+            return (
+                f"{payload.get('from_stage') or 'entry'} -> {row.stage} ({payload['event_type']})"
+            )
+        case "dropoff":
+            return f"no progress past {row.stage} (last: {payload['last_touch_event_type'] or '-'})"
+        case "exit":
+            return f"{payload['exit_kind']} at {payload['stage'] or '-'}"
+        case "high_intent":
+            return f"{payload['score']} touches in {row.stage} ({payload['event_type']})"
+    return row.kind
 
 
 @dead_letters_group.command("replay")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
+from ingest.kafka import ensure_topics
 from processors.rules import default_rules
+from tests.factories import event
 from tests.kafka_pipeline import Pipeline, assert_aggregates_match_the_raw_table, stop
 from tests.readback import expected_from_truth, read_back
 from touchpoint import wiring
@@ -221,6 +224,46 @@ def test_malformed_records_sent_straight_to_the_raw_topic_become_dead_letters(
     ]
     touchpoints = clickhouse_client.query(f"SELECT count() FROM {database}.touchpoints FINAL")
     assert touchpoints.result_rows[0][0] > 0  # the worker went on past the bad records
+
+
+def test_a_receive_time_stamped_event_does_not_poison_the_partition_for_the_history_after_it(
+    pipeline: Pipeline, clickhouse_client: Any, database: str
+) -> None:
+    """A Twilio callback (no event time: stamped when received, i.e. now) arrives first on a
+    partition, then months-old history follows: the history must be folded, not dead-lettered
+    ``too_late`` behind a watermark the callback dragged to now."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    callback = event(
+        "sms_delivered",
+        at=now,
+        buyer="sms-buyer",
+        event_id="SM-now",
+        channel="sms",
+        received_at=now.isoformat(),
+    )
+    history = [
+        event("page_view", at=timedelta(days=day, minutes=number), buyer=f"old-{number}")
+        for day in range(30)
+        for number in range(5)
+    ]
+    ensure_topics(pipeline.bootstrap, {pipeline.topics.raw: PARTITIONS})
+    producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap, acks="all")
+    for record in [callback, *history]:
+        producer.send(pipeline.topics.raw, value=json.dumps(record).encode(), partition=2)
+    producer.flush()
+    producer.close()
+    worker = pipeline.start_worker("worker")
+    try:
+        pipeline.wait_until_workers_consumed_everything()
+    finally:
+        stop(worker)
+    pipeline.sink_into(clickhouse_client, database)
+    dead = clickhouse_client.query(
+        f"SELECT reason, count() FROM {database}.dead_letters FINAL GROUP BY reason"
+    ).result_rows
+    assert dead == []
+    touchpoints = clickhouse_client.query(f"SELECT count() FROM {database}.touchpoints FINAL")
+    assert touchpoints.result_rows[0][0] == 1 + len(history)
 
 
 def _debug_missing(pipeline: Pipeline, events: Path, clickhouse_client: Any, database: str) -> str:

@@ -30,7 +30,7 @@ from schemas.topics import TABLE_BY_TOPIC
 from sinks.base import RowBatch, Sink
 from sinks.consumer import Intent, KafkaClickHouseSink, SinkStats
 from sinks.writer import ClickHouseWriter
-from tests.factories import final_rows
+from tests.factories import final_rows, rules_with_triggers
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def rows() -> dict[str, list[Row]]:
     )
     lines, _ = generate(config)
     processor = JourneyProcessor(
-        default_rules(), allowed_lateness=timedelta(hours=2), dedup_window=timedelta(days=7)
+        rules_with_triggers(), allowed_lateness=timedelta(hours=2), dedup_window=timedelta(days=7)
     )
     for number, line in enumerate(lines, 1):
         processor.process_raw(line, source="gen.jsonl", position=f"line {number}")
@@ -60,6 +60,7 @@ def expected_counts(rows: Mapping[str, Sequence[Row]]) -> dict[str, int]:
     return {
         "touchpoints": len({r.event_id for r in rows["touchpoints"]}),  # type: ignore[attr-defined]
         "dead_letters": len({r.dead_letter_id for r in rows["dead_letters"]}),  # type: ignore[attr-defined]
+        "journey_triggers": len({r.trigger_event_id for r in rows["journey_triggers"]}),  # type: ignore[attr-defined]
         **{table: len(keyed) for table, keyed in latest.items()},
     }
 
@@ -268,7 +269,7 @@ def test_rows_of_every_table_land_exactly_once_and_every_offset_is_committed(
         (
             sample.channel.value,  # type: ignore[attr-defined]
             sample.event_type,  # type: ignore[attr-defined]
-            sample.stage.value if sample.stage else None,  # type: ignore[attr-defined]
+            sample.stage,  # type: ignore[attr-defined]
             sample.source_position,  # type: ignore[attr-defined]
             sample.revenue,  # type: ignore[attr-defined]
         )

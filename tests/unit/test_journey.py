@@ -47,8 +47,8 @@ def test_a_journey_in_order() -> None:
         ),
     )
     row = state(tables)
-    assert row.furthest_stage is Stage.PURCHASE
-    assert row.current_stage is Stage.PURCHASE
+    assert row.furthest_stage == Stage.PURCHASE
+    assert row.current_stage == Stage.PURCHASE
     assert row.purchases == 1
     assert str(row.revenue) == "120.50"
     assert row.first_touch_channel == "email"
@@ -87,12 +87,12 @@ def test_a_stall_is_a_drop_off_only_once_the_watermark_passes_the_deadline() -> 
     tables = feed(proc, clock(22 * DAY + 2 * HOUR))
     [dropoff] = tables["dropoffs"]
     assert isinstance(dropoff, DropoffRow)
-    assert dropoff.stage is Stage.AWARENESS
+    assert dropoff.stage == Stage.AWARENESS
     assert dropoff.deadline == T0 + 22 * DAY
     assert dropoff.last_touch_channel == "email"
     assert dropoff.last_touch_event_type == "email_delivered"
     assert dropoff.recovered_at is None
-    assert state(tables).dropoff_stage is Stage.AWARENESS
+    assert state(tables).dropoff_stage == Stage.AWARENESS
 
 
 def test_the_last_touch_before_the_drop_ignores_touches_after_the_deadline() -> None:
@@ -112,10 +112,10 @@ def test_progress_after_the_deadline_is_a_recovered_drop_off() -> None:
     feed(proc, event("email_open", at=0 * DAY), clock(25 * DAY))
     tables = feed(proc, event("email_click", at=26 * DAY))
     [dropoff] = tables["dropoffs"]
-    assert dropoff.stage is Stage.AWARENESS
+    assert dropoff.stage == Stage.AWARENESS
     assert dropoff.recovered_at == T0 + 26 * DAY
     row = state(tables)
-    assert row.furthest_stage is Stage.CONSIDERATION
+    assert row.furthest_stage == Stage.CONSIDERATION
     assert row.dropoff_stage is None
 
 
@@ -133,7 +133,7 @@ def test_stages_without_a_timeout_never_drop() -> None:
     tables = feed(
         processor(), event("purchase", at=0 * DAY, properties={"order_number": 2}), clock(400 * DAY)
     )
-    assert state(tables).furthest_stage is Stage.RETENTION
+    assert state(tables).furthest_stage == Stage.RETENTION
     assert tables["dropoffs"] == []
 
 
@@ -260,7 +260,7 @@ def test_a_source_watermark_judges_what_is_due() -> None:
     feed(proc, event("email_open", at=0 * DAY))
     proc.advance_watermark(0, T0 + 21 * DAY + 2 * HOUR)
     [dropoff] = proc.flush().dropoffs
-    assert dropoff.stage is Stage.AWARENESS
+    assert dropoff.stage == Stage.AWARENESS
 
 
 def test_journey_state_survives_an_encoding_round_trip() -> None:

@@ -132,3 +132,30 @@ def test_sink_metrics_say_when_clickhouse_refuses_inserts_and_when_it_last_took_
     assert value(registry, "touchpoint_sink_clickhouse_up") == 1
     assert value(registry, "touchpoint_sink_last_insert_timestamp_seconds") >= started
     assert value(registry, "touchpoint_sink_insert_retries_total") == 2
+
+
+def test_trigger_metrics_count_firings_and_retractions_per_trigger() -> None:
+    from tests.factories import rules_with_triggers
+
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    processor = JourneyProcessor(
+        rules_with_triggers(), allowed_lateness=timedelta(hours=2), dedup_window=timedelta(days=7)
+    )
+    metrics.bind_triggers(processor.triggers.ids)
+    fired = "touchpoint_worker_triggers_fired_total"
+    assert registry.get_sample_value(fired, {"trigger": "stalled"}) == 0  # bound, at 0
+    records = [
+        event("email_open", at=timedelta(0)),
+        event("email_click", at=timedelta(days=1), buyer="b2"),
+        event("email_unsubscribe", at=timedelta(days=1), buyer="b2"),
+        event("email_sent", at=timedelta(days=22), buyer="clock"),  # b1 dropped at day 21
+        event("email_click", at=timedelta(days=20)),  # late: b1 moved on in time after all
+    ]
+    for index, record in enumerate(records):
+        processor.process_raw(json.dumps(record), source="t", position=str(index))
+    metrics.observe(processor.flush(), processor.counters, len(processor.states))
+    assert value(registry, fired, trigger="considering") == 2
+    assert value(registry, fired, trigger="lost") == 1
+    assert value(registry, fired, trigger="stalled") == 1
+    assert value(registry, "touchpoint_worker_triggers_retracted_total", trigger="stalled") == 1

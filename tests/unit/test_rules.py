@@ -111,7 +111,7 @@ stage = "awareness"
     vip = classifier.classify(touchpoint("page_view", properties={"segment": "gold"}))
     assert (vip.rule_id, vip.stage) == ("vip-visit", Stage.CONSIDERATION)
     other = classifier.classify(touchpoint("page_view", properties={"segment": "new"}))
-    assert other.stage is Stage.AWARENESS
+    assert other.stage == Stage.AWARENESS
     assert other.rule_id == "web.page_view#1"
 
 
@@ -121,7 +121,7 @@ stage = "awareness"
         ("version = 1\n[[rule", "not valid TOML"),
         (
             'version = 1\n[[rule]]\nchannel = "web"\nevent_type = "x"\nstage = "delight"',
-            "rule.0.stage",
+            "rule 1: stage 'delight' is not one of the stages",
         ),
         ('version = 1\n[[rule]]\nchannel = "fax"\nevent_type = "x"', "rule.0.channel"),
         (
