@@ -12,8 +12,9 @@ as the request body, unchanged, to each destination that wants its trigger id, w
     recomputes it over the bytes it received (before parsing them), compares in constant
     time, and refuses a timestamp more than a few minutes old (replays): :func:`verify`.
 ``X-Touchpoint-Event-Id``
-    The trigger's ``trigger_event_id``: the same for every retry and redelivery of one
-    firing, so a receiver that remembers it processes each firing once.
+    The trigger's ``trigger_event_id`` (``:retracted`` appended for a retraction): the
+    same for every retry and redelivery of one firing, so a receiver that remembers it
+    processes each firing, and each retraction, once.
 
 Delivery is at least once: a 2xx ends it; a 5xx, 408, 429, timeout or connection error is
 retried after ``backoff``, doubling up to ``backoff_max``, ``max_attempts`` times in all;
@@ -134,6 +135,8 @@ class Delivery:
         trigger_id, event_id = record.get("trigger_id"), record.get("trigger_event_id")
         if not isinstance(trigger_id, str) or not isinstance(event_id, str):
             raise ValueError("a trigger row needs string trigger_id and trigger_event_id")
+        if record.get("is_retraction"):
+            event_id += ":retracted"  # its own delivery: a receiver must not drop it as seen
         return cls(row, trigger_id, event_id, written_at)
 
 

@@ -101,3 +101,9 @@ def test_a_destination_takes_only_its_triggers() -> None:
 def test_a_row_that_is_not_a_trigger_is_refused(row: bytes) -> None:
     with pytest.raises(ValueError, match="trigger"):
         Delivery.of_row(row)
+
+
+def test_a_retraction_is_a_delivery_of_its_own() -> None:
+    fired = Delivery.of_row(b'{"trigger_id":"t","trigger_event_id":"e1","is_retraction":0}')
+    retracted = Delivery.of_row(b'{"trigger_id":"t","trigger_event_id":"e1","is_retraction":1}')
+    assert (fired.event_id, retracted.event_id) == ("e1", "e1:retracted")
