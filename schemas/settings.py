@@ -45,6 +45,8 @@ class KafkaSettings(BaseSettings):
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
     """Prepended to every topic name (e.g. ``staging.``), so pipelines can share a cluster."""
     sink_group: str = "touchpoint-sink"
+    webhook_group: str = "touchpoint-webhooks"
+    """Consumer group of `touchpoint webhooks` (trigger deliveries)."""
     app_id: str = "touchpoint"
     """Faust app id: the workers' consumer group and transactional-id prefix."""
     store: Literal["memory", "rocksdict"] = "memory"
@@ -179,6 +181,8 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Serve Prometheus /metrics on this port (workers and sinks; 0 = do not serve)."""
     metrics_host: str = "127.0.0.1"
+    webhooks_file: Path | None = None
+    """Webhook destinations for fired triggers (TOML, see schemas.webhooks)."""
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     collector: CollectorSettings = Field(default_factory=CollectorSettings)

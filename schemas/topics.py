@@ -40,6 +40,8 @@ __all__ = [
     "STORE_POSITION_KEY",
     "STORE_TOPIC",
     "TABLE_BY_TOPIC",
+    "TRIGGERS_DLQ_TOPIC",
+    "TRIGGERS_TOPIC",
     "Topics",
 ]
 
@@ -56,6 +58,10 @@ TABLE_BY_TOPIC: Final[dict[str, str]] = {
 """Output topic → the ClickHouse table (and row type) its messages are rows of."""
 
 OUTPUT_TOPICS: Final[tuple[str, ...]] = tuple(TABLE_BY_TOPIC)
+TRIGGERS_TOPIC: Final = "journey.triggers"
+"""Fired triggers (one JSON row each, ``trigger_id`` and ``trigger_event_id`` among them)."""
+TRIGGERS_DLQ_TOPIC: Final = "journey.triggers.dlq"
+"""Trigger deliveries that failed after their last try (``touchpoint webhooks``)."""
 STORE_TOPIC: Final = "journey.store"
 """The workers' own state store (compacted): key buyer id, value the full
 :class:`~schemas.journey.JourneyState` (:func:`~schemas.journey.encode_state`), plus
@@ -103,6 +109,14 @@ class Topics:
     @property
     def store(self) -> str:
         return self.prefix + STORE_TOPIC
+
+    @property
+    def triggers(self) -> str:
+        return self.prefix + TRIGGERS_TOPIC
+
+    @property
+    def triggers_dlq(self) -> str:
+        return self.prefix + TRIGGERS_DLQ_TOPIC
 
     @property
     def compacted(self) -> frozenset[str]:

@@ -564,6 +564,46 @@ def sink(
     click.echo(f"Sink stopped after {stats.messages:,} messages in {stats.batches:,} batches.")
 
 
+@cli.command()
+@_option(
+    "--file",
+    "webhooks_file",
+    env="WEBHOOKS_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Webhook destinations (TOML: [[webhook]] name, url, secret_env, triggers, "
+    "rate_per_second, max_attempts, backoff, timeout).",
+)
+@_kafka_options
+@_metrics_option
+@click.pass_context
+def webhooks(
+    ctx: click.Context,
+    webhooks_file: Path | None,
+    bootstrap: str | None,
+    partitions: int | None,
+    metrics_port: int | None,
+) -> None:
+    """POST fired triggers (journey.triggers) to webhooks until stopped: signed with
+    HMAC-SHA256, retried with backoff, rate limited per destination, dead-lettered to
+    journey.triggers.dlq after the last try. See docs/journeys.md#webhooks."""
+    settings = _settings(
+        ctx,
+        webhooks_file=webhooks_file,
+        kafka_bootstrap=bootstrap,
+        kafka_partitions=partitions,
+        metrics_port=metrics_port,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"Webhooks: Kafka {settings.kafka.bootstrap}, destinations {settings.webhooks_file}")
+    stats = wiring.run_webhooks(settings, stop)
+    click.echo(
+        f"Webhooks stopped: {stats.delivered:,} delivered, {stats.dead_lettered:,} "
+        f"dead-lettered, from {stats.records:,} records."
+    )
+
+
 def _collector_epilog() -> str:
     """Every other collector setting with its env var and default, read from the model."""
     from datetime import timedelta

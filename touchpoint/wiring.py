@@ -58,11 +58,13 @@ __all__ = [
     "inspect_inputs",
     "load_report_config",
     "load_settings",
+    "load_webhooks",
     "replay_dead_letters",
     "rules_for",
     "run_collector",
     "run_files",
     "run_sink",
+    "run_webhooks",
     "run_worker",
     "target_description",
 ]
@@ -96,7 +98,7 @@ def load_settings(**overrides: Any) -> Settings:
     top = {
         key: value
         for key, value in given.items()
-        if key in ("data_dir", "metrics_port", "metrics_host")
+        if key in ("data_dir", "metrics_port", "metrics_host", "webhooks_file")
     }
     try:
         return Settings(
@@ -734,6 +736,61 @@ def run_sink(settings: Settings, stop: threading.Event) -> Any:
         topics = Topics(settings.kafka.topic_prefix).table_by_topic
         with KafkaClickHouseSink(settings.kafka, writer, topics=topics) as sink:
             return sink.run(stop=stop)
+
+
+def load_webhooks(path: Path | None) -> Any:
+    """The webhook destinations file (TOML, :class:`schemas.webhooks.WebhooksConfig`)."""
+    import tomllib
+
+    from schemas.webhooks import WebhooksConfig
+
+    if path is None:
+        raise ConfigError("no webhooks file: pass --file or set TOUCHPOINT_WEBHOOKS_FILE")
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read webhooks file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        return WebhooksConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+
+
+def run_webhooks(
+    settings: Settings, stop: threading.Event, *, idle_timeout: float | None = None
+) -> Any:
+    """Deliver fired triggers to the configured webhooks until ``stop``; returns the stats."""
+    from ingest.kafka import ensure_topics
+    from schemas.topics import Topics
+    from sinks.webhooks import WebhookDeliverer, WebhookMetrics
+    from sinks.webhooks import run_webhooks as deliver_triggers
+
+    config = load_webhooks(settings.webhooks_file)
+    registry = _registry(settings, "webhooks")
+    metrics = WebhookMetrics(registry) if registry is not None else None
+    topics = Topics(settings.kafka.topic_prefix)
+    kafka = settings.kafka
+    ensure_topics(
+        kafka.bootstrap,
+        {topics.triggers: kafka.partitions, topics.triggers_dlq: kafka.partitions},
+        replication=kafka.replication,
+    )
+    deliverer = WebhookDeliverer(
+        config.webhooks, observe=metrics.observe if metrics is not None else None
+    )
+    return deliver_triggers(
+        kafka.bootstrap,
+        topic=topics.triggers,
+        dlq_topic=topics.triggers_dlq,
+        group=kafka.webhook_group,
+        deliverer=deliverer,
+        stop=stop,
+        idle_timeout=idle_timeout,
+    )
 
 
 def run_collector(settings: Settings) -> None:
