@@ -47,21 +47,21 @@ __all__ = [
 
 RAW_TOPIC: Final = "touchpoints.raw"
 
+TRIGGERS_TOPIC: Final = "journey.triggers"
+"""Fired triggers (one JSON row each, ``trigger_id`` and ``trigger_event_id`` among them)."""
+TRIGGERS_DLQ_TOPIC: Final = "journey.triggers.dlq"
+"""Trigger deliveries that failed after their last try (``touchpoint webhooks``)."""
 TABLE_BY_TOPIC: Final[dict[str, str]] = {
     "touchpoints.classified": TouchpointRow.table,
     "journey.transitions": StageTransitionRow.table,
     "journey.state": JourneyStateRow.table,
     "journey.dropoffs": DropoffRow.table,
     "touchpoints.dlq": DeadLetterRow.table,
-    "journey.triggers": TriggerRow.table,
+    TRIGGERS_TOPIC: TriggerRow.table,
 }
 """Output topic → the ClickHouse table (and row type) its messages are rows of."""
 
 OUTPUT_TOPICS: Final[tuple[str, ...]] = tuple(TABLE_BY_TOPIC)
-TRIGGERS_TOPIC: Final = "journey.triggers"
-"""Fired triggers (one JSON row each, ``trigger_id`` and ``trigger_event_id`` among them)."""
-TRIGGERS_DLQ_TOPIC: Final = "journey.triggers.dlq"
-"""Trigger deliveries that failed after their last try (``touchpoint webhooks``)."""
 STORE_TOPIC: Final = "journey.store"
 """The workers' own state store (compacted): key buyer id, value the full
 :class:`~schemas.journey.JourneyState` (:func:`~schemas.journey.encode_state`), plus

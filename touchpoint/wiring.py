@@ -351,7 +351,9 @@ def _resume(settings: Settings, client: Client, rules: JourneyRules) -> _Resumed
     processor = build_processor(settings, rules)
     database = settings.clickhouse.database
     rules_json = rules.model_dump_json()
-    rules_sha256 = hashlib.sha256(rules_json.encode()).hexdigest()
+    # What classifies and judges: triggers may change between runs (new ones apply to new
+    # events), stages, rules and timeouts may not.
+    rules_sha256 = hashlib.sha256(rules.model_dump_json(exclude={"triggers"}).encode()).hexdigest()
     runs = journey_store.stored_runs(client, database)
     committed = runs.committed
     if committed is not None and committed.rules_sha256 != rules_sha256:

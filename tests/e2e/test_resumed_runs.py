@@ -233,6 +233,16 @@ def test_other_journey_rules_on_stored_journeys_are_refused(
     assert code != 0
     assert "built with other journey rules" in err, err
 
+    # Triggers do not classify: adding one to the rules of the stored journeys is fine.
+    with_trigger = tmp_path / "with-trigger.toml"
+    with_trigger.write_text(
+        shipped + '\n[[trigger]]\nid = "welcome"\non = "stage_move"\nstage = "purchase"\n',
+        "utf-8",
+    )
+    code, out, err = touchpoint_run(capsys, chdb_url, database, second, rules=with_trigger)
+    assert code == 0, err
+    assert "from run 1 in this database" in out
+
 
 KILLED_RUN_BUYERS = 3000
 
