@@ -25,6 +25,7 @@ __all__ = [
     "PersonaCard",
     "Slot",
     "TargetProgress",
+    "check_stages",
     "check_targets",
     "gather",
     "gather_brief",
@@ -292,6 +293,7 @@ def gather_brief(
 ) -> Brief:
     """The funnel (and ``by`` split), drop-offs and exits of buyers whose first touch is in
     ``period`` — what the full report shows first — by ``stages``."""
+    check_stages(client, database, stages)
     period = period or Period()
     return Brief(
         database=database,
@@ -303,6 +305,18 @@ def gather_brief(
         exits=queries.exits_by_stage_channel(client, database, period=period, stages=stages),
         stages=stages,
     )
+
+
+def check_stages(client: Client, database: str, stages: StageOrder) -> None:
+    """ConfigError when the database holds stages ``stages`` does not name: the report would
+    count none of their buyers (the data was run with other journey rules)."""
+    unknown = [name for name in queries.stage_names(client, database) if name not in stages]
+    if unknown:
+        raise ConfigError(
+            f"database {database} holds stages the journey rules in use do not name: "
+            f"{', '.join(unknown)} (their stages: {', '.join(stages)}); report with the rules "
+            "the data was run with (--rules or TOUCHPOINT_RULES_FILE)"
+        )
 
 
 def check_targets(config: ReportConfig, stages: StageOrder) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "dead_letter_counts",
     "dropoffs_by_stage_channel",
     "exits_by_stage_channel",
+    "stage_names",
     "table_counts",
 ]
 
@@ -109,6 +110,12 @@ def exits_by_stage_channel(
             client, sql, (period or Period()).parameters(), "exits query"
         )
     ]
+
+
+def stage_names(client: Client, database: str) -> list[str]:
+    """Every stage name the touchpoints were classified into (from the daily funnel)."""
+    sql = f"SELECT DISTINCT stage FROM {identifier(database)}.funnel_daily ORDER BY stage"
+    return [str(stage) for (stage,) in _rows(client, sql, {}, "stage names query")]
 
 
 def dead_letter_counts(client: Client, database: str) -> dict[str, int]:
