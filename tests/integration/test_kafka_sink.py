@@ -268,7 +268,7 @@ def test_rows_of_every_table_land_exactly_once_and_every_offset_is_committed(
         (
             sample.channel.value,  # type: ignore[attr-defined]
             sample.event_type,  # type: ignore[attr-defined]
-            sample.stage.value if sample.stage else None,  # type: ignore[attr-defined]
+            sample.stage,  # type: ignore[attr-defined]
             sample.source_position,  # type: ignore[attr-defined]
             sample.revenue,  # type: ignore[attr-defined]
         )
