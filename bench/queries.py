@@ -101,8 +101,8 @@ from bench.embedded import (
     _setup_logging,
 )
 from ingest.generator import GeneratorConfig, write_dataset
-from schemas.enums import STAGES
 from schemas.report_config import ReportConfig
+from schemas.rules import DEFAULT_ORDER
 from sinks import analysis, answers, queries
 from sinks.analysis import Period
 from sinks.clickhouse import Client, identifier
@@ -135,7 +135,7 @@ _REPLACING: Final = (
     "dead_letters",
 )
 _AGGREGATES: Final = ("funnel_daily", "interactions_hour_of_week")
-_STAGE_NAMES: Final = "[" + ", ".join(f"'{stage.value}'" for stage in STAGES) + "]"
+_STAGE_NAMES: Final = DEFAULT_ORDER.sql_array()
 _KIND: Final = (
     "multiIf("
     + ", ".join(
@@ -203,12 +203,12 @@ _STAGE_FUNNEL_RAW: Final = """
            countIf(furthest >= rank) AS reached,
            countIf(furthest > rank) AS moved_on
     FROM (
-        SELECT buyer_id, max(toInt8(assumeNotNull(stage))) AS furthest
+        SELECT buyer_id, max(indexOf({stages}, assumeNotNull(stage))) AS furthest
         FROM {db}.touchpoints FINAL
         WHERE stage IS NOT NULL
         GROUP BY buyer_id
     )
-    ARRAY JOIN range(1, 7) AS rank
+    ARRAY JOIN range(1, length({stages}) + 1) AS rank
     GROUP BY rank
     ORDER BY rank
 """
@@ -218,7 +218,7 @@ _EXITS_RAW: Final = """
            count() AS exit_count
     FROM (
         SELECT exit_kind AS kind, channel,
-               ifNull(max(toInt8(stage)) OVER (
+               ifNull(max(indexOf({stages}, stage)) OVER (
                    PARTITION BY buyer_id ORDER BY occurred_at, event_id
                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW), 0) AS reached
         FROM {db}.touchpoints FINAL
@@ -237,7 +237,7 @@ _TRANSITIONS_RAW: Final = """
                    PARTITION BY buyer_id ORDER BY first_event
                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS previous
         FROM (
-            SELECT buyer_id, toInt8(assumeNotNull(stage)) AS rank,
+            SELECT buyer_id, indexOf({stages}, assumeNotNull(stage)) AS rank,
                    min((occurred_at, event_id)) AS first_event
             FROM {db}.touchpoints FINAL
             WHERE stage IS NOT NULL
@@ -689,9 +689,7 @@ def _pairs(
         ]
 
     def stage_funnel() -> Rows:
-        return [
-            (step.stage.value, step.reached, step.moved_on) for step in analysis.funnel(client, db)
-        ]
+        return [(step.stage, step.reached, step.moved_on) for step in analysis.funnel(client, db)]
 
     def exits() -> Rows:
         return [
@@ -701,7 +699,7 @@ def _pairs(
 
     def transitions() -> Rows:
         return [
-            (flow.from_stage, flow.to_stage.value, flow.buyers)
+            (flow.from_stage, flow.to_stage, flow.buyers)
             for flow in analysis.transition_flow(client, db)
         ]
 

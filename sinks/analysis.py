@@ -6,6 +6,10 @@ deduplicated tables (``FINAL``). ``docs/analysis.md`` shows each question's SQL
 with an example. A :class:`Period` restricts a question to event time
 ``[start, end)``: the funnel and cohort questions to buyers whose first touch (or
 first purchase) falls in it, the others to the touchpoints in it.
+
+Stages are the rules' own (:class:`schemas.rules.StageOrder`, default the shipped six):
+the stage columns hold names, which sort alphabetically, so every query that ranks or
+orders stages does it by ``indexOf(<the stages in order>, stage)``.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from typing import Any, Final, Literal
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from schemas.enums import STAGES, Stage
+from schemas.rules import DEFAULT_ORDER, StageOrder
 from sinks.clickhouse import Client, identifier, translate_error
 
 __all__ = [
     "ACTION_KINDS",
     "AD_SPEND_CHANNEL",
     "ATTRIBUTION_MODELS",
+    "DEFAULT_PURCHASE_STAGE",
     "AttributionModel",
     "AttributionShare",
     "ChannelEffect",
@@ -49,6 +54,7 @@ __all__ = [
     "funnel",
     "high_intent",
     "hour_of_week",
+    "intent_stage",
     "period_condition",
     "persona_stats",
     "promo_effectiveness",
@@ -82,7 +88,8 @@ _GROUPS: Final[dict[FunnelGroup | None, str]] = {
     "persona": "ifNull(persona, '(unknown)')",
     "tier": "ifNull(tier, '(unknown)')",
 }
-_STAGE_NAMES: Final = "[" + ", ".join(f"'{stage.value}'" for stage in STAGES) + "]"
+DEFAULT_PURCHASE_STAGE: Final = "purchase"
+"""The shipped rules' purchase stage (:attr:`schemas.rules.JourneyRules.purchase_stage`)."""
 _FAR_PAST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR_FUTURE: Final = datetime(2300, 1, 1, tzinfo=UTC)
 _DAY: Final = 86400.0
@@ -122,13 +129,15 @@ def _rows(client: Client, sql: str, parameters: dict[str, Any], action: str) -> 
 @dataclass(frozen=True, slots=True)
 class FunnelRow:
     group: str
-    stage: Stage
+    stage: str
     reached: int
     moved_on: int
     moved_on_in_window: int
     dropped: int
     median_days_to_next: float | None
     p90_days_to_next: float | None
+    is_last: bool
+    """The last of the stages: nobody moves on from it (no conversion)."""
 
     @property
     def in_progress(self) -> int:
@@ -137,7 +146,7 @@ class FunnelRow:
     @property
     def conversion_pct(self) -> float | None:
         """Moved on within the conversion window, as a share of those who reached the stage."""
-        if self.reached == 0 or self.stage is STAGES[-1]:
+        if self.reached == 0 or self.is_last:
             return None
         return 100.0 * self.moved_on_in_window / self.reached
 
@@ -153,31 +162,35 @@ def funnel(
     by: FunnelGroup | None = None,
     period: Period | None = None,
     window: timedelta | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
 ) -> list[FunnelRow]:
-    """Per stage: reached, moved on (within ``window`` of reaching it), dropped, and the
-    median / p90 time to the next stage; buyers whose first touch is in ``period``."""
+    """Per stage (in ``stages``' order): reached, moved on (within ``window`` of reaching
+    it), dropped, and the median / p90 time to the next stage; buyers whose first touch is
+    in ``period``. A buyer whose furthest stage is not one of ``stages`` reached none."""
     db = identifier(database)
+    names = stages.sql_array()
     sql = f"""
+        WITH indexOf({names}, furthest_stage) AS furthest
         SELECT
             {_GROUPS[by]} AS grp,
             rank,
-            countIf(toInt8(furthest_stage) >= rank) AS reached,
-            countIf(toInt8(furthest_stage) > rank) AS moved_on,
-            countIf(toInt8(furthest_stage) > rank AND ({{window:UInt64}} = 0 OR
-                dateDiff('second', stage_entered_at[{_STAGE_NAMES}[rank]],
-                         stage_entered_at[{_STAGE_NAMES}[rank + 1]]) <= {{window:UInt64}}))
+            countIf(furthest >= rank) AS reached,
+            countIf(furthest > rank) AS moved_on,
+            countIf(furthest > rank AND ({{window:UInt64}} = 0 OR
+                dateDiff('second', stage_entered_at[{names}[rank]],
+                         stage_entered_at[{names}[rank + 1]]) <= {{window:UInt64}}))
                 AS moved_on_in_window,
-            countIf(toInt8(furthest_stage) = rank AND toInt8(dropoff_stage) = rank) AS dropped,
+            countIf(furthest = rank AND indexOf({names}, dropoff_stage) = rank) AS dropped,
             quantileExactIf(0.5)(
-                dateDiff('second', stage_entered_at[{_STAGE_NAMES}[rank]],
-                         stage_entered_at[{_STAGE_NAMES}[rank + 1]]),
-                toInt8(furthest_stage) > rank) AS median_seconds,
+                dateDiff('second', stage_entered_at[{names}[rank]],
+                         stage_entered_at[{names}[rank + 1]]),
+                furthest > rank) AS median_seconds,
             quantileExactIf(0.9)(
-                dateDiff('second', stage_entered_at[{_STAGE_NAMES}[rank]],
-                         stage_entered_at[{_STAGE_NAMES}[rank + 1]]),
-                toInt8(furthest_stage) > rank) AS p90_seconds
+                dateDiff('second', stage_entered_at[{names}[rank]],
+                         stage_entered_at[{names}[rank + 1]]),
+                furthest > rank) AS p90_seconds
         FROM {db}.journey_state FINAL
-        ARRAY JOIN range(1, 7) AS rank
+        ARRAY JOIN range(1, {len(stages) + 1}) AS rank
         WHERE furthest_stage IS NOT NULL AND {period_condition("first_touch_at")}
         GROUP BY grp, rank
         ORDER BY grp, rank
@@ -194,13 +207,14 @@ def funnel(
         result.append(
             FunnelRow(
                 str(grp),
-                STAGES[int(rank) - 1],
+                stages.names[int(rank) - 1],
                 int(reached),
                 int(moved),
                 int(in_window),
                 int(dropped),
                 float(median) / _DAY if moved_any else None,
                 float(p90) / _DAY if moved_any else None,
+                int(rank) == len(stages),
             )
         )
     return result
@@ -211,7 +225,7 @@ def funnel(
 
 @dataclass(frozen=True, slots=True)
 class DropoffDiagnosis:
-    stage: Stage
+    stage: str
     last_channel: str
     last_action: str
     buyers: int
@@ -221,9 +235,14 @@ class DropoffDiagnosis:
 
 
 def dropoff_diagnosis(
-    client: Client, database: str, *, period: Period | None = None
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
 ) -> list[DropoffDiagnosis]:
-    """Per stage: the last touch before the drop, and the next action after it (if any)."""
+    """Per stage (in ``stages``' order): the last touch before the drop, and the next action
+    after it (if any)."""
     db = identifier(database)
     sql = f"""
         WITH drops AS (
@@ -246,11 +265,12 @@ def dropoff_diagnosis(
         FROM drops AS d
         LEFT JOIN next_actions AS n ON n.buyer_id = d.buyer_id AND n.stage = d.stage
         GROUP BY d.stage, d.last_channel, d.last_action
-        ORDER BY d.stage, buyers DESC, d.last_channel, d.last_action
+        ORDER BY indexOf({stages.sql_array()}, d.stage), d.stage, buyers DESC, d.last_channel,
+                 d.last_action
     """
     return [
         DropoffDiagnosis(
-            Stage(str(stage)),
+            str(stage),
             str(channel),
             str(action),
             int(buyers),
@@ -656,6 +676,16 @@ class HighIntentBuyer:
     preferred_channel: str | None
 
 
+def intent_stage(stages: StageOrder, purchase_stage: str | None) -> str | None:
+    """The stage just below the purchase stage (``consideration`` in the shipped rules):
+    buyers whose furthest stage it is are one step from buying. None without a purchase
+    stage among ``stages``, or when it is the first."""
+    if purchase_stage is None or purchase_stage not in stages:
+        return None
+    rank = stages.rank[purchase_stage]
+    return stages.names[rank - 1] if rank > 0 else None
+
+
 def high_intent(
     client: Client,
     database: str,
@@ -663,14 +693,20 @@ def high_intent(
     as_of: datetime | None = None,
     recent: timedelta = timedelta(days=14),
     limit: int = 50,
+    stages: StageOrder = DEFAULT_ORDER,
+    purchase_stage: str | None = DEFAULT_PURCHASE_STAGE,
 ) -> list[HighIntentBuyer]:
-    """Buyers in consideration, not dropped or unsubscribed, ranked by recent engagement.
+    """Buyers one step from buying (their furthest stage is :func:`intent_stage`), not
+    dropped or unsubscribed, ranked by recent engagement; none without an intent stage.
 
     Score = Σ weight(action) × 2^(−age / 7 days) over touches in the last ``recent``
     before ``as_of`` (default: the newest event time in the data, so a replayed history
     reads as "now").
     """
     db = identifier(database)
+    intent = intent_stage(stages, purchase_stage)
+    if intent is None:
+        return []
     weights = (
         "map(" + ", ".join(f"'{name}', {value}" for name, value in _INTENT_WEIGHTS.items()) + ")"
     )
@@ -683,7 +719,7 @@ def high_intent(
         WITH candidates AS (
             SELECT buyer_id, persona, last_touch_at, last_touch_channel, preferred_channel
             FROM {db}.journey_state FINAL
-            WHERE furthest_stage = 'consideration' AND dropoff_stage IS NULL
+            WHERE furthest_stage = {{intent:String}} AND dropoff_stage IS NULL
               AND NOT arrayExists(e -> tupleElement(e, 'kind') IN
                                   ('unsubscribe', 'opt_out', 'spam_complaint'), exits)
         )
@@ -701,7 +737,12 @@ def high_intent(
         ORDER BY score DESC, c.buyer_id
         LIMIT {{limit:UInt32}}
     """
-    parameters = {"as_of": as_of, "recent": int(recent.total_seconds()), "limit": limit}
+    parameters = {
+        "as_of": as_of,
+        "recent": int(recent.total_seconds()),
+        "limit": limit,
+        "intent": intent,
+    }
     return [
         HighIntentBuyer(
             str(buyer), persona, round(float(score), 3), last_at, last_channel, preferred
@@ -727,11 +768,22 @@ class WhyNot:
 
 
 def why_not_buy_or_stay(
-    client: Client, database: str, *, period: Period | None = None
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
+    purchase_stage: str | None = DEFAULT_PURCHASE_STAGE,
 ) -> list[WhyNot]:
-    """Buyers who never purchased, and first-time buyers who never came back: by their last
-    touch, how many had a support ticket, how many exited (and how)."""
+    """Buyers who never purchased, and first-time buyers who never came back (one purchase,
+    no stage past the purchase stage): by their last touch, how many had a support ticket,
+    how many exited (and how)."""
     db = identifier(database)
+    highest = (
+        stages.rank[purchase_stage] + 1
+        if purchase_stage is not None and purchase_stage in stages
+        else len(stages)
+    )
     sql = f"""
         SELECT
             if(purchases = 0, 'never_bought', 'bought_once') AS segment,
@@ -748,11 +800,13 @@ def why_not_buy_or_stay(
             FROM {db}.touchpoints FINAL
             GROUP BY buyer_id
         ) AS t USING (buyer_id)
-        WHERE (j.purchases = 0 OR (j.purchases = 1 AND toInt8(j.furthest_stage) < 5))
+        WHERE (j.purchases = 0 OR (j.purchases = 1 AND
+               indexOf({stages.sql_array()}, j.furthest_stage) BETWEEN 1 AND {{highest:UInt32}}))
           AND {period_condition("j.first_touch_at")}
         GROUP BY segment, last_channel, last_action
         ORDER BY segment DESC, buyers DESC, last_channel, last_action
     """
+    parameters = {**(period or Period()).parameters(), "highest": highest}
     return [
         WhyNot(
             segment,
@@ -764,7 +818,7 @@ def why_not_buy_or_stay(
             tuple(str(kind) for kind in exits),
         )
         for segment, channel, action, buyers, ticket, exited, exits in _rows(
-            client, sql, (period or Period()).parameters(), "why-not query"
+            client, sql, parameters, "why-not query"
         )
     ]
 
@@ -1031,9 +1085,14 @@ class PersonaStats:
 
 
 def persona_stats(
-    client: Client, database: str, *, period: Period | None = None
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
 ) -> list[PersonaStats]:
-    """Per persona: KPIs (revenue, visit frequency, CSAT, NPS), exits, tickets, advocates."""
+    """Per persona: KPIs (revenue, visit frequency, CSAT, NPS), exits, tickets, advocates
+    (buyers who reached the last of ``stages``)."""
     db = identifier(database)
     sql = f"""
         WITH scores AS (
@@ -1060,7 +1119,7 @@ def persona_stats(
                sumMap(arrayMap(e -> tupleElement(e, 'kind'), j.exits),
                       arrayMap(e -> toUInt64(1), j.exits)) AS exits,
                sum(ifNull(s.tickets, 0)) AS tickets,
-               countIf(j.furthest_stage = 'advocacy') AS advocates
+               countIf(j.furthest_stage = {{advocacy:String}}) AS advocates
         FROM {db}.journey_state AS j FINAL
         LEFT JOIN scores AS s ON s.buyer_id = j.buyer_id
         WHERE {period_condition("j.first_touch_at")}
@@ -1082,7 +1141,9 @@ def persona_stats(
         exits,
         tickets,
         advocates,
-    ) in _rows(client, sql, (period or Period()).parameters(), "persona query"):
+    ) in _rows(
+        client, sql, {**(period or Period()).parameters(), "advocacy": stages.last}, "persona query"
+    ):
         answered = int(answers)
         result.append(
             PersonaStats(
@@ -1108,22 +1169,29 @@ def persona_stats(
 class Flow:
     from_stage: str
     """``(entry)`` for a buyer's first stage."""
-    to_stage: Stage
+    to_stage: str
     buyers: int
 
 
-def transition_flow(client: Client, database: str, *, period: Period | None = None) -> list[Flow]:
-    """How buyers moved between stages: counts of (from, to) moves."""
+def transition_flow(
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
+) -> list[Flow]:
+    """How buyers moved between stages: counts of (from, to) moves, by ``stages``' order of
+    the stage moved to."""
     db = identifier(database)
     sql = f"""
         SELECT ifNull(toString(from_stage), '(entry)') AS source, to_stage, count()
         FROM {db}.stage_transitions FINAL
         WHERE {period_condition("transitioned_at")}
         GROUP BY source, to_stage
-        ORDER BY to_stage, source
+        ORDER BY indexOf({stages.sql_array()}, to_stage), to_stage, source
     """
     return [
-        Flow(str(source), Stage(str(target)), int(count))
+        Flow(str(source), str(target), int(count))
         for source, target, count in _rows(
             client, sql, (period or Period()).parameters(), "transition flow query"
         )

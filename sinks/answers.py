@@ -1,5 +1,9 @@
 """Everything the report shows, gathered once: the analysis queries plus what is derived
-from them (best and worst hours, persona cards, progress against targets)."""
+from them (best and worst hours, persona cards, progress against targets).
+
+Stages are the journey rules' own (``stages``, default the shipped six) and so are their
+meanings: the purchase stage (``JourneyRules.purchase_stage``), the stage just below it
+(high intent now) and the last stage (advocates)."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from schemas.enums import STAGES, Stage
+from schemas.errors import ConfigError
 from schemas.report_config import ReportConfig
+from schemas.rules import DEFAULT_ORDER, StageOrder
 from sinks import analysis, queries
-from sinks.analysis import Period
+from sinks.analysis import DEFAULT_PURCHASE_STAGE, Period
 from sinks.clickhouse import Client
 
 __all__ = [
@@ -20,6 +25,8 @@ __all__ = [
     "PersonaCard",
     "Slot",
     "TargetProgress",
+    "check_stages",
+    "check_targets",
     "gather",
     "gather_brief",
 ]
@@ -86,6 +93,7 @@ class Brief:
     funnel_by: list[analysis.FunnelRow]
     dropoffs: list[queries.DropoffCount]
     exits: list[queries.ExitCount]
+    stages: StageOrder = DEFAULT_ORDER
 
 
 @dataclass
@@ -114,10 +122,17 @@ class Answers:
     weekly: list[analysis.WeekSales]
     flow: list[analysis.Flow]
     personas: list[PersonaCard]
+    stages: StageOrder = DEFAULT_ORDER
+    purchase_stage: str | None = DEFAULT_PURCHASE_STAGE
     comparison: list[Comparison] = field(default_factory=list)
     compare_period: Period | None = None
     targets: list[TargetProgress] = field(default_factory=list)
     generated_at: datetime | None = None
+
+    @property
+    def intent_stage(self) -> str | None:
+        """The stage of the high-intent buyers (:func:`sinks.analysis.intent_stage`)."""
+        return analysis.intent_stage(self.stages, self.purchase_stage)
 
 
 def _slots(heat: list[analysis.HeatCell]) -> tuple[list[Slot], list[Slot]]:
@@ -141,10 +156,18 @@ def _persona_cards(
     config: ReportConfig,
     stats: list[analysis.PersonaStats],
     funnel_by_persona: list[analysis.FunnelRow],
+    stages: StageOrder,
+    purchase_stage: str | None,
 ) -> list[PersonaCard]:
     by_name = {item.persona: item for item in stats}
     names = [persona.name for persona in config.personas] or sorted(by_name)
     labels = {persona.name: persona for persona in config.personas}
+    purchase_rank = stages.rank.get(purchase_stage) if purchase_stage is not None else None
+    advocates = (
+        "advocates (reviews, referrals)"
+        if stages == DEFAULT_ORDER
+        else f"advocates (reached {stages.last})"
+    )
     cards = []
     for name in names:
         item = by_name.get(name)
@@ -152,13 +175,13 @@ def _persona_cards(
         pains: list[str] = []
         delights: list[str] = []
         growth: list[str] = []
-        judged = [row for row in rows if row.reached and row.stage is not STAGES[-1]]
+        judged = [row for row in rows if row.reached and not row.is_last]
         if judged:
             worst = max(judged, key=lambda row: row.dropoff_pct or 0.0)
             if worst.dropped:
-                pains.append(f"{worst.dropoff_pct:.0f}% drop off at {worst.stage.value}")
+                pains.append(f"{worst.dropoff_pct:.0f}% drop off at {worst.stage}")
             best = max(judged, key=lambda row: row.conversion_pct or 0.0)
-            delights.append(f"{best.conversion_pct or 0:.0f}% move on from {best.stage.value}")
+            delights.append(f"{best.conversion_pct or 0:.0f}% move on from {best.stage}")
             revenue_per_purchaser = (
                 item.revenue / item.purchasers
                 if item is not None and item.purchasers
@@ -166,10 +189,16 @@ def _persona_cards(
             )
             at_stake = []
             for row in judged:
-                if row.stage.rank >= Stage.PURCHASE.rank or not row.dropped:
+                rank = stages.rank.get(row.stage)
+                if (
+                    purchase_rank is None
+                    or rank is None
+                    or rank >= purchase_rank
+                    or not row.dropped
+                ):
                     continue
-                purchase = next((r for r in rows if r.stage is Stage.PURCHASE), None)
-                later = next((r for r in rows if r.stage.rank == row.stage.rank + 1), None)
+                purchase = next((r for r in rows if r.stage == purchase_stage), None)
+                later = next((r for r in rows if stages.rank.get(r.stage) == rank + 1), None)
                 if purchase is None or later is None or not later.reached:
                     continue
                 # Win back a tenth of this stage's drop-offs; they buy like those who moved on.
@@ -184,7 +213,7 @@ def _persona_cards(
             if at_stake:
                 value, row = max(at_stake, key=lambda pair: pair[0])
                 growth.append(
-                    f"win back 10% of the {row.dropped} drop-offs at {row.stage.value}: "
+                    f"win back 10% of the {row.dropped} drop-offs at {row.stage}: "
                     f"≈{value:,.0f} in revenue"
                 )
         if item is not None:
@@ -194,7 +223,7 @@ def _persona_cards(
             if item.tickets:
                 pains.append(f"{item.tickets} support tickets")
             if item.advocates:
-                delights.append(f"{item.advocates} advocates (reviews, referrals)")
+                delights.append(f"{item.advocates} {advocates}")
             if item.nps is not None:
                 (delights if item.nps >= 30 else pains).append(f"NPS {item.nps:+.0f}")
         config_entry = labels.get(name)
@@ -218,26 +247,34 @@ def _funnel(
     config: ReportConfig,
     period: Period,
     by: analysis.FunnelGroup | None = None,
+    *,
+    stages: StageOrder,
 ) -> list[analysis.FunnelRow]:
     """The stage funnel as the report defines it (conversion within the configured window):
     one definition for the funnel tables, persona cards, comparison and KPI targets."""
-    return analysis.funnel(client, database, by=by, period=period, window=config.conversion_window)
+    return analysis.funnel(
+        client, database, by=by, period=period, window=config.conversion_window, stages=stages
+    )
 
 
 def _headline(
-    client: Client, database: str, period: Period, funnel: list[analysis.FunnelRow]
+    client: Client,
+    database: str,
+    period: Period,
+    funnel: list[analysis.FunnelRow],
+    stages: StageOrder,
 ) -> dict[str, float | None]:
     """The comparison and KPI metrics; conversion per stage is ``funnel``'s, exactly."""
-    stats = analysis.persona_stats(client, database, period=period)
+    stats = analysis.persona_stats(client, database, period=period, stages=stages)
     weekly = analysis.weekly_sales(client, database, period=period)
     values: dict[str, float | None] = {
-        "buyers reached": float(next((r.reached for r in funnel if r.stage is STAGES[0]), 0)),
+        "buyers reached": float(next((r.reached for r in funnel if r.stage == stages.first), 0)),
         "purchases": float(sum(w.purchases for w in weekly)),
         "revenue": float(sum((w.revenue for w in weekly), Decimal(0))),
     }
     for row in funnel:
-        if row.stage is not STAGES[-1]:
-            values[f"conversion % {row.stage.value}"] = row.conversion_pct
+        if not row.is_last:
+            values[f"conversion % {row.stage}"] = row.conversion_pct
     answered = [s for s in stats if s.csat is not None]
     values["csat"] = (sum(s.csat or 0 for s in answered) / len(answered)) if answered else None
     nps = [s for s in stats if s.nps is not None]
@@ -252,19 +289,44 @@ def gather_brief(
     *,
     period: Period | None = None,
     by: analysis.FunnelGroup | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
 ) -> Brief:
     """The funnel (and ``by`` split), drop-offs and exits of buyers whose first touch is in
-    ``period`` — what the full report shows first."""
+    ``period`` — what the full report shows first — by ``stages``."""
+    check_stages(client, database, stages)
     period = period or Period()
     return Brief(
         database=database,
         period=period,
         by=by,
-        funnel=_funnel(client, database, config, period),
-        funnel_by=_funnel(client, database, config, period, by) if by else [],
-        dropoffs=queries.dropoffs_by_stage_channel(client, database, period=period),
-        exits=queries.exits_by_stage_channel(client, database, period=period),
+        funnel=_funnel(client, database, config, period, stages=stages),
+        funnel_by=_funnel(client, database, config, period, by, stages=stages) if by else [],
+        dropoffs=queries.dropoffs_by_stage_channel(client, database, period=period, stages=stages),
+        exits=queries.exits_by_stage_channel(client, database, period=period, stages=stages),
+        stages=stages,
     )
+
+
+def check_stages(client: Client, database: str, stages: StageOrder) -> None:
+    """ConfigError when the database holds stages ``stages`` does not name: the report would
+    count none of their buyers (the data was run with other journey rules)."""
+    unknown = [name for name in queries.stage_names(client, database) if name not in stages]
+    if unknown:
+        raise ConfigError(
+            f"database {database} holds stages the journey rules in use do not name: "
+            f"{', '.join(unknown)} (their stages: {', '.join(stages)}); report with the rules "
+            "the data was run with (--rules or TOUCHPOINT_RULES_FILE)"
+        )
+
+
+def check_targets(config: ReportConfig, stages: StageOrder) -> None:
+    """ConfigError unless every conversion target names one of ``stages``."""
+    for name in config.targets.conversion_pct:
+        if name not in stages:
+            raise ConfigError(
+                f"report config: targets.conversion_pct.{name}: {name!r} is not one of the "
+                f"stages of the journey rules in use [{', '.join(stages)}]"
+            )
 
 
 def gather(
@@ -276,14 +338,18 @@ def gather(
     by: analysis.FunnelGroup | None = None,
     compare: Period | None = None,
     now: datetime | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
+    purchase_stage: str | None = DEFAULT_PURCHASE_STAGE,
 ) -> Answers:
-    """Run every analysis query once and derive the report's answers."""
+    """Run every analysis query once and derive the report's answers, by the journey rules'
+    ``stages`` and ``purchase_stage``; ConfigError for a KPI target naming another stage."""
+    check_targets(config, stages)
     period = period or Period()
-    brief = gather_brief(client, database, config, period=period, by=by)
+    brief = gather_brief(client, database, config, period=period, by=by, stages=stages)
     heat = analysis.hour_of_week(client, database, period=None if period == Period() else period)
     best, worst = _slots(heat)
-    funnel_by_persona = _funnel(client, database, config, period, "persona")
-    personas = analysis.persona_stats(client, database, period=period)
+    funnel_by_persona = _funnel(client, database, config, period, "persona", stages=stages)
+    personas = analysis.persona_stats(client, database, period=period, stages=stages)
     attribution: dict[str, list[analysis.AttributionShare]] = {
         model: analysis.attribution(
             client,
@@ -302,7 +368,7 @@ def gather(
         funnel=brief.funnel,
         funnel_by=brief.funnel_by,
         dropoffs=brief.dropoffs,
-        diagnosis=analysis.dropoff_diagnosis(client, database, period=period),
+        diagnosis=analysis.dropoff_diagnosis(client, database, period=period, stages=stages),
         exits=brief.exits,
         heat=heat,
         best_slots=best,
@@ -334,20 +400,32 @@ def gather(
             period=period,
             lookback=config.attribution_lookback,
         ),
-        high_intent=analysis.high_intent(client, database, limit=25),
-        why_not=analysis.why_not_buy_or_stay(client, database, period=period),
+        high_intent=analysis.high_intent(
+            client, database, limit=25, stages=stages, purchase_stage=purchase_stage
+        ),
+        why_not=analysis.why_not_buy_or_stay(
+            client, database, period=period, stages=stages, purchase_stage=purchase_stage
+        ),
         cohorts=list(analysis.retention_cohorts(client, database, period=period)),
         tracker=analysis.buyer_tracker(
             client, database, lapsed_after=config.lapsed_after, limit=25
         ),
         weekly=analysis.weekly_sales(client, database, period=period),
-        flow=analysis.transition_flow(client, database, period=period),
-        personas=_persona_cards(config, personas, funnel_by_persona),
+        flow=analysis.transition_flow(client, database, period=period, stages=stages),
+        personas=_persona_cards(config, personas, funnel_by_persona, stages, purchase_stage),
+        stages=stages,
+        purchase_stage=purchase_stage,
         generated_at=now,
     )
-    current = _headline(client, database, period, brief.funnel)
+    current = _headline(client, database, period, brief.funnel, stages)
     if compare is not None:
-        previous = _headline(client, database, compare, _funnel(client, database, config, compare))
+        previous = _headline(
+            client,
+            database,
+            compare,
+            _funnel(client, database, config, compare, stages=stages),
+            stages,
+        )
         answers.compare_period = compare
         answers.comparison = [
             Comparison(name, value, previous.get(name)) for name, value in current.items()
@@ -359,7 +437,7 @@ def gather(
         ("buyers reached", targets.buyers_reached),
         ("csat", targets.csat),
         ("nps", targets.nps),
-    ] + [(f"conversion % {stage.value}", value) for stage, value in targets.conversion_pct.items()]
+    ] + [(f"conversion % {stage}", value) for stage, value in targets.conversion_pct.items()]
     answers.targets = [
         TargetProgress(name, current.get(name), float(target))
         for name, target in wanted

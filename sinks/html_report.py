@@ -9,7 +9,6 @@ from decimal import Decimal
 from html import escape
 from typing import Final
 
-from schemas.enums import STAGES
 from sinks.analysis import ATTRIBUTION_MODELS, SpendReturn, spend_total
 from sinks.answers import Answers
 
@@ -88,7 +87,7 @@ def _funnel_chart(answers: Answers) -> str:
         reached = (width - left - 90) * row.reached / top
         moved = (width - left - 90) * row.moved_on / top
         parts.append(
-            f'<text x="8" y="{y + 18}" font-size="12">{escape(row.stage.value)}</text>'
+            f'<text x="8" y="{y + 18}" font-size="12">{escape(row.stage)}</text>'
             f'<rect x="{left}" y="{y}" width="{reached:.1f}" height="{bar}" fill="#bfdbfe"/>'
             f'<rect x="{left}" y="{y}" width="{moved:.1f}" height="{bar}" fill="{_color(0)}"/>'
             f'<text x="{left + reached + 6:.1f}" y="{y + 18}" font-size="12">{row.reached:,}'
@@ -102,18 +101,19 @@ def _funnel_chart(answers: Answers) -> str:
 
 def _dropoff_chart(answers: Answers) -> str:
     channels = sorted({d.channel for d in answers.dropoffs})
-    stages = [s for s in STAGES if any(d.stage is s for d in answers.dropoffs)]
-    totals = {s: sum(d.buyers for d in answers.dropoffs if d.stage is s) for s in stages}
+    dropped = {d.stage for d in answers.dropoffs}
+    stages = [s for s in answers.stages if s in dropped]
+    totals = {s: sum(d.buyers for d in answers.dropoffs if d.stage == s) for s in stages}
     top = max(totals.values(), default=0) or 1
     width, bar, left = 760, 26, 130
     parts = []
     for i, stage in enumerate(stages):
         y = 14 + i * (bar + 12)
         x = float(left)
-        parts.append(f'<text x="8" y="{y + 18}" font-size="12">{escape(stage.value)}</text>')
+        parts.append(f'<text x="8" y="{y + 18}" font-size="12">{escape(stage)}</text>')
         for c, channel in enumerate(channels):
             count = sum(
-                d.buyers for d in answers.dropoffs if d.stage is stage and d.channel == channel
+                d.buyers for d in answers.dropoffs if d.stage == stage and d.channel == channel
             )
             w = (width - left - 70) * count / top
             if w > 0:
@@ -134,13 +134,13 @@ def _dropoff_chart(answers: Answers) -> str:
 
 
 def _flow_chart(answers: Answers) -> str:
-    columns = ["(entry)", *[stage.value for stage in STAGES]]
+    columns = ["(entry)", *answers.stages]
     width, height, node_w = 820, 300, 14
     step = (width - 60) / (len(columns) - 1)
     x_of = {name: 20 + i * step for i, name in enumerate(columns)}
     inflow: dict[str, int] = {}
     for flow in answers.flow:
-        inflow[flow.to_stage.value] = inflow.get(flow.to_stage.value, 0) + flow.buyers
+        inflow[flow.to_stage] = inflow.get(flow.to_stage, 0) + flow.buyers
     inflow["(entry)"] = sum(f.buyers for f in answers.flow if f.from_stage == "(entry)")
     top = max(inflow.values(), default=0) or 1
     scale = (height - 60) / top
@@ -158,11 +158,11 @@ def _flow_chart(answers: Answers) -> str:
         answers.flow,
         key=lambda f: (
             columns.index(f.from_stage) if f.from_stage in columns else 0,
-            f.to_stage.rank,
+            answers.stages.rank.get(f.to_stage, -1),
         ),
     ):
-        source, target = flow.from_stage, flow.to_stage.value
-        if source not in x_of:
+        source, target = flow.from_stage, flow.to_stage
+        if source not in x_of or target not in x_of:
             continue
         thickness = max(1.0, flow.buyers * scale)
         y0 = 30 + offsets_out.get(source, 0.0) + thickness / 2
@@ -333,7 +333,7 @@ def render_html(answers: Answers) -> str:
             ),
             [
                 (
-                    r.stage.value,
+                    r.stage,
                     r.reached,
                     r.moved_on,
                     r.moved_on_in_window,
@@ -352,7 +352,7 @@ def render_html(answers: Answers) -> str:
             ("stage", "last channel", "last action", "buyers", "came back", "next actions"),
             [
                 (
-                    d.stage.value,
+                    d.stage,
                     d.last_channel,
                     d.last_action,
                     d.buyers,
@@ -432,6 +432,13 @@ def render_html(answers: Answers) -> str:
         + _spend_table(answers.spend_by_channel, "channel")
         + "</div>",
         "<h2>High intent now</h2>",
+        '<p class="muted">'
+        + (
+            f"Buyers in {escape(answers.intent_stage)}, ranked by recent engagement."
+            if answers.intent_stage
+            else "None: the journey rules have no stage below a purchase stage."
+        )
+        + "</p>",
         _table(
             ("buyer", "persona", "score", "last touch", "last channel", "preferred channel"),
             [

@@ -53,8 +53,9 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-def apply_migrations(client: Client, database: str) -> list[Migration]:
-    """Create the database and apply pending migrations; returns the ones applied now."""
+def apply_migrations(client: Client, database: str, *, upto: int | None = None) -> list[Migration]:
+    """Create the database and apply pending migrations (those up to version ``upto``, when
+    given); returns the ones applied now."""
     database = identifier(database)
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
@@ -74,6 +75,8 @@ def apply_migrations(client: Client, database: str) -> list[Migration]:
 
     done: list[Migration] = []
     for migration in load_migrations():
+        if upto is not None and migration.version > upto:
+            break
         previous = applied.get(migration.version)
         if previous is not None:
             if previous != migration.checksum:

@@ -10,11 +10,11 @@ in it, so the drop-offs per stage add up to the funnel's *dropped*.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from schemas.enums import STAGES, Stage
+from schemas.rules import DEFAULT_ORDER, StageOrder
 from sinks.analysis import Period, period_condition
 from sinks.clickhouse import Client, identifier, translate_error
 
@@ -24,15 +24,14 @@ __all__ = [
     "dead_letter_counts",
     "dropoffs_by_stage_channel",
     "exits_by_stage_channel",
+    "stage_names",
     "table_counts",
 ]
-
-_STAGE_NAMES: Final = "[" + ", ".join(f"'{stage.value}'" for stage in STAGES) + "]"
 
 
 @dataclass(frozen=True, slots=True)
 class DropoffCount:
-    stage: Stage
+    stage: str
     channel: str
     buyers: int
 
@@ -55,10 +54,15 @@ def _rows(
 
 
 def dropoffs_by_stage_channel(
-    client: Client, database: str, *, period: Period | None = None
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
 ) -> list[DropoffCount]:
-    """Buyers who stalled and never recovered, by stage and the channel of their last touch;
-    buyers whose first touch is in ``period`` (the funnel's buyers)."""
+    """Buyers who stalled and never recovered, by stage (in ``stages``' order) and the
+    channel of their last touch; buyers whose first touch is in ``period`` (the funnel's
+    buyers)."""
     db = identifier(database)
     sql = f"""
         SELECT stage, ifNull(last_touch_channel, '(none)') AS channel, count() AS buyers
@@ -68,10 +72,10 @@ def dropoffs_by_stage_channel(
             WHERE furthest_stage IS NOT NULL AND {period_condition("first_touch_at")}
         )
         GROUP BY stage, channel
-        ORDER BY stage, buyers DESC, channel
+        ORDER BY indexOf({stages.sql_array()}, stage), stage, buyers DESC, channel
     """
     return [
-        DropoffCount(Stage(str(stage)), str(channel), int(buyers))
+        DropoffCount(str(stage), str(channel), int(buyers))
         for stage, channel, buyers in _rows(
             client, sql, (period or Period()).parameters(), "drop-off query"
         )
@@ -79,10 +83,15 @@ def dropoffs_by_stage_channel(
 
 
 def exits_by_stage_channel(
-    client: Client, database: str, *, period: Period | None = None
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    stages: StageOrder = DEFAULT_ORDER,
 ) -> list[ExitCount]:
-    """Exits (unsubscribe, opt-out, cancellation, refund…) by the stage the buyer had reached;
-    of buyers whose first touch is in ``period`` (the funnel's buyers)."""
+    """Exits (unsubscribe, opt-out, cancellation, refund…) by the stage the buyer had reached
+    (``(none)`` first, then in ``stages``' order); of buyers whose first touch is in
+    ``period`` (the funnel's buyers)."""
     sql = f"""
         SELECT
             if(tupleElement(e, 'stage') = '', '(none)', tupleElement(e, 'stage')) AS stage,
@@ -93,7 +102,7 @@ def exits_by_stage_channel(
         ARRAY JOIN exits AS e
         WHERE {period_condition("first_touch_at")}
         GROUP BY stage, kind, channel
-        ORDER BY indexOf({_STAGE_NAMES}, stage), kind, channel
+        ORDER BY indexOf({stages.sql_array()}, stage), stage, kind, channel
     """
     return [
         ExitCount(str(stage), str(kind), str(channel), int(count))
@@ -101,6 +110,12 @@ def exits_by_stage_channel(
             client, sql, (period or Period()).parameters(), "exits query"
         )
     ]
+
+
+def stage_names(client: Client, database: str) -> list[str]:
+    """Every stage name the touchpoints were classified into (from the daily funnel)."""
+    sql = f"SELECT DISTINCT stage FROM {identifier(database)}.funnel_daily ORDER BY stage"
+    return [str(stage) for (stage,) in _rows(client, sql, {}, "stage names query")]
 
 
 def dead_letter_counts(client: Client, database: str) -> dict[str, int]:

@@ -89,7 +89,7 @@ def render_funnel(rows: Sequence[FunnelRow]) -> str:
         ),
         [
             (
-                row.stage.value,
+                row.stage,
                 row.reached,
                 row.moved_on,
                 row.moved_on_in_window,
@@ -112,7 +112,7 @@ def render_funnel_by(rows: Sequence[FunnelRow], by: FunnelGroup | None) -> str:
         [
             (
                 row.group,
-                row.stage.value,
+                row.stage,
                 row.reached,
                 row.moved_on_in_window,
                 row.dropped,
@@ -129,7 +129,7 @@ def render_dropoffs(counts: Sequence[DropoffCount]) -> str:
     channels = sorted({count.channel for count in counts})
     by_stage: dict[str, dict[str, int]] = {}
     for count in counts:
-        by_stage.setdefault(count.stage.value, {})[count.channel] = count.buyers
+        by_stage.setdefault(count.stage, {})[count.channel] = count.buyers
     rows = [
         (stage, sum(cells.values()), *(cells.get(channel, 0) for channel in channels))
         for stage, cells in by_stage.items()
@@ -187,6 +187,12 @@ def render_spend(rows: Sequence[SpendReturn], by: str) -> str:
     )
 
 
+def _intent_title(stage: str | None) -> str:
+    if stage is None:
+        return "High intent now: none (the journey rules have no stage below a purchase stage)"
+    return f"High intent now: buyers in {stage}, ready to contact"
+
+
 def render_answers(answers: Answers) -> str:
     """Every answer of the report as terminal tables, in the order analysts ask them."""
     blocks: list[str] = [render_funnel(answers.funnel)]
@@ -198,7 +204,7 @@ def render_answers(answers: Answers) -> str:
             ("stage", "last channel", "last action", "buyers", "came back", "next actions"),
             [
                 (
-                    d.stage.value,
+                    d.stage,
                     d.last_channel,
                     d.last_action,
                     d.buyers,
@@ -300,7 +306,7 @@ def render_answers(answers: Answers) -> str:
                 )
                 for b in answers.high_intent
             ],
-            "High intent now: buyers in consideration, ready to contact",
+            _intent_title(answers.intent_stage),
         )
     )
     blocks.append(

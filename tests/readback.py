@@ -11,7 +11,7 @@ from sinks import analysis, queries
 
 def read_back(client: Any, database: str) -> dict[str, Any]:
     funnel = {
-        step.stage.value: {
+        step.stage: {
             "reached": step.reached,
             "moved_on": step.moved_on,
             "dropped": step.dropped,
@@ -19,8 +19,7 @@ def read_back(client: Any, database: str) -> dict[str, Any]:
         for step in analysis.funnel(client, database)
     }
     dropoffs = {
-        (d.stage.value, d.channel): d.buyers
-        for d in queries.dropoffs_by_stage_channel(client, database)
+        (d.stage, d.channel): d.buyers for d in queries.dropoffs_by_stage_channel(client, database)
     }
     exits = {
         (e.kind, e.stage, e.channel): e.exits

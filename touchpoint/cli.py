@@ -682,6 +682,13 @@ def collector(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Personas and KPI targets (TOML).  [default: the shipped report config]",
 )
+@_option(
+    "--rules",
+    env="RULES_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The journey rules (TOML) the data was run with: their stages, in their order.  "
+    "[default: the shipped rules]",
+)
 @click.option(
     "--brief",
     is_flag=True,
@@ -697,11 +704,12 @@ def report_command(
     compare_to: datetime | None,
     html_path: Path | None,
     config: Path | None,
+    rules: Path | None,
     brief: bool,
 ) -> None:
     """Answer the journey questions from ClickHouse: funnel, drop-offs, exits, timing,
     channels, promos, attribution, high intent, personas, buyer tracker, targets."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, rules_file=rules)
     if brief:
         if html_path is not None or compare_from or compare_to:
             raise click.UsageError("--brief cannot be combined with --html or --compare-from/to")

@@ -891,11 +891,17 @@ def full_report(
     by: Any,
     compare: tuple[datetime | None, datetime | None] | None,
 ) -> Any:
-    """Gather every analyst answer (see sinks.answers)."""
+    """Gather every analyst answer (see sinks.answers), by the stages of the journey rules
+    in use. The shipped report config's conversion targets name the shipped stages: under
+    rules of one's own, those of other stages are left out; a config of one's own naming a
+    stage the rules do not have is a ConfigError."""
     from sinks.analysis import Period
     from sinks.answers import gather
 
+    rules = rules_for(settings)
     config = load_report_config(config_path)
+    if config_path is None:
+        config = config.for_stages(rules.order)
     with clickhouse(settings) as client:
         return gather(
             client,
@@ -905,6 +911,8 @@ def full_report(
             by=by,
             compare=Period(*compare) if compare else None,
             now=datetime.now(UTC),
+            stages=rules.order,
+            purchase_stage=rules.purchase_stage,
         )
 
 
@@ -917,7 +925,8 @@ def brief_report(
     end: datetime | None,
     by: Any,
 ) -> Any:
-    """The funnel, drop-offs and exits of the full report (see sinks.answers.gather_brief)."""
+    """The funnel, drop-offs and exits of the full report (see sinks.answers.gather_brief),
+    by the stages of the journey rules in use."""
     from sinks.analysis import Period
     from sinks.answers import gather_brief
 
@@ -927,6 +936,7 @@ def brief_report(
         load_report_config(config_path),
         period=Period(start, end),
         by=by,
+        stages=rules_for(settings).order,
     )
 
 

@@ -139,12 +139,12 @@ def test_every_kpi_and_comparison_value_is_the_funnels_own(
         window=config.conversion_window,
     )
     for row in answers.funnel[:-1]:
-        metric = f"conversion % {row.stage.value}"
+        metric = f"conversion % {row.stage}"
         target = next(t.actual for t in answers.targets if t.metric == metric)
         current = next(c.current for c in answers.comparison if c.metric == metric)
         assert target == current == row.conversion_pct, metric
     for row in january[:-1]:
-        metric = f"conversion % {row.stage.value}"
+        metric = f"conversion % {row.stage}"
         previous = next(c.previous for c in answers.comparison if c.metric == metric)
         assert previous == row.conversion_pct, metric
     reached = next(c for c in answers.comparison if c.metric == "buyers reached")
@@ -159,7 +159,7 @@ def test_drop_offs_per_stage_are_the_funnels_dropped_for_any_period(
         funnel = analysis.funnel(clickhouse_client, invoke.database, period=period)
         drops = queries.dropoffs_by_stage_channel(clickhouse_client, invoke.database, period=period)
         for row in funnel:
-            assert row.dropped == sum(d.buyers for d in drops if d.stage is row.stage), period
+            assert row.dropped == sum(d.buyers for d in drops if d.stage == row.stage), period
         assert sum(row.dropped for row in funnel) > 0
 
 

@@ -131,7 +131,7 @@ def test_the_funnel_matches_truth_and_a_recount_from_raw_touchpoints(
     clickhouse_client: Any, generated: tuple[str, GroundTruth]
 ) -> None:
     database, truth = generated
-    rows = {row.stage.value: row for row in analysis.funnel(clickhouse_client, database)}
+    rows = {row.stage: row for row in analysis.funnel(clickhouse_client, database)}
     expected = truth.funnel()
     for stage, counts in expected.items():
         row = rows[stage.value]
@@ -160,7 +160,7 @@ def test_drop_off_diagnosis_matches_truth(
     rows = analysis.dropoff_diagnosis(clickhouse_client, database)
     by_stage_channel: Counter[tuple[str, str]] = Counter()
     for row in rows:
-        by_stage_channel[(row.stage.value, row.last_channel)] += row.buyers
+        by_stage_channel[(row.stage, row.last_channel)] += row.buyers
         assert row.came_back <= row.buyers
     assert dict(by_stage_channel) == dict(truth.dropoffs())
 
@@ -336,7 +336,7 @@ def test_the_transition_flow_matches_a_recount_from_raw_touchpoints(
         for index, stage in enumerate(moves):
             expected[(moves[index - 1] if index else "(entry)", stage)] += 1
     flow = analysis.transition_flow(clickhouse_client, database)
-    assert {(f.from_stage, f.to_stage.value): f.buyers for f in flow} == dict(expected)
+    assert {(f.from_stage, f.to_stage): f.buyers for f in flow} == dict(expected)
 
 
 def test_the_gathered_report_compares_periods_and_tracks_targets(

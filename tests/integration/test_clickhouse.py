@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import uuid
+from collections.abc import Iterator
+from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -14,13 +17,15 @@ from processors.rules import default_rules
 from schemas.enums import Stage
 from schemas.errors import MigrationError
 from schemas.raw import RawRecord
+from schemas.rules import JourneyRules
 from sinks import analysis, queries
 from sinks.migrate import Migration, apply_migrations, load_migrations
 from sinks.writer import ClickHouseWriter
-from tests.factories import event
+from tests.factories import T0, event
 
 pytestmark = pytest.mark.integration
 DAY = timedelta(days=1)
+T0_DAY: date = T0.date()
 
 
 def scalar(client: Any, sql: str) -> Any:
@@ -174,3 +179,193 @@ def test_a_move_retracted_by_a_late_event_disappears_from_the_transitions_table(
         (None, "pre_awareness"),
         ("pre_awareness", "consideration"),
     ]
+
+
+# -- 0008: stage columns become strings ---------------------------------------------------
+
+STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "touchpoints": ("stage",),
+    "stage_transitions": ("to_stage", "from_stage"),
+    "journey_state": ("furthest_stage", "current_stage", "dropoff_stage"),
+    "dropoffs": ("stage",),
+    "funnel_daily": ("stage",),
+}
+OWN_STAGES = JourneyRules.model_validate(
+    {
+        "stages": ["lead", "evaluation", "trial"],
+        "timeouts": {"evaluation": "2d"},
+        "rule": [
+            {"channel": "web", "event_type": "page_view", "stage": "evaluation"},
+            {"channel": "web", "event_type": "signup", "stage": "trial"},
+        ],
+    }
+)
+
+
+def stage_column_types(client: Any, database: str) -> dict[tuple[str, str], str]:
+    rows = client.query(
+        "SELECT table, name, type FROM system.columns WHERE database = {db:String}",
+        parameters={"db": database},
+    ).result_rows
+    wanted = {(table, column) for table, columns in STAGE_COLUMNS.items() for column in columns}
+    return {(table, name): kind for table, name, kind in rows if (table, name) in wanted}
+
+
+def contents(client: Any, database: str) -> dict[str, list[tuple[Any, ...]]]:
+    """What each table a stage lives in holds — deduplicated (FINAL), aggregates merged — in
+    an order that does not depend on how the engine sorts stages. (Unmerged rows are no
+    measure: the engine may merge parts, or rows of one inserted block, at any time.)"""
+    queries = {
+        "touchpoints": "SELECT * FROM {db}.touchpoints FINAL",
+        "stage_transitions": "SELECT * FROM {db}.stage_transitions FINAL",
+        "journey_state": "SELECT * FROM {db}.journey_state FINAL",
+        "dropoffs": "SELECT * FROM {db}.dropoffs FINAL",
+        "funnel_daily": (
+            "SELECT day, stage, channel, campaign, persona, sum(touches), sum(purchases), "
+            "sum(revenue), uniqExactMerge(buyers) FROM {db}.funnel_daily GROUP BY ALL"
+        ),
+        "interactions_hour_of_week": (
+            "SELECT channel, event_type, day_of_week, hour, sum(touches), "
+            "uniqExactMerge(buyers) FROM {db}.interactions_hour_of_week GROUP BY ALL"
+        ),
+    }
+    return {
+        name: sorted(
+            (tuple(row) for row in client.query(sql.format(db=database)).result_rows), key=repr
+        )
+        for name, sql in queries.items()
+    }
+
+
+def write_own_stages(client: Any, database: str) -> None:
+    """Journeys classified by OWN_STAGES: "evaluation" in every stage column."""
+    records = [
+        event("page_view", at=0 * DAY, buyer="eva"),
+        event("page_view", at=0 * DAY, buyer="tim"),
+        event("signup", at=1 * DAY, buyer="tim"),
+        event("page_view", at=9 * DAY, buyer="clock"),  # moves the watermark: eva drops
+    ]
+    run_local(
+        [RawRecord("own", str(i), json.dumps(r).encode()) for i, r in enumerate(records)],
+        JourneyProcessor(OWN_STAGES, allowed_lateness=timedelta(hours=1), dedup_window=DAY * 7),
+        ClickHouseWriter(client, database),
+        batch_size=2,
+        run_id="own-stages",
+    )
+
+
+@pytest.fixture
+def at_0007(clickhouse_client: Any) -> Iterator[str]:
+    """A database migrated up to 0007 (stage columns still Enum8), holding the default
+    stages' journeys — two of whose daily-funnel rows are identical (ana's two opens)."""
+    name = f"m8_{uuid.uuid4().hex[:12]}"
+    applied = apply_migrations(clickhouse_client, name, upto=7)
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 7]
+    run(clickhouse_client, name)
+    processor = JourneyProcessor(
+        default_rules(), allowed_lateness=timedelta(hours=1), dedup_window=DAY * 7
+    )
+    writer = ClickHouseWriter(clickhouse_client, name)
+    for index, at in enumerate((DAY + timedelta(hours=1), DAY + timedelta(hours=2))):
+        record = event("email_open", at=at, buyer="ana")
+        run_local(
+            [RawRecord("again", "1", json.dumps(record).encode())],
+            processor,
+            writer,
+            batch_size=1,
+            run_id=f"again{index}",
+        )
+    yield name
+    clickhouse_client.command(f"DROP DATABASE IF EXISTS {name} SYNC")
+
+
+def test_0008_makes_stage_columns_strings_keeping_every_row_and_aggregate(
+    clickhouse_client: Any, at_0007: str
+) -> None:
+    client, database = clickhouse_client, at_0007
+    types = stage_column_types(client, database)
+    assert len(types) == 8 and all("Enum8('pre_awareness' = 1" in kind for kind in types.values())
+    before = contents(client, database)
+    assert all(before.values()), {name: len(rows) for name, rows in before.items()}
+    unmerged = client.query(
+        f"SELECT * EXCEPT buyers, finalizeAggregation(buyers) FROM {database}.funnel_daily"
+    ).result_rows
+    assert len(set(unmerged)) < len(unmerged)  # identical rows: a deduplicated copy loses one
+    with pytest.raises(Exception, match="evaluation"):
+        client.command(
+            f"INSERT INTO {database}.dropoffs (buyer_id, stage, entered_at, deadline, version) "
+            "VALUES ('eva', 'evaluation', now64(3), now64(3), 1)"
+        )
+
+    applied = apply_migrations(client, database)
+
+    assert [(m.version, m.name) for m in applied] == [(8, "stage_names")]
+    assert stage_column_types(client, database) == {
+        (table, column): "LowCardinality(Nullable(String))"
+        if column in ("from_stage", "furthest_stage", "current_stage", "dropoff_stage")
+        or table == "touchpoints"
+        else "LowCardinality(String)"
+        for table, columns in STAGE_COLUMNS.items()
+        for column in columns
+    }
+    enums = client.query(
+        "SELECT table, name FROM system.columns WHERE database = {db:String} "
+        "AND type LIKE '%Enum%'",
+        parameters={"db": database},
+    ).result_rows
+    assert [tuple(row) for row in enums] == [("journey_runs", "status")]
+    tables = {row[0] for row in client.query(f"SHOW TABLES FROM {database}").result_rows}
+    assert not [table for table in tables if table.endswith("__0008")]
+    assert contents(client, database) == before
+    assert apply_migrations(client, database) == []
+
+    # The view feeds the new funnel_daily, and a stage of the rules' own is accepted.
+    write_own_stages(client, database)
+    after = contents(client, database)
+    assert after["funnel_daily"] == sorted(
+        [
+            *before["funnel_daily"],
+            (T0_DAY, "evaluation", "web", "", "", 2, 0, Decimal(0), 2),
+            (T0_DAY + DAY, "trial", "web", "", "", 1, 0, Decimal(0), 1),
+            (T0_DAY + 9 * DAY, "evaluation", "web", "", "", 1, 0, Decimal(0), 1),
+        ],
+        key=repr,
+    )
+    moves = client.query(
+        f"SELECT buyer_id, from_stage, to_stage FROM {database}.stage_transitions FINAL "
+        "WHERE buyer_id IN ('eva', 'tim') ORDER BY buyer_id, transitioned_at"
+    ).result_rows
+    assert [tuple(move) for move in moves] == [
+        ("eva", None, "evaluation"),
+        ("tim", None, "evaluation"),
+        ("tim", "evaluation", "trial"),
+    ]
+    drops = client.query(f"SELECT buyer_id, stage FROM {database}.dropoffs FINAL").result_rows
+    assert ("eva", "evaluation") in [tuple(drop) for drop in drops]
+    eva = client.query(
+        "SELECT furthest_stage, current_stage, dropoff_stage "
+        f"FROM {database}.journey_state FINAL WHERE buyer_id = 'eva'"
+    ).result_rows
+    assert [tuple(row) for row in eva] == [("evaluation", "evaluation", "evaluation")]
+
+
+def test_0008_interrupted_after_a_swap_finishes_when_applied_again(
+    clickhouse_client: Any, at_0007: str
+) -> None:
+    client, database = clickhouse_client, at_0007
+    before = contents(client, database)
+    (migration,) = [m for m in load_migrations() if m.version == 8]
+    statements = migration.statements(database)
+    swaps = [i for i, sql in enumerate(statements) if sql.startswith("EXCHANGE TABLES")]
+    assert len(swaps) == 3
+    for statement in statements[: swaps[-1] + 1]:  # funnel_daily swapped, its view not back
+        client.command(statement)
+
+    assert [m.version for m in apply_migrations(client, database)] == [8]
+    assert contents(client, database) == before
+    views = client.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} "
+        "AND engine = 'MaterializedView' ORDER BY name",
+        parameters={"db": database},
+    ).result_rows
+    assert [row[0] for row in views] == ["funnel_daily_mv", "interactions_hour_of_week_mv"]
