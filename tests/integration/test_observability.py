@@ -48,6 +48,7 @@ def promtool() -> str:
     "check",
     [
         ("check", "config", "prometheus.yml"),
+        ("check", "config", "prometheus.compose.yml"),
         ("check", "rules", "touchpoint.rules.yml"),
         ("test", "rules", "touchpoint.rules.test.yml"),
     ],
