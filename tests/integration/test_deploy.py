@@ -4,7 +4,7 @@
   module proxy) and every rendered manifest validated with kubeconform (built from the Go
   module proxy) against the Kubernetes JSON schemas that the PyPI package
   kubernetes-validate ships, made standalone here, for two Kubernetes versions; the
-  ServiceMonitor against the CRD schema that controller-gen generates from the
+  ServiceMonitor and PrometheusRule against the CRD schemas that controller-gen generates from the
   prometheus-operator Go API module (the same way prometheus-operator makes its CRDs);
 - project rules no schema holds (pinned images, probes, resources, selectors that match);
 - the image's entry point and health check against a real `touchpoint collector`.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -80,7 +81,10 @@ def _run(command: list[str], *, cwd: Path = REPO, timeout: float = 900, **env: s
 
 def go_tool(package: str) -> Path:
     """A Go command installed into .cache/bin once (`go install package@version`)."""
-    binary = BIN / package.split("@")[0].rsplit("/", 1)[-1]
+    parts = package.split("@")[0].split("/")
+    if re.fullmatch(r"v\d+", parts[-1]):  # go names .../kustomize/v5 "kustomize"
+        parts.pop()
+    binary = BIN / parts[-1]
     if binary.exists():
         return binary
     go = _go()
@@ -272,15 +276,18 @@ def test_every_rendered_manifest_is_valid_for_kubeconform(
 def test_kubeconform_rejects_what_the_api_server_would(
     kubeconform: Path, schema_dir: Path, rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    """A misspelt field, a wrong type, and a bad ServiceMonitor field are each caught."""
+    """A misspelt field, a wrong type, and bad ServiceMonitor and PrometheusRule fields are
+    each caught."""
     documents = rendered["base"]
     deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
     monitor = next(doc for doc in documents if doc["kind"] == "ServiceMonitor")
+    rule = next(doc for doc in documents if doc["kind"] == "PrometheusRule")
     bad = [
         {**deployment, "spec": {**deployment["spec"], "replica": 2}},
         {**deployment, "spec": {**deployment["spec"], "minReadySeconds": "ten"}},
         {**monitor, "spec": {**monitor["spec"], "endpoints": [{"port": "metrics", "scheme": 7}]}},
         {**monitor, "spec": {**monitor["spec"], "endpoint": []}},
+        {**rule, "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expression": "1"}]}]}},
     ]
     for index, document in enumerate(bad):
         path = tmp_path / f"bad-{index}.yaml"
@@ -301,6 +308,7 @@ def test_workloads_are_pinned_probed_sized_and_unprivileged(
 ) -> None:
     documents = rendered[target.name]
     workloads = {doc["metadata"]["name"]: doc["kind"] for doc, _ in _pods(documents)}
+    assert {doc["kind"] for doc in documents} >= {"ServiceMonitor", "PrometheusRule"}
     assert workloads == {
         "touchpoint-collector": "Deployment",
         "touchpoint-worker": "Deployment",
@@ -373,6 +381,15 @@ def test_settings_secrets_and_selectors_fit_together(
     (monitor,) = by_kind["ServiceMonitor"]
     service_ports = {port["name"] for doc in by_kind["Service"] for port in doc["spec"]["ports"]}
     assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} == service_ports
+
+
+def test_the_prometheusrule_holds_exactly_the_alert_rules_file(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "touchpoint.rules.yml").read_text())
+    for documents in rendered.values():
+        (rule,) = [doc for doc in documents if doc["kind"] == "PrometheusRule"]
+        assert rule["spec"]["groups"] == rules["groups"]
 
 
 def test_the_lag_metric_the_autoscaler_reads_is_the_one_workers_export() -> None:
