@@ -111,3 +111,40 @@ def is_pinned(image: str) -> bool:
     if not name or "/" in tag:  # no tag at all (the colon was a registry port)
         return False
     return tag != "latest" and any(char.isdigit() for char in tag)
+
+
+PROMETHEUS_RULES = DEPLOY / "prometheus" / "touchpoint.rules.yml"
+PROMETHEUS_RULE = K8S_BASE / "prometheusrule.yaml"
+_PROMETHEUS_RULE_HEADER = """\
+# The alert rules of deploy/prometheus/touchpoint.rules.yml as a PrometheusRule, for a
+# Prometheus run by the Prometheus Operator (it must select this object's labels).
+# Generated: edit the rules file (and its promtool tests), then run
+#   .venv/bin/python -c 'from tests.deploy_files import write_prometheus_rule as w; w()'
+# tests/integration/test_deploy.py fails while this file differs from what that writes.
+"""
+
+
+def prometheus_rule_text() -> str:
+    """deploy/k8s/base/prometheusrule.yaml as generated from the rules file."""
+    rules = yaml.safe_load(PROMETHEUS_RULES.read_text(encoding="utf-8"))
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    document = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "touchpoint"},
+        "spec": {"groups": rules["groups"]},
+    }
+    body = yaml.dump(document, Dumper=Dumper, sort_keys=False, width=100, allow_unicode=True)
+    return _PROMETHEUS_RULE_HEADER + body
+
+
+def write_prometheus_rule() -> None:
+    PROMETHEUS_RULE.write_text(prometheus_rule_text(), encoding="utf-8")

@@ -35,8 +35,11 @@ from tests.deploy_files import (
     DOCKERFILE,
     K8S_BASE,
     K8S_OVERLAYS,
+    PROMETHEUS_RULE,
+    PROMETHEUS_RULES,
     REPO,
     is_pinned,
+    prometheus_rule_text,
     settings_variables,
     yaml_documents,
 )
@@ -386,7 +389,8 @@ def test_settings_secrets_and_selectors_fit_together(
 def test_the_prometheusrule_holds_exactly_the_alert_rules_file(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "touchpoint.rules.yml").read_text())
+    assert PROMETHEUS_RULE.read_text() == prometheus_rule_text(), "regenerate it (see its header)"
+    rules = yaml.safe_load(PROMETHEUS_RULES.read_text())
     for documents in rendered.values():
         (rule,) = [doc for doc in documents if doc["kind"] == "PrometheusRule"]
         assert rule["spec"]["groups"] == rules["groups"]
