@@ -4,14 +4,17 @@
   module proxy) and every rendered manifest validated with kubeconform (built from the Go
   module proxy) against the Kubernetes JSON schemas that the PyPI package
   kubernetes-validate ships, made standalone here, for two Kubernetes versions; the
-  ServiceMonitor and PrometheusRule against the CRD schemas that controller-gen generates from the
-  prometheus-operator Go API module (the same way prometheus-operator makes its CRDs);
+  ServiceMonitor and PrometheusRule against the CRD schemas that controller-gen
+  generates from the prometheus-operator Go API module (as prometheus-operator does);
 - project rules no schema holds (pinned images, probes, resources, selectors that match);
+- deploy/compose/compose.yaml loaded by compose-go, the loader of `docker compose` (built
+  from the Go module proxy: tests/tools/composecheck), which also resolves references
+  between services, secrets and volumes;
 - the image's entry point and health check against a real `touchpoint collector`.
 
-Tools are built once into the repo's git-ignored .cache/ (first run: about 3 minutes,
-Go's module and build caches make later builds quick); a test is skipped only when `go`
-is absent. Once built, the whole file takes seconds.
+The Go tools are built once into the repo's git-ignored .cache/bin (about 30 s with Go's
+module and build caches warm, a few minutes on a new machine); a test is skipped only
+when `go` is absent. Once built, the whole file takes about 15 s.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pytest
 import yaml
 
 from tests.deploy_files import (
+    COMPOSE_FILE,
     DOCKERFILE,
     K8S_BASE,
     K8S_OVERLAYS,
@@ -412,6 +416,70 @@ def test_the_lag_metric_the_autoscaler_reads_is_the_one_workers_export() -> None
         )
         == 5
     )
+
+
+# --- compose, through the loader docker compose uses ----------------------------------
+
+
+COMPOSECHECK = REPO / "tests" / "tools" / "composecheck"
+
+
+@pytest.fixture(scope="session")
+def composecheck() -> Path:
+    """tests/tools/composecheck (compose-go, the loader of `docker compose`), built once."""
+    binary = BIN / "composecheck"
+    if not binary.exists():
+        BIN.mkdir(parents=True, exist_ok=True)
+        _run([_go(), "build", "-o", str(binary), "."], cwd=COMPOSECHECK)
+    return binary
+
+
+def load_compose(composecheck: Path, path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(composecheck), str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_compose_go_loads_the_stack_as_docker_compose_would(composecheck: Path) -> None:
+    result = load_compose(composecheck, COMPOSE_FILE)
+    assert result.returncode == 0, result.stderr
+    project = json.loads(result.stdout)
+    services = project["services"]
+    assert set(services) == {
+        "kafka", "clickhouse", "migrate", "collector", "worker", "sink", "prometheus", "grafana"
+    }  # fmt: skip
+    # `$$` in compose.yaml is a literal `$` for the shell, not an interpolation.
+    assert '"$(cat /run/secrets/clickhouse_password)"' in services["clickhouse"]["entrypoint"][2]
+    for name in ("migrate", "collector", "worker", "sink"):
+        build = services[name]["build"]
+        assert Path(build["context"]) / build["dockerfile"] == DOCKERFILE, name
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert services["sink"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert set(project["secrets"]) == {
+        "clickhouse_password", "collector_api_keys", "grafana_admin_password"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (("secrets: [collector_api_keys]", "secrets: [nope]"), "undefined secret nope"),
+        (("      migrate: {condition:", "      migrat: {condition:"), 'undefined service "migrat"'),
+        (('    command: ["sink"]', '    comand: ["sink"]'), "comand"),
+    ],
+)
+def test_compose_go_rejects_a_broken_stack(
+    composecheck: Path, tmp_path: Path, change: tuple[str, str], error: str
+) -> None:
+    shutil.copytree(COMPOSE_FILE.parent, tmp_path / "compose")
+    text = COMPOSE_FILE.read_text()
+    assert change[0] in text
+    broken = tmp_path / "compose" / "compose.yaml"
+    broken.write_text(text.replace(change[0], change[1], 1))
+    result = load_compose(composecheck, broken)
+    assert result.returncode != 0 and error in result.stderr, result.stderr
 
 
 # --- the image's scripts, for real -----------------------------------------------------
