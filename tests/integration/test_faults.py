@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from ingest.kafka import peek
@@ -409,11 +411,25 @@ def test_a_full_restart_of_every_process_on_existing_data_continues_exactly(
             "produce", "--input", str(first), "--no-watermark", TOUCHPOINT_KAFKA_PACK_EVENTS="1"
         )
         assert produced.returncode == 0, produced.stderr
-        running = [
-            pipeline.start_worker("worker-a"),
-            pipeline.start_worker("worker-b"),
-            pipeline.start_sink("sink", chdb, TOUCHPOINT_KAFKA_SINK_BATCH_ROWS="500"),
-        ]
+        # The sink first, in its group before the workers start: on a loaded machine a sink
+        # still opening chDB let the workers finish the whole half before it read a row.
+        wiring.ensure_pipeline_topics(
+            wiring.load_settings(
+                kafka_bootstrap=pipeline.bootstrap,
+                kafka_topic_prefix=pipeline.topics.prefix,
+                kafka_partitions=int(pipeline.env["TOUCHPOINT_KAFKA_PARTITIONS"]),
+            )
+        )
+        running = [pipeline.start_sink("sink", chdb, TOUCHPOINT_KAFKA_SINK_BATCH_ROWS="500")]
+        deadline = time.monotonic() + 120
+        while not _has_members(pipeline.bootstrap, pipeline.sink_group):
+            assert time.monotonic() < deadline, "the sink did not join its group"
+            time.sleep(0.2)
+        # Small worker batches (a transaction each) keep the workers busy for seconds, so
+        # the sink commits some of their output while they are still mid-stream.
+        pipeline.env["TOUCHPOINT_KAFKA_WORKER_BATCH"] = "5"
+        running += [pipeline.start_worker("worker-a"), pipeline.start_worker("worker-b")]
+        del pipeline.env["TOUCHPOINT_KAFKA_WORKER_BATCH"]
         end = pipeline.raw_end()
         deadline = time.monotonic() + 180
         while not (
@@ -442,3 +458,15 @@ def test_a_full_restart_of_every_process_on_existing_data_continues_exactly(
         broker.stop()
     assert running[-1].returncode == 0
     assert_ground_truth(read_back_dir(chdb), truth)
+
+
+def _has_members(bootstrap: str, group: str) -> bool:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        described = admin.describe_groups([group]).get(group, {})
+    except KafkaError:
+        return False  # no coordinator for it yet: nobody joined
+    finally:
+        admin.close()
+    state = described.get("group_state", described.get("state"))
+    return state == "Stable" and bool(described.get("members"))
