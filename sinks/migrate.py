@@ -6,12 +6,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.errors import MigrationError
 from sinks.clickhouse import Client, identifier, translate_error
+
+if TYPE_CHECKING:
+    from sinks.cluster import ClusterSchema
 
 __all__ = ["Migration", "apply_migrations", "load_migrations"]
 
@@ -53,17 +56,45 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-def apply_migrations(client: Client, database: str, *, upto: int | None = None) -> list[Migration]:
-    """Create the database and apply pending migrations (those up to version ``upto``, when
-    given); returns the ones applied now."""
-    database = identifier(database)
-    try:
-        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-        client.command(
-            f"CREATE TABLE IF NOT EXISTS {database}.{_LEDGER} "
-            "(version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) "
+def _ledger_ddl(database: str, cluster: str | None) -> str:
+    columns = "(version UInt32, name String, checksum String, applied_at DateTime DEFAULT now())"
+    if cluster is None:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {database}.{_LEDGER} {columns} "
             "ENGINE = MergeTree ORDER BY version"
         )
+    # One ledger for the whole cluster: every node is a replica of it (no {shard} in the path),
+    # so whichever node `migrate` talks to knows what was applied.
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{_LEDGER} ON CLUSTER {cluster} {columns} "
+        f"ENGINE = ReplicatedMergeTree('/clickhouse/tables/{{database}}/{_LEDGER}', '{{replica}}') "
+        "ORDER BY version"
+    )
+
+
+def apply_migrations(
+    client: Client,
+    database: str,
+    *,
+    upto: int | None = None,
+    schema: ClusterSchema | None = None,
+) -> list[Migration]:
+    """Create the database and apply pending migrations (those up to version ``upto``, when
+    given); returns the ones applied now.
+
+    With ``schema`` (:func:`sinks.cluster.cluster_schema` for this database), each migration's
+    rewritten statements run instead of its own: the cluster DDL, or the single-node twin. A
+    database migrated for a cluster is refused a plain migration (it would create tables on
+    one node only).
+    """
+    database = identifier(database)
+    if schema is not None and schema.database != database:
+        raise MigrationError(f"the schema was rewritten for {schema.database}, not {database}")
+    cluster = schema.cluster if schema is not None else None
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    try:
+        client.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
+        client.command(_ledger_ddl(database, cluster))
         applied = {
             int(version): checksum
             for version, checksum in client.query(
@@ -72,6 +103,17 @@ def apply_migrations(client: Client, database: str, *, upto: int | None = None) 
         }
     except ClickHouseError as exc:
         raise translate_error(exc, "reading the migration ledger") from exc
+
+    rewritten: dict[int, list[str]] = {}
+    if schema is not None:
+        rewritten = {migration.version: statements for migration, statements in schema.migrations}
+    pending = [
+        migration
+        for migration in load_migrations()
+        if migration.version not in applied and (upto is None or migration.version <= upto)
+    ]
+    if pending and schema is None:
+        _refuse_cluster_database(client, database)
 
     done: list[Migration] = []
     for migration in load_migrations():
@@ -85,8 +127,11 @@ def apply_migrations(client: Client, database: str, *, upto: int | None = None) 
                     "was applied; add a new migration instead of editing an old one"
                 )
             continue
+        statements = (
+            migration.statements(database) if schema is None else rewritten[migration.version]
+        )
         try:
-            for statement in migration.statements(database):
+            for statement in statements:
                 client.command(statement)
             client.insert(
                 f"{database}.{_LEDGER}",
@@ -100,3 +145,18 @@ def apply_migrations(client: Client, database: str, *, upto: int | None = None) 
             ) from exc
         done.append(migration)
     return done
+
+
+def _refuse_cluster_database(client: Client, database: str) -> None:
+    try:
+        engine = client.command(
+            "SELECT engine FROM system.tables WHERE database = %(database)s AND name = %(ledger)s",
+            parameters={"database": database, "ledger": _LEDGER},
+        )
+    except ClickHouseError as exc:
+        raise translate_error(exc, "reading the migration ledger") from exc
+    if str(engine).startswith("Replicated"):
+        raise MigrationError(
+            f"{database} was migrated for a cluster and has pending migrations: run "
+            "`touchpoint migrate --cluster NAME` to apply them on every node"
+        )
