@@ -94,6 +94,9 @@ def apply_migrations(
     on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
+    except ClickHouseError as exc:
+        raise translate_error(exc, f"creating database {database}{on_cluster}") from exc
+    try:
         client.command(_ledger_ddl(database, cluster))
         applied = {
             int(version): checksum

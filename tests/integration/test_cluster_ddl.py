@@ -166,6 +166,32 @@ def test_migrate_prints_the_cluster_ddl(capsys: pytest.CaptureFixture[str]) -> N
     )
 
 
+def test_migrate_prints_the_plain_schema_without_a_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    capsys.readouterr()
+    assert main(["--database", DB, "migrate", "--print"]) == 0
+    out = capsys.readouterr().out
+    for migration in load_migrations():
+        for sql in migration.statements(DB):
+            assert f"{sql};" in out
+    assert "ON CLUSTER" not in out and "_local" not in out
+
+
+def test_migrating_for_a_cluster_the_server_does_not_know_is_one_line_and_exit_code_1(
+    capsys: pytest.CaptureFixture[str], chdb_url: str
+) -> None:
+    capsys.readouterr()
+    database = f"nocluster_{uuid.uuid4().hex[:8]}"
+    args = ["--clickhouse-url", chdb_url, "--database", database, "migrate"]
+    assert main([*args, "--cluster", CLUSTER]) == 1
+    err = capsys.readouterr().err
+    assert f"ON CLUSTER {CLUSTER} failed" in err and "CLUSTER_DOESNT_EXIST" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main([*args, "--cluster", "two-shards"]) == 1
+    assert "not a valid cluster name" in capsys.readouterr().err
+
+
 # --- the single-node twin: the same rewrite runs every report query unchanged ---------------
 
 
