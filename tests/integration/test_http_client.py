@@ -166,3 +166,26 @@ def test_the_other_clickhouse_commands_answer_over_http_as_they_do_embedded(
         assert http_out.splitlines() == chdb_out.splitlines()
     kinds = {ran["kind"] for ran in statements(http_url)}
     assert {"SELECT", "INSERT", "CREATE", "ALTER", "EXCHANGE"} <= kinds
+
+
+def test_the_demo_over_http_prints_what_it_prints_embedded(
+    http_url: str,
+    chdb_url: str,
+    embedded_database: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """`demo --fresh` drops its database first (a command over HTTP), then runs and reports."""
+    printed = []
+    for url, name in ((http_url, "demo_over_http"), (chdb_url, embedded_database)):
+        data_dir = tmp_path / name
+        args = ["--data-dir", str(data_dir), "--clickhouse-url", url, "--database", name]
+        demo = [*args, "demo", "--fresh", "--buyers", "150", "--now", "2026-06-01T00:00:00"]
+        capsys.readouterr()
+        assert main(demo) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        printed.append(out.replace(str(data_dir), "DIR").replace(name, "DB"))
+    http_lines = [line for line in printed[0].splitlines() if "ClickHouse server" not in line]
+    chdb_lines = [line for line in printed[1].splitlines() if "chDB" not in line]
+    assert http_lines == chdb_lines
+    assert len(http_lines) > 20
