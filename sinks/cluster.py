@@ -101,14 +101,6 @@ class ClusterSchema:
     def statements(self) -> list[str]:
         return [statement for _, statements in self.migrations for statement in statements]
 
-    def script(self) -> str:
-        """Every statement, ``;``-terminated, each migration under a comment naming it."""
-        parts = []
-        for migration, statements in self.migrations:
-            parts.append(f"-- {migration.version:04d}_{migration.name}")
-            parts.extend(f"{statement};\n" for statement in statements)
-        return "\n".join(parts)
-
 
 class _Rewriter:
     def __init__(self, database: str, cluster: str | None) -> None:
@@ -124,13 +116,14 @@ class _Rewriter:
     def sync(self) -> str:
         return " SYNC" if self.cluster else ""
 
-    def front(self, table: str) -> str:
+    def front(self, table: str, *, if_not_exists: bool = False) -> str:
         """The table under the original name, over ``table_local``."""
         db = self.database
+        create = "CREATE TABLE IF NOT EXISTS" if if_not_exists else "CREATE TABLE"
         if self.cluster is None:
-            return f"CREATE TABLE {db}.{table} ENGINE = Alias({db}, {table}{LOCAL})"
+            return f"{create} {db}.{table} ENGINE = Alias({db}, {table}{LOCAL})"
         return (
-            f"CREATE TABLE {db}.{table}{self.on_cluster} AS {db}.{table}{LOCAL} "
+            f"{create} {db}.{table}{self.on_cluster} AS {db}.{table}{LOCAL} "
             f"ENGINE = Distributed({self.cluster}, {db}, {table}{LOCAL}, {self.keys[table]})"
         )
 
@@ -175,9 +168,7 @@ class _Rewriter:
             order_by = [part.strip() for part in order.group(1).strip("()").split(",")]
             self.keys[table] = sharding_key(columns, order_by)
             exists = "IF NOT EXISTS " if if_not_exists else ""
-            front = self.front(table)
-            if if_not_exists:
-                front = front.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+            front = self.front(table, if_not_exists=bool(if_not_exists))
             return [
                 f"CREATE TABLE {exists}{db}.{table}{LOCAL}{on}\n{columns}\n"
                 f"ENGINE = {self.engine(engine, args)}\n{self.table_settings(rest)}",

@@ -16,7 +16,7 @@ from sinks.clickhouse import Client, identifier, translate_error
 if TYPE_CHECKING:
     from sinks.cluster import ClusterSchema
 
-__all__ = ["Migration", "apply_migrations", "load_migrations"]
+__all__ = ["Migration", "apply_migrations", "load_migrations", "migration_script"]
 
 _NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LEDGER: Final = "schema_migrations"
@@ -70,6 +70,28 @@ def _ledger_ddl(database: str, cluster: str | None) -> str:
         f"ENGINE = ReplicatedMergeTree('/clickhouse/tables/{{database}}/{_LEDGER}', '{{replica}}') "
         "ORDER BY version"
     )
+
+
+def migration_script(database: str, schema: ClusterSchema | None = None) -> str:
+    """What :func:`apply_migrations` runs on an empty database, as one SQL script (each
+    migration followed by its ledger row), for ``touchpoint migrate --print``."""
+    database = identifier(database)
+    cluster = schema.cluster if schema is not None else None
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    rewritten = dict(schema.migrations) if schema is not None else {}
+    parts = [
+        f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster};\n",
+        f"{_ledger_ddl(database, cluster)};\n",
+    ]
+    for migration in load_migrations():
+        statements = rewritten[migration] if schema is not None else migration.statements(database)
+        parts.append(f"-- {migration.version:04d}_{migration.name}")
+        parts.extend(f"{statement};\n" for statement in statements)
+        parts.append(
+            f"INSERT INTO {database}.{_LEDGER} (version, name, checksum) VALUES "
+            f"({migration.version}, '{migration.name}', '{migration.checksum}');\n"
+        )
+    return "\n".join(parts)
 
 
 def apply_migrations(

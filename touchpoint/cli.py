@@ -750,19 +750,12 @@ def migrate(ctx: click.Context, cluster: str | None, print_only: bool) -> None:
     """Create the database and apply pending schema migrations."""
     settings = _settings(ctx)
     from sinks.cluster import cluster_schema
-    from sinks.migrate import apply_migrations, load_migrations
+    from sinks.migrate import apply_migrations, migration_script
 
     database = settings.clickhouse.database
     schema = cluster_schema(database, cluster) if cluster else None
     if print_only:
-        if schema is not None:
-            click.echo(schema.script(), nl=False)
-        else:
-            for migration in load_migrations():
-                click.echo(f"-- {migration.version:04d}_{migration.name}")
-                click.echo(
-                    "".join(f"{sql};\n\n" for sql in migration.statements(database)), nl=False
-                )
+        click.echo(migration_script(database, schema), nl=False)
         return
     with wiring.clickhouse(settings, migrate=False) as client:
         applied = apply_migrations(client, database, schema=schema)

@@ -22,7 +22,7 @@ from ingest.generator import GeneratorConfig, generate
 from processors.rules import default_rules
 from schemas.errors import MigrationError
 from sinks.cluster import cluster_schema
-from sinks.migrate import Migration, apply_migrations, load_migrations
+from sinks.migrate import Migration, apply_migrations, load_migrations, migration_script
 from touchpoint.cli import main
 
 pytestmark = pytest.mark.integration
@@ -159,7 +159,12 @@ def test_migrate_prints_the_cluster_ddl(capsys: pytest.CaptureFixture[str]) -> N
     capsys.readouterr()
     assert main(["--database", DB, "migrate", "--cluster", CLUSTER, "--print"]) == 0
     out = capsys.readouterr().out
-    assert out == cluster_schema(DB, CLUSTER).script()
+    assert out == migration_script(DB, cluster_schema(DB, CLUSTER))
+    for sql in cluster_schema(DB, CLUSTER).statements():
+        assert f"{sql};" in out
+    for migration in load_migrations():
+        assert f"({migration.version}, '{migration.name}', '{migration.checksum}')" in out
+    assert out.startswith(f"CREATE DATABASE IF NOT EXISTS {DB} ON CLUSTER {CLUSTER};")
     assert (
         "ENGINE = Distributed(two_shards, touchpoint, touchpoints_local, cityHash64(buyer_id))"
         in out
@@ -176,6 +181,21 @@ def test_migrate_prints_the_plain_schema_without_a_cluster(
         for sql in migration.statements(DB):
             assert f"{sql};" in out
     assert "ON CLUSTER" not in out and "_local" not in out
+
+
+def test_the_printed_script_is_what_migrate_applies(
+    capsys: pytest.CaptureFixture[str], clickhouse_client: Any
+) -> None:
+    database = f"printed_{uuid.uuid4().hex[:8]}"
+    capsys.readouterr()
+    assert main(["--database", database, "migrate", "--print"]) == 0
+    script = Migration(0, "printed", capsys.readouterr().out)
+    try:
+        for sql in script.statements(database):
+            clickhouse_client.command(sql)
+        assert apply_migrations(clickhouse_client, database) == []  # nothing left to apply
+    finally:
+        clickhouse_client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
 
 
 def test_migrating_for_a_cluster_the_server_does_not_know_is_one_line_and_exit_code_1(
