@@ -15,7 +15,9 @@ https://clickhouse.com/docs/interfaces/http that clickhouse-connect uses:
   or ignored; ``client_protocol_version`` is ignored, so the client's probe settles on
   protocol 0 (Native blocks without block info), which it supports;
 - request bodies compressed with lz4 (frame), zstd, gzip or deflate (``Content-Encoding``),
-  plain or chunked; answers uncompressed, whole (``Content-Length``), with
+  plain or chunked; answers uncompressed — a SELECT streams (chunked, block by block, an
+  error after the first block cutting it short) unless ``wait_end_of_query=1``, anything
+  else comes whole — with
   ``X-ClickHouse-Format``, ``X-ClickHouse-Summary``, ``X-ClickHouse-Query-Id`` and
   ``X-ClickHouse-Timezone``;
 - basic authentication (``Authorization: Basic``, ``X-ClickHouse-User``/``-Key`` or the
@@ -34,6 +36,7 @@ import argparse
 import base64
 import gzip
 import importlib
+import itertools
 import json
 import re
 import subprocess
@@ -83,6 +86,7 @@ _INSERT_DATA: Final = re.compile(
 _INSERT: Final = re.compile(r"^\s*INSERT\s+INTO\s", re.IGNORECASE)
 _INSERT_TABLE: Final = re.compile(r"^\s*INSERT\s+INTO\s+([\w.`]+)", re.IGNORECASE)
 _FORMAT: Final = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
+_SELECT: Final = re.compile(r"^\s*(SELECT|WITH|\()", re.IGNORECASE)
 _SETTING: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CODE: Final = re.compile(r"Code: (\d+)\.")
 _NOT_FOUND: Final = frozenset({60, 81})  # UNKNOWN_TABLE, UNKNOWN_DATABASE
@@ -127,46 +131,67 @@ class _Engine:
             self._keep.query("SELECT timezone()", "TabSeparated").bytes().decode().strip()
         )
 
-    def run(
+    @contextmanager
+    def execute(
         self,
         sql: str,
         data: bytes | None,
         database: str | None,
         settings: dict[str, str],
         params: dict[str, str],
+        *,
         default_format: str,
-    ) -> tuple[bytes, str, dict[str, str]]:
+        stream: bool,
+    ) -> Iterator[tuple[Iterator[bytes], str, dict[str, str]]]:
+        """Runs one statement; yields its answer's chunks (one, unless ``stream``), format and
+        summary. The connection (and the engine lock) stays held until the chunks are read."""
         fmt_match = _FORMAT.search(sql)
         fmt = fmt_match.group(1) if fmt_match and data is None else default_format
         with self._lock, tempfile.NamedTemporaryFile(suffix=".data") as infile:
             conn = self._chdb.connect(self._path)
             try:
-                if database:
-                    conn.query(f"USE `{database}`", "TabSeparated")
-                for name, value in settings.items():
-                    if not _SETTING.match(name):
-                        raise _Failure(HTTPStatus.BAD_REQUEST, 115, f"bad setting name {name!r}")
-                    conn.query(f"SET {name} = {_quote(value)}", "TabSeparated")
-                if data is not None:
-                    infile.write(data)
-                    infile.flush()
-                    head, data_format = _split_format(sql)
-                    sql = f"{head} FROM INFILE {_quote(infile.name)} FORMAT {data_format}"
-                result = conn.query(sql, fmt, params=params)
-            except self._chdb.ChdbError as exc:
-                raise _failure(str(exc)) from exc
-            except RuntimeError as exc:
-                raise _failure(str(exc)) from exc
+                try:
+                    if database:
+                        conn.query(f"USE `{database}`", "TabSeparated")
+                    for name, value in settings.items():
+                        if not _SETTING.match(name):
+                            raise _Failure(HTTPStatus.BAD_REQUEST, 115, f"bad setting {name!r}")
+                        conn.query(f"SET {name} = {_quote(value)}", "TabSeparated")
+                    if data is not None:
+                        infile.write(data)
+                        infile.flush()
+                        head, data_format = _split_format(sql)
+                        sql = f"{head} FROM INFILE {_quote(infile.name)} FORMAT {data_format}"
+                    if stream and data is None:
+                        blocks = conn.send_query(sql, fmt, params=params)
+                        chunks: Iterator[bytes] = (block.bytes() for block in blocks)
+                        summary: dict[str, str] = {}
+                    else:
+                        result = conn.query(sql, fmt, params=params)
+                        chunks = iter([result.bytes() or b""])
+                        summary = _summary(result)
+                except (self._chdb.ChdbError, RuntimeError) as exc:
+                    raise _failure(str(exc)) from exc
+                yield _translated(chunks, self._chdb.ChdbError), fmt, summary
             finally:
                 conn.close()
-        summary = {
-            "read_rows": str(result.rows_read()),
-            "read_bytes": str(result.bytes_read()),
-            "written_rows": str(getattr(result, "rows_written", lambda: 0)()),
-            "written_bytes": str(getattr(result, "bytes_written", lambda: 0)()),
-            "elapsed_ns": str(int(result.elapsed() * 1e9)),
-        }
-        return result.bytes() or b"", fmt, summary
+
+
+def _translated(chunks: Iterator[bytes], error: type[Exception]) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    except (error, RuntimeError) as exc:
+        raise _failure(str(exc)) from exc
+
+
+def _summary(result: Any) -> dict[str, str]:
+    return {
+        "read_rows": str(result.rows_read()),
+        "read_bytes": str(result.bytes_read()),
+        "written_rows": str(result.rows_written()),
+        "written_bytes": str(result.bytes_written()),
+        "elapsed_ns": str(int(result.elapsed() * 1e9)),
+    }
 
 
 def _split_format(sql: str) -> tuple[str, str]:
@@ -248,32 +273,55 @@ class _Handler(BaseHTTPRequestHandler):
                 if name not in _TRANSPORT and not name.startswith("param_")
             }
             self.server.record(sql, data)
-            answer, fmt, summary = self.server.engine.run(
+            # As ClickHouse: the answer streams (chunked) unless wait_end_of_query buffers it.
+            # (chDB streams only SELECTs: other statements answer whole.)
+            stream = query.get("wait_end_of_query") != "1" and bool(_SELECT.match(sql))
+            with self.server.engine.execute(
                 sql,
                 data,
                 query.get("database"),
                 settings,
                 params,
-                query.get("default_format") or "TabSeparated",
-            )
+                default_format=query.get("default_format") or "TabSeparated",
+                stream=stream,
+            ) as (chunks, fmt, summary):
+                first = next(chunks, b"")  # most errors show here, before the headers
+                headers = {
+                    "Content-Type": "application/octet-stream",
+                    "X-ClickHouse-Format": fmt,
+                    "X-ClickHouse-Summary": json.dumps(summary),
+                    "X-ClickHouse-Query-Id": query.get("query_id") or str(uuid.uuid4()),
+                    "X-ClickHouse-Timezone": self.server.engine.timezone,
+                }
+                if not stream:
+                    self._answer(HTTPStatus.OK, first + b"".join(chunks), headers)
+                    return
+                self._stream(first, chunks, headers)
         except _Failure as failure:
             self._answer(
                 failure.status,
                 failure.message.encode() + b"\n",
                 {"X-ClickHouse-Exception-Code": str(failure.code), "Content-Type": "text/plain"},
             )
+
+    def _stream(self, first: bytes, chunks: Iterator[bytes], headers: dict[str, str]) -> None:
+        self.send_response(HTTPStatus.OK)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for chunk in itertools.chain([first], chunks):
+                if chunk:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except _Failure as failure:
+            # Too late for a status: ClickHouse writes the error into the body and cuts the
+            # answer short; so does this (the client sees a broken stream).
+            message = failure.message.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(message), message))
+            self.close_connection = True
             return
-        self._answer(
-            HTTPStatus.OK,
-            answer,
-            {
-                "Content-Type": "application/octet-stream",
-                "X-ClickHouse-Format": fmt,
-                "X-ClickHouse-Summary": json.dumps(summary),
-                "X-ClickHouse-Query-Id": query.get("query_id") or str(uuid.uuid4()),
-                "X-ClickHouse-Timezone": self.server.engine.timezone,
-            },
-        )
+        self.wfile.write(b"0\r\n\r\n")
 
     @staticmethod
     def _statement(param: str, body: bytes) -> tuple[str, bytes | None]:

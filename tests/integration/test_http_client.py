@@ -189,3 +189,25 @@ def test_the_demo_over_http_prints_what_it_prints_embedded(
     chdb_lines = [line for line in printed[1].splitlines() if "chDB" not in line]
     assert http_lines == chdb_lines
     assert len(http_lines) > 20
+
+
+def test_large_answers_stream_and_errors_come_back_as_clickhouse_errors(http_url: str) -> None:
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from schemas.settings import ClickHouseSettings
+    from sinks.clickhouse import connect
+
+    client = connect(http_url, ClickHouseSettings())
+    try:
+        blocks = {"max_block_size": 65536}
+        rows = client.query("SELECT number FROM numbers(2000000)", settings=blocks).result_rows
+        assert len(rows) == 2_000_000 and rows[-1] == (1_999_999,)
+        with pytest.raises(DatabaseError) as failed:
+            client.query("SELECT throwIf(number = 1500000) FROM numbers(2000000)", settings=blocks)
+        assert failed.value.code == 395
+        with pytest.raises(DatabaseError) as missing:
+            client.query("SELECT * FROM no_such_database.t")
+        assert missing.value.code == 81
+        assert client.query("SELECT 1").result_rows == [(1,)]  # the connection is still good
+    finally:
+        client.close()
