@@ -26,8 +26,9 @@ https://clickhouse.com/docs/interfaces/http that clickhouse-connect uses:
   ``X-ClickHouse-Exception-Code`` header and the message as the body.
 
 chDB opens one data directory per process and the test session already has one open, so
-the front runs in its own process: ``python -m tests.chdb_http --path DIR --user U
---password P`` prints ``PORT`` once it listens on 127.0.0.1 (:func:`start` does that).
+the front runs in its own process: ``python -m tests.chdb_http --path DIR --user U``, the
+password on stdin (not in ``ps``), prints ``PORT`` once it listens on 127.0.0.1 (:func:`start`
+does that). ``GET /_front/statements`` (not ClickHouse's) lists what ran, for the tests.
 """
 
 from __future__ import annotations
