@@ -132,7 +132,8 @@ def test_the_other_clickhouse_commands_answer_over_http_as_they_do_embedded(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    """Imports, dead letters (list and replay), triggers, the brief and the HTML report."""
+    """Imports, dead letters (list and replay), triggers, the brief, split, period-compared
+    and HTML reports."""
     (tmp_path / "spend.csv").write_text(
         "Day,Campaign,Impressions,Clicks,Cost\n"
         "2026-03-01,spring,1000,40,12.50\n"
@@ -152,6 +153,8 @@ def test_the_other_clickhouse_commands_answer_over_http_as_they_do_embedded(
         ("dead-letters", "list"),
         ("triggers",),
         ("report", "--brief"),
+        ("report", "--by", "persona", "--from", "2000-01-01", "--to", "2100-01-01"),
+        ("report", "--compare-from", "1990-01-01", "--compare-to", "2000-01-01"),
         ("report", "--html", str(tmp_path / "DB.html")),
     ]
     seen: list[list[str]] = []
