@@ -114,6 +114,13 @@ def apply_migrations(
         raise MigrationError(f"the schema was rewritten for {schema.database}, not {database}")
     cluster = schema.cluster if schema is not None else None
     on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    ledger = _ledger_engine(client, database)
+    replicated = ledger is not None and ledger.startswith("Replicated")
+    if cluster and ledger is not None and not replicated:
+        raise MigrationError(
+            f"{database} was migrated without a cluster (its tables are on this server only); "
+            "migrate a new database for the cluster and copy the data over"
+        )
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
     except ClickHouseError as exc:
@@ -137,8 +144,11 @@ def apply_migrations(
         for migration in load_migrations()
         if migration.version not in applied and (upto is None or migration.version <= upto)
     ]
-    if pending and schema is None:
-        _refuse_cluster_database(client, database)
+    if pending and schema is None and replicated:
+        raise MigrationError(
+            f"{database} was migrated for a cluster and has pending migrations: run "
+            "`touchpoint migrate --cluster NAME` to apply them on every node"
+        )
 
     done: list[Migration] = []
     for migration in load_migrations():
@@ -172,16 +182,14 @@ def apply_migrations(
     return done
 
 
-def _refuse_cluster_database(client: Client, database: str) -> None:
+def _ledger_engine(client: Client, database: str) -> str | None:
+    """The engine of ``database``'s ledger (``Replicated...`` once migrated for a cluster),
+    or None before the first migration."""
     try:
-        engine = client.command(
+        rows = client.query(
             "SELECT engine FROM system.tables WHERE database = %(database)s AND name = %(ledger)s",
             parameters={"database": database, "ledger": _LEDGER},
-        )
+        ).result_rows
     except ClickHouseError as exc:
         raise translate_error(exc, "reading the migration ledger") from exc
-    if str(engine).startswith("Replicated"):
-        raise MigrationError(
-            f"{database} was migrated for a cluster and has pending migrations: run "
-            "`touchpoint migrate --cluster NAME` to apply them on every node"
-        )
+    return str(rows[0][0]) if rows else None

@@ -212,6 +212,13 @@ def test_migrating_for_a_cluster_the_server_does_not_know_is_one_line_and_exit_c
     assert "not a valid cluster name" in capsys.readouterr().err
 
 
+def test_a_database_migrated_without_a_cluster_is_not_migrated_for_one(
+    clickhouse_client: Any, database: str
+) -> None:
+    with pytest.raises(MigrationError, match="was migrated without a cluster"):
+        apply_migrations(clickhouse_client, database, schema=cluster_schema(database, CLUSTER))
+
+
 # --- the single-node twin: the same rewrite runs every report query unchanged ---------------
 
 
