@@ -116,6 +116,30 @@ def period_condition(column: str) -> str:
     return _IN_PERIOD.format(column=column)
 
 
+def _top_keys(limit: int, sum_map: str) -> str:
+    """The ``limit`` most frequent keys of a ``sumMap`` result, the most frequent first and
+    ties by key. Not ``topK``: it is approximate and breaks ties in arrival order, so the
+    same rows stored in other parts (another load, another server) could rank otherwise."""
+    return (
+        f"arraySlice(arrayMap(p -> p.1, arraySort(p -> (-toInt64(p.2), p.1), "
+        f"arrayZip(({sum_map}).1, ({sum_map}).2))), 1, {limit})"
+    )
+
+
+_TOP_NEXT_ACTIONS: Final = _top_keys(
+    3, "sumMapIf([n.next_action], [toUInt64(1)], n.next_action != '')"
+)
+_TOP_EXITS: Final = _top_keys(
+    3,
+    "sumMap(arrayMap(e -> tupleElement(e, 'kind'), j.exits), arrayMap(e -> toUInt64(1), j.exits))",
+)
+_PREFERRED: Final = _top_keys(
+    1,
+    "sumMapIf([assumeNotNull(j.preferred_channel)], [toUInt64(1)], "
+    "j.preferred_channel IS NOT NULL)",
+)
+
+
 def _rows(client: Client, sql: str, parameters: dict[str, Any], action: str) -> list[Any]:
     try:
         return list(client.query(sql, parameters=parameters).result_rows)
@@ -261,7 +285,7 @@ def dropoff_diagnosis(
         )
         SELECT d.stage, d.last_channel, d.last_action, count() AS buyers,
                countIf(n.next_action != '') AS came_back,
-               topKIf(3)(n.next_action, n.next_action != '') AS next_actions
+               {_TOP_NEXT_ACTIONS} AS next_actions
         FROM drops AS d
         LEFT JOIN next_actions AS n ON n.buyer_id = d.buyer_id AND n.stage = d.stage
         GROUP BY d.stage, d.last_channel, d.last_action
@@ -792,7 +816,7 @@ def why_not_buy_or_stay(
             count() AS buyers,
             countIf(t.tickets > 0) AS with_ticket,
             countIf(length(j.exits) > 0) AS exited,
-            topKArray(3)(arrayMap(e -> tupleElement(e, 'kind'), j.exits)) AS top_exits
+            {_TOP_EXITS} AS top_exits
         FROM {db}.journey_state AS j FINAL
         LEFT JOIN (
             SELECT buyer_id, argMax(event_type, occurred_at) AS last_action,
@@ -1115,7 +1139,7 @@ def persona_stats(
                avgIf(s.csat, s.csat > 0) AS csat,
                sum(s.nps_answers) AS answers, sum(s.promoters) AS promoters,
                sum(s.detractors) AS detractors,
-               topK(1)(j.preferred_channel) AS preferred,
+               {_PREFERRED} AS preferred,
                sumMap(arrayMap(e -> tupleElement(e, 'kind'), j.exits),
                       arrayMap(e -> toUInt64(1), j.exits)) AS exits,
                sum(ifNull(s.tickets, 0)) AS tickets,

@@ -6,14 +6,17 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.errors import MigrationError
 from sinks.clickhouse import Client, identifier, translate_error
 
-__all__ = ["Migration", "apply_migrations", "load_migrations"]
+if TYPE_CHECKING:
+    from sinks.cluster import ClusterSchema
+
+__all__ = ["Migration", "apply_migrations", "load_migrations", "migration_script"]
 
 _NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LEDGER: Final = "schema_migrations"
@@ -53,17 +56,77 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-def apply_migrations(client: Client, database: str, *, upto: int | None = None) -> list[Migration]:
-    """Create the database and apply pending migrations (those up to version ``upto``, when
-    given); returns the ones applied now."""
-    database = identifier(database)
-    try:
-        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-        client.command(
-            f"CREATE TABLE IF NOT EXISTS {database}.{_LEDGER} "
-            "(version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) "
+def _ledger_ddl(database: str, cluster: str | None) -> str:
+    columns = "(version UInt32, name String, checksum String, applied_at DateTime DEFAULT now())"
+    if cluster is None:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {database}.{_LEDGER} {columns} "
             "ENGINE = MergeTree ORDER BY version"
         )
+    # One ledger for the whole cluster: every node is a replica of it (no {shard} in the path),
+    # so whichever node `migrate` talks to knows what was applied.
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{_LEDGER} ON CLUSTER {cluster} {columns} "
+        f"ENGINE = ReplicatedMergeTree('/clickhouse/tables/{{database}}/{_LEDGER}', '{{replica}}') "
+        "ORDER BY version"
+    )
+
+
+def migration_script(database: str, schema: ClusterSchema | None = None) -> str:
+    """What :func:`apply_migrations` runs on an empty database, as one SQL script (each
+    migration followed by its ledger row), for ``touchpoint migrate --print``."""
+    database = identifier(database)
+    cluster = schema.cluster if schema is not None else None
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    rewritten = dict(schema.migrations) if schema is not None else {}
+    parts = [
+        f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster};\n",
+        f"{_ledger_ddl(database, cluster)};\n",
+    ]
+    for migration in load_migrations():
+        statements = rewritten[migration] if schema is not None else migration.statements(database)
+        parts.append(f"-- {migration.version:04d}_{migration.name}")
+        parts.extend(f"{statement};\n" for statement in statements)
+        parts.append(
+            f"INSERT INTO {database}.{_LEDGER} (version, name, checksum) VALUES "
+            f"({migration.version}, '{migration.name}', '{migration.checksum}');\n"
+        )
+    return "\n".join(parts)
+
+
+def apply_migrations(
+    client: Client,
+    database: str,
+    *,
+    upto: int | None = None,
+    schema: ClusterSchema | None = None,
+) -> list[Migration]:
+    """Create the database and apply pending migrations (those up to version ``upto``, when
+    given); returns the ones applied now.
+
+    With ``schema`` (:func:`sinks.cluster.cluster_schema` for this database), each migration's
+    rewritten statements run instead of its own: the cluster DDL, or the single-node twin. A
+    database migrated for a cluster is refused a plain migration (it would create tables on
+    one node only).
+    """
+    database = identifier(database)
+    if schema is not None and schema.database != database:
+        raise MigrationError(f"the schema was rewritten for {schema.database}, not {database}")
+    cluster = schema.cluster if schema is not None else None
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    ledger = _ledger_engine(client, database)
+    replicated = ledger is not None and ledger.startswith("Replicated")
+    if cluster and ledger is not None and not replicated:
+        raise MigrationError(
+            f"{database} was migrated without a cluster (its tables are on this server only); "
+            "migrate a new database for the cluster and copy the data over"
+        )
+    try:
+        client.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
+    except ClickHouseError as exc:
+        raise translate_error(exc, f"creating database {database}{on_cluster}") from exc
+    try:
+        client.command(_ledger_ddl(database, cluster))
         applied = {
             int(version): checksum
             for version, checksum in client.query(
@@ -72,6 +135,20 @@ def apply_migrations(client: Client, database: str, *, upto: int | None = None) 
         }
     except ClickHouseError as exc:
         raise translate_error(exc, "reading the migration ledger") from exc
+
+    rewritten: dict[int, list[str]] = {}
+    if schema is not None:
+        rewritten = {migration.version: statements for migration, statements in schema.migrations}
+    pending = [
+        migration
+        for migration in load_migrations()
+        if migration.version not in applied and (upto is None or migration.version <= upto)
+    ]
+    if pending and schema is None and replicated:
+        raise MigrationError(
+            f"{database} was migrated for a cluster and has pending migrations: run "
+            "`touchpoint migrate --cluster NAME` to apply them on every node"
+        )
 
     done: list[Migration] = []
     for migration in load_migrations():
@@ -85,8 +162,11 @@ def apply_migrations(client: Client, database: str, *, upto: int | None = None) 
                     "was applied; add a new migration instead of editing an old one"
                 )
             continue
+        statements = (
+            migration.statements(database) if schema is None else rewritten[migration.version]
+        )
         try:
-            for statement in migration.statements(database):
+            for statement in statements:
                 client.command(statement)
             client.insert(
                 f"{database}.{_LEDGER}",
@@ -100,3 +180,16 @@ def apply_migrations(client: Client, database: str, *, upto: int | None = None) 
             ) from exc
         done.append(migration)
     return done
+
+
+def _ledger_engine(client: Client, database: str) -> str | None:
+    """The engine of ``database``'s ledger (``Replicated...`` once migrated for a cluster),
+    or None before the first migration."""
+    try:
+        rows = client.query(
+            "SELECT engine FROM system.tables WHERE database = %(database)s AND name = %(ledger)s",
+            parameters={"database": database, "ledger": _LEDGER},
+        ).result_rows
+    except ClickHouseError as exc:
+        raise translate_error(exc, "reading the migration ledger") from exc
+    return str(rows[0][0]) if rows else None

@@ -733,16 +733,35 @@ def report_command(
 
 
 @cli.command()
+@_option(
+    "--cluster",
+    env="CLICKHOUSE_CLUSTER",
+    default=None,
+    help="A ClickHouse cluster: Replicated engines, ON CLUSTER, Distributed tables by buyer.",
+)
+@click.option(
+    "--print",
+    "print_only",
+    is_flag=True,
+    help="Print the DDL instead of applying it (nothing connects).",
+)
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
+def migrate(ctx: click.Context, cluster: str | None, print_only: bool) -> None:
     """Create the database and apply pending schema migrations."""
     settings = _settings(ctx)
-    from sinks.migrate import apply_migrations
+    from sinks.cluster import cluster_schema
+    from sinks.migrate import apply_migrations, migration_script
 
+    database = settings.clickhouse.database
+    schema = cluster_schema(database, cluster) if cluster else None
+    if print_only:
+        click.echo(migration_script(database, schema), nl=False)
+        return
     with wiring.clickhouse(settings, migrate=False) as client:
-        applied = apply_migrations(client, settings.clickhouse.database)
+        applied = apply_migrations(client, database, schema=schema)
     names = ", ".join(f"{item.version:04d}_{item.name}" for item in applied) or "none (up to date)"
-    click.echo(f"Migrations applied to {wiring.target_description(settings)}: {names}")
+    where = f" (cluster {cluster})" if cluster else ""
+    click.echo(f"Migrations applied to {wiring.target_description(settings)}{where}: {names}")
 
 
 @cli.group("import")
