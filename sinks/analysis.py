@@ -30,6 +30,7 @@ __all__ = [
     "AD_SPEND_CHANNEL",
     "ATTRIBUTION_MODELS",
     "DEFAULT_PURCHASE_STAGE",
+    "AttributionKey",
     "AttributionModel",
     "AttributionShare",
     "ChannelEffect",
@@ -48,6 +49,7 @@ __all__ = [
     "WeekSales",
     "WhyNot",
     "attribution",
+    "attribution_all",
     "buyer_tracker",
     "channel_effectiveness",
     "dropoff_diagnosis",
@@ -360,9 +362,17 @@ class ChannelEffect:
 
 
 def channel_effectiveness(
-    client: Client, database: str, *, period: Period | None = None, lookback: timedelta
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    lookback: timedelta,
+    linear: Sequence[AttributionShare] | None = None,
 ) -> list[ChannelEffect]:
-    """Per channel: touches, buyers touched, how many of them purchased, revenue credited."""
+    """Per channel: touches, buyers touched, how many of them purchased, revenue credited.
+
+    ``linear``: the linear attribution by channel for the same period and ``lookback``, when
+    the caller has it already (the report computes every model once); else it is queried."""
     db = identifier(database)
     sql = f"""
         SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
@@ -375,12 +385,11 @@ def channel_effectiveness(
         GROUP BY channel
         ORDER BY channel
     """
-    credited = {
-        share.key: share.revenue
-        for share in attribution(
+    if linear is None:
+        linear = attribution(
             client, database, model="linear", by="channel", period=period, lookback=lookback
         )
-    }
+    credited = {share.key: share.revenue for share in linear}
     return [
         ChannelEffect(
             str(channel),
@@ -466,12 +475,15 @@ _WEIGHTS: Final[dict[AttributionModel, str]] = {
 }
 
 
+AttributionKey = Literal["channel", "campaign"]
+
+
 def attribution(
     client: Client,
     database: str,
     *,
     model: AttributionModel,
-    by: Literal["channel", "campaign"] = "channel",
+    by: AttributionKey = "channel",
     period: Period | None = None,
     lookback: timedelta = timedelta(days=30),
     half_life: timedelta = timedelta(days=7),
@@ -485,9 +497,31 @@ def attribution(
     purchase (earliest ``(occurred_at, event_id)`` of all their purchases, in the period or
     not) is an acquisition, credited the same way.
     """
+    return attribution_all(client, database, period=period, lookback=lookback, half_life=half_life)[
+        (model, by)
+    ]
+
+
+def attribution_all(
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    lookback: timedelta = timedelta(days=30),
+    half_life: timedelta = timedelta(days=7),
+) -> dict[tuple[AttributionModel, AttributionKey], list[AttributionShare]]:
+    """:func:`attribution` of every model, by channel and by campaign, from one query: the
+    purchases, first purchases and paths are read once (the report needs all ten)."""
     db = identifier(database)
-    weights = _WEIGHTS[model]
-    key = "touch.2" if by == "channel" else "touch.3"
+    weights = ",\n                ".join(
+        f"{_WEIGHTS[model]} AS w_{model}" for model in ATTRIBUTION_MODELS
+    )
+    sums = ",\n               ".join(
+        f"sum(w_{model}) AS purchases_{model}, sum(w_{model} * revenue) AS revenue_{model}, "
+        f"sum(w_{model} * acquired) AS acquisitions_{model}"
+        for model in ATTRIBUTION_MODELS
+    )
+    arrays = ", ".join(f"w_{model}" for model in ATTRIBUTION_MODELS)
     sql = f"""
         WITH firsts AS (
             SELECT buyer_id, argMin(event_id, (occurred_at, event_id)) AS first_purchase
@@ -520,34 +554,44 @@ def attribution(
                 length(path) AS n,
                 arrayMap(x -> pow(2, -dateDiff('millisecond', x.1, p.at)
                                   / (1000. * {{half_life:UInt32}})), path) AS decay,
-                {weights} AS weights
+                {weights}
             FROM purchases AS p LEFT JOIN paths AS t USING (buyer_id)
         )
-        SELECT {key} AS credited_key, sum(w) AS purchases, sum(w * revenue) AS revenue,
-               sum(w * acquired) AS acquisitions
+        SELECT keyed.1 AS dimension, keyed.2 AS credited_key,
+               {sums}
         FROM credited
-        ARRAY JOIN path AS touch, weights AS w
-        GROUP BY credited_key
-        HAVING purchases > 0
-        ORDER BY revenue DESC, credited_key
+        ARRAY JOIN path AS touch, {arrays}
+        ARRAY JOIN [('channel', touch.2), ('campaign', touch.3)] AS keyed
+        GROUP BY dimension, credited_key
     """
     parameters = {
         **(period or Period()).parameters(),
         "lookback": int(lookback.total_seconds()),
         "half_life": max(1, int(half_life.total_seconds())),
     }
-    return [
-        AttributionShare(
-            model,
-            str(name),
-            float(purchases),
-            Decimal(str(round(float(revenue), 4))),
-            float(acquisitions),
-        )
-        for name, purchases, revenue, acquisitions in _rows(
-            client, sql, parameters, "attribution query"
-        )
-    ]
+    keys: tuple[AttributionKey, ...] = ("channel", "campaign")
+    found: dict[tuple[AttributionModel, AttributionKey], list[tuple[float, str, float, float]]] = {
+        (model, key): [] for model in ATTRIBUTION_MODELS for key in keys
+    }
+    for dimension, name, *values in _rows(client, sql, parameters, "attribution query"):
+        by = keys[keys.index(dimension)]
+        for index, model in enumerate(ATTRIBUTION_MODELS):
+            purchases, revenue, acquisitions = values[3 * index : 3 * index + 3]
+            if purchases > 0:  # as HAVING purchases > 0 did
+                found[(model, by)].append(
+                    (float(revenue), str(name), float(purchases), float(acquisitions))
+                )
+    return {
+        (model, by): [
+            AttributionShare(model, name, purchases, Decimal(str(round(revenue, 4))), acquisitions)
+            # ORDER BY revenue DESC, key: ClickHouse compares strings bytewise, as Python
+            # compares UTF-8 text code point by code point
+            for revenue, name, purchases, acquisitions in sorted(
+                shares, key=lambda share: (-share[0], share[1].encode())
+            )
+        ]
+        for (model, by), shares in found.items()
+    }
 
 
 # -- ad spend: cost per acquisition, return on ad spend ----------------------------------------
@@ -593,6 +637,7 @@ def spend_returns(
     model: AttributionModel = "linear",
     lookback: timedelta = timedelta(days=30),
     half_life: timedelta = timedelta(days=7),
+    shares: Sequence[AttributionShare] | None = None,
 ) -> list[SpendReturn]:
     """Per campaign or channel: ad spend, new buyers (acquisitions) and revenue credited by
     ``model`` (:func:`attribution`: purchases in ``period``), CPA and ROAS.
@@ -600,7 +645,8 @@ def spend_returns(
     A day's spend counts when the day (00:00 UTC) is in ``period``. Every ``ad_spend`` row is
     the ``ads`` channel; by campaign, the export's campaign name meets the touchpoints'
     ``campaign`` (summed over platforms). Keys with spend or credit are listed, most spend
-    first.
+    first. ``shares``: that attribution (``model`` by ``by``, same period, ``lookback`` and
+    ``half_life``) when the caller has it already; else it is queried.
     """
     db = identifier(database)
     key = "campaign" if by == "campaign" else "{channel:String}"
@@ -614,9 +660,8 @@ def spend_returns(
     spend = {
         str(name): Decimal(cost) for name, cost in _rows(client, sql, parameters, "ad spend query")
     }
-    credited = {
-        share.key: share
-        for share in attribution(
+    if shares is None:
+        shares = attribution(
             client,
             database,
             model=model,
@@ -625,7 +670,7 @@ def spend_returns(
             lookback=lookback,
             half_life=half_life,
         )
-    }
+    credited = {share.key: share for share in shares}
     rows = [
         SpendReturn(
             name,

@@ -591,3 +591,127 @@ def test_no_spend_shows_a_dash_and_says_how_to_load_it(
         if line.startswith("web ")
     )
     assert web[1] == "-" and web[-2:] == ["-", "-"]
+
+
+# -- raw twins: each rewritten query beside the formulation it replaced -----------------------
+
+# analysis.attribution until issue 14: one query per model and key, on the raw touchpoints.
+_ATTRIBUTION_BEFORE_14 = """
+    WITH firsts AS (
+        SELECT buyer_id, argMin(event_id, (occurred_at, event_id)) AS first_purchase
+        FROM {db}.touchpoints FINAL
+        WHERE is_purchase
+        GROUP BY buyer_id
+    ),
+    purchases AS (
+        SELECT buyer_id, event_id, occurred_at AS at,
+               toFloat64(ifNull(revenue, 0)) AS revenue,
+               channel AS own_channel, ifNull(campaign, '(none)') AS own_campaign,
+               (buyer_id, event_id) IN (SELECT buyer_id, first_purchase FROM firsts)
+                   AS acquired
+        FROM {db}.touchpoints FINAL
+        WHERE is_purchase AND occurred_at >= {{start:DateTime64(3, 'UTC')}}
+          AND occurred_at < {{end:DateTime64(3, 'UTC')}}
+    ),
+    paths AS (
+        SELECT buyer_id,
+               groupArray((occurred_at, channel, ifNull(campaign, '(none)'))) AS touches
+        FROM {db}.touchpoints FINAL
+        WHERE NOT is_purchase AND buyer_id IN (SELECT buyer_id FROM purchases)
+        GROUP BY buyer_id
+    ),
+    credited AS (
+        SELECT p.revenue AS revenue, p.acquired AS acquired,
+            arraySort(x -> x.1, arrayFilter(
+                x -> x.1 < p.at AND x.1 >= p.at - toIntervalSecond({{lookback:UInt32}}),
+                t.touches)) AS found,
+            if(empty(found), [(p.at, p.own_channel, p.own_campaign)], found) AS path,
+            length(path) AS n,
+            arrayMap(x -> pow(2, -dateDiff('millisecond', x.1, p.at)
+                              / (1000. * {{half_life:UInt32}})), path) AS decay,
+            {weights} AS weights
+        FROM purchases AS p LEFT JOIN paths AS t USING (buyer_id)
+    )
+    SELECT {key} AS credited_key, sum(w) AS purchases, sum(w * revenue) AS revenue,
+           sum(w * acquired) AS acquisitions
+    FROM credited
+    ARRAY JOIN path AS touch, weights AS w
+    GROUP BY credited_key
+    HAVING purchases > 0
+    ORDER BY revenue DESC, credited_key
+"""
+
+
+def attribution_before_14(
+    client: Any,
+    database: str,
+    model: analysis.AttributionModel,
+    by: str,
+    period: analysis.Period,
+    lookback: timedelta,
+    half_life: timedelta,
+) -> list[tuple[str, float, float, float]]:
+    sql = _ATTRIBUTION_BEFORE_14.format(
+        db=database,
+        weights=analysis._WEIGHTS[model],
+        key="touch.2" if by == "channel" else "touch.3",
+    )
+    parameters = {
+        **period.parameters(),
+        "lookback": int(lookback.total_seconds()),
+        "half_life": max(1, int(half_life.total_seconds())),
+    }
+    return [
+        (str(key), float(purchases), float(revenue), float(acquisitions))
+        for key, purchases, revenue, acquisitions in client.query(
+            sql, parameters=parameters
+        ).result_rows
+    ]
+
+
+@pytest.mark.parametrize(
+    ("period", "lookback", "half_life"),
+    [
+        (analysis.Period(), timedelta(days=30), timedelta(days=7)),
+        (analysis.Period(start=datetime(2026, 2, 1, tzinfo=UTC)), timedelta(days=7), DAY),
+        (analysis.Period(end=datetime(2026, 3, 1, tzinfo=UTC)), timedelta(days=90), 3 * DAY),
+    ],
+)
+def test_every_attribution_from_one_query_equals_one_query_per_model(
+    clickhouse_client: Any,
+    generated: tuple[str, GroundTruth],
+    period: analysis.Period,
+    lookback: timedelta,
+    half_life: timedelta,
+) -> None:
+    database, _ = generated
+    every = analysis.attribution_all(
+        clickhouse_client, database, period=period, lookback=lookback, half_life=half_life
+    )
+    assert set(every) == {
+        (model, by) for model in analysis.ATTRIBUTION_MODELS for by in ("channel", "campaign")
+    }
+    for (model, by), shares in every.items():
+        twin = attribution_before_14(
+            clickhouse_client, database, model, by, period, lookback, half_life
+        )
+        assert twin, (model, by)
+        assert [share.key for share in shares] == [key for key, *_ in twin], (model, by)
+        for share, (_, purchases, revenue, acquisitions) in zip(shares, twin, strict=True):
+            assert share.model == model
+            assert share.purchases == pytest.approx(purchases, rel=1e-12)
+            assert share.acquisitions == pytest.approx(acquisitions, rel=1e-12, abs=1e-12)
+            # the value shown: rounded to 4 places, as before
+            assert share.revenue == Decimal(str(round(revenue, 4))), (model, by, share.key)
+        single = analysis.attribution(
+            clickhouse_client,
+            database,
+            model=model,
+            by=by,  # type: ignore[arg-type]
+            period=period,
+            lookback=lookback,
+            half_life=half_life,
+        )
+        # float sums of parallel threads: equal to the last bits only run by run
+        assert [(s.key, s.revenue) for s in single] == [(s.key, s.revenue) for s in shares]
+        assert [s.purchases for s in single] == pytest.approx([s.purchases for s in shares])
