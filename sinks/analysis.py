@@ -255,10 +255,16 @@ def dropoff_diagnosis(
             WHERE {period_condition("deadline")}
         ),
         next_actions AS (
+            -- the touches after the deadline of the dropped buyers only, with the (smaller)
+            -- drops as the join's hashed side; a buyer with none gets '' from the LEFT JOIN
             SELECT d.buyer_id AS buyer_id, d.stage AS stage,
-                   argMinIf(t.event_type, t.occurred_at, t.occurred_at > d.deadline) AS next_action
-            FROM drops AS d
-            INNER JOIN {db}.touchpoints AS t ON t.buyer_id = d.buyer_id
+                   argMin(t.event_type, t.occurred_at) AS next_action
+            FROM (
+                SELECT buyer_id, event_type, occurred_at FROM {db}.touchpoints
+                WHERE buyer_id IN (SELECT buyer_id FROM drops)
+            ) AS t
+            INNER JOIN drops AS d ON d.buyer_id = t.buyer_id
+            WHERE t.occurred_at > d.deadline
             GROUP BY buyer_id, stage
         )
         SELECT d.stage, d.last_channel, d.last_action, count() AS buyers,

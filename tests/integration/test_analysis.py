@@ -17,6 +17,7 @@ from processors.engine import JourneyProcessor
 from processors.local import run_local
 from processors.rules import default_rules
 from schemas.raw import RawRecord
+from schemas.rules import DEFAULT_ORDER
 from sinks import analysis
 from sinks.writer import ClickHouseWriter
 from tests.factories import T0, event
@@ -715,3 +716,51 @@ def test_every_attribution_from_one_query_equals_one_query_per_model(
         # float sums of parallel threads: equal to the last bits only run by run
         assert [(s.key, s.revenue) for s in single] == [(s.key, s.revenue) for s in shares]
         assert [s.purchases for s in single] == pytest.approx([s.purchases for s in shares])
+
+
+# analysis.dropoff_diagnosis until issue 14: every touch of every dropped buyer in the join.
+_DIAGNOSIS_BEFORE_14 = """
+    WITH drops AS (
+        SELECT buyer_id, stage, deadline,
+               ifNull(last_touch_channel, '(none)') AS last_channel,
+               ifNull(last_touch_event_type, '(none)') AS last_action
+        FROM {db}.dropoffs FINAL
+        WHERE deadline >= {{start:DateTime64(3, 'UTC')}} AND deadline < {{end:DateTime64(3, 'UTC')}}
+    ),
+    next_actions AS (
+        SELECT d.buyer_id AS buyer_id, d.stage AS stage,
+               argMinIf(t.event_type, t.occurred_at, t.occurred_at > d.deadline) AS next_action
+        FROM drops AS d
+        INNER JOIN {db}.touchpoints AS t ON t.buyer_id = d.buyer_id
+        GROUP BY buyer_id, stage
+    )
+    SELECT d.stage, d.last_channel, d.last_action, count() AS buyers,
+           countIf(n.next_action != '') AS came_back,
+           topKIf(3)(n.next_action, n.next_action != '') AS next_actions
+    FROM drops AS d
+    LEFT JOIN next_actions AS n ON n.buyer_id = d.buyer_id AND n.stage = d.stage
+    GROUP BY d.stage, d.last_channel, d.last_action
+    ORDER BY indexOf({stages}, d.stage), d.stage, buyers DESC, d.last_channel, d.last_action
+"""
+
+
+@pytest.mark.parametrize(
+    "period",
+    [analysis.Period(), analysis.Period(start=datetime(2026, 3, 1, tzinfo=UTC))],
+)
+def test_the_drop_off_diagnosis_equals_its_raw_twin(
+    clickhouse_client: Any, generated: tuple[str, GroundTruth], period: analysis.Period
+) -> None:
+    database, _ = generated
+    twin = [
+        analysis.DropoffDiagnosis(
+            str(stage), str(channel), str(action), int(buyers), int(back), tuple(nexts)
+        )
+        for stage, channel, action, buyers, back, nexts in clickhouse_client.query(
+            _DIAGNOSIS_BEFORE_14.format(db=database, stages=DEFAULT_ORDER.sql_array()),
+            parameters=period.parameters(),
+        ).result_rows
+    ]
+    rows = analysis.dropoff_diagnosis(clickhouse_client, database, period=period)
+    assert rows == twin
+    assert sum(row.came_back for row in rows) > 0
