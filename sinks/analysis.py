@@ -381,13 +381,18 @@ def channel_effectiveness(
     the caller has it already (the report computes every model once); else it is queried."""
     db = identifier(database)
     sql = f"""
-        SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
-               uniqExactIf(buyer_id, buyer_purchases > 0) AS purchasers
-        FROM {db}.touchpoints AS t FINAL
+        SELECT channel, sum(t.touches) AS touches, count() AS buyers,
+               countIf(j.buyer_purchases > 0) AS purchasers
+        FROM (
+            -- one row per channel and buyer touched, before the join (not one per touch)
+            SELECT channel, buyer_id, count() AS touches
+            FROM {db}.touchpoints FINAL
+            WHERE NOT is_purchase AND {period_condition("occurred_at")}
+            GROUP BY channel, buyer_id
+        ) AS t
         LEFT JOIN (
             SELECT buyer_id, purchases AS buyer_purchases FROM {db}.journey_state FINAL
         ) AS j USING (buyer_id)
-        WHERE NOT t.is_purchase AND {period_condition("t.occurred_at")}
         GROUP BY channel
         ORDER BY channel
     """

@@ -764,3 +764,46 @@ def test_the_drop_off_diagnosis_equals_its_raw_twin(
     rows = analysis.dropoff_diagnosis(clickhouse_client, database, period=period)
     assert rows == twin
     assert sum(row.came_back for row in rows) > 0
+
+
+# analysis.channel_effectiveness until issue 14: every touch joined to its buyer's state.
+_CHANNELS_BEFORE_14 = """
+    SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
+           uniqExactIf(buyer_id, buyer_purchases > 0) AS purchasers
+    FROM {db}.touchpoints AS t FINAL
+    LEFT JOIN (
+        SELECT buyer_id, purchases AS buyer_purchases FROM {db}.journey_state FINAL
+    ) AS j USING (buyer_id)
+    WHERE NOT t.is_purchase AND t.occurred_at >= {{start:DateTime64(3, 'UTC')}}
+      AND t.occurred_at < {{end:DateTime64(3, 'UTC')}}
+    GROUP BY channel
+    ORDER BY channel
+"""
+
+
+@pytest.mark.parametrize(
+    "period",
+    [analysis.Period(), analysis.Period(end=datetime(2026, 2, 15, tzinfo=UTC))],
+)
+def test_channel_effectiveness_equals_its_raw_twin(
+    clickhouse_client: Any, generated: tuple[str, GroundTruth], period: analysis.Period
+) -> None:
+    database, _ = generated
+    twin = [
+        (str(channel), int(touches), int(buyers), int(purchasers))
+        for channel, touches, buyers, purchasers in clickhouse_client.query(
+            _CHANNELS_BEFORE_14.format(db=database), parameters=period.parameters()
+        ).result_rows
+    ]
+    lookback = timedelta(days=30)
+    rows = analysis.channel_effectiveness(
+        clickhouse_client, database, period=period, lookback=lookback
+    )
+    assert [(r.channel, r.touches, r.buyers, r.purchasers) for r in rows] == twin
+    linear = analysis.attribution(
+        clickhouse_client, database, model="linear", period=period, lookback=lookback
+    )
+    given = analysis.channel_effectiveness(
+        clickhouse_client, database, period=period, lookback=lookback, linear=linear
+    )
+    assert given == rows
