@@ -902,33 +902,37 @@ def retention_cohorts(
 ) -> Sequence[CohortCell]:
     """Retention by first-purchase week: the share of each cohort purchasing k weeks later."""
     db = identifier(database)
+    # One pass over the purchases: per buyer, the cohort (Monday of the first purchase) and
+    # the distinct weeks after it with a purchase. Week 0 holds every buyer of the cohort,
+    # so its count is the cohort's size.
     sql = f"""
-        WITH orders AS (
-            SELECT buyer_id, occurred_at FROM {db}.touchpoints FINAL WHERE is_purchase
-        ),
-        firsts AS (
-            SELECT buyer_id, toMonday(min(occurred_at)) AS cohort FROM orders GROUP BY buyer_id
+        WITH buyers AS (
+            SELECT toMonday(min(occurred_at)) AS cohort,
+                   arrayDistinct(arrayMap(at -> intDiv(dateDiff('day', cohort, toMonday(at)), 7),
+                                          groupArray(occurred_at))) AS weeks
+            FROM {db}.touchpoints FINAL
+            WHERE is_purchase
+            GROUP BY buyer_id
             HAVING {period_condition("min(occurred_at)")}
-        ),
-        sizes AS (SELECT cohort, count() AS size FROM firsts GROUP BY cohort)
-        SELECT f.cohort, intDiv(dateDiff('day', f.cohort, toMonday(o.occurred_at)), 7) AS week,
-               any(s.size) AS size, uniqExact(o.buyer_id) AS active
-        FROM orders AS o
-        INNER JOIN firsts AS f USING (buyer_id)
-        INNER JOIN sizes AS s ON s.cohort = f.cohort
+        )
+        SELECT cohort, week, count() AS active
+        FROM buyers
+        ARRAY JOIN weeks AS week
         WHERE week < {{weeks:UInt32}}
-        GROUP BY f.cohort, week
-        ORDER BY f.cohort, week
+        GROUP BY cohort, week
+        ORDER BY cohort, week
     """
     parameters = {**(period or Period()).parameters(), "weeks": weeks}
+    rows = _rows(client, sql, parameters, "retention cohort query")
+    sizes = {cohort: int(active) for cohort, week, active in rows if int(week) == 0}
     return [
         CohortCell(
             datetime(cohort.year, cohort.month, cohort.day, tzinfo=UTC),
             int(week),
-            int(size),
+            sizes[cohort],
             int(active),
         )
-        for cohort, week, size, active in _rows(client, sql, parameters, "retention cohort query")
+        for cohort, week, active in rows
     ]
 
 
