@@ -534,39 +534,33 @@ def attribution_all(
     )
     arrays = ", ".join(f"w_{model}" for model in ATTRIBUTION_MODELS)
     sql = f"""
-        WITH firsts AS (
-            SELECT buyer_id, argMin(event_id, (occurred_at, event_id)) AS first_purchase
-            FROM {db}.touchpoints FINAL
-            WHERE is_purchase
-            GROUP BY buyer_id
-        ),
-        purchases AS (
-            SELECT buyer_id, event_id, occurred_at AS at,
-                   toFloat64(ifNull(revenue, 0)) AS revenue,
-                   channel AS own_channel, ifNull(campaign, '(none)') AS own_campaign,
-                   (buyer_id, event_id) IN (SELECT buyer_id, first_purchase FROM firsts)
-                       AS acquired
-            FROM {db}.touchpoints FINAL
-            WHERE is_purchase AND {period_condition("occurred_at")}
-        ),
-        paths AS (
+        WITH buyers AS (
+            -- one pass over the touchpoints: per buyer with a purchase in the period, the
+            -- period's purchases, the other touches, and the first purchase of all time
             SELECT buyer_id,
-                   groupArray((occurred_at, channel, ifNull(campaign, '(none)'))) AS touches
+                   groupArrayIf(
+                       (event_id, occurred_at, toFloat64(ifNull(revenue, 0)), channel,
+                        ifNull(campaign, '(none)')),
+                       is_purchase AND {period_condition("occurred_at")}) AS orders,
+                   groupArrayIf((occurred_at, channel, ifNull(campaign, '(none)')),
+                                NOT is_purchase) AS touches,
+                   argMinIf(event_id, (occurred_at, event_id), is_purchase) AS first_purchase
             FROM {db}.touchpoints FINAL
-            WHERE NOT is_purchase AND buyer_id IN (SELECT buyer_id FROM purchases)
             GROUP BY buyer_id
+            HAVING notEmpty(orders)
         ),
         credited AS (
-            SELECT p.revenue AS revenue, p.acquired AS acquired,
+            SELECT p.3 AS revenue, p.1 = first_purchase AS acquired,
                 arraySort(x -> x.1, arrayFilter(
-                    x -> x.1 < p.at AND x.1 >= p.at - toIntervalSecond({{lookback:UInt32}}),
-                    t.touches)) AS found,
-                if(empty(found), [(p.at, p.own_channel, p.own_campaign)], found) AS path,
+                    x -> x.1 < p.2 AND x.1 >= p.2 - toIntervalSecond({{lookback:UInt32}}),
+                    touches)) AS found,
+                if(empty(found), [(p.2, p.4, p.5)], found) AS path,
                 length(path) AS n,
-                arrayMap(x -> pow(2, -dateDiff('millisecond', x.1, p.at)
+                arrayMap(x -> pow(2, -dateDiff('millisecond', x.1, p.2)
                                   / (1000. * {{half_life:UInt32}})), path) AS decay,
                 {weights}
-            FROM purchases AS p LEFT JOIN paths AS t USING (buyer_id)
+            FROM buyers
+            ARRAY JOIN orders AS p
         )
         SELECT keyed.1 AS dimension, keyed.2 AS credited_key,
                {sums}
