@@ -255,16 +255,10 @@ def dropoff_diagnosis(
             WHERE {period_condition("deadline")}
         ),
         next_actions AS (
-            -- the touches after the deadline of the dropped buyers only, with the (smaller)
-            -- drops as the join's hashed side; a buyer with none gets '' from the LEFT JOIN
             SELECT d.buyer_id AS buyer_id, d.stage AS stage,
-                   argMin(t.event_type, t.occurred_at) AS next_action
-            FROM (
-                SELECT buyer_id, event_type, occurred_at FROM {db}.touchpoints
-                WHERE buyer_id IN (SELECT buyer_id FROM drops)
-            ) AS t
-            INNER JOIN drops AS d ON d.buyer_id = t.buyer_id
-            WHERE t.occurred_at > d.deadline
+                   argMinIf(t.event_type, t.occurred_at, t.occurred_at > d.deadline) AS next_action
+            FROM drops AS d
+            INNER JOIN {db}.touchpoints AS t ON t.buyer_id = d.buyer_id
             GROUP BY buyer_id, stage
         )
         SELECT d.stage, d.last_channel, d.last_action, count() AS buyers,
@@ -381,18 +375,13 @@ def channel_effectiveness(
     the caller has it already (the report computes every model once); else it is queried."""
     db = identifier(database)
     sql = f"""
-        SELECT channel, sum(t.touches) AS touches, count() AS buyers,
-               countIf(j.buyer_purchases > 0) AS purchasers
-        FROM (
-            -- one row per channel and buyer touched, before the join (not one per touch)
-            SELECT channel, buyer_id, count() AS touches
-            FROM {db}.touchpoints FINAL
-            WHERE NOT is_purchase AND {period_condition("occurred_at")}
-            GROUP BY channel, buyer_id
-        ) AS t
+        SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
+               uniqExactIf(buyer_id, buyer_purchases > 0) AS purchasers
+        FROM {db}.touchpoints AS t FINAL
         LEFT JOIN (
             SELECT buyer_id, purchases AS buyer_purchases FROM {db}.journey_state FINAL
         ) AS j USING (buyer_id)
+        WHERE NOT t.is_purchase AND {period_condition("t.occurred_at")}
         GROUP BY channel
         ORDER BY channel
     """
