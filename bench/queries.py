@@ -582,6 +582,15 @@ def _cases(client: Client, config: ReportConfig) -> list[tuple[str, str, Callabl
     lookback = config.attribution_lookback
     half_life = config.attribution_half_life
     cases: list[tuple[str, str, Callable[[], Any]]] = [
+        # Peers of the whole report: a query's fixed cost, and one pass over the raw table.
+        ("peer: SELECT 1", "peer", lambda: client.query("SELECT 1").result_rows),
+        (
+            "peer: count() FROM touchpoints FINAL",
+            "peer",
+            lambda: (
+                client.query(f"SELECT count() FROM {identifier(db)}.touchpoints FINAL").result_rows
+            ),
+        ),
         ("funnel", "analysis", lambda: analysis.funnel(client, db)),
         ("funnel window", "analysis", lambda: analysis.funnel(client, db, window=window)),
         (
@@ -619,6 +628,13 @@ def _cases(client: Client, config: ReportConfig) -> list[tuple[str, str, Callabl
             )
         )
     cases += [
+        (
+            "attribution_all (report: 5 models x 2 keys)",
+            "analysis",
+            lambda: list(
+                analysis.attribution_all(client, db, lookback=lookback, half_life=half_life)
+            ),
+        ),
         (
             "attribution linear by campaign",
             "analysis",
@@ -964,6 +980,14 @@ def _render(result: dict[str, Any]) -> str:
         lines.append(
             f"{timing['name']:<38} {timing['rows']:>7,} {timing['median_ms']:>10.1f} "
             f"{timing['p95_ms']:>10.1f}{_busy_mark(timing['other_cores'])}"
+        )
+    peer = next(
+        (t for t in result["timings"] if t["name"] == "peer: count() FROM touchpoints FINAL"), None
+    )
+    if peer and peer["median_ms"]:
+        lines.append(
+            f"whole report / one touchpoints FINAL scan (peer, same run): "
+            f"{result['report']['median_ms'] / peer['median_ms']:.1f}x"
         )
     lines.append("")
     header = (

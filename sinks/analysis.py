@@ -30,6 +30,7 @@ __all__ = [
     "AD_SPEND_CHANNEL",
     "ATTRIBUTION_MODELS",
     "DEFAULT_PURCHASE_STAGE",
+    "AttributionKey",
     "AttributionModel",
     "AttributionShare",
     "ChannelEffect",
@@ -48,6 +49,7 @@ __all__ = [
     "WeekSales",
     "WhyNot",
     "attribution",
+    "attribution_all",
     "buyer_tracker",
     "channel_effectiveness",
     "dropoff_diagnosis",
@@ -384,9 +386,17 @@ class ChannelEffect:
 
 
 def channel_effectiveness(
-    client: Client, database: str, *, period: Period | None = None, lookback: timedelta
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    lookback: timedelta,
+    linear: Sequence[AttributionShare] | None = None,
 ) -> list[ChannelEffect]:
-    """Per channel: touches, buyers touched, how many of them purchased, revenue credited."""
+    """Per channel: touches, buyers touched, how many of them purchased, revenue credited.
+
+    ``linear``: the linear attribution by channel for the same period and ``lookback``, when
+    the caller has it already (the report computes every model once); else it is queried."""
     db = identifier(database)
     sql = f"""
         SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
@@ -399,12 +409,11 @@ def channel_effectiveness(
         GROUP BY channel
         ORDER BY channel
     """
-    credited = {
-        share.key: share.revenue
-        for share in attribution(
+    if linear is None:
+        linear = attribution(
             client, database, model="linear", by="channel", period=period, lookback=lookback
         )
-    }
+    credited = {share.key: share.revenue for share in linear}
     return [
         ChannelEffect(
             str(channel),
@@ -490,12 +499,15 @@ _WEIGHTS: Final[dict[AttributionModel, str]] = {
 }
 
 
+AttributionKey = Literal["channel", "campaign"]
+
+
 def attribution(
     client: Client,
     database: str,
     *,
     model: AttributionModel,
-    by: Literal["channel", "campaign"] = "channel",
+    by: AttributionKey = "channel",
     period: Period | None = None,
     lookback: timedelta = timedelta(days=30),
     half_life: timedelta = timedelta(days=7),
@@ -509,69 +521,95 @@ def attribution(
     purchase (earliest ``(occurred_at, event_id)`` of all their purchases, in the period or
     not) is an acquisition, credited the same way.
     """
+    return attribution_all(client, database, period=period, lookback=lookback, half_life=half_life)[
+        (model, by)
+    ]
+
+
+def attribution_all(
+    client: Client,
+    database: str,
+    *,
+    period: Period | None = None,
+    lookback: timedelta = timedelta(days=30),
+    half_life: timedelta = timedelta(days=7),
+) -> dict[tuple[AttributionModel, AttributionKey], list[AttributionShare]]:
+    """:func:`attribution` of every model, by channel and by campaign, from one query: the
+    purchases, first purchases and paths are read once (the report needs all ten)."""
     db = identifier(database)
-    weights = _WEIGHTS[model]
-    key = "touch.2" if by == "channel" else "touch.3"
+    weights = ",\n                ".join(
+        f"{_WEIGHTS[model]} AS w_{model}" for model in ATTRIBUTION_MODELS
+    )
+    sums = ",\n               ".join(
+        f"sum(w_{model}) AS purchases_{model}, sum(w_{model} * revenue) AS revenue_{model}, "
+        f"sum(w_{model} * acquired) AS acquisitions_{model}"
+        for model in ATTRIBUTION_MODELS
+    )
+    arrays = ", ".join(f"w_{model}" for model in ATTRIBUTION_MODELS)
     sql = f"""
-        WITH firsts AS (
-            SELECT buyer_id, argMin(event_id, (occurred_at, event_id)) AS first_purchase
-            FROM {db}.touchpoints FINAL
-            WHERE is_purchase
-            GROUP BY buyer_id
-        ),
-        purchases AS (
-            SELECT buyer_id, event_id, occurred_at AS at,
-                   toFloat64(ifNull(revenue, 0)) AS revenue,
-                   channel AS own_channel, ifNull(campaign, '(none)') AS own_campaign,
-                   (buyer_id, event_id) IN (SELECT buyer_id, first_purchase FROM firsts)
-                       AS acquired
-            FROM {db}.touchpoints FINAL
-            WHERE is_purchase AND {period_condition("occurred_at")}
-        ),
-        paths AS (
+        WITH buyers AS (
+            -- one pass over the touchpoints: per buyer with a purchase in the period, the
+            -- period's purchases, the other touches, and the first purchase of all time
             SELECT buyer_id,
-                   groupArray((occurred_at, channel, ifNull(campaign, '(none)'))) AS touches
+                   groupArrayIf(
+                       (event_id, occurred_at, toFloat64(ifNull(revenue, 0)), channel,
+                        ifNull(campaign, '(none)')),
+                       is_purchase AND {period_condition("occurred_at")}) AS orders,
+                   groupArrayIf((occurred_at, channel, ifNull(campaign, '(none)')),
+                                NOT is_purchase) AS touches,
+                   argMinIf(event_id, (occurred_at, event_id), is_purchase) AS first_purchase
             FROM {db}.touchpoints FINAL
-            WHERE NOT is_purchase AND buyer_id IN (SELECT buyer_id FROM purchases)
             GROUP BY buyer_id
+            HAVING notEmpty(orders)
         ),
         credited AS (
-            SELECT p.revenue AS revenue, p.acquired AS acquired,
+            SELECT p.3 AS revenue, p.1 = first_purchase AS acquired,
                 arraySort(x -> x.1, arrayFilter(
-                    x -> x.1 < p.at AND x.1 >= p.at - toIntervalSecond({{lookback:UInt32}}),
-                    t.touches)) AS found,
-                if(empty(found), [(p.at, p.own_channel, p.own_campaign)], found) AS path,
+                    x -> x.1 < p.2 AND x.1 >= p.2 - toIntervalSecond({{lookback:UInt32}}),
+                    touches)) AS found,
+                if(empty(found), [(p.2, p.4, p.5)], found) AS path,
                 length(path) AS n,
-                arrayMap(x -> pow(2, -dateDiff('millisecond', x.1, p.at)
+                arrayMap(x -> pow(2, -dateDiff('millisecond', x.1, p.2)
                                   / (1000. * {{half_life:UInt32}})), path) AS decay,
-                {weights} AS weights
-            FROM purchases AS p LEFT JOIN paths AS t USING (buyer_id)
+                {weights}
+            FROM buyers
+            ARRAY JOIN orders AS p
         )
-        SELECT {key} AS credited_key, sum(w) AS purchases, sum(w * revenue) AS revenue,
-               sum(w * acquired) AS acquisitions
+        SELECT keyed.1 AS dimension, keyed.2 AS credited_key,
+               {sums}
         FROM credited
-        ARRAY JOIN path AS touch, weights AS w
-        GROUP BY credited_key
-        HAVING purchases > 0
-        ORDER BY revenue DESC, credited_key
+        ARRAY JOIN path AS touch, {arrays}
+        ARRAY JOIN [('channel', touch.2), ('campaign', touch.3)] AS keyed
+        GROUP BY dimension, credited_key
     """
     parameters = {
         **(period or Period()).parameters(),
         "lookback": int(lookback.total_seconds()),
         "half_life": max(1, int(half_life.total_seconds())),
     }
-    return [
-        AttributionShare(
-            model,
-            str(name),
-            float(purchases),
-            Decimal(str(round(float(revenue), 4))),
-            float(acquisitions),
-        )
-        for name, purchases, revenue, acquisitions in _rows(
-            client, sql, parameters, "attribution query"
-        )
-    ]
+    keys: tuple[AttributionKey, ...] = ("channel", "campaign")
+    found: dict[tuple[AttributionModel, AttributionKey], list[tuple[float, str, float, float]]] = {
+        (model, key): [] for model in ATTRIBUTION_MODELS for key in keys
+    }
+    for dimension, name, *values in _rows(client, sql, parameters, "attribution query"):
+        by = keys[keys.index(dimension)]
+        for index, model in enumerate(ATTRIBUTION_MODELS):
+            purchases, revenue, acquisitions = values[3 * index : 3 * index + 3]
+            if purchases > 0:  # as HAVING purchases > 0 did
+                found[(model, by)].append(
+                    (float(revenue), str(name), float(purchases), float(acquisitions))
+                )
+    return {
+        (model, by): [
+            AttributionShare(model, name, purchases, Decimal(str(round(revenue, 4))), acquisitions)
+            # ORDER BY revenue DESC, key: ClickHouse compares strings bytewise, as Python
+            # compares UTF-8 text code point by code point
+            for revenue, name, purchases, acquisitions in sorted(
+                shares, key=lambda share: (-share[0], share[1].encode())
+            )
+        ]
+        for (model, by), shares in found.items()
+    }
 
 
 # -- ad spend: cost per acquisition, return on ad spend ----------------------------------------
@@ -617,6 +655,7 @@ def spend_returns(
     model: AttributionModel = "linear",
     lookback: timedelta = timedelta(days=30),
     half_life: timedelta = timedelta(days=7),
+    shares: Sequence[AttributionShare] | None = None,
 ) -> list[SpendReturn]:
     """Per campaign or channel: ad spend, new buyers (acquisitions) and revenue credited by
     ``model`` (:func:`attribution`: purchases in ``period``), CPA and ROAS.
@@ -624,7 +663,8 @@ def spend_returns(
     A day's spend counts when the day (00:00 UTC) is in ``period``. Every ``ad_spend`` row is
     the ``ads`` channel; by campaign, the export's campaign name meets the touchpoints'
     ``campaign`` (summed over platforms). Keys with spend or credit are listed, most spend
-    first.
+    first. ``shares``: that attribution (``model`` by ``by``, same period, ``lookback`` and
+    ``half_life``) when the caller has it already; else it is queried.
     """
     db = identifier(database)
     key = "campaign" if by == "campaign" else "{channel:String}"
@@ -638,9 +678,8 @@ def spend_returns(
     spend = {
         str(name): Decimal(cost) for name, cost in _rows(client, sql, parameters, "ad spend query")
     }
-    credited = {
-        share.key: share
-        for share in attribution(
+    if shares is None:
+        shares = attribution(
             client,
             database,
             model=model,
@@ -649,7 +688,7 @@ def spend_returns(
             lookback=lookback,
             half_life=half_life,
         )
-    }
+    credited = {share.key: share for share in shares}
     rows = [
         SpendReturn(
             name,
@@ -870,33 +909,37 @@ def retention_cohorts(
 ) -> Sequence[CohortCell]:
     """Retention by first-purchase week: the share of each cohort purchasing k weeks later."""
     db = identifier(database)
+    # One pass over the purchases: per buyer, the cohort (Monday of the first purchase) and
+    # the distinct weeks after it with a purchase. Week 0 holds every buyer of the cohort,
+    # so its count is the cohort's size.
     sql = f"""
-        WITH orders AS (
-            SELECT buyer_id, occurred_at FROM {db}.touchpoints FINAL WHERE is_purchase
-        ),
-        firsts AS (
-            SELECT buyer_id, toMonday(min(occurred_at)) AS cohort FROM orders GROUP BY buyer_id
+        WITH buyers AS (
+            SELECT toMonday(min(occurred_at)) AS cohort,
+                   arrayDistinct(arrayMap(at -> intDiv(dateDiff('day', cohort, toMonday(at)), 7),
+                                          groupArray(occurred_at))) AS weeks
+            FROM {db}.touchpoints FINAL
+            WHERE is_purchase
+            GROUP BY buyer_id
             HAVING {period_condition("min(occurred_at)")}
-        ),
-        sizes AS (SELECT cohort, count() AS size FROM firsts GROUP BY cohort)
-        SELECT f.cohort, intDiv(dateDiff('day', f.cohort, toMonday(o.occurred_at)), 7) AS week,
-               any(s.size) AS size, uniqExact(o.buyer_id) AS active
-        FROM orders AS o
-        INNER JOIN firsts AS f USING (buyer_id)
-        INNER JOIN sizes AS s ON s.cohort = f.cohort
+        )
+        SELECT cohort, week, count() AS active
+        FROM buyers
+        ARRAY JOIN weeks AS week
         WHERE week < {{weeks:UInt32}}
-        GROUP BY f.cohort, week
-        ORDER BY f.cohort, week
+        GROUP BY cohort, week
+        ORDER BY cohort, week
     """
     parameters = {**(period or Period()).parameters(), "weeks": weeks}
+    rows = _rows(client, sql, parameters, "retention cohort query")
+    sizes = {cohort: int(active) for cohort, week, active in rows if int(week) == 0}
     return [
         CohortCell(
             datetime(cohort.year, cohort.month, cohort.day, tzinfo=UTC),
             int(week),
-            int(size),
+            sizes[cohort],
             int(active),
         )
-        for cohort, week, size, active in _rows(client, sql, parameters, "retention cohort query")
+        for cohort, week, active in rows
     ]
 
 

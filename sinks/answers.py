@@ -263,10 +263,15 @@ def _headline(
     period: Period,
     funnel: list[analysis.FunnelRow],
     stages: StageOrder,
+    stats: list[analysis.PersonaStats] | None = None,
+    weekly: list[analysis.WeekSales] | None = None,
 ) -> dict[str, float | None]:
-    """The comparison and KPI metrics; conversion per stage is ``funnel``'s, exactly."""
-    stats = analysis.persona_stats(client, database, period=period, stages=stages)
-    weekly = analysis.weekly_sales(client, database, period=period)
+    """The comparison and KPI metrics; conversion per stage is ``funnel``'s, exactly.
+    ``stats`` and ``weekly``: the period's persona stats and weekly sales, if already read."""
+    if stats is None:
+        stats = analysis.persona_stats(client, database, period=period, stages=stages)
+    if weekly is None:
+        weekly = analysis.weekly_sales(client, database, period=period)
     values: dict[str, float | None] = {
         "buyers reached": float(next((r.reached for r in funnel if r.stage == stages.first), 0)),
         "purchases": float(sum(w.purchases for w in weekly)),
@@ -350,17 +355,19 @@ def gather(
     best, worst = _slots(heat)
     funnel_by_persona = _funnel(client, database, config, period, "persona", stages=stages)
     personas = analysis.persona_stats(client, database, period=period, stages=stages)
+    # Every model by channel and by campaign in one query; the channel table and the spend
+    # returns use its linear credit (linear does not depend on the half-life).
+    credit = analysis.attribution_all(
+        client,
+        database,
+        period=period,
+        lookback=config.attribution_lookback,
+        half_life=config.attribution_half_life,
+    )
     attribution: dict[str, list[analysis.AttributionShare]] = {
-        model: analysis.attribution(
-            client,
-            database,
-            model=model,
-            period=period,
-            lookback=config.attribution_lookback,
-            half_life=config.attribution_half_life,
-        )
-        for model in analysis.ATTRIBUTION_MODELS
+        model: credit[(model, "channel")] for model in analysis.ATTRIBUTION_MODELS
     }
+    weekly = analysis.weekly_sales(client, database, period=period)
     answers = Answers(
         database=database,
         period=period,
@@ -374,24 +381,22 @@ def gather(
         best_slots=best,
         worst_slots=worst,
         channels=analysis.channel_effectiveness(
-            client, database, period=period, lookback=config.attribution_lookback
+            client,
+            database,
+            period=period,
+            lookback=config.attribution_lookback,
+            linear=credit[("linear", "channel")],
         ),
         promos=analysis.promo_effectiveness(client, database, period=period),
         attribution=attribution,
-        attribution_campaigns=analysis.attribution(
-            client,
-            database,
-            model="linear",
-            by="campaign",
-            period=period,
-            lookback=config.attribution_lookback,
-        ),
+        attribution_campaigns=credit[("linear", "campaign")],
         spend_by_campaign=analysis.spend_returns(
             client,
             database,
             by="campaign",
             period=period,
             lookback=config.attribution_lookback,
+            shares=credit[("linear", "campaign")],
         ),
         spend_by_channel=analysis.spend_returns(
             client,
@@ -399,6 +404,7 @@ def gather(
             by="channel",
             period=period,
             lookback=config.attribution_lookback,
+            shares=credit[("linear", "channel")],
         ),
         high_intent=analysis.high_intent(
             client, database, limit=25, stages=stages, purchase_stage=purchase_stage
@@ -410,14 +416,14 @@ def gather(
         tracker=analysis.buyer_tracker(
             client, database, lapsed_after=config.lapsed_after, limit=25
         ),
-        weekly=analysis.weekly_sales(client, database, period=period),
+        weekly=weekly,
         flow=analysis.transition_flow(client, database, period=period, stages=stages),
         personas=_persona_cards(config, personas, funnel_by_persona, stages, purchase_stage),
         stages=stages,
         purchase_stage=purchase_stage,
         generated_at=now,
     )
-    current = _headline(client, database, period, brief.funnel, stages)
+    current = _headline(client, database, period, brief.funnel, stages, personas, weekly)
     if compare is not None:
         previous = _headline(
             client,

@@ -591,3 +591,193 @@ def test_no_spend_shows_a_dash_and_says_how_to_load_it(
         if line.startswith("web ")
     )
     assert web[1] == "-" and web[-2:] == ["-", "-"]
+
+
+# -- raw twins: each rewritten query beside the formulation it replaced -----------------------
+
+# analysis.attribution until issue 14: one query per model and key, on the raw touchpoints.
+_ATTRIBUTION_BEFORE_14 = """
+    WITH firsts AS (
+        SELECT buyer_id, argMin(event_id, (occurred_at, event_id)) AS first_purchase
+        FROM {db}.touchpoints FINAL
+        WHERE is_purchase
+        GROUP BY buyer_id
+    ),
+    purchases AS (
+        SELECT buyer_id, event_id, occurred_at AS at,
+               toFloat64(ifNull(revenue, 0)) AS revenue,
+               channel AS own_channel, ifNull(campaign, '(none)') AS own_campaign,
+               (buyer_id, event_id) IN (SELECT buyer_id, first_purchase FROM firsts)
+                   AS acquired
+        FROM {db}.touchpoints FINAL
+        WHERE is_purchase AND occurred_at >= {{start:DateTime64(3, 'UTC')}}
+          AND occurred_at < {{end:DateTime64(3, 'UTC')}}
+    ),
+    paths AS (
+        SELECT buyer_id,
+               groupArray((occurred_at, channel, ifNull(campaign, '(none)'))) AS touches
+        FROM {db}.touchpoints FINAL
+        WHERE NOT is_purchase AND buyer_id IN (SELECT buyer_id FROM purchases)
+        GROUP BY buyer_id
+    ),
+    credited AS (
+        SELECT p.revenue AS revenue, p.acquired AS acquired,
+            arraySort(x -> x.1, arrayFilter(
+                x -> x.1 < p.at AND x.1 >= p.at - toIntervalSecond({{lookback:UInt32}}),
+                t.touches)) AS found,
+            if(empty(found), [(p.at, p.own_channel, p.own_campaign)], found) AS path,
+            length(path) AS n,
+            arrayMap(x -> pow(2, -dateDiff('millisecond', x.1, p.at)
+                              / (1000. * {{half_life:UInt32}})), path) AS decay,
+            {weights} AS weights
+        FROM purchases AS p LEFT JOIN paths AS t USING (buyer_id)
+    )
+    SELECT {key} AS credited_key, sum(w) AS purchases, sum(w * revenue) AS revenue,
+           sum(w * acquired) AS acquisitions
+    FROM credited
+    ARRAY JOIN path AS touch, weights AS w
+    GROUP BY credited_key
+    HAVING purchases > 0
+    ORDER BY revenue DESC, credited_key
+"""
+
+
+def attribution_before_14(
+    client: Any,
+    database: str,
+    model: analysis.AttributionModel,
+    by: str,
+    period: analysis.Period,
+    lookback: timedelta,
+    half_life: timedelta,
+) -> list[tuple[str, float, float, float]]:
+    sql = _ATTRIBUTION_BEFORE_14.format(
+        db=database,
+        weights=analysis._WEIGHTS[model],
+        key="touch.2" if by == "channel" else "touch.3",
+    )
+    parameters = {
+        **period.parameters(),
+        "lookback": int(lookback.total_seconds()),
+        "half_life": max(1, int(half_life.total_seconds())),
+    }
+    return [
+        (str(key), float(purchases), float(revenue), float(acquisitions))
+        for key, purchases, revenue, acquisitions in client.query(
+            sql, parameters=parameters
+        ).result_rows
+    ]
+
+
+@pytest.mark.parametrize(
+    ("period", "lookback", "half_life"),
+    [
+        (analysis.Period(), timedelta(days=30), timedelta(days=7)),
+        (analysis.Period(start=datetime(2026, 2, 1, tzinfo=UTC)), timedelta(days=7), DAY),
+        (analysis.Period(end=datetime(2026, 3, 1, tzinfo=UTC)), timedelta(days=90), 3 * DAY),
+    ],
+)
+def test_every_attribution_from_one_query_equals_one_query_per_model(
+    clickhouse_client: Any,
+    generated: tuple[str, GroundTruth],
+    period: analysis.Period,
+    lookback: timedelta,
+    half_life: timedelta,
+) -> None:
+    database, _ = generated
+    every = analysis.attribution_all(
+        clickhouse_client, database, period=period, lookback=lookback, half_life=half_life
+    )
+    assert set(every) == {
+        (model, by) for model in analysis.ATTRIBUTION_MODELS for by in ("channel", "campaign")
+    }
+    for (model, by), shares in every.items():
+        twin = attribution_before_14(
+            clickhouse_client, database, model, by, period, lookback, half_life
+        )
+        assert twin, (model, by)
+        assert [share.key for share in shares] == [key for key, *_ in twin], (model, by)
+        for share, (_, purchases, revenue, acquisitions) in zip(shares, twin, strict=True):
+            assert share.model == model
+            assert share.purchases == pytest.approx(purchases, rel=1e-12)
+            assert share.acquisitions == pytest.approx(acquisitions, rel=1e-12, abs=1e-12)
+            # the value shown: rounded to 4 places, as before
+            assert share.revenue == Decimal(str(round(revenue, 4))), (model, by, share.key)
+        single = analysis.attribution(
+            clickhouse_client,
+            database,
+            model=model,
+            by=by,
+            period=period,
+            lookback=lookback,
+            half_life=half_life,
+        )
+        # float sums of parallel threads: equal to the last bits only run by run
+        assert [(s.key, s.revenue) for s in single] == [(s.key, s.revenue) for s in shares]
+        assert [s.purchases for s in single] == pytest.approx([s.purchases for s in shares])
+
+
+def test_channel_effectiveness_takes_the_linear_credit_it_would_query(
+    clickhouse_client: Any, generated: tuple[str, GroundTruth]
+) -> None:
+    database, _ = generated
+    period = analysis.Period(end=datetime(2026, 2, 15, tzinfo=UTC))
+    lookback = timedelta(days=30)
+    queried = analysis.channel_effectiveness(
+        clickhouse_client, database, period=period, lookback=lookback
+    )
+    linear = analysis.attribution(
+        clickhouse_client, database, model="linear", period=period, lookback=lookback
+    )
+    given = analysis.channel_effectiveness(
+        clickhouse_client, database, period=period, lookback=lookback, linear=linear
+    )
+    assert given == queried
+    assert any(row.revenue for row in given)
+
+
+# analysis.retention_cohorts until issue 14: the purchases read three times, joined twice.
+_COHORTS_BEFORE_14 = """
+    WITH orders AS (
+        SELECT buyer_id, occurred_at FROM {db}.touchpoints FINAL WHERE is_purchase
+    ),
+    firsts AS (
+        SELECT buyer_id, toMonday(min(occurred_at)) AS cohort FROM orders GROUP BY buyer_id
+        HAVING min(occurred_at) >= {{start:DateTime64(3, 'UTC')}}
+           AND min(occurred_at) < {{end:DateTime64(3, 'UTC')}}
+    ),
+    sizes AS (SELECT cohort, count() AS size FROM firsts GROUP BY cohort)
+    SELECT f.cohort, intDiv(dateDiff('day', f.cohort, toMonday(o.occurred_at)), 7) AS week,
+           any(s.size) AS size, uniqExact(o.buyer_id) AS active
+    FROM orders AS o
+    INNER JOIN firsts AS f USING (buyer_id)
+    INNER JOIN sizes AS s ON s.cohort = f.cohort
+    WHERE week < {{weeks:UInt32}}
+    GROUP BY f.cohort, week
+    ORDER BY f.cohort, week
+"""
+
+
+@pytest.mark.parametrize(
+    ("period", "weeks"),
+    [
+        (analysis.Period(), 12),
+        (analysis.Period(), 52),
+        (analysis.Period(start=datetime(2026, 2, 1, tzinfo=UTC)), 4),
+        (analysis.Period(), 0),
+    ],
+)
+def test_retention_cohorts_equal_their_raw_twin(
+    clickhouse_client: Any, generated: tuple[str, GroundTruth], period: analysis.Period, weeks: int
+) -> None:
+    database, _ = generated
+    twin = [
+        (datetime(cohort.year, cohort.month, cohort.day, tzinfo=UTC), int(week), int(size), int(n))
+        for cohort, week, size, n in clickhouse_client.query(
+            _COHORTS_BEFORE_14.format(db=database),
+            parameters={**period.parameters(), "weeks": weeks},
+        ).result_rows
+    ]
+    cells = analysis.retention_cohorts(clickhouse_client, database, period=period, weeks=weeks)
+    assert [(c.cohort_week, c.week, c.cohort_size, c.active) for c in cells] == twin
+    assert bool(cells) == (weeks > 0)
