@@ -75,10 +75,6 @@ class StageOrder:
     def last(self) -> str:
         return self.names[-1]
 
-    def above(self, stage: str) -> tuple[str, ...]:
-        """The stages ranked above ``stage``, in order."""
-        return self.names[self.rank[stage] + 1 :]
-
     def sql_array(self) -> str:
         """The names as a ClickHouse array literal (safe: names match :data:`StageName`)."""
         return "[" + ", ".join(f"'{name}'" for name in self.names) + "]"

@@ -427,9 +427,10 @@ def test_a_full_restart_of_every_process_on_existing_data_continues_exactly(
             time.sleep(0.2)
         # Small worker batches (a transaction each) keep the workers busy for seconds, so
         # the sink commits some of their output while they are still mid-stream.
-        pipeline.env["TOUCHPOINT_KAFKA_WORKER_BATCH"] = "5"
-        running += [pipeline.start_worker("worker-a"), pipeline.start_worker("worker-b")]
-        del pipeline.env["TOUCHPOINT_KAFKA_WORKER_BATCH"]
+        running += [
+            pipeline.start_worker(name, TOUCHPOINT_KAFKA_WORKER_BATCH="5")
+            for name in ("worker-a", "worker-b")
+        ]
         end = pipeline.raw_end()
         deadline = time.monotonic() + 180
         while not (
