@@ -21,7 +21,7 @@ module                   question
 ``flow``                 moves between stages
 =======================  ==========================================================
 
-``columns`` holds each answer's column spec, shared by the terminal and HTML renderers.
+Each answer's columns are in :mod:`sinks.columns`, shared by the terminal and HTML renderers.
 
 Every function takes the client, the database and typed parameters; values travel
 as bound query parameters, never spliced into SQL text. Each query reads the
@@ -36,7 +36,7 @@ the stage columns hold names, which sort alphabetically, so every query that ran
 orders stages does it by ``indexOf(<the stages in order>, stage)``.
 """
 
-from sinks.analysis._common import DEFAULT_PURCHASE_STAGE, Period, period_condition
+from sinks.analysis._common import DEFAULT_PURCHASE_STAGE, Period, Source, period_condition
 from sinks.analysis.attribution import _WEIGHTS as _WEIGHTS  # the tests' raw twin reads it
 from sinks.analysis.attribution import (
     ATTRIBUTION_MODELS,
@@ -79,6 +79,7 @@ __all__ = [
     "Period",
     "PersonaStats",
     "PromoEffect",
+    "Source",
     "SpendReturn",
     "TrackedBuyer",
     "WeekSales",

@@ -9,6 +9,7 @@ from typing import Final, Literal
 
 from sinks.analysis._common import (
     Period,
+    Source,
     _rows,
     period_condition,
 )
@@ -64,6 +65,55 @@ _WEIGHTS: Final[dict[AttributionModel, str]] = {
 
 AttributionKey = Literal["channel", "campaign"]
 
+_RAW_BUYERS: Final = """
+buyers AS (
+            -- one pass over the touchpoints: per buyer with a purchase in the period, the
+            -- period's purchases, the other touches, and the first purchase of all time
+            SELECT buyer_id,
+                   groupArrayIf(
+                       (event_id, occurred_at, toFloat64(ifNull(revenue, 0)), channel,
+                        ifNull(campaign, '(none)')),
+                       is_purchase AND {period}) AS orders,
+                   groupArrayIf((occurred_at, channel, ifNull(campaign, '(none)')),
+                                NOT is_purchase) AS touches,
+                   argMinIf(event_id, (occurred_at, event_id), is_purchase) AS first_purchase
+            FROM {db}.touchpoints FINAL
+            GROUP BY buyer_id
+            HAVING notEmpty(orders)
+        ),
+"""
+
+_SUMMARY_BUYERS: Final = """
+orders AS (
+            -- the buyers with a purchase in the period: those purchases, and the first
+            -- purchase of all time
+            SELECT buyer_id,
+                   groupArrayIf(
+                       (event_id, occurred_at, toFloat64(ifNull(revenue, 0)), channel,
+                        ifNull(campaign, '(none)')),
+                       {period}) AS orders,
+                   argMin(event_id, (occurred_at, event_id)) AS first_purchase
+            FROM {db}.purchases FINAL
+            GROUP BY buyer_id
+            HAVING notEmpty(orders)
+        ),
+        buyers AS (
+            SELECT o.buyer_id AS buyer_id, o.orders AS orders, t.touches AS touches,
+                   o.first_purchase AS first_purchase
+            FROM orders AS o
+            LEFT JOIN (
+                SELECT buyer_id,
+                       groupArray((occurred_at, channel, ifNull(campaign, '(none)'))) AS touches
+                FROM {db}.touchpoints FINAL
+                WHERE NOT is_purchase AND buyer_id IN (SELECT buyer_id FROM orders)
+                  AND occurred_at < {{end:DateTime64(3, 'UTC')}}
+                  AND occurred_at >= {{start:DateTime64(3, 'UTC')}}
+                                     - toIntervalSecond({{lookback:UInt32}})
+                GROUP BY buyer_id
+            ) AS t USING (buyer_id)
+        ),
+"""
+
 
 def attribution(
     client: Client,
@@ -74,6 +124,7 @@ def attribution(
     period: Period | None = None,
     lookback: timedelta = timedelta(days=30),
     half_life: timedelta = timedelta(days=7),
+    source: Source = "summary",
 ) -> list[AttributionShare]:
     """Credit each purchase (in ``period``) to the touches before it within ``lookback``.
 
@@ -84,9 +135,10 @@ def attribution(
     purchase (earliest ``(occurred_at, event_id)`` of all their purchases, in the period or
     not) is an acquisition, credited the same way.
     """
-    return attribution_all(client, database, period=period, lookback=lookback, half_life=half_life)[
-        (model, by)
-    ]
+    every = attribution_all(
+        client, database, period=period, lookback=lookback, half_life=half_life, source=source
+    )
+    return every[(model, by)]
 
 
 def attribution_all(
@@ -96,9 +148,15 @@ def attribution_all(
     period: Period | None = None,
     lookback: timedelta = timedelta(days=30),
     half_life: timedelta = timedelta(days=7),
+    source: Source = "summary",
 ) -> dict[tuple[AttributionModel, AttributionKey], list[AttributionShare]]:
     """:func:`attribution` of every model, by channel and by campaign, from one query: the
-    purchases, first purchases and paths are read once (the report needs all ten)."""
+    purchases, first purchases and paths are read once (the report needs all ten).
+
+    From the summaries, the buyers with a purchase in the period come from ``purchases``,
+    and only their touches are gathered from ``touchpoints``, only those that can be on a
+    path: before the period's end, at most ``lookback`` before its start. The raw twin
+    gathers every buyer's touches in one pass."""
     db = identifier(database)
     weights = ",\n                ".join(
         f"{_WEIGHTS[model]} AS w_{model}" for model in ATTRIBUTION_MODELS
@@ -109,22 +167,9 @@ def attribution_all(
         for model in ATTRIBUTION_MODELS
     )
     arrays = ", ".join(f"w_{model}" for model in ATTRIBUTION_MODELS)
+    buyers = _RAW_BUYERS if source == "raw" else _SUMMARY_BUYERS
     sql = f"""
-        WITH buyers AS (
-            -- one pass over the touchpoints: per buyer with a purchase in the period, the
-            -- period's purchases, the other touches, and the first purchase of all time
-            SELECT buyer_id,
-                   groupArrayIf(
-                       (event_id, occurred_at, toFloat64(ifNull(revenue, 0)), channel,
-                        ifNull(campaign, '(none)')),
-                       is_purchase AND {period_condition("occurred_at")}) AS orders,
-                   groupArrayIf((occurred_at, channel, ifNull(campaign, '(none)')),
-                                NOT is_purchase) AS touches,
-                   argMinIf(event_id, (occurred_at, event_id), is_purchase) AS first_purchase
-            FROM {db}.touchpoints FINAL
-            GROUP BY buyer_id
-            HAVING notEmpty(orders)
-        ),
+        WITH {buyers.format(db=db, period=period_condition("occurred_at"))}
         credited AS (
             SELECT p.3 AS revenue, p.1 = first_purchase AS acquired,
                 arraySort(x -> x.1, arrayFilter(
