@@ -9,9 +9,14 @@ samples) of the wall time of the Python call, result rows converted and all. Par
 are the report's own (the shipped report config: conversion window, attribution
 look-back and half-life, lapse period; ``limit=25`` like the report).
 
-Beside them, *the same question answered from the raw table without the aggregates*:
-SQL written here against ``touchpoints`` alone (``FINAL``, as the library reads it) for
-each question that has a precomputed source:
+Beside them, *the same question answered from the raw table without the aggregates*.
+Every answer the report summaries serve (migration 0011: ``purchases``,
+``support_touches``, ``buyer_last_touch``, ``buyer_channels``) is timed beside its raw
+twin, the same library call with ``source="raw"`` (the SQL it had over ``touchpoints``):
+promo effectiveness, weekly sales, retention cohorts, buyer tracker, persona stats,
+why-not, channel effectiveness and every attribution; so is the whole report
+(``answers.gather(source="raw")``). For the other precomputed sources, SQL written here
+against ``touchpoints`` alone (``FINAL``, as the library reads it):
 
 ``hour of week``
     ``interactions_hour_of_week`` (``analysis.hour_of_week(period=None)``, what the report
@@ -34,8 +39,13 @@ each question that has a precomputed source:
     every higher stage, and comes from the previous move (see docs/journeys.md).
 
 Both sides of a pair run alternately (after one warm-up each) and must return the same
-rows; a mismatch is reported (and makes the exit code 1). The ratio is raw / aggregate of
-the medians.
+rows (floats to 9 significant digits); a mismatch is reported (and makes the exit code 1).
+The ratio is raw / aggregate of the medians.
+
+``--growth`` builds the same generated records again with one copy (beside the dataset,
+in ``one-copy/``), times everything there too, and prints each answer's growth from 1 to
+``--scale`` copies (the ratio of medians: ``--scale`` times is linear), summary and raw
+side by side.
 
 The dataset
 -----------
@@ -61,6 +71,7 @@ Run from the repository root::
     .venv/bin/python -m bench.queries --events 20000 --scale 2     # quick check, ~1 minute
     .venv/bin/python -m bench.queries                               # ~10M touchpoints
     .venv/bin/python -m bench.queries --reuse /tmp/tp-queries-10m   # build once, time often
+    .venv/bin/python -m bench.queries --events 250000 --scale 4 --growth   # 1 vs 4 copies
 
 Results are printed and written as JSON to ``bench/results/queries-<timestamp>.json``.
 """
@@ -377,7 +388,7 @@ def _table_counts(client: Client) -> dict[str, int]:
     counts = {
         table: _scalar(client, f"SELECT count() FROM {db}.{table} FINAL") for table in _REPLACING
     }
-    for table in _SUMMARIES:
+    for table in (*_SUMMARIES, "buyer_channels"):
         counts[table] = _scalar(client, f"SELECT count() FROM {db}.{table} FINAL")
     for table in _AGGREGATES:
         counts[table] = _scalar(client, f"SELECT count() FROM {db}.{table}")
@@ -403,6 +414,13 @@ def _aggregate_checks(client: Client) -> dict[str, Any]:
         f"SELECT count() FROM (SELECT buyer_id FROM {db}.buyer_last_touch GROUP BY buyer_id)",
     )
     buyers = _scalar(client, f"SELECT uniqExact(buyer_id) FROM {db}.touchpoints")
+    summaries["buyer_channels"] = (
+        _scalar(client, f"SELECT count() FROM {db}.buyer_channels FINAL"),
+        _scalar(
+            client,
+            f"SELECT uniqExact(buyer_id, channel) FROM {db}.touchpoints WHERE NOT is_purchase",
+        ),
+    )
     return {
         "touchpoints_stored": touches,
         "interactions_hour_of_week_touches": hourly,
@@ -787,6 +805,12 @@ def _pairs(
             ("buyer_tracker", "purchases", analysis.buyer_tracker, lapsed),
             ("persona_stats", "support_touches", analysis.persona_stats, {}),
             ("why_not_buy_or_stay", "buyer_last_touch", analysis.why_not_buy_or_stay, {}),
+            (
+                "channel_effectiveness",
+                "buyer_channels",
+                analysis.channel_effectiveness,
+                {"lookback": config.attribution_lookback},
+            ),
         )
     ]
     summaries.append(
@@ -1022,6 +1046,26 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     measured = _in_child(
         measure, data_dir / "chdb", args.repeat, args.gather_repeat, args.max_wait, args.retries
     )
+    growth = None
+    if args.growth and args.scale > 1:
+        # the same generated records, one copy: how each answer's cost grows with the data
+        small_args = argparse.Namespace(**{**vars(args), "scale": 1})
+        small_dir = data_dir / "one-copy"
+        small_dir.mkdir(exist_ok=True)
+        small_built, _ = _prepare(small_args, small_dir)
+        logger.info("one copy: %s touchpoints", f"{small_built['rows']['touchpoints']:,}")
+        logger.info("timing every query again on one copy (--growth)")
+        small = _in_child(
+            measure,
+            small_dir / "chdb",
+            args.repeat,
+            args.gather_repeat,
+            args.max_wait,
+            args.retries,
+        )
+        growth = _growth(measured, small, args.scale)
+        growth["one_copy_rows"] = small["rows"]
+        growth["one_copy_other_cores"] = small["cpu_cores"]["other"]
     code_changed = _code_fingerprint() != code
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
@@ -1049,8 +1093,33 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "machine_busy": busy,
         "dataset": {**built, "reused": reused},
         **measured,
+        "growth": growth,
         "all_rows_match": all(pair["rows_match"] for pair in measured["pairs"]),
     }
+
+
+def _growth(big: dict[str, Any], small: dict[str, Any], scale: int) -> dict[str, Any]:
+    """Median at ``scale`` copies / median at one copy, per answer (``scale``: linear)."""
+
+    def ratio(large: float, one: float) -> float | None:
+        return large / one if one else None
+
+    answers = {
+        timing["name"]: ratio(timing["median_ms"], other["median_ms"])
+        for timing, other in zip(big["timings"], small["timings"], strict=True)
+    }
+    pairs = {
+        pair["question"]: {
+            "summary": ratio(pair["aggregate"]["median_ms"], other["aggregate"]["median_ms"]),
+            "raw": ratio(pair["raw"]["median_ms"], other["raw"]["median_ms"]),
+        }
+        for pair, other in zip(big["pairs"], small["pairs"], strict=True)
+    }
+    report = {
+        "summary": ratio(big["report"]["median_ms"], small["report"]["median_ms"]),
+        "raw": ratio(big["report_raw"]["median_ms"], small["report_raw"]["median_ms"]),
+    }
+    return {"copies": scale, "answers": answers, "pairs": pairs, "report": report}
 
 
 def _render(result: dict[str, Any]) -> str:
@@ -1099,6 +1168,19 @@ def _render(result: dict[str, Any]) -> str:
             f"{_busy_mark(pair['other_cores'])}"
         )
     lines.append("")
+    growth = result.get("growth")
+    if growth:
+        copies = growth["copies"]
+        title = f"growth: 1 → {copies} copies (median ratio; {copies}.0x = linear)"
+        header = f"{title:<60} {'summary':>9} {'raw':>9}"
+        lines += [header, "-" * len(header)]
+        for question, sides in growth["pairs"].items():
+            lines.append(f"{question:<60} {_times(sides['summary']):>9} {_times(sides['raw']):>9}")
+        lines.append(
+            f"{'whole report':<60} {_times(growth['report']['summary']):>9} "
+            f"{_times(growth['report']['raw']):>9}"
+        )
+        lines.append("")
     cpu = result["cpu_cores"]
     other = cpu["other"]
     lines.append(
@@ -1118,6 +1200,10 @@ def _render(result: dict[str, Any]) -> str:
         + "."
     )
     return "\n".join(lines)
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _busy_mark(other: float | None) -> str:
@@ -1176,6 +1262,12 @@ def _parser() -> argparse.ArgumentParser:
         default=2,
         help="time a line again (at most this many times) if other processes used more than "
         f"{_BUSY} cores meanwhile [default: 2]",
+    )
+    parser.add_argument(
+        "--growth",
+        action="store_true",
+        help="also build and time the same records with one copy, and print how each "
+        "answer's median grows from 1 to --scale copies",
     )
     parser.add_argument(
         "--optimize",

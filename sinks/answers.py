@@ -395,6 +395,7 @@ def gather(
             period=period,
             lookback=config.attribution_lookback,
             linear=credit[("linear", "channel")],
+            source=source,
         ),
         promos=analysis.promo_effectiveness(client, database, period=period, source=source),
         attribution=attribution,

@@ -5,12 +5,13 @@
 --   purchases        the purchase touches (is_purchase), the columns the questions read
 --   support_touches  the support channel's touches and every ticket_opened, with the score
 --   buyer_last_touch per buyer, the event type of the latest touch (argMax state)
+--   buyer_channels   each (buyer, channel) with a touch that is not a purchase
 --
 -- Exact on replays, whatever the blocks: purchases and support_touches are filtered copies
 -- with touchpoints' own engine and sorting key (a ReplacingMergeTree on (buyer_id,
 -- occurred_at, event_id)), so under FINAL they hold exactly the rows of `touchpoints FINAL`
--- that pass the filter; buyer_last_touch keeps an argMax, which a duplicate row cannot
--- change. Touchpoints are facts that are never retracted (a late event retracts a
+-- that pass the filter; buyer_last_touch keeps an argMax and buyer_channels a set of keys
+-- (a ReplacingMergeTree), which a duplicate row cannot change. Touchpoints are facts that are never retracted (a late event retracts a
 -- transition or a drop-off, which the questions still read from stage_transitions,
 -- dropoffs and journey_state FINAL), so these need no version of their own.
 --
@@ -92,4 +93,25 @@ INSERT INTO {database}.buyer_last_touch
 SELECT buyer_id, argMaxState(toString(event_type), occurred_at) AS last_action
 FROM {database}.touchpoints
 GROUP BY buyer_id
+SETTINGS insert_deduplicate = 0;
+
+CREATE TABLE IF NOT EXISTS {database}.buyer_channels
+(
+    buyer_id String,
+    channel LowCardinality(String)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (buyer_id, channel)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.buyer_channels_mv
+TO {database}.buyer_channels AS
+SELECT DISTINCT buyer_id, channel
+FROM {database}.touchpoints
+WHERE NOT is_purchase;
+
+INSERT INTO {database}.buyer_channels
+SELECT DISTINCT buyer_id, channel
+FROM {database}.touchpoints
+WHERE NOT is_purchase
 SETTINGS insert_deduplicate = 0

@@ -117,6 +117,9 @@ BY_PERIOD: dict[str, Answer] = {
     "retention_cohorts": lambda *a, **k: list(analysis.retention_cohorts(*a, **k)),
     "persona_stats": analysis.persona_stats,
     "why_not_buy_or_stay": analysis.why_not_buy_or_stay,
+    "channel_effectiveness": lambda *a, **k: analysis.channel_effectiveness(
+        *a, lookback=timedelta(days=30), **k
+    ),
 }
 
 
@@ -166,6 +169,9 @@ def test_the_summaries_hold_the_deduplicated_touches_and_no_more(
     assert count(
         f"SELECT count() FROM (SELECT buyer_id FROM {db}.buyer_last_touch GROUP BY buyer_id)"
     ) == count(f"SELECT uniqExact(buyer_id) FROM {db}.touchpoints")
+    assert count(f"SELECT count() FROM {db}.buyer_channels FINAL") == count(
+        f"SELECT uniqExact(buyer_id, channel) FROM {db}.touchpoints WHERE NOT is_purchase"
+    )
 
 
 @pytest.mark.parametrize("period", PERIODS, ids=lambda p: f"{p.start}..{p.end}")
