@@ -103,12 +103,9 @@ orders AS (
             FROM orders AS o
             LEFT JOIN (
                 SELECT buyer_id,
-                       groupArray((occurred_at, channel, ifNull(campaign, '(none)'))) AS touches
-                FROM {db}.touchpoints FINAL
-                WHERE NOT is_purchase AND buyer_id IN (SELECT buyer_id FROM orders)
-                  AND occurred_at < {{end:DateTime64(3, 'UTC')}}
-                  AND occurred_at >= {{start:DateTime64(3, 'UTC')}}
-                                     - toIntervalSecond({{lookback:UInt32}})
+                       arrayMap(x -> (x.1, x.3, x.4), groupUniqArrayMerge(touches)) AS touches
+                FROM {db}.buyer_paths
+                WHERE buyer_id IN (SELECT buyer_id FROM orders)
                 GROUP BY buyer_id
             ) AS t USING (buyer_id)
         ),
@@ -153,10 +150,10 @@ def attribution_all(
     """:func:`attribution` of every model, by channel and by campaign, from one query: the
     purchases, first purchases and paths are read once (the report needs all ten).
 
-    From the summaries, the buyers with a purchase in the period come from ``purchases``,
-    and only their touches are gathered from ``touchpoints``, only those that can be on a
-    path: before the period's end, at most ``lookback`` before its start. The raw twin
-    gathers every buyer's touches in one pass."""
+    A path is in time order, touches at the same time by channel and campaign. From the
+    summaries, the buyers with a purchase in the period come from ``purchases`` and their
+    touches from ``buyer_paths`` (one set per buyer); the raw twin gathers every buyer's
+    purchases and touches from ``touchpoints`` in one pass."""
     db = identifier(database)
     weights = ",\n                ".join(
         f"{_WEIGHTS[model]} AS w_{model}" for model in ATTRIBUTION_MODELS
@@ -172,7 +169,7 @@ def attribution_all(
         WITH {buyers.format(db=db, period=period_condition("occurred_at"))}
         credited AS (
             SELECT p.3 AS revenue, p.1 = first_purchase AS acquired,
-                arraySort(x -> x.1, arrayFilter(
+                arraySort(arrayFilter(
                     x -> x.1 < p.2 AND x.1 >= p.2 - toIntervalSecond({{lookback:UInt32}}),
                     touches)) AS found,
                 if(empty(found), [(p.2, p.4, p.5)], found) AS path,
