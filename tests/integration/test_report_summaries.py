@@ -27,12 +27,13 @@ from processors.rules import default_rules
 from schemas.raw import RawRecord
 from sinks import analysis
 from sinks.analysis import Period
-from sinks.migrate import apply_migrations
+from sinks.migrate import apply_migrations, load_migrations
 from sinks.writer import ClickHouseWriter
 from tests.factories import event
 
 pytestmark = pytest.mark.integration
 
+SUMMARIES = 11
 BEFORE_SUMMARIES = 9
 """The last migration before the summaries (0010 is reserved; ``upto`` skips a gap)."""
 PERIODS = [
@@ -72,7 +73,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, clickhouse_client: Any) -> 
     apply_migrations(client, database, upto=BEFORE_SUMMARIES)
     _run(client, database, records[:half], "first-half")
     applied = apply_migrations(client, database)
-    assert 11 in [migration.version for migration in applied]
+    assert SUMMARIES in [migration.version for migration in applied]
     _run(client, database, records[half:], "second-half")
     # the same batches again: same tokens, dropped as blocks by touchpoints and the views
     _run(client, database, records[half:], "second-half")
@@ -87,7 +88,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, clickhouse_client: Any) -> 
     # a late click retracts a move (pre_awareness → consideration becomes two moves) already
     # written, the way tests/integration/test_clickhouse.py shows it
     processor = _processor()
-    for index, records in enumerate(
+    for index, late in enumerate(
         (
             [
                 event("email_sent", at=timedelta(0), buyer="late-1"),
@@ -98,7 +99,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, clickhouse_client: Any) -> 
             [event("email_click", at=timedelta(seconds=1), buyer="late-1")],
         )
     ):
-        raw = [RawRecord("late", str(i), json.dumps(r).encode()) for i, r in enumerate(records)]
+        raw = [RawRecord("late", str(i), json.dumps(r).encode()) for i, r in enumerate(late)]
         run_local(
             raw, processor, ClickHouseWriter(client, database), batch_size=10, run_id=f"late{index}"
         )
@@ -140,7 +141,7 @@ def test_the_buyer_tracker_from_the_summaries_equals_its_raw_twin(
     clickhouse_client: Any, loaded: str
 ) -> None:
     as_of = datetime(2026, 3, 15, tzinfo=UTC)
-    every = {"as_of": as_of, "limit": 100_000, "lapsed_after": timedelta(days=45)}
+    every: dict[str, Any] = {"as_of": as_of, "limit": 100_000, "lapsed_after": timedelta(days=45)}
     summary = analysis.buyer_tracker(clickhouse_client, loaded, **every)
     assert len(summary) > 900
     assert summary == analysis.buyer_tracker(clickhouse_client, loaded, **every, source="raw")
@@ -183,7 +184,7 @@ def test_the_summaries_hold_the_deduplicated_touches_and_no_more(
 def test_every_attribution_from_the_summaries_equals_its_raw_twin(
     clickhouse_client: Any, loaded: str, period: Period, lookback: int, half_life: int
 ) -> None:
-    every = {
+    every: dict[str, Any] = {
         "period": period,
         "lookback": timedelta(days=lookback),
         "half_life": timedelta(days=half_life),
@@ -200,3 +201,22 @@ def test_every_attribution_from_the_summaries_equals_its_raw_twin(
         assert [s.purchases for s in shares] == pytest.approx([s.purchases for s in twin])
         assert [s.acquisitions for s in shares] == pytest.approx([s.acquisitions for s in twin])
     assert any(summary.values())
+
+
+def test_the_migration_runs_again_from_the_top_without_changing_an_answer(
+    clickhouse_client: Any, loaded: str
+) -> None:
+    """0011 failed half-way is applied again from the top: its backfills copy every touch
+    a second time, which the summaries absorb."""
+    migration = next(m for m in load_migrations() if m.version == SUMMARIES)
+    for statement in migration.statements(loaded):
+        clickhouse_client.command(statement)
+    for name, answer in sorted(BY_PERIOD.items()):
+        assert answer(clickhouse_client, loaded) == answer(
+            clickhouse_client, loaded, source="raw"
+        ), name
+    summary = analysis.attribution_all(clickhouse_client, loaded)
+    raw = analysis.attribution_all(clickhouse_client, loaded, source="raw")
+    assert {key: [(s.key, s.revenue) for s in shares] for key, shares in summary.items()} == {
+        key: [(s.key, s.revenue) for s in shares] for key, shares in raw.items()
+    }
