@@ -35,9 +35,6 @@ ATTRIBUTION_MODELS: Final[tuple[AttributionModel, ...]] = (
 )
 
 
-# -- attribution --------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class AttributionShare:
     model: AttributionModel

@@ -23,9 +23,6 @@ __all__ = [
 ]
 
 
-# -- channels and promos ------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class ChannelEffect:
     channel: str

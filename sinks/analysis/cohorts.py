@@ -21,9 +21,6 @@ __all__ = [
 ]
 
 
-# -- retention cohorts ------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class CohortCell:
     cohort_week: datetime

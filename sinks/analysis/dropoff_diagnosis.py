@@ -25,9 +25,6 @@ _TOP_NEXT_ACTIONS: Final = _top_keys(
 )
 
 
-# -- drop-off diagnosis -------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class DropoffDiagnosis:
     stage: str

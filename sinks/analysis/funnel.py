@@ -34,9 +34,6 @@ _GROUPS: Final[dict[FunnelGroup | None, str]] = {
 }
 
 
-# -- stage funnel -----------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class FunnelRow:
     group: str

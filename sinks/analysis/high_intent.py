@@ -21,8 +21,6 @@ __all__ = [
 ]
 
 
-# -- high intent now ----------------------------------------------------------------------
-
 _INTENT_WEIGHTS: Final[dict[str, float]] = {
     "checkout_started": 8.0,
     "add_to_cart": 6.0,

@@ -26,9 +26,6 @@ ACTION_KINDS: Final[dict[str, tuple[str, ...]]] = {
 """Kinds of action for the hour-of-week question; every other event is ``interact``."""
 
 
-# -- hour of week -------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class HeatCell:
     channel: str

@@ -29,9 +29,6 @@ _PREFERRED: Final = _top_keys(
 )
 
 
-# -- personas ------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class PersonaStats:
     persona: str

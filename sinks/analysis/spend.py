@@ -24,8 +24,6 @@ __all__ = [
 ]
 
 
-# -- ad spend: cost per acquisition, return on ad spend ----------------------------------------
-
 AD_SPEND_CHANNEL: Final = "ads"
 """The channel of imported ad spend: every ``ad_spend`` row comes from an ad platform."""
 

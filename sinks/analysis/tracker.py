@@ -21,9 +21,6 @@ __all__ = [
 ]
 
 
-# -- buyer tracker --------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class TrackedBuyer:
     buyer_id: str

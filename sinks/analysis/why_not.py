@@ -28,9 +28,6 @@ _TOP_EXITS: Final = _top_keys(
 )
 
 
-# -- why buyers do not buy or stay ----------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class WhyNot:
     segment: Literal["never_bought", "bought_once"]
