@@ -6,12 +6,15 @@
 --   support_touches  the support channel's touches and every ticket_opened, with the score
 --   buyer_last_touch per buyer, the event type of the latest touch (argMax state)
 --   buyer_channels   each (buyer, channel) with a touch that is not a purchase
+--   buyer_paths      per buyer, the set of touches that are not purchases (time, event id,
+--                    channel, campaign): the attribution's paths
 --
 -- Exact on replays, whatever the blocks: purchases and support_touches are filtered copies
 -- with touchpoints' own engine and sorting key (a ReplacingMergeTree on (buyer_id,
 -- occurred_at, event_id)), so under FINAL they hold exactly the rows of `touchpoints FINAL`
--- that pass the filter; buyer_last_touch keeps an argMax and buyer_channels a set of keys
--- (a ReplacingMergeTree), which a duplicate row cannot change. Touchpoints are facts that are never retracted (a late event retracts a
+-- that pass the filter; buyer_last_touch keeps an argMax, buyer_channels a set of keys
+-- (a ReplacingMergeTree) and buyer_paths a set per buyer (groupUniqArray, with the event
+-- id in each element), none of which a duplicate row can change. Touchpoints are facts that are never retracted (a late event retracts a
 -- transition or a drop-off, which the questions still read from stage_transitions,
 -- dropoffs and journey_state FINAL), so these need no version of their own.
 --
@@ -114,4 +117,32 @@ INSERT INTO {database}.buyer_channels
 SELECT DISTINCT buyer_id, channel
 FROM {database}.touchpoints
 WHERE NOT is_purchase
+SETTINGS insert_deduplicate = 0;
+
+CREATE TABLE IF NOT EXISTS {database}.buyer_paths
+(
+    buyer_id String,
+    touches AggregateFunction(groupUniqArray, Tuple(DateTime64(3, 'UTC'), String, String, String))
+        COMMENT '(occurred_at, event_id, channel, ifNull(campaign, ''(none)''))'
+)
+ENGINE = AggregatingMergeTree
+ORDER BY buyer_id
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.buyer_paths_mv
+TO {database}.buyer_paths AS
+SELECT buyer_id,
+       groupUniqArrayState((occurred_at, event_id, toString(channel),
+                            toString(ifNull(campaign, '(none)')))) AS touches
+FROM {database}.touchpoints
+WHERE NOT is_purchase
+GROUP BY buyer_id;
+
+INSERT INTO {database}.buyer_paths
+SELECT buyer_id,
+       groupUniqArrayState((occurred_at, event_id, toString(channel),
+                            toString(ifNull(campaign, '(none)')))) AS touches
+FROM {database}.touchpoints
+WHERE NOT is_purchase
+GROUP BY buyer_id
 SETTINGS insert_deduplicate = 0

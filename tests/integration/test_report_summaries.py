@@ -173,6 +173,10 @@ def test_the_summaries_hold_the_deduplicated_touches_and_no_more(
     assert count(f"SELECT count() FROM {db}.buyer_channels FINAL") == count(
         f"SELECT uniqExact(buyer_id, channel) FROM {db}.touchpoints WHERE NOT is_purchase"
     )
+    assert count(
+        f"SELECT sum(length(touches)) FROM (SELECT groupUniqArrayMerge(touches) AS touches "
+        f"FROM {db}.buyer_paths GROUP BY buyer_id)"
+    ) == count(f"SELECT count() FROM {db}.touchpoints FINAL WHERE NOT is_purchase")
 
 
 @pytest.mark.parametrize("period", PERIODS, ids=lambda p: f"{p.start}..{p.end}")
