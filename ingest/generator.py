@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from schemas.enums import STAGES, DeadLetterReason, ExitKind, Stage
+from schemas.errors import ConfigError
 from schemas.touchpoint import MAX_RECORD_BYTES, deterministic_event_id
 
 __all__ = [
@@ -341,7 +342,9 @@ class _Journey:
             milliseconds=rng.randrange(int(config.start_span / _MS))
         )
         self.touches: list[_Touch] = []
-        self.stage: Stage | None = None
+        self.stage = Stage.PRE_AWARENESS
+        """The furthest stage entered so far; :meth:`run` starts with a touch that enters one."""
+        self.entered = False
         self.entered_at = self.now
         self.acquisition_campaign: str | None = None
         self.orders = 0
@@ -413,9 +416,9 @@ class _Journey:
         options: list[tuple[str, str]] = [("email", "email_sent"), ("email", "email_delivered")]
         if self.persona.channels.get("sms", 0) > 0:
             options.append(("sms", "sms_sent"))
-        if stage is not None and stage.rank >= Stage.AWARENESS.rank:
+        if stage.rank >= Stage.AWARENESS.rank:
             options += [("email", "email_open"), ("web", "page_view"), ("ads", "ad_impression")]
-        if stage is not None and stage.rank >= Stage.CONSIDERATION.rank:
+        if stage.rank >= Stage.CONSIDERATION.rank:
             options += [("web", "product_view"), ("email", "email_click"), ("ads", "ad_click")]
         if rng.random() < self.persona.ticket_rate / 3:
             options.append(("support", "ticket_opened"))
@@ -440,7 +443,8 @@ class _Journey:
 
     def _enter(self, stage: Stage, channel: str, event_type: str, **kwargs: Any) -> _Touch:
         touch = self.emit(channel, event_type, **kwargs)
-        if self.stage is None or stage.rank > self.stage.rank:
+        if not self.entered or stage.rank > self.stage.rank:
+            self.entered = True
             self.stage = stage
             self.entered_at = self.now
             touch.enters = stage
@@ -475,7 +479,7 @@ class _Journey:
             self._advance(timedelta(seconds=2), timedelta(minutes=3))
             self.emit(channel, f"{channel}_delivered", campaign=self.acquisition_campaign)
 
-        while self.stage is not None and self.stage.rank < Stage.ADVOCACY.rank:
+        while self.stage.rank < Stage.ADVOCACY.rank:
             stage = self.stage
             timeout = timeouts.get(stage, timedelta(days=90))
             if rng.random() >= persona.progress[stage]:
@@ -607,7 +611,6 @@ class _Journey:
         self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, Any]
     ) -> None:
         touch = self.emit(channel, event_type, properties=properties)
-        assert self.stage is not None
         touch.exit = (kind.value, self.stage.value, touch.channel)
 
     def _stall(self, stage: Stage, timeout: timedelta) -> None:
@@ -651,19 +654,20 @@ class _Journey:
     def truth(self) -> BuyerTruth:
         """What the buyer's touches (those kept) show: stage, exits, orders."""
         furthest: _Touch | None = None
+        stage: Stage | None = None
         exits: list[tuple[str, str, str]] = []
         orders = 0
         revenue = Decimal(0)
         for touch in self.touches:
             if touch.enters is not None:
-                furthest = touch
+                furthest, stage = touch, touch.enters
             if touch.exit is not None:
                 exits.append(touch.exit)
             if touch.order_value is not None:
                 orders += 1
                 revenue += touch.order_value
-        assert furthest is not None and furthest.enters is not None  # the first touch enters
-        stage = furthest.enters
+        if furthest is None or stage is None:  # the first touch enters, at the buyer's arrival
+            raise ConfigError(f"{self.buyer_id} arrives after the end of the timeline")
         stalled = stage if stage is not Stage.ADVOCACY else None
         timeout = self.config.timeouts.get(stage) if stalled is not None else None
         return BuyerTruth(

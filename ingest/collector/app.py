@@ -41,7 +41,6 @@ from ingest.collector.records import encode_event
 from ingest.webhooks import (
     IdentityMap,
     Parsed,
-    PayloadError,
     Pii,
     Rejection,
     decode_form,
@@ -56,8 +55,9 @@ from ingest.webhooks import (
     parse_twilio,
     parse_zendesk,
 )
+from ingest.webhooks.segment import SegmentCall
 from schemas.dead_letter import DeadLetter
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, PayloadError
 from schemas.events import event_from_touchpoint
 from schemas.rows import ROW_ADAPTERS, DeadLetterRow
 from schemas.settings import CollectorSettings
@@ -283,14 +283,14 @@ def create_app(collector: Collector) -> web.Application:
         parsed = parse_native(body, request.content_type, collector.clock())
         return _json(await collector.accept(source, "touchpoints", parsed))
 
-    def segment_handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def segment_handler(kind: SegmentCall) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             source = collector.write_key_source(request)
             if source is None:
                 return collector.unauthorized("segment", "missing or invalid write key")
             body = await read_body(request)
             parsed = parse_segment(
-                kind,  # type: ignore[arg-type]
+                kind,
                 body,
                 collector.clock(),
                 collector.identities,
@@ -324,9 +324,8 @@ def create_app(collector: Collector) -> web.Application:
         reason = security.check_mailgun(
             settings.mailgun_signing_key, fields, now, settings.signature_tolerance
         )
-        if reason:
-            return collector.unauthorized("mailgun", reason)
-        assert fields is not None
+        if reason or fields is None:  # no fields always comes with a reason
+            return collector.unauthorized("mailgun", reason or "missing signature object")
         token = fields[1]
         if not collector.mailgun_tokens.claim(token, now):
             return collector.unauthorized("mailgun", "replayed token: this delivery was seen")

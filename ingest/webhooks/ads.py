@@ -17,13 +17,13 @@ from typing import Any, Final
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Rejection,
     decode_json,
     raw_item,
     validate_items,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import PayloadError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["AD_EVENTS", "parse_ads"]

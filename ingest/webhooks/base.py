@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import PayloadError, SchemaValidationError
 from schemas.events import Event
 from schemas.touchpoint import Touchpoint, touchpoint_from_dict
 
@@ -27,7 +27,6 @@ __all__ = [
     "LATEST_EVENT_TIME",
     "MAX_JSON_DEPTH",
     "Parsed",
-    "PayloadError",
     "Pii",
     "Rejection",
     "as_object",
@@ -40,10 +39,6 @@ __all__ = [
     "validate_all",
     "validate_items",
 ]
-
-
-class PayloadError(SchemaValidationError):
-    """The request body as a whole is unusable (not JSON, wrong shape): answer 400."""
 
 
 MAX_JSON_DEPTH: Final = 64

@@ -11,7 +11,6 @@ from typing import Any, Final
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Pii,
     Rejection,
     as_object,
@@ -22,7 +21,7 @@ from ingest.webhooks.base import (
     validate_all,
 )
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import PayloadError, SchemaValidationError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["MAILGUN_EVENTS", "mailgun_signature_fields", "parse_mailgun", "parse_mailgun_event"]

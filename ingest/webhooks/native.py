@@ -31,7 +31,6 @@ import msgspec
 from ingest.webhooks.base import (
     MAX_JSON_DEPTH,
     Parsed,
-    PayloadError,
     Rejection,
     decode_json,
     json_too_deep,
@@ -39,7 +38,7 @@ from ingest.webhooks.base import (
     validate_all,
 )
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import PayloadError, SchemaValidationError
 from schemas.events import Event, decode_event, event_from_touchpoint
 from schemas.journey import to_micros
 

@@ -17,7 +17,6 @@ from typing import Any, Final, Literal
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Rejection,
     as_object,
     decode_json,
@@ -27,6 +26,7 @@ from ingest.webhooks.base import (
     validate_items,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import PayloadError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["ORIGIN", "SEGMENT_EVENTS", "IdentityMap", "SegmentCall", "parse_segment"]

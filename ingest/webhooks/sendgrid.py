@@ -12,7 +12,6 @@ from typing import Any, Final
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Pii,
     Rejection,
     decode_json,
@@ -22,7 +21,7 @@ from ingest.webhooks.base import (
     validate_items,
 )
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import PayloadError, SchemaValidationError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["SENDGRID_EVENTS", "parse_sendgrid"]

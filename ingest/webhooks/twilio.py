@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
-from ingest.webhooks.base import Parsed, PayloadError, Pii, Rejection, raw_item, validate_all
+from ingest.webhooks.base import Parsed, Pii, Rejection, raw_item, validate_all
 from schemas.enums import DeadLetterReason
+from schemas.errors import PayloadError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = [
