@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 from schemas.enums import STAGES, DeadLetterReason, ExitKind, Stage
 from schemas.errors import ConfigError
-from schemas.touchpoint import MAX_RECORD_BYTES, deterministic_event_id
+from schemas.touchpoint import MAX_RECORD_BYTES, PropertyValue, deterministic_event_id
 
 __all__ = [
     "DEFAULT_HISTORY",
@@ -212,12 +212,21 @@ class GeneratorConfig:
         return cls(start=now - history, start_span=history, end=now, **options)
 
 
+class _EmitOptions(TypedDict, total=False):
+    """The keyword options of :meth:`_Journey.emit`, for the methods that pass them on."""
+
+    campaign: str | None
+    properties: dict[str, PropertyValue] | None
+    revenue: Decimal | None
+    promo: str | None
+
+
 @dataclass
 class _Touch:
     at: datetime
     event_id: str
     channel: str
-    record: dict[str, Any]
+    record: dict[str, object]
     enters: Stage | None = None
     """The stage this touch moved the buyer into (by the simulation, not the rules)."""
     exit: tuple[str, str, str] | None = None
@@ -284,7 +293,7 @@ class GroundTruth:
     def exits(self) -> Counter[tuple[str, str, str]]:
         return Counter(exit_ for buyer in self.buyers for exit_ in buyer.exits)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "totals": {
                 "buyers": len(self.buyers),
@@ -363,7 +372,7 @@ class _Journey:
         event_type: str,
         *,
         campaign: str | None = None,
-        properties: dict[str, Any] | None = None,
+        properties: dict[str, PropertyValue] | None = None,
         revenue: Decimal | None = None,
         promo: str | None = None,
     ) -> _Touch:
@@ -371,9 +380,9 @@ class _Journey:
         event_id = deterministic_event_id(
             "synthetic", str(self.config.seed), self.buyer_id, str(sequence)
         )
-        props: dict[str, Any] = {"persona": self.persona.name, "tier": self.persona.tier}
+        props: dict[str, PropertyValue] = {"persona": self.persona.name, "tier": self.persona.tier}
         props.update(properties or {})
-        record: dict[str, Any] = {
+        record: dict[str, object] = {
             "schema_version": 1,
             "event_id": event_id,
             "buyer_id": self.buyer_id,
@@ -427,7 +436,7 @@ class _Journey:
             self.subscribed_email = True
         if event_type == "sms_sent":
             self.subscribed_sms = True
-        properties: dict[str, Any] = {}
+        properties: dict[str, PropertyValue] = {}
         if channel == "web":
             properties["url"] = "/pricing" if event_type == "page_view" else "/product/pro"
         if channel == "support":
@@ -441,8 +450,10 @@ class _Journey:
             self._advance(timedelta(minutes=5), budget / (most + 1))
             self._filler()
 
-    def _enter(self, stage: Stage, channel: str, event_type: str, **kwargs: Any) -> _Touch:
-        touch = self.emit(channel, event_type, **kwargs)
+    def _enter(
+        self, stage: Stage, channel: str, event_type: str, **options: Unpack[_EmitOptions]
+    ) -> _Touch:
+        touch = self.emit(channel, event_type, **options)
         if not self.entered or stage.rank > self.stage.rank:
             self.entered = True
             self.stage = stage
@@ -608,7 +619,7 @@ class _Journey:
             )
 
     def _exit(
-        self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, Any]
+        self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, PropertyValue]
     ) -> None:
         touch = self.emit(channel, event_type, properties=properties)
         touch.exit = (kind.value, self.stage.value, touch.channel)
@@ -683,7 +694,7 @@ class _Journey:
         )
 
 
-def _malformed(rng: random.Random, reason: DeadLetterReason, template: dict[str, Any]) -> str:
+def _malformed(rng: random.Random, reason: DeadLetterReason, template: dict[str, object]) -> str:
     record = json.loads(json.dumps(template))
     record["event_id"] = f"malformed-{rng.getrandbits(64):016x}"
     record["buyer_id"] = f"buyer-malformed-{rng.getrandbits(32):08x}"

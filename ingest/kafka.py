@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from kafka import KafkaAdminClient, KafkaProducer
@@ -61,7 +61,7 @@ class _Peek(msgspec.Struct):
 _PEEK: Final = msgspec.json.Decoder(_Peek)
 
 
-def _admin(bootstrap: str) -> Any:
+def _admin(bootstrap: str) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="touchpoint-admin")
     except KafkaError as exc:
@@ -221,7 +221,7 @@ class TouchpointProducer:
             self._partitions = len(partitions)
         return self._partitions
 
-    def _send(self, value: bytes, count: int, **where: Any) -> None:
+    def _send(self, value: bytes, count: int, **where: object) -> None:
         try:
             future = self._producer.send(self.topic, value=value, **where)
         except KafkaError as exc:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -226,7 +227,7 @@ def parse_touchpoint(data: bytes | str) -> Touchpoint:
     except ValidationError:
         pass  # diagnose below, on the slow path: bad records are rare
     try:
-        decoded: Any = json.loads(data)
+        decoded: object = json.loads(data)
     except UnicodeDecodeError as exc:
         raise SchemaValidationError(DeadLetterReason.INVALID_ENCODING, str(exc)) from None
     except ValueError as exc:
@@ -242,7 +243,7 @@ def parse_touchpoint(data: bytes | str) -> Touchpoint:
         raise _translate(exc) from None
 
 
-def touchpoint_from_dict(record: dict[str, Any]) -> Touchpoint:
+def touchpoint_from_dict(record: Mapping[str, object]) -> Touchpoint:
     """Validate an already-decoded record (e.g. built by a webhook adapter).
 
     Raises :class:`SchemaValidationError` with the same reasons as :func:`parse_touchpoint`.

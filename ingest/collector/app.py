@@ -24,14 +24,14 @@ import binascii
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from ingest.collector import security
 from ingest.collector.metrics import CollectorMetrics
@@ -59,7 +59,7 @@ from ingest.webhooks.segment import SegmentCall
 from schemas.dead_letter import DeadLetter
 from schemas.errors import BrokerError, PayloadError
 from schemas.events import event_from_touchpoint
-from schemas.rows import ROW_ADAPTERS, DeadLetterRow
+from schemas.rows import DeadLetterRow, row_adapter
 from schemas.settings import CollectorSettings
 
 __all__ = ["Collector", "create_app"]
@@ -87,7 +87,7 @@ class Collector:
     proxies: security.TrustedProxies = field(init=False)
     mailgun_tokens: security.ReplayCache = field(init=False)
     _by_source: dict[str, _SourceMetrics] = field(init=False, default_factory=dict)
-    _answers: dict[tuple[str, int], Any] = field(init=False, default_factory=dict)
+    _answers: dict[tuple[str, int], Counter] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keys = security.KeyRing(self.settings.api_keys)
@@ -163,7 +163,7 @@ class Collector:
             for rejection in rejected
         ]
 
-    async def accept(self, source: str, endpoint: str, parsed: Parsed) -> dict[str, Any]:
+    async def accept(self, source: str, endpoint: str, parsed: Parsed) -> dict[str, object]:
         """Publish a parsed request; raises BrokerError (→ 503) if Kafka does not ack."""
         counters = self.source_metrics(source)
         accepted = parsed.accepted
@@ -194,15 +194,15 @@ class Collector:
 
 @dataclass(frozen=True, slots=True)
 class _SourceMetrics:
-    received: Any
-    accepted: Any
+    received: Counter
+    accepted: Counter
 
 
 _ANSWER: Final = msgspec.json.Encoder()
-_DEAD_LETTER: Final = ROW_ADAPTERS[DeadLetterRow.table]
+_DEAD_LETTER: Final = row_adapter(DeadLetterRow)
 
 
-def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
+def _json(payload: Mapping[str, object], status: int = 200) -> web.Response:
     try:
         body = _ANSWER.encode(payload)
     except UnicodeEncodeError:  # a lone surrogate in some detail: the stdlib escapes it

@@ -123,7 +123,7 @@ class _Native:
         else:
             self.parsed.rejected.append(Rejection(index, exc.reason, exc.detail, raw))
 
-    def careful(self, index: int, item: Any, raw: bytes) -> None:
+    def careful(self, index: int, item: object, raw: bytes) -> None:
         """An item decoded by :func:`decode_json`, validated as a dict by pydantic."""
         candidate: dict[str, Any] | Rejection
         if isinstance(item, dict):

@@ -59,7 +59,7 @@ def _convert(item: dict[str, Any], received_at: datetime, pii: Pii) -> dict[str,
         event_id = deterministic_event_id(
             "sendgrid", str(item.get("sg_message_id")), event, str(item.get("timestamp"))
         )
-    properties: dict[str, Any] = {"message_id": item.get("sg_message_id"), "vendor": "sendgrid"}
+    properties: dict[str, object] = {"message_id": item.get("sg_message_id"), "vendor": "sendgrid"}
     if event == "click" and isinstance(item.get("url"), str):
         properties["url"] = item["url"]
     if event == "bounce":
