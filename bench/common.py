@@ -13,8 +13,9 @@ error and exit code 1, prints the table and writes the JSON result. Around that:
 - the machine: :class:`CpuMeter` (cores in use per process and of the whole machine, peak
   RSS, a timeline), :func:`cpu_text`, :func:`kafka_broker` (a fresh Apache Kafka broker),
   :func:`free_port`, :func:`stop_process`, :func:`in_child` (a phase in a fresh interpreter)
-- the figures: :func:`median_run` (the run a repeated phase reports), :func:`ratio` (a
-  figure against its peer), :func:`warnings_text` (contention, code changed meanwhile)
+- the figures: :class:`Timed` (a phase and its events/s), :func:`median_run` (the run a
+  repeated phase reports), :func:`ratio` (a figure against its peer), :func:`warnings_text`
+  (contention, code changed meanwhile)
 - the record: :func:`environment` (versions, git revision, settings in force),
   :func:`code_revision`, :func:`changed_during_run`, :func:`package_versions`
 
@@ -535,6 +536,20 @@ def children_cpu() -> float:
 
 
 # ---------------------------------------------------------------------------- figures
+
+
+@dataclass
+class Timed:
+    """One timed phase: ``records`` input records in ``seconds`` of wall-clock time."""
+
+    phase: str
+    records: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        """Records per second: every ratio of two phases' rates is a ratio of seconds."""
+        return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
 def median_run(runs: Sequence[_Run], key: Callable[[_Run], float]) -> _Run:

@@ -66,6 +66,7 @@ from bench import common
 from bench.common import (
     EVENTS_PER_BUYER,
     Progress,
+    Timed,
     add_dataset_options,
     add_run_options,
     buyers_for,
@@ -104,19 +105,12 @@ _count_lines = count_lines
 
 
 @dataclass
-class PhaseResult:
+class PhaseResult(Timed):
     """One timed pass of one phase."""
 
-    phase: str
-    records: int
-    seconds: float
     peak_rss_mib: float
     rows_written: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def events_per_second(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -136,6 +136,7 @@ from bench.common import (
     BenchError,
     CpuMeter,
     Progress,
+    Timed,
     add_dataset_options,
     add_run_options,
     buyers_for,
@@ -193,18 +194,11 @@ _OWN_SETTINGS: Final = frozenset(
 
 
 @dataclass
-class Phase:
-    """One timed phase."""
+class Phase(Timed):
+    """One timed phase, with the cores each process used during it."""
 
-    phase: str
-    records: int
-    seconds: float
     cpu_cores: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def events_per_second(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
