@@ -127,6 +127,8 @@ def build_processor(settings: Settings, rules: JourneyRules) -> JourneyProcessor
         allowed_lateness=processing.allowed_lateness,
         dedup_window=processing.dedup_window,
         max_future_skew=processing.max_future_skew,
+        stitch_identities=processing.stitch_identities,
+        max_person_ids=processing.identity_max_ids,
     )
 
 
