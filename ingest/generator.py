@@ -201,11 +201,12 @@ class GeneratorConfig:
             "out_of_order_rate",
             "malformed_rate",
             "unclassified_rate",
-            "several_ids_rate",
         ):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 0.5:
                 raise ValueError(f"{name} must be between 0 and 0.5")
+        if not 0.0 <= self.several_ids_rate <= 1.0:
+            raise ValueError("several_ids_rate must be between 0 and 1")
         for stage in (Stage.PRE_AWARENESS, Stage.AWARENESS, Stage.CONSIDERATION, Stage.PURCHASE):
             if stage not in self.timeouts:
                 raise ValueError(f"the generator needs a drop-off timeout for {stage.value}")
