@@ -330,3 +330,69 @@ def test_every_report_answer_counts_a_person_once(
         reports.append(printed.replace(database, "DB"))
     stitched, known_already = (report.splitlines(keepends=True) for report in reports)
     assert reports[0] == reports[1], "".join(difflib.unified_diff(known_already, stitched, n=1))
+
+
+def test_forget_erases_a_person_and_every_id_of_theirs_from_every_table(
+    export: tuple[Path, list[str], GroundTruth],
+    chdb_url: str,
+    clickhouse_client: Any,
+    fresh_database: Callable[[], str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    import json
+
+    whole, lines, truth = export
+    person = next(buyer for buyer in truth.buyers if len(buyer.other_ids) == 2 and buyer.purchases)
+    ids = [person.buyer_id, *person.other_ids]
+    database = fresh_database()
+    run_ok(capsys, chdb_url, database, whole)
+    assert _mentions(clickhouse_client, database, ids)  # there is something to erase
+
+    capsys.readouterr()
+    code = main(["--clickhouse-url", chdb_url, "--database", database, "forget", ids[1], "--yes"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"Erased person {person.buyer_id}" in printed, printed
+    assert _mentions(clickhouse_client, database, ids) == {}
+
+    # Everything else is as if the person had never been: the report of the same file
+    # without their events (their id may still appear as the anonymous id of an event).
+    def theirs(line: str) -> bool:
+        try:
+            return json.loads(line)["buyer_id"] in ids
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    without = tmp_path / "without.jsonl"
+    without.write_text("\n".join(line for line in lines if not theirs(line)) + "\n", "utf-8")
+    never = fresh_database()
+    run_ok(capsys, chdb_url, never, without)
+    reports = []
+    for name in (database, never):
+        capsys.readouterr()
+        assert main(["--clickhouse-url", chdb_url, "--database", name, "report"]) == 0
+        reports.append(capsys.readouterr()[0].replace(name, "DB"))
+    assert reports[0] == reports[1]
+    assert everything_written(clickhouse_client, database) == everything_written(
+        clickhouse_client, never
+    )
+
+
+def _mentions(client: Any, database: str, ids: list[str]) -> dict[str, int]:
+    """Table → rows whose any column holds one of ``ids`` (as a whole value or in JSON)."""
+    found = {}
+    tables = client.query(
+        "SELECT name FROM system.tables WHERE database = %(db)s AND engine LIKE '%%MergeTree'",
+        parameters={"db": database},
+    ).result_rows
+    needles = [*ids, *(f'"{one}"' for one in ids)]
+    for (table,) in tables:
+        count = client.query(
+            f"SELECT count() FROM {database}.{table} "
+            f"WHERE multiSearchAny(toString(tuple(*)), %(needles)s)",
+            parameters={"needles": needles},
+        ).result_rows[0][0]
+        if count:
+            found[table] = count
+    return found
