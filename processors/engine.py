@@ -71,6 +71,8 @@ _DROPOFFS: Final = DropoffRow.table
 _DEAD_LETTERS: Final = DeadLetterRow.table
 _TRIGGERS: Final = TriggerRow.table
 _IDENTITIES: Final = IdentityLinkRow.table
+LINK_EPOCH: Final = 1 << 20
+"""``identity_links`` versions: epoch × this + the person's size (sizes stay below it)."""
 HELD_BACK_REASONS: Final = ("receive_time", "ahead_of_receipt", "future")
 """Why an event's time may not move its partition's watermark (see JourneyProcessor)."""
 TABLES: Final = (
@@ -279,6 +281,15 @@ class JourneyProcessor:
         self.max_person_ids = max_person_ids
         self._retired: set[str] = set()
         """Ids whose journey this batch merged into another person's: their rows are retracted."""
+        self.unlinkable: set[str] = set()
+        """Ids split off their person (``touchpoint identity split``): never linked again."""
+        self.link_epoch = 0
+        """Orders ``identity_links`` rows across runs: a row's version is the epoch (the run,
+        in the local runner) times 2**20 plus the person's size, so a later run's word on an
+        id wins even when a split made its person smaller."""
+        self.emit_touchpoints = True
+        """False while events already stored are folded again (a split): their touchpoint
+        rows are in the table, and writing them again would count them again in the views."""
 
     # -- event time ----------------------------------------------------------
 
@@ -496,19 +507,20 @@ class JourneyProcessor:
         output = self._output
         output.stats.events[(event.channel, stage or "")] += 1
         properties = event.properties
-        output.add(
-            state.partition,
-            _TOUCHPOINTS,
-            _encode(
-                journey.touchpoint_row(
-                    event,
-                    classification,
-                    _encode(properties).decode() if properties else "{}",
-                    source,
-                    position,
-                )
-            ),
-        )
+        if self.emit_touchpoints:
+            output.add(
+                state.partition,
+                _TOUCHPOINTS,
+                _encode(
+                    journey.touchpoint_row(
+                        event,
+                        classification,
+                        _encode(properties).decode() if properties else "{}",
+                        source,
+                        position,
+                    )
+                ),
+            )
         if stage is not None and state.stage_hits[stage] is touch:
             self._schedule_hit(buyer_id, state, stage, touch)
         triggers = self.triggers
@@ -546,13 +558,15 @@ class JourneyProcessor:
         self, person_id: str, event: Event, aliases: list[str], *, source: str, position: str
     ) -> None:
         """Make ``aliases`` (ids the event names beside its buyer's) part of its person."""
+        if self.unlinkable and event.buyer_id in self.unlinkable:
+            return
         person = self._live[person_id]
         grown = merged = False
         if event.buyer_id not in person.identified:
             bisect.insort(person.identified, event.buyer_id)
             grown = True
         for alias in aliases:
-            if alias == person_id:
+            if alias == person_id or alias in self.unlinkable:
                 continue
             index = bisect.bisect_left(person.aliases, alias)
             if index < len(person.aliases) and person.aliases[index] == alias:
@@ -636,6 +650,7 @@ class JourneyProcessor:
             if person.partition in self._newest:
                 self._fire_timers(person.partition)
         size = len(person.aliases) + 1
+        version = self.link_epoch * LINK_EPOCH + size
         identified = set(person.identified)
         output = self._output
         for alias in person.aliases:
@@ -647,7 +662,7 @@ class JourneyProcessor:
                         "alias_id": alias,
                         "person_id": canonical,
                         "identified": int(alias in identified),
-                        "version": size,
+                        "version": version,
                         "is_deleted": 0,
                     }
                 ),
@@ -661,7 +676,40 @@ class JourneyProcessor:
                         "alias_id": canonical,
                         "person_id": canonical,
                         "identified": int(canonical in identified),
-                        "version": size,
+                        "version": version,
+                        "is_deleted": 1,
+                    }
+                ),
+            )
+
+    def split(self, buyer_id: str, ids: Iterable[str]) -> None:
+        """Take ``buyer_id`` out of the person whose ``ids`` these are, for good.
+
+        Every journey of the person starts over empty (its rows are retracted at the next
+        flush unless events fold into it again) and ``buyer_id`` becomes unlinkable; the
+        driver then folds the person's stored events again (with ``emit_touchpoints`` off),
+        which links the other ids once more but not this one.
+        """
+        self.unlinkable.add(buyer_id)
+        version = self.link_epoch * LINK_EPOCH
+        for one in ids:
+            state = self._read(one)
+            if state is None:
+                continue
+            self._change(one, state)
+            fresh = journey.new_state(one, state.partition)
+            fresh.version = state.version + 1
+            self._live[one] = fresh
+            self._retired.add(one)
+            self._output.add(
+                state.partition,
+                _IDENTITIES,
+                _encode(
+                    {
+                        "alias_id": one,
+                        "person_id": one,
+                        "identified": 0,
+                        "version": version,
                         "is_deleted": 1,
                     }
                 ),
@@ -744,7 +792,8 @@ class JourneyProcessor:
         for buyer_id, (hits_before, dropoffs_before) in self._changed.items():
             state = self._live[buyer_id]
             partition = state.partition
-            if state.merged_into is not None:
+            if state.merged_into is not None or not state.events:
+                # merged into another person's journey, or split off and left with nothing
                 if buyer_id in retired:
                     self._retract(output, state, hits_before, dropoffs_before)
                 self._store(output, buyer_id, state)

@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC
+from typing import Any, Final
 
+from schemas.raw import RawRecord
 from sinks.clickhouse import Client, identifier
 
-__all__ = ["Erasure", "Person", "forget", "person_of", "person_touchpoints", "rebuild_aggregates"]
+__all__ = [
+    "Erasure",
+    "Person",
+    "block",
+    "blocked_ids",
+    "forget",
+    "person_of",
+    "person_touchpoints",
+    "rebuild_aggregates",
+    "stored_events",
+]
 
 
 def person_touchpoints(database: str) -> str:
@@ -137,3 +150,66 @@ def rebuild_aggregates(client: Client, database: str) -> list[str]:
         client.command(f"INSERT INTO {db}.{target} {select}", settings={"insert_deduplicate": 0})
         rebuilt.append(target)
     return rebuilt
+
+
+def blocked_ids(client: Client, database: str) -> set[str]:
+    """Ids split off their person: the processor never links them again."""
+    db = identifier(database)
+    rows = client.query(f"SELECT buyer_id FROM {db}.identity_blocks FINAL").result_rows
+    return {str(buyer_id) for (buyer_id,) in rows}
+
+
+def block(client: Client, database: str, buyer_id: str) -> None:
+    client.insert(
+        f"{identifier(database)}.identity_blocks",
+        [[buyer_id]],
+        column_names=["buyer_id"],
+    )
+
+
+_EVENT_COLUMNS: Final = (
+    "event_id",
+    "buyer_id",
+    "anonymous_id",
+    "account_id",
+    "channel",
+    "event_type",
+    "occurred_at",
+    "received_at",
+    "campaign",
+    "promo",
+    "revenue",
+    "currency",
+    "properties",
+    "schema_version",
+)
+
+
+def stored_events(
+    client: Client, database: str, buyer_ids: Sequence[str]
+) -> Generator[RawRecord, None, None]:
+    """The stored touchpoints of these ids as Touchpoint v1 records, in event-time order
+    (what a split folds again)."""
+    db = identifier(database)
+    columns = ", ".join(_EVENT_COLUMNS)
+    result = client.query(
+        f"SELECT {columns} FROM {db}.touchpoints FINAL WHERE buyer_id IN %(ids)s "
+        "ORDER BY occurred_at, event_id",
+        parameters={"ids": list(buyer_ids)},
+    )
+    for row in result.result_rows:
+        record = dict(zip(_EVENT_COLUMNS, row, strict=True))
+        properties = json.loads(record.pop("properties") or "{}")
+        event: dict[str, Any] = {name: value for name, value in record.items() if value is not None}
+        for name in ("occurred_at", "received_at"):
+            if name in event:
+                event[name] = event[name].astimezone(UTC).isoformat()
+        if "revenue" in event:
+            event["revenue"] = str(event["revenue"])
+        if properties:
+            event["properties"] = properties
+        yield RawRecord(
+            source=f"{database}.touchpoints",
+            position=str(event["event_id"]),
+            data=json.dumps(event, separators=(",", ":")).encode(),
+        )

@@ -1056,6 +1056,24 @@ def identity_show(ctx: click.Context, buyer_id: str) -> None:
         click.echo(f"  {other}")
 
 
+@identity_group.command("split")
+@click.argument("buyer_id")
+@click.pass_context
+def identity_split(ctx: click.Context, buyer_id: str) -> None:
+    """Take BUYER_ID out of its person for good (a wrong link, a shared device).
+
+    The person's journeys are folded again from their stored touchpoints without it, and
+    BUYER_ID is never linked again (embedded store; see docs/journeys.md, Identity).
+    """
+    settings = _settings(ctx)
+    with wiring.clickhouse(settings) as client:
+        person_id, summary = wiring.split_identity(settings, client, buyer_id)
+    click.echo(
+        f"Split {buyer_id} off person {person_id}: {summary.counters.accepted} touchpoints "
+        f"folded again; {buyer_id} will not be linked again"
+    )
+
+
 @cli.command("forget")
 @click.argument("buyer_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -101,3 +101,11 @@ CREATE TABLE IF NOT EXISTS {database}.identity_links
 ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY alias_id
 SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE TABLE IF NOT EXISTS {database}.identity_blocks
+(
+    buyer_id String COMMENT 'split off its person (touchpoint identity split): never linked again',
+    blocked_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY buyer_id;

@@ -396,3 +396,67 @@ def _mentions(client: Any, database: str, ids: list[str]) -> dict[str, int]:
         if count:
             found[table] = count
     return found
+
+
+def test_split_takes_an_id_out_of_its_person_for_good(
+    export: tuple[Path, list[str], GroundTruth],
+    chdb_url: str,
+    clickhouse_client: Any,
+    fresh_database: Callable[[], str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """After `identity split ADDRESS` the store is what it would be had the sign-in never
+    named the address — and a later run that names it again does not link it back."""
+    import json
+
+    whole, lines, truth = export
+    person = next(buyer for buyer in truth.buyers if len(buyer.other_ids) == 2 and buyer.purchases)
+    address = person.other_ids[1]
+    assert address.startswith("mail:")
+
+    def unnamed(line: str) -> str:
+        try:
+            record = json.loads(line)
+            properties = record.get("properties") or {}
+        except (ValueError, AttributeError):
+            return line
+        if not isinstance(properties, dict) or properties.get("aliases") != address:
+            return line
+        record["properties"] = {k: v for k, v in properties.items() if k != "aliases"}
+        return json.dumps(record, separators=(",", ":"))
+
+    never = tmp_path / "never-named.jsonl"
+    never.write_text("\n".join(unnamed(line) for line in lines) + "\n", encoding="utf-8")
+    expected = fresh_database()
+    run_ok(capsys, chdb_url, expected, never)
+
+    database = fresh_database()
+    run_ok(capsys, chdb_url, database, whole)
+    assert links(clickhouse_client, database)[address] == person.buyer_id
+    capsys.readouterr()
+    code = main(
+        ["--clickhouse-url", chdb_url, "--database", database, "identity", "split", address]
+    )
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"Split {address} off person {person.buyer_id}" in printed, printed
+
+    assert address not in links(clickhouse_client, database)
+    assert links(clickhouse_client, database) == links(clickhouse_client, expected)
+    assert per_person(clickhouse_client, database) == per_person(clickhouse_client, expected)
+    reports = []
+    for name in (database, expected):
+        capsys.readouterr()
+        assert main(["--clickhouse-url", chdb_url, "--database", name, "report"]) == 0
+        reports.append(capsys.readouterr()[0].replace(name, "DB"))
+    assert reports[0] == reports[1]
+
+    # the same sign-in delivered again in a later run does not link the address back
+    sign_in = next(line for line in lines if unnamed(line) != line)
+    again = tmp_path / "again.jsonl"
+    record = json.loads(sign_in)
+    record["event_id"] = "sign-in-again"
+    again.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    run_ok(capsys, chdb_url, database, again)
+    assert address not in links(clickhouse_client, database)
