@@ -177,6 +177,11 @@ def _print_summary(summary: RunSummary) -> None:
             f"Triggers fired: {counters.triggers:,}, retracted: {counters.retractions:,} "
             "(table journey_triggers; `touchpoint triggers` lists them)."
         )
+    if counters.merges:
+        click.echo(
+            f"Journeys merged into another id's person: {counters.merges:,} "
+            "(table identity_links; `touchpoint identity show ID`)."
+        )
 
 
 def _report_config_path() -> Path | None:
