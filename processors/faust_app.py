@@ -63,7 +63,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from processors.engine import JourneyProcessor
+from processors.journey_processor import JourneyProcessor
 from processors.metrics import WorkerMetrics
 from processors.state_stores import open_state_store
 from schemas.enums import DeadLetterReason

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from processors.engine import JourneyProcessor, ProcessorCounters
+from processors.journey_processor import JourneyProcessor, ProcessorCounters
 from schemas.raw import RawRecord
 from sinks.base import RowBatch, Sink
 

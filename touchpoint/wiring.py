@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from ingest.ordering import in_order_within, sort_by_event_time
 from ingest.reader import read_records
-from processors.engine import JourneyProcessor
+from processors.classify import load_rules
+from processors.journey_processor import JourneyProcessor
 from processors.local import RunSummary, run_local
-from processors.rules import load_rules
 from schemas.dead_letter import DeadLetter
 from schemas.duration import format_duration
 from schemas.enums import DeadLetterReason

@@ -29,7 +29,7 @@ from kafka.errors import KafkaError
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from ingest.kafka import peek
-from processors.rules import default_rules
+from processors.classify import default_rules
 from sinks.consumer import FAULT_EXIT_AFTER_INSERT, FAULT_EXIT_STATUS, Intent
 from tests.kafka_pipeline import (
     COLLECTOR_KEY,

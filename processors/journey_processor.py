@@ -24,7 +24,7 @@ from typing import Any, Final
 import msgspec
 
 from processors import journey
-from processors.rules import Classifier
+from processors.classify import Classifier
 from processors.triggers import TriggerSet
 from schemas.dead_letter import DeadLetter
 from schemas.enums import DeadLetterReason
