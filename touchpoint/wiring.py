@@ -579,7 +579,7 @@ def _check_demo_database(settings: Settings, events: Path | None) -> None:
 
 def ensure_pipeline_topics(settings: Settings, *, raw_only: bool = False) -> list[str]:
     """Create the pipeline's topics (idempotent) with the configured partition count."""
-    from ingest.kafka import ensure_topics
+    from ingest.topics import ensure_topics
     from schemas.topics import Topics
 
     kafka = settings.kafka
@@ -766,7 +766,7 @@ def run_webhooks(
     settings: Settings, stop: threading.Event, *, idle_timeout: float | None = None
 ) -> Any:
     """Deliver fired triggers to the configured webhooks until ``stop``; returns the stats."""
-    from ingest.kafka import ensure_topics
+    from ingest.topics import ensure_topics
     from schemas.topics import Topics
     from sinks.webhooks import WebhookDeliverer, WebhookMetrics
     from sinks.webhooks import run_webhooks as deliver_triggers
