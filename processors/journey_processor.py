@@ -452,7 +452,7 @@ class JourneyProcessor:
                 return
             if header(headers, CONTROL_HEADER) == CONTROL_WATERMARK:
                 try:
-                    event_time = datetime.fromisoformat(data.decode())
+                    self.advance_watermark(partition, datetime.fromisoformat(data.decode()))
                 except (UnicodeDecodeError, ValueError) as exc:
                     self.dead_letter(
                         DeadLetterReason.INVALID_FIELD,
@@ -462,8 +462,6 @@ class JourneyProcessor:
                         position=position,
                         partition=partition,
                     )
-                else:
-                    self.advance_watermark(partition, event_time)
                 return
         self.process_raw(data, source=source, position=position, partition=partition)
 
