@@ -20,7 +20,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from processors.rules import Classification
+from processors.classify import Classification
 from schemas.enums import Channel
 from schemas.events import Event
 from schemas.journey import DropoffRecord, ExitRecord, JourneyState, Latest, TouchRef

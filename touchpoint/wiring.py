@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from ingest.ordering import in_order_within, sort_by_event_time
 from ingest.reader import read_records
-from processors.engine import JourneyProcessor
+from processors.classify import load_rules
+from processors.journey_processor import JourneyProcessor
 from processors.local import RunSummary, run_local
-from processors.rules import load_rules
 from schemas.dead_letter import DeadLetter
 from schemas.duration import format_duration
 from schemas.enums import DeadLetterReason
@@ -614,7 +614,7 @@ def _check_demo_database(settings: Settings, events: Path | None) -> None:
 
 def ensure_pipeline_topics(settings: Settings, *, raw_only: bool = False) -> list[str]:
     """Create the pipeline's topics (idempotent) with the configured partition count."""
-    from ingest.kafka import ensure_topics
+    from ingest.topics import ensure_topics
     from schemas.topics import Topics
 
     kafka = settings.kafka
@@ -801,7 +801,7 @@ def run_webhooks(
     settings: Settings, stop: threading.Event, *, idle_timeout: float | None = None
 ) -> Any:
     """Deliver fired triggers to the configured webhooks until ``stop``; returns the stats."""
-    from ingest.kafka import ensure_topics
+    from ingest.topics import ensure_topics
     from schemas.topics import Topics
     from sinks.webhooks import WebhookDeliverer, WebhookMetrics
     from sinks.webhooks import run_webhooks as deliver_triggers

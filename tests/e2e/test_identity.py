@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, GroundTruth, generate
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.e2e.test_resumed_runs import (
     _read_until,
     fresh_database,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, generate
-from processors.rules import default_rules
+from processors.classify import default_rules
 from schemas.errors import MigrationError
 from sinks.cluster import cluster_schema
 from sinks.migrate import Migration, apply_migrations, load_migrations, migration_script

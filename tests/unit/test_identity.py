@@ -6,8 +6,8 @@ import json
 from datetime import timedelta
 
 from processors import identity
-from processors.engine import JourneyProcessor
-from processors.rules import default_rules
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from schemas.events import decode_event
 from tests.factories import event
 

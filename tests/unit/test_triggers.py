@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from processors.engine import JourneyProcessor
+from processors.journey_processor import JourneyProcessor
 from processors.triggers import trigger_event_id
 from schemas.errors import RulesError
 from schemas.journey import JourneyState, decode_state, encode_state, to_micros

@@ -3,7 +3,10 @@
 Both drivers run exactly this class: the local runner with a plain dict as the
 state store, the Faust worker with the states of the partitions it owns. It does
 no I/O; each batch's :meth:`JourneyProcessor.flush` returns the rows for a sink,
-already encoded, and the changed journeys, already encoded for the store.
+already encoded, and the changed journeys, already encoded for the store. Both hand it
+every raw record as they got it (:meth:`JourneyProcessor.process_record`): what a
+framing error, a pack of touchpoints or a watermark control message becomes is decided
+here, once.
 
 The hot path works on plain data: records are decoded by :func:`schemas.events.decode_event`
 (the pydantic contract's verdict, fast), states are msgspec structs
@@ -25,7 +28,7 @@ from typing import Any, Final
 import msgspec
 
 from processors import identity, journey
-from processors.rules import Classifier
+from processors.classify import Classifier
 from processors.triggers import TriggerSet
 from schemas.dead_letter import DeadLetter
 from schemas.enums import DeadLetterReason
@@ -51,6 +54,7 @@ from schemas.rows import (
     TriggerRow,
 )
 from schemas.rules import JourneyRules
+from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, PACK_HEADER, PACK_NDJSON
 
 __all__ = [
     "HELD_BACK_REASONS",
@@ -59,6 +63,7 @@ __all__ = [
     "BatchStats",
     "JourneyProcessor",
     "ProcessorCounters",
+    "header",
 ]
 
 ROW_ENCODER: Final = msgspec.json.Encoder()
@@ -200,6 +205,17 @@ class BatchOutput:
 
     def __len__(self) -> int:
         return sum(len(rows) for tables in self.rows.values() for rows in tables.values())
+
+
+def header(headers: Any, wanted: str) -> bytes | None:
+    """The value of header ``wanted`` of a Kafka record (headers as pairs or a mapping)."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        if name == wanted:
+            return bytes(value) if value is not None else b""
+    return None
 
 
 class JourneyProcessor:
@@ -439,6 +455,55 @@ class JourneyProcessor:
             return None
         self.process(event, source=source, position=position, partition=partition)
         return event
+
+    def process_record(
+        self,
+        data: bytes,
+        *,
+        source: str,
+        position: str,
+        partition: int = 0,
+        headers: Any = None,
+        error: tuple[DeadLetterReason, str] | None = None,
+    ) -> None:
+        """One raw record as a driver received it, in whichever form it came.
+
+        ``error``: the reader could not frame it (a CSV row with the wrong number of
+        fields), so it becomes a dead letter. ``headers`` (a Kafka record's, as pairs or a
+        mapping) mark a pack — many touchpoints, newline-delimited, each at position
+        ``{position}:{line}`` — or a control message: a source watermark, whose time
+        :meth:`advance_watermark` takes (an unreadable one is a dead letter). Anything
+        else is one touchpoint (:meth:`process_raw`).
+        """
+        if error is not None:
+            reason, detail = error
+            self.dead_letter(
+                reason, detail, data, source=source, position=position, partition=partition
+            )
+            return
+        if headers:
+            if header(headers, PACK_HEADER) == PACK_NDJSON:
+                process_raw = self.process_raw
+                for index, line in enumerate(data.split(b"\n")):
+                    if line:
+                        process_raw(
+                            line, source=source, position=f"{position}:{index}", partition=partition
+                        )
+                return
+            if header(headers, CONTROL_HEADER) == CONTROL_WATERMARK:
+                try:
+                    self.advance_watermark(partition, datetime.fromisoformat(data.decode()))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    self.dead_letter(
+                        DeadLetterReason.INVALID_FIELD,
+                        f"watermark control message with an unreadable time: {exc}",
+                        data,
+                        source=source,
+                        position=position,
+                        partition=partition,
+                    )
+                return
+        self.process_raw(data, source=source, position=position, partition=partition)
 
     def dead_letter(
         self,
