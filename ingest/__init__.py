@@ -8,7 +8,7 @@
   ``zendesk.py`` support, ``ads.py`` ads, ``segment.py`` tracking, ``native.py`` our own API
 - ``reader.py``    JSONL/CSV files (gzipped too), one raw record per line; ``ordering.py``
   puts a bounded input in event-time order (external merge sort)
-- ``kafka.py``     topic creation and the Touchpoint producer (kafka-python)
+- ``kafka.py``     the Touchpoint producer (kafka-python); ``topics.py`` creates the topics
 - ``generator.py`` seeded synthetic journeys with their ground truth
 - ``ads_csv.py``, ``crm_csv.py`` (via ``csv_export.py``): ad-spend and CRM exports
 """

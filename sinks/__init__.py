@@ -6,8 +6,10 @@
 - ``migrations/``, ``migrate.py``  versioned SQL, applied once each; ``cluster.py`` the
   cluster (Replicated/Distributed) form of the same schema
 - ``writer.py``        the batched, idempotent writer (deduplication tokens)
-- ``consumer.py``      the Kafka → ClickHouse sink of the distributed path
-- ``journey_store.py`` journey state kept between embedded runs
+- ``consumer.py``      the Kafka → ClickHouse sink of the distributed path; ``batches.py``
+  its batches, pure (what goes into which, intents, a batch's rows)
+- ``journey_store.py`` journey state kept between embedded runs; ``identity.py``
+  touchpoints read per person, and who is whom
 - ``queries.py``, ``analysis.py``  the analysts' questions as SQL; ``answers.py`` gathers
   them for the report, rendered by ``report.py`` (terminal) and ``html_report.py``
 - ``dead_letters.py``, ``triggers.py``  reading dead letters and fired triggers back;

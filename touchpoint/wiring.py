@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from ingest.ordering import in_order_within, sort_by_event_time
 from ingest.reader import read_records
-from processors.engine import JourneyProcessor
+from processors.classify import load_rules
+from processors.journey_processor import JourneyProcessor
 from processors.local import RunSummary, run_local
-from processors.rules import load_rules
 from schemas.dead_letter import DeadLetter
 from schemas.duration import format_duration
 from schemas.enums import DeadLetterReason
@@ -37,7 +37,7 @@ from schemas.settings import (
     ProcessingSettings,
     Settings,
 )
-from sinks import dead_letters, journey_store, queries
+from sinks import dead_letters, identity, journey_store, queries
 from sinks.background import BackgroundSink
 from sinks.base import RowBatch
 from sinks.clickhouse import Client, connect, describe_target
@@ -66,6 +66,7 @@ __all__ = [
     "run_sink",
     "run_webhooks",
     "run_worker",
+    "split_identity",
     "target_description",
 ]
 
@@ -127,6 +128,8 @@ def build_processor(settings: Settings, rules: JourneyRules) -> JourneyProcessor
         allowed_lateness=processing.allowed_lateness,
         dedup_window=processing.dedup_window,
         max_future_skew=processing.max_future_skew,
+        stitch_identities=processing.stitch_identities,
+        max_person_ids=processing.identity_max_ids,
     )
 
 
@@ -367,9 +370,41 @@ def _resume(settings: Settings, client: Client, rules: JourneyRules) -> _Resumed
         processor.states.update(journey_store.load_states(client, database, runs))
         newest = committed.newest_event_time
         processor.restore(newest_event_times={0: newest} if newest is not None else None)
+    processor.unlinkable = identity.blocked_ids(client, database)
+    processor.link_epoch = runs.unfinished.seq if runs.unfinished is not None else runs.next_seq
     return _ResumedRun(
         settings, client, processor, runs, rules_json, rules_sha256, len(processor.states)
     )
+
+
+def split_identity(settings: Settings, client: Client, buyer_id: str) -> tuple[str, RunSummary]:
+    """Take ``buyer_id`` out of its person for good (``touchpoint identity split``).
+
+    A run like any other (resumable, its batches deduplicated): the person's journeys start
+    over and their stored touchpoints are folded again, linking the other ids once more but
+    never ``buyer_id``. Returns the person id it was split from and the run's summary.
+    """
+    rules = rules_for(settings)
+    resumed = _resume(settings, client, rules)
+    processor = resumed.processor
+    stub = processor.state(buyer_id)
+    person_id = buyer_id if stub is None or stub.merged_into is None else stub.merged_into
+    person = processor.state(person_id)
+    ids = [person_id, *(person.aliases if person is not None else [])]
+    if len(ids) < 2:
+        raise InputError(f"{buyer_id!r} is not linked to any other id in {resumed.database}")
+    identity.block(client, resumed.database, buyer_id)
+    processor.split(buyer_id, ids)
+    processor.emit_touchpoints = False
+    processor.accept_late = True
+    records = _then_judge(identity.stored_events(client, resumed.database, ids), processor)
+    summary = resumed.run(
+        records,
+        identity=["identity-split", buyer_id, *ids],
+        described=f"identity split {buyer_id}",
+        input_sha256=[],
+    )
+    return person_id, summary
 
 
 @dataclass
@@ -579,7 +614,7 @@ def _check_demo_database(settings: Settings, events: Path | None) -> None:
 
 def ensure_pipeline_topics(settings: Settings, *, raw_only: bool = False) -> list[str]:
     """Create the pipeline's topics (idempotent) with the configured partition count."""
-    from ingest.kafka import ensure_topics
+    from ingest.topics import ensure_topics
     from schemas.topics import Topics
 
     kafka = settings.kafka
@@ -766,7 +801,7 @@ def run_webhooks(
     settings: Settings, stop: threading.Event, *, idle_timeout: float | None = None
 ) -> Any:
     """Deliver fired triggers to the configured webhooks until ``stop``; returns the stats."""
-    from ingest.kafka import ensure_topics
+    from ingest.topics import ensure_topics
     from schemas.topics import Topics
     from sinks.webhooks import WebhookDeliverer, WebhookMetrics
     from sinks.webhooks import run_webhooks as deliver_triggers
