@@ -503,8 +503,16 @@ class JourneyProcessor:
                 return
             if header(headers, CONTROL_HEADER) == CONTROL_WATERMARK:
                 try:
-                    self.advance_watermark(partition, datetime.fromisoformat(data.decode()))
-                except (UnicodeDecodeError, ValueError) as exc:
+                    at = datetime.fromisoformat(data.decode())
+                    if at.tzinfo is None:
+                        raise ValueError("the time has no UTC offset")
+                    if to_micros(at) > self._future:
+                        raise ValueError(
+                            f"{at.isoformat()} is more than {self.max_future_skew} ahead of the "
+                            "clock: it would judge every pending drop-off at once"
+                        )
+                    self.advance_watermark(partition, at)
+                except (UnicodeDecodeError, ValueError, OverflowError) as exc:
                     self.dead_letter(
                         DeadLetterReason.INVALID_FIELD,
                         f"watermark control message with an unreadable time: {exc}",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+
 from processors.classify import default_rules
 from processors.journey_processor import JourneyProcessor, header
 from schemas.enums import DeadLetterReason
@@ -61,17 +63,24 @@ def test_a_watermark_control_message_moves_its_partitions_event_time() -> None:
     assert len(output.touchpoints) == 1 and output.dead_letters == []
 
 
-def test_a_watermark_control_message_with_an_unreadable_time_is_a_dead_letter() -> None:
+@pytest.mark.parametrize(
+    "time", [b"yesterday", b"2026-01-01T00:00:00", b"\xff", b"9999-12-31T23:59:59+00:00"]
+)
+def test_a_watermark_control_message_with_an_unreadable_time_is_a_dead_letter(
+    time: bytes,
+) -> None:
+    """Never a crash: a worker that raised here would read the same record after every
+    restart (a time without an offset used to raise TypeError)."""
     proc = processor()
     proc.process_record(
-        b"yesterday",
+        time,
         source="raw",
         position="1:9",
         partition=1,
         headers=[(CONTROL_HEADER, CONTROL_WATERMARK)],
     )
     [letter] = proc.flush().dead_letters
-    assert (letter.reason, letter.position, letter.raw) == ("invalid_field", "1:9", "yesterday")
+    assert (letter.reason, letter.position) == ("invalid_field", "1:9")
     assert "watermark control message with an unreadable time" in letter.detail
     assert proc.watermark(1) is None
 
