@@ -53,6 +53,10 @@ from touchpoint.options import (
 )
 from touchpoint.replay import replay_dead_letters
 from touchpoint.report import brief_report, full_report, load_report_config
+from touchpoint.serve import open_server, serve_until_signalled
+from touchpoint.sql import FORMATS as SQL_FORMATS
+from touchpoint.sql import console as sql_console
+from touchpoint.sql import interactive, run_statement
 from touchpoint.webhooks import run_webhooks
 
 __all__ = ["cli", "main"]
@@ -829,6 +833,160 @@ def dead_letters_replay(
         print_summary(result.summary)
 
 
+@cli.command("sql")
+@click.argument("query", required=False)
+@click.option(
+    "--read-write", is_flag=True, help="Allow writes (INSERT, DDL, SET); read-only without it."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(SQL_FORMATS)),
+    help="Write the result in this format (CSV and TSV with a header row) instead of a table.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The file --format writes (required for Parquet).  [default: stdout]",
+)
+@click.pass_context
+def sql_command(
+    ctx: click.Context, query: str | None, read_write: bool, fmt: str | None, output: Path | None
+) -> None:
+    """Run SQL over the database `touchpoint report` reads: QUERY (- = stdin), or, with no
+    QUERY, an interactive prompt (history in ~/.cache/touchpoint). Read-only by default
+    (ClickHouse's readonly = 1). Tables: touchpoints, journey_state, stage_transitions,
+    dropoffs, dead_letters, … (SHOW TABLES). See docs/analysis.md#reach-the-data."""
+    if output is not None and fmt is None:
+        raise click.UsageError("--output needs --format")
+    if fmt == "Parquet" and output is None:
+        raise click.UsageError("--format Parquet needs --output FILE (it is binary)")
+    settings = _settings(ctx)
+    with sql_console(settings, read_write=read_write) as opened:
+        if query is None:
+            failed = interactive(
+                opened,
+                stdin=sys.stdin,
+                out=click.echo,
+                err=lambda text: click.echo(text, err=True),
+                fmt=fmt,
+            )
+            if failed:
+                ctx.exit(1)
+            return
+        text = sys.stdin.read() if query == "-" else query
+        click.echo(run_statement(opened, text, fmt=fmt, output=output))
+
+
+@cli.command("serve")
+@option(
+    "--host",
+    env="SERVE_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on.",
+)
+@option(
+    "--port",
+    env="SERVE_PORT",
+    type=click.IntRange(0, 65535),
+    default=8123,
+    show_default=True,
+    help="Port to listen on (0 = any free port).",
+)
+@option("--user", env="SERVE_USER", default="default", show_default=True, help="The one user name.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from stdin (a prompt on a terminal) instead of "
+    "TOUCHPOINT_SERVE_PASSWORD. Required (one way or the other) unless --host is loopback.",
+)
+@option(
+    "--read-write",
+    env="SERVE_READ_WRITE",
+    is_flag=True,
+    help="Allow writes (INSERT, DDL, SET). Without it every query runs with ClickHouse's "
+    "readonly = 1.",
+)
+@option(
+    "--allow-settings",
+    env="SERVE_ALLOW_SETTINGS",
+    is_flag=True,
+    help="Read-only, but clients may change settings (ClickHouse's readonly = 2; Grafana and "
+    "clickhouse-connect send some). In ClickHouse that also runs the file() and url() table "
+    "functions: the server's files and network, for whoever has the password.",
+)
+@option(
+    "--max-body",
+    env="SERVE_MAX_BODY",
+    type=click.IntRange(1, 1 << 40),
+    default=64 << 20,
+    show_default=True,
+    help="Largest request body in bytes, compressed or not (413 beyond).",
+)
+@option(
+    "--timeout",
+    env="SERVE_TIMEOUT",
+    type=click.FloatRange(0.1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds a client may stall while sending a request or reading an answer.",
+)
+@click.pass_context
+def serve_command(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    user: str,
+    password_stdin: bool,
+    read_write: bool,
+    allow_settings: bool,
+    max_body: int,
+    timeout: float,
+) -> None:
+    """Serve the embedded store over ClickHouse's HTTP interface, for clickhouse-connect,
+    Grafana's ClickHouse datasource (HTTP), BI tools and curl. Stops on Ctrl-C or SIGTERM.
+    See docs/analysis.md#reach-the-data."""
+    if read_write and allow_settings:
+        raise click.UsageError("--read-write already allows settings: give one of them")
+    settings = _settings(ctx)
+    password = _serve_password(password_stdin)
+    server = open_server(
+        settings,
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        readonly=0 if read_write else 2 if allow_settings else 1,
+        max_body_bytes=max_body,
+        timeout=timeout,
+    )
+    mode = (
+        "read-write"
+        if read_write
+        else "read-only" + (", settings allowed" if allow_settings else "")
+    )
+    auth = f"user {user}" + ("" if password else ", no password")
+    click.echo(
+        f"Serving {target_description(settings)} ({mode}, {auth}) on {server.url}",
+    )
+    click.echo("ClickHouse HTTP interface; Ctrl-C stops.")
+    sys.stdout.flush()
+    serve_until_signalled(server, on_stop=lambda: click.echo("Stopping.", err=True))
+    click.echo("Stopped.")
+
+
+def _serve_password(from_stdin: bool) -> str:
+    """The password of ``touchpoint serve``: stdin (a hidden prompt on a terminal) or
+    TOUCHPOINT_SERVE_PASSWORD; never an argument (``ps`` would show it)."""
+    if from_stdin:
+        if sys.stdin.isatty():
+            return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+        return sys.stdin.readline().rstrip("\r\n")
+    return os.environ.get(ENV + "SERVE_PASSWORD", "")
+
+
 @cli.group()
 def schema() -> None:
     """Data contracts."""
@@ -848,7 +1006,7 @@ def schema_export(directory: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: our own errors are one line on stderr and exit code 1, never a traceback."""
     try:
-        cli.main(
+        code = cli.main(
             args=list(argv) if argv is not None else None,
             prog_name="touchpoint",
             standalone_mode=False,
@@ -864,7 +1022,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TouchpointError as exc:
         click.echo(f"touchpoint: error: {exc}", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0  # ctx.exit(code) in a command
 
 
 if __name__ == "__main__":
