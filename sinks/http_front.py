@@ -112,7 +112,9 @@ _CODE: Final = re.compile(r"Code: (\d+)\.")
 _ENCODINGS: Final = ("lz4", "zstd", "gzip", "deflate")
 
 # ClickHouse's HTTP status per error code (its HTTPHandler's exceptionCodeToHTTPStatus).
-_BAD_REQUEST: Final = frozenset({6, 26, 27, 36, 38, 41, 42, 43, 44, 53, 62, 72, 117, 321, 456, 457})
+_BAD_REQUEST: Final = frozenset(
+    {6, 26, 27, 36, 38, 41, 42, 43, 44, 53, 62, 72, 117, 271, 321, 456, 457}
+)
 _NOT_FOUND: Final = frozenset({46, 47, 50, 56, 60, 63, 73, 78, 81, 115})
 _FORBIDDEN: Final = frozenset({164, 192, 193, 291, 497, 516})
 _STATUS_BY_CODE: Final = {
@@ -176,6 +178,8 @@ class FrontConfig:
     change (and file/url table functions run), 0 read-write."""
     max_body_bytes: int = 64 << 20
     """Largest request body, compressed or not (a bigger one is refused with 413)."""
+    max_connections: int = 64
+    """Connections served at once (each a thread); more get a 503 (code 202) at once."""
     timeout: float = 30.0
     """Seconds a client may stay silent while sending, or stop reading an answer."""
     record_statements: bool = False
@@ -651,6 +655,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, a URL or header too long, an
+        unsupported method), ClickHouse-style instead of an HTML page."""
+        self.close_connection = True
+        text = f"Code: {BAD_ARGUMENTS}. DB::Exception: {message or HTTPStatus(code).phrase}\n"
+        body = text.encode("latin-1", "replace")
+        self.send_response(code, message)
+        self.send_header("X-ClickHouse-Exception-Code", str(BAD_ARGUMENTS))
+        self.send_header("Content-Type", "text/plain; charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
 
 class HttpFront(ThreadingHTTPServer):
     """The HTTP server; :meth:`serve_until` runs it, :meth:`close` stops it and the engine."""
@@ -662,7 +681,35 @@ class HttpFront(ThreadingHTTPServer):
         self.engine = engine
         self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.ran: list[dict[str, str]] = []
+        self._slots = threading.BoundedSemaphore(config.max_connections)
         super().__init__((config.host, config.port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, up to ``max_connections``; beyond, a 503 at once."""
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1)
+                message = b"Code: 202. DB::Exception: Too many simultaneous connections.\n"
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                    b"X-ClickHouse-Exception-Code: 202\r\nContent-Type: text/plain\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(message), message)
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:

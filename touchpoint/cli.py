@@ -926,6 +926,14 @@ def sql_command(
     help="Largest request body in bytes, compressed or not (413 beyond).",
 )
 @option(
+    "--max-connections",
+    env="SERVE_MAX_CONNECTIONS",
+    type=click.IntRange(1, 10_000),
+    default=64,
+    show_default=True,
+    help="Connections served at once; more are answered 503 at once.",
+)
+@option(
     "--timeout",
     env="SERVE_TIMEOUT",
     type=click.FloatRange(0.1, 3600),
@@ -943,6 +951,7 @@ def serve_command(
     read_write: bool,
     allow_settings: bool,
     max_body: int,
+    max_connections: int,
     timeout: float,
 ) -> None:
     """Serve the embedded store over ClickHouse's HTTP interface, for clickhouse-connect,
@@ -960,6 +969,7 @@ def serve_command(
         password=password,
         readonly=0 if read_write else 2 if allow_settings else 1,
         max_body_bytes=max_body,
+        max_connections=max_connections,
         timeout=timeout,
     )
     mode = (

@@ -41,6 +41,7 @@ def open_server(
     password: str,
     readonly: Literal[0, 1, 2],
     max_body_bytes: int,
+    max_connections: int,
     timeout: float,
 ) -> HttpFront:
     """The embedded store's chDB directory behind an HTTP front, listening (not serving yet).
@@ -72,6 +73,7 @@ def open_server(
             database=identifier(settings.clickhouse.database),
             readonly=readonly,
             max_body_bytes=max_body_bytes,
+            max_connections=max_connections,
             timeout=timeout,
         )
     )
