@@ -83,7 +83,7 @@ def run_statement(
     rendered = render_table(table.names, table.rows, numeric=table.numeric)
     shown = f"{len(table.rows):,} row" + ("" if len(table.rows) == 1 else "s")
     if table.truncated:
-        shown = f"the first {shown} (more not shown: use --format and --output, or LIMIT)"
+        shown = f"the first {shown}; more not shown: use --format and --output, or LIMIT"
     return f"{rendered}\n({shown})"
 
 

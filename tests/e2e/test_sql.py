@@ -158,3 +158,13 @@ def test_sql_refuses_a_directory_another_process_has_open(workdir: Path) -> None
         assert "another process has the chDB directory" in got.stderr
         assert "Traceback" not in got.stderr
         assert served.stop()[0] == 0
+
+
+def test_a_table_stops_at_a_thousand_rows_and_says_so(workdir: Path) -> None:
+    got = touchpoint(workdir, "sql", "SELECT number FROM numbers(5000)")
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    assert [line.strip() for line in lines[2:-1]] == [str(n) for n in range(1000)]
+    assert lines[-1].startswith("(the first 1,000 rows; more not shown")
+    vertical = touchpoint(workdir, "sql", "SELECT 1 AS a, 'x' AS b FORMAT Vertical")
+    assert vertical.stdout.splitlines()[0] == "Row 1:" and "b: x" in vertical.stdout

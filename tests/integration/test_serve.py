@@ -200,6 +200,23 @@ def comparable(answers: Any) -> Any:
     return plain(data)
 
 
+def test_the_grafana_dashboard_queries_answer_as_they_do_embedded(
+    client: Any, clickhouse_client: Any, embedded: str
+) -> None:
+    dashboard = json.loads(
+        (
+            Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/journey-funnel.json"
+        ).read_text(encoding="utf-8")
+    )
+    queries = [target["rawSql"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(queries) >= 6
+    for sql in queries:
+        over_http = client.query(sql).result_rows
+        in_process = clickhouse_client.query(sql.replace("touchpoint.", f"{embedded}.")).result_rows
+        assert over_http, sql
+        assert sorted(map(repr, over_http)) == sorted(map(repr, in_process)), sql
+
+
 def test_large_answers_stream_compressed_and_the_client_keeps_its_connection(
     client: Any,
 ) -> None:
