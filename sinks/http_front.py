@@ -315,13 +315,16 @@ def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
         if encoding == "lz4":  # a frame, as clickhouse-connect writes it
             lz4_out = lz4.frame.LZ4FrameDecompressor()
             out = bytes(lz4_out.decompress(data, max_length=limit + 1))
+            finished = lz4_out.eof
         elif encoding == "zstd":
             zstd_out = zstd.ZstdDecompressor()
             out = zstd_out.decompress(data, max_length=limit + 1)
+            finished = zstd_out.eof
         elif encoding in ("gzip", "x-gzip", "deflate"):
             wbits = zlib.MAX_WBITS | 16 if encoding != "deflate" else zlib.MAX_WBITS
             zlib_out = zlib.decompressobj(wbits)
             out = zlib_out.decompress(data, limit + 1)
+            finished = zlib_out.eof
         else:
             raise _error(BAD_ARGUMENTS, f"unsupported Content-Encoding {encoding!r}")
     except (RuntimeError, ValueError, OSError, zlib.error, zstd.ZstdError) as exc:
@@ -330,6 +333,8 @@ def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
         ) from None
     if len(out) > limit:
         raise too_large
+    if not finished:
+        raise _error(271, f"the {encoding} body is truncated (CANNOT_DECOMPRESS)")
     return out
 
 
@@ -489,6 +494,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except (ConnectionError, BrokenPipeError):
             self.close_connection = True
+        except Exception:
+            # A bug here, not the client's doing: logged with its traceback, and the
+            # client gets a ClickHouse-style error (or a cut connection mid-answer).
+            logger.exception("internal error answering %s", self.address_string())
+            self.close_connection = True
+            try:
+                self._answer(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    b"Code: 1001. DB::Exception: internal error of touchpoint serve (its log has"
+                    b" the details)\n",
+                    {"X-ClickHouse-Exception-Code": "1001", "Content-Type": "text/plain"},
+                )
+            except OSError:
+                pass
 
     def _serve_request(self) -> None:
         parts = urlsplit(self.path)

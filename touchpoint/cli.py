@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -32,9 +31,10 @@ from touchpoint.console import (
     Phases,
     collector_epilog,
     command_name,
+    dead_letter_tables,
     print_summary,
     progress,
-    trigger_cause,
+    trigger_tables,
 )
 from touchpoint.demo import demo_data
 from touchpoint.embedded import inspect_inputs, run_files
@@ -686,33 +686,7 @@ def dead_letters_list(
         found = dead_letters.find(
             client, settings.clickhouse.database, _filter(reasons, source, start, end)
         )
-    counts = Counter((letter.reason, letter.last_outcome or "not replayed") for letter in found)
-    click.echo(
-        report.render_table(
-            ("reason", "replay", "dead letters"),
-            [(reason, outcome, count) for (reason, outcome), count in sorted(counts.items())],
-            title=f"{len(found):,} dead letters",
-        )
-    )
-    if limit and found:
-        click.echo()
-        click.echo(
-            report.render_table(
-                ("recorded at", "reason", "source", "position", "replay", "detail"),
-                [
-                    (
-                        letter.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
-                        letter.reason,
-                        letter.source,
-                        letter.position,
-                        letter.last_outcome or "-",
-                        letter.detail[:80],
-                    )
-                    for letter in found[:limit]
-                ],
-                title=f"The oldest {min(limit, len(found)):,}",
-            )
-        )
+    click.echo("\n\n".join(dead_letter_tables(found, limit)))
 
 
 @cli.command("triggers")
@@ -752,43 +726,7 @@ def triggers_command(
         shown = triggers.latest(
             client, database, replace(where, retractions=True if retractions else None), limit
         )
-    click.echo(
-        report.render_table(
-            ("trigger", "on", "fired", "retracted", "buyers", "latest"),
-            [
-                (
-                    count.trigger_id,
-                    count.kind,
-                    count.fired,
-                    count.retracted,
-                    count.buyers,
-                    "-" if count.last_fired_at is None else f"{count.last_fired_at:%Y-%m-%d %H:%M}",
-                )
-                for count in counted
-            ],
-            title=f"{sum(count.fired for count in counted):,} firings",
-        )
-    )
-    if limit and shown:
-        click.echo()
-        click.echo(
-            report.render_table(
-                ("fired at", "trigger", "buyer", "cause", "channel", "campaign", "retracted"),
-                [
-                    (
-                        f"{row.fired_at:%Y-%m-%d %H:%M:%S}",
-                        row.trigger_id,
-                        row.buyer_id,
-                        trigger_cause(row),
-                        row.channel or "-",
-                        row.campaign or "-",
-                        "yes" if row.is_retraction else "",
-                    )
-                    for row in shown
-                ],
-                title=f"The latest {len(shown):,}" + (" retractions" if retractions else ""),
-            )
-        )
+    click.echo("\n\n".join(trigger_tables(counted, shown, limit=limit, retractions=retractions)))
 
 
 @dead_letters_group.command("replay")

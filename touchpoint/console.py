@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -17,16 +18,18 @@ from pydantic import SecretStr
 from processors.local import RunSummary
 from schemas.duration import format_duration
 from schemas.settings import CollectorSettings
-from sinks import triggers
+from sinks import dead_letters, report, triggers
 from touchpoint.options import ENV
 
 __all__ = [
     "Phases",
     "collector_epilog",
     "command_name",
+    "dead_letter_tables",
     "print_summary",
     "progress",
     "trigger_cause",
+    "trigger_tables",
 ]
 
 
@@ -154,3 +157,82 @@ def trigger_cause(row: triggers.StoredTrigger) -> str:
         case "high_intent":
             return f"{payload['score']} touches in {row.stage} ({payload['event_type']})"
     return row.kind
+
+
+def dead_letter_tables(found: Sequence[dead_letters.StoredDeadLetter], limit: int) -> list[str]:
+    """``touchpoint dead-letters list``: counts by reason and replay outcome, then the oldest
+    ``limit`` one by one."""
+    counts = Counter((letter.reason, letter.last_outcome or "not replayed") for letter in found)
+    tables = [
+        report.render_table(
+            ("reason", "replay", "dead letters"),
+            [(reason, outcome, count) for (reason, outcome), count in sorted(counts.items())],
+            title=f"{len(found):,} dead letters",
+        )
+    ]
+    if limit and found:
+        tables.append(
+            report.render_table(
+                ("recorded at", "reason", "source", "position", "replay", "detail"),
+                [
+                    (
+                        letter.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
+                        letter.reason,
+                        letter.source,
+                        letter.position,
+                        letter.last_outcome or "-",
+                        letter.detail[:80],
+                    )
+                    for letter in found[:limit]
+                ],
+                title=f"The oldest {min(limit, len(found)):,}",
+            )
+        )
+    return tables
+
+
+def trigger_tables(
+    counted: Sequence[triggers.TriggerCount],
+    shown: Sequence[triggers.StoredTrigger],
+    *,
+    limit: int,
+    retractions: bool,
+) -> list[str]:
+    """``touchpoint triggers``: counts per trigger, then the latest firings one by one."""
+    tables = [
+        report.render_table(
+            ("trigger", "on", "fired", "retracted", "buyers", "latest"),
+            [
+                (
+                    count.trigger_id,
+                    count.kind,
+                    count.fired,
+                    count.retracted,
+                    count.buyers,
+                    "-" if count.last_fired_at is None else f"{count.last_fired_at:%Y-%m-%d %H:%M}",
+                )
+                for count in counted
+            ],
+            title=f"{sum(count.fired for count in counted):,} firings",
+        )
+    ]
+    if limit and shown:
+        tables.append(
+            report.render_table(
+                ("fired at", "trigger", "buyer", "cause", "channel", "campaign", "retracted"),
+                [
+                    (
+                        f"{row.fired_at:%Y-%m-%d %H:%M:%S}",
+                        row.trigger_id,
+                        row.buyer_id,
+                        trigger_cause(row),
+                        row.channel or "-",
+                        row.campaign or "-",
+                        "yes" if row.is_retraction else "",
+                    )
+                    for row in shown
+                ],
+                title=f"The latest {len(shown):,}" + (" retractions" if retractions else ""),
+            )
+        )
+    return tables
