@@ -136,14 +136,17 @@ def interactive(
             lines.append(line)
             if not line.rstrip().endswith(";"):
                 continue
+            if readline is not None:  # one line per entry: the history file is line-based
+                readline.add_history(" ".join(part.strip() for part in lines))
             sql, lines = "\n".join(lines), []
-            if readline is not None:
-                readline.add_history(sql)
             try:
                 out(run_statement(opened, sql, fmt=fmt))
             except TouchpointError as exc:
                 failed += 1
                 err(f"error: {exc}")
+            except KeyboardInterrupt:  # Ctrl-C while a statement runs: back to the prompt
+                failed += 1
+                err("cancelled")
         if lines:
             err("error: the last statement has no closing ; (not run)")
             failed += 1

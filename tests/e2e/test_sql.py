@@ -145,7 +145,7 @@ def test_the_prompt_runs_statements_across_lines_and_survives_errors(workdir: Pa
     assert "after the error" in got.stdout and "after quit" not in got.stdout
     assert got.stderr.count("error:") == 1 and "Code: 47." in got.stderr
     history = (workdir / "cache" / "touchpoint" / "sql_history").read_text()
-    assert "FROM touchpoints;" in history and "after the error" in history
+    assert "SELECT count() AS n FROM touchpoints;" in history and "after the error" in history
     ended = touchpoint(workdir, "sql", stdin="SELECT 1 AS one;\n")  # EOF (Ctrl-D) ends it
     assert ended.returncode == 0, ended.stderr
     assert ended.stdout.splitlines() == ["one", "---", "  1", "(1 row)"]
@@ -168,3 +168,46 @@ def test_a_table_stops_at_a_thousand_rows_and_says_so(workdir: Path) -> None:
     assert lines[-1].startswith("(the first 1,000 rows; more not shown")
     vertical = touchpoint(workdir, "sql", "SELECT 1 AS a, 'x' AS b FORMAT Vertical")
     assert vertical.stdout.splitlines()[0] == "Row 1:" and "b: x" in vertical.stdout
+
+
+def test_on_a_terminal_the_prompt_edits_lines_and_keeps_history(workdir: Path) -> None:
+    """Driven through a pseudo-terminal, as a person types it."""
+    import pty
+    import select
+
+    main, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHPOINT_")}
+    env.update({"PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(workdir / "tty-cache")})
+    env["TERM"] = "dumb"
+    with subprocess.Popen(
+        [sys.executable, "-m", "touchpoint", "sql"],
+        cwd=workdir,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    ) as child:
+        os.close(terminal)
+        seen = b""
+
+        def read_until(marker: bytes) -> None:
+            nonlocal seen
+            while marker not in seen:
+                ready, _, _ = select.select([main], [], [], 60)
+                assert ready, f"no {marker!r} in {seen!r}"
+                try:
+                    seen += os.read(main, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+
+        read_until(b"touchpoint> ")
+        os.write(main, b"SELECT 6 * 7\n")
+        read_until(b"-> ")
+        os.write(main, b"  AS answer;\n")
+        read_until(b"(1 row)")
+        os.write(main, b"\\q\n")
+        assert child.wait(timeout=60) == 0
+    os.close(main)
+    assert b"42" in seen and b"answer" in seen
+    history = (workdir / "tty-cache" / "touchpoint" / "sql_history").read_text()
+    assert "SELECT 6 * 7 AS answer;\n" in history  # one entry, on one line
