@@ -47,6 +47,11 @@ __all__ = [
 
 _MS: Final = timedelta(milliseconds=1)
 DEFAULT_HISTORY: Final = timedelta(days=120)
+SIGN_IN_AFTER: Final = timedelta(days=1)
+"""A buyer known by several ids signs in on their first visit this long after their first touch."""
+SIGN_IN_WITHIN: Final = timedelta(days=4)
+"""…if that is within this long of it (else the buyer keeps one id): a merge then meets
+journeys whose touches are still inside the dedup window (see docs/journeys.md, *Identity*)."""
 """How far back a timeline that ends "now" starts: buyers arrive steadily over it."""
 
 
@@ -181,14 +186,27 @@ class GeneratorConfig:
     allowed_lateness: timedelta = timedelta(hours=2)
     timeouts: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     personas: tuple[Persona, ...] = DEFAULT_PERSONAS
+    several_ids_rate: float = 0.0
+    """Share of buyers known by several ids: their web visits before they sign in are filed
+    under a cookie (``anonymous:<anonymous id>``, as the Segment adapter files anonymous
+    calls), their email under their address (``mail:<address>``); the sign-in visit carries
+    the user id, the anonymous id and the address (``properties.aliases``). Only buyers who
+    sign in within :data:`SIGN_IN_WITHIN` of their first touch are split so."""
 
     def __post_init__(self) -> None:
         if self.buyers < 1:
             raise ValueError("buyers must be at least 1")
-        for name in ("duplicate_rate", "out_of_order_rate", "malformed_rate", "unclassified_rate"):
+        for name in (
+            "duplicate_rate",
+            "out_of_order_rate",
+            "malformed_rate",
+            "unclassified_rate",
+        ):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 0.5:
                 raise ValueError(f"{name} must be between 0 and 0.5")
+        if not 0.0 <= self.several_ids_rate <= 1.0:
+            raise ValueError("several_ids_rate must be between 0 and 1")
         for stage in (Stage.PRE_AWARENESS, Stage.AWARENESS, Stage.CONSIDERATION, Stage.PURCHASE):
             if stage not in self.timeouts:
                 raise ValueError(f"the generator needs a drop-off timeout for {stage.value}")
@@ -240,6 +258,9 @@ class BuyerTruth:
     revenue: Decimal = Decimal(0)
     deadline: datetime | None = None
     """When no progress past ``stalled_at`` means a drop-off there (None: it cannot drop)."""
+    other_ids: list[str] = field(default_factory=list)
+    """The buyer's other ids (see ``GeneratorConfig.several_ids_rate``): the pipeline must
+    fold their journeys into this buyer's (``buyer_id`` is the person id)."""
 
     def live_at(self, watermark: datetime) -> bool:
         """Still mid-journey at ``watermark``: in a stage it can drop off from, with the
@@ -308,6 +329,7 @@ class GroundTruth:
             "buyers": [
                 {
                     "buyer_id": buyer.buyer_id,
+                    "other_ids": buyer.other_ids,
                     "persona": buyer.persona,
                     "furthest_stage": buyer.furthest_stage.value,
                     "dropoff_stage": buyer.dropoff_stage.value if buyer.dropoff_stage else None,
@@ -643,6 +665,29 @@ class _Journey:
             self._advance(timedelta(days=5), timedelta(days=40))
             self._exit(ExitKind.CANCELLATION, "web", "subscription_cancelled", {"plan": "pro"})
 
+    def split_ids(self) -> list[str]:
+        """File the buyer's touches under several ids (see ``several_ids_rate``); returns
+        the other ids, or nothing if the buyer does not sign in soon enough."""
+        web = [touch for touch in self.touches if touch.channel == "web"]
+        if not web:
+            return []
+        first = self.touches[0].at
+        sign_in = next((touch for touch in web if touch.at >= first + SIGN_IN_AFTER), web[-1])
+        if sign_in.at > first + SIGN_IN_WITHIN:
+            return []
+        cookie = f"anonymous:{self.anonymous_id}"
+        address = f"mail:{self.buyer_id}@example.com"
+        emails = [touch for touch in self.touches if touch.channel == "email"]
+        for touch in web:
+            if touch.at < sign_in.at:
+                touch.record["buyer_id"] = cookie
+        for touch in emails:
+            touch.record["buyer_id"] = address
+        others = [cookie] + ([address] if emails else [])
+        if emails:
+            sign_in.record["properties"] = {**sign_in.record["properties"], "aliases": address}
+        return others
+
     def cut(self, end: datetime | None) -> None:
         """Forget the touches after ``end``: they have not happened yet."""
         if end is not None:
@@ -735,7 +780,12 @@ def generate(
         journey = _Journey(index, config, rng)
         journey.run()
         journey.cut(config.end)
-        truths.append((journey.truth(), journey.touches))
+        truth = journey.truth()
+        if config.several_ids_rate and (
+            random.Random(f"{config.seed}:{index}:ids").random() < config.several_ids_rate
+        ):
+            truth.other_ids = journey.split_ids()
+        truths.append((truth, journey.touches))
         for touch in journey.touches:
             if touch.record["event_type"] in unknown_types:
                 unclassified += 1

@@ -27,6 +27,7 @@ __all__ = [
     "DeadLetterRow",
     "DropoffRow",
     "ExitTuple",
+    "IdentityLinkRow",
     "JourneyStateRow",
     "Row",
     "StageTransitionRow",
@@ -133,6 +134,8 @@ class JourneyStateRow(Row):
     events: int
     unclassified: int
     version: int
+    is_deleted: int = 0
+    """1: this id's journey was merged into another person's (see ``identity_links``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,9 @@ class DropoffRow(Row):
     recovered_at: datetime | None
     persona: str | None
     version: int
+    is_deleted: int = 0
+    """1: retracted — the buyer was merged into another person, or the merged journey
+    shows no drop-off here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +255,26 @@ class TriggerRow(Row):
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class IdentityLinkRow(Row):
+    """``alias_id``'s journey is part of ``person_id``'s (identity stitching).
+
+    Always one hop, and rewritten for every id of the person whenever it grows: the latest
+    row of each alias names the person it belongs to now, and ``version`` is the number of
+    ids the person had then (a person only grows, so a later row always wins). A row with
+    ``is_deleted = 1`` takes a link back (an id that became the person id itself).
+    """
+
+    table: ClassVar[str] = "identity_links"
+
+    alias_id: str
+    person_id: str
+    identified: int
+    """1: the alias was the buyer id of a linking event (a user id, not only a cookie)."""
+    version: int
+    is_deleted: int = 0
+
+
 ROW_TYPES: tuple[type[Row], ...] = (
     TouchpointRow,
     StageTransitionRow,
@@ -258,6 +284,7 @@ ROW_TYPES: tuple[type[Row], ...] = (
     AdSpendRow,
     CrmClientRow,
     TriggerRow,
+    IdentityLinkRow,
 )
 ROW_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     row_type.table: TypeAdapter(row_type) for row_type in ROW_TYPES

@@ -24,6 +24,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.rules import DEFAULT_ORDER, StageOrder
 from sinks.clickhouse import Client, identifier, translate_error
+from sinks.identity import person_touchpoints
 
 __all__ = [
     "ACTION_KINDS",
@@ -282,7 +283,7 @@ def dropoff_diagnosis(
             SELECT d.buyer_id AS buyer_id, d.stage AS stage,
                    argMinIf(t.event_type, t.occurred_at, t.occurred_at > d.deadline) AS next_action
             FROM drops AS d
-            INNER JOIN {db}.touchpoints AS t ON t.buyer_id = d.buyer_id
+            INNER JOIN {person_touchpoints(database)} AS t ON t.buyer_id = d.buyer_id
             GROUP BY buyer_id, stage
         )
         SELECT d.stage, d.last_channel, d.last_action, count() AS buyers,
@@ -401,7 +402,7 @@ def channel_effectiveness(
     sql = f"""
         SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
                uniqExactIf(buyer_id, buyer_purchases > 0) AS purchasers
-        FROM {db}.touchpoints AS t FINAL
+        FROM {person_touchpoints(database)} AS t
         LEFT JOIN (
             SELECT buyer_id, purchases AS buyer_purchases FROM {db}.journey_state FINAL
         ) AS j USING (buyer_id)
@@ -446,12 +447,11 @@ def promo_effectiveness(
     client: Client, database: str, *, period: Period | None = None
 ) -> list[PromoEffect]:
     """Per promo code (``(none)`` = full price): purchases, buyers, revenue, promo-only buyers."""
-    db = identifier(database)
     sql = f"""
         WITH orders AS (
             SELECT buyer_id, ifNull(promo, '(none)') AS promo,
                    toDecimal128(ifNull(revenue, 0), 4) AS revenue
-            FROM {db}.touchpoints FINAL
+            FROM {person_touchpoints(database)}
             WHERE is_purchase AND {period_condition("occurred_at")}
         ),
         promo_only AS (
@@ -536,7 +536,6 @@ def attribution_all(
 ) -> dict[tuple[AttributionModel, AttributionKey], list[AttributionShare]]:
     """:func:`attribution` of every model, by channel and by campaign, from one query: the
     purchases, first purchases and paths are read once (the report needs all ten)."""
-    db = identifier(database)
     weights = ",\n                ".join(
         f"{_WEIGHTS[model]} AS w_{model}" for model in ATTRIBUTION_MODELS
     )
@@ -558,7 +557,7 @@ def attribution_all(
                    groupArrayIf((occurred_at, channel, ifNull(campaign, '(none)')),
                                 NOT is_purchase) AS touches,
                    argMinIf(event_id, (occurred_at, event_id), is_purchase) AS first_purchase
-            FROM {db}.touchpoints FINAL
+            FROM {person_touchpoints(database)}
             GROUP BY buyer_id
             HAVING notEmpty(orders)
         ),
@@ -792,7 +791,7 @@ def high_intent(
                           / (7 * 86400.))) AS score,
                c.last_touch_at, c.last_touch_channel, c.preferred_channel
         FROM candidates AS c
-        INNER JOIN {db}.touchpoints AS t ON t.buyer_id = c.buyer_id
+        INNER JOIN {person_touchpoints(database)} AS t ON t.buyer_id = c.buyer_id
         WHERE t.occurred_at <= {{as_of:DateTime64(3, 'UTC')}}
           AND t.occurred_at > {{as_of:DateTime64(3, 'UTC')}} - toIntervalSecond({{recent:UInt32}})
         GROUP BY c.buyer_id, c.persona, c.last_touch_at, c.last_touch_channel, c.preferred_channel
@@ -860,7 +859,7 @@ def why_not_buy_or_stay(
         LEFT JOIN (
             SELECT buyer_id, argMax(event_type, occurred_at) AS last_action,
                    countIf(event_type = 'ticket_opened') AS tickets
-            FROM {db}.touchpoints FINAL
+            FROM {person_touchpoints(database)}
             GROUP BY buyer_id
         ) AS t USING (buyer_id)
         WHERE (j.purchases = 0 OR (j.purchases = 1 AND
@@ -908,7 +907,6 @@ def retention_cohorts(
     client: Client, database: str, *, period: Period | None = None, weeks: int = 12
 ) -> Sequence[CohortCell]:
     """Retention by first-purchase week: the share of each cohort purchasing k weeks later."""
-    db = identifier(database)
     # One pass over the purchases: per buyer, the cohort (Monday of the first purchase) and
     # the distinct weeks after it with a purchase. Week 0 holds every buyer of the cohort,
     # so its count is the cohort's size.
@@ -917,7 +915,7 @@ def retention_cohorts(
             SELECT toMonday(min(occurred_at)) AS cohort,
                    arrayDistinct(arrayMap(at -> intDiv(dateDiff('day', cohort, toMonday(at)), 7),
                                           groupArray(occurred_at))) AS weeks
-            FROM {db}.touchpoints FINAL
+            FROM {person_touchpoints(database)}
             WHERE is_purchase
             GROUP BY buyer_id
             HAVING {period_condition("min(occurred_at)")}
@@ -990,7 +988,7 @@ def buyer_tracker(
         WITH orders AS (
             SELECT buyer_id, occurred_at, toFloat64(ifNull(revenue, 0)) AS revenue,
                    promo IS NOT NULL AS discounted
-            FROM {db}.touchpoints FINAL WHERE is_purchase
+            FROM {person_touchpoints(database)} WHERE is_purchase
         ),
         per_buyer AS (
             SELECT buyer_id, count() AS orders, countIf(discounted) AS discounted,
@@ -1171,7 +1169,7 @@ def persona_stats(
                    countIf(event_type = 'nps' AND JSONExtractInt(properties, 'score') <= 6)
                        AS detractors,
                    countIf(event_type = 'ticket_opened') AS tickets
-            FROM {db}.touchpoints FINAL
+            FROM {person_touchpoints(database)}
             WHERE channel = 'support'
             GROUP BY buyer_id
         )

@@ -21,7 +21,7 @@ from processors.local import RunSummary
 from schemas.errors import TouchpointError
 from schemas.export import json_schemas
 from schemas.settings import Settings
-from sinks import dead_letters, report, triggers
+from sinks import dead_letters, identity, report, triggers
 from sinks.cluster import cluster_schema
 from sinks.html_report import render_html
 from sinks.migrate import apply_migrations, migration_script
@@ -38,6 +38,7 @@ from touchpoint.console import (
 )
 from touchpoint.demo import demo_data
 from touchpoint.embedded import inspect_inputs, run_files
+from touchpoint.identity import split_identity
 from touchpoint.imports import import_ads_csv, import_crm_csv
 from touchpoint.kafka import file_payloads, generated_payloads, produce, run_sink, run_worker
 from touchpoint.options import (
@@ -949,6 +950,67 @@ def schema_export(directory: Path) -> None:
     for name, document in documents.items():
         (directory / name).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     click.echo(f"Wrote {len(documents)} JSON Schema files to {directory}")
+
+
+@cli.group("identity")
+def identity_group() -> None:
+    """Who is whom: the ids linked into one person (see docs/journeys.md, Identity)."""
+
+
+@identity_group.command("show")
+@click.argument("buyer_id")
+@click.pass_context
+def identity_show(ctx: click.Context, buyer_id: str) -> None:
+    """Print the person BUYER_ID belongs to and every id of theirs."""
+    settings = _settings(ctx)
+    with clickhouse(settings) as client:
+        person = identity.person_of(client, settings.clickhouse.database, buyer_id)
+    click.echo(f"person {person.person_id}")
+    for other in person.ids[1:]:
+        click.echo(f"  {other}")
+
+
+@identity_group.command("split")
+@click.argument("buyer_id")
+@click.pass_context
+def identity_split(ctx: click.Context, buyer_id: str) -> None:
+    """Take BUYER_ID out of its person for good (a wrong link, a shared device).
+
+    The person's journeys are folded again from their stored touchpoints without it, and
+    BUYER_ID is never linked again (embedded store; see docs/journeys.md, Identity).
+    """
+    settings = _settings(ctx)
+    with clickhouse(settings) as client:
+        person_id, summary = split_identity(settings, client, buyer_id)
+    click.echo(
+        f"Split {buyer_id} off person {person_id}: {summary.counters.accepted} touchpoints "
+        f"folded again; {buyer_id} will not be linked again"
+    )
+
+
+@cli.command("forget")
+@click.argument("buyer_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def forget(ctx: click.Context, buyer_id: str, yes: bool) -> None:
+    """Erase the person BUYER_ID belongs to, with all their ids, from the database (GDPR).
+
+    Removes their touchpoints, journey, transitions, drop-offs, triggers, links, CRM rows,
+    stored journey and the dead letters naming them, and recomputes the aggregates. Input
+    files and Kafka topics are not touched (see docs/journeys.md, Erasure).
+    """
+    settings = _settings(ctx)
+    database = settings.clickhouse.database
+    with clickhouse(settings) as client:
+        person = identity.person_of(client, database, buyer_id)
+        ids = ", ".join(person.ids)
+        if not yes:
+            click.confirm(f"Erase person {person.person_id} ({ids}) from {database}?", abort=True)
+        erasure = identity.forget(client, database, person)
+    removed = ", ".join(f"{table} {count}" for table, count in erasure.removed.items() if count)
+    click.echo(f"Erased person {person.person_id} ({ids}): {removed or 'no rows'}")
+    if erasure.rebuilt:
+        click.echo(f"Recomputed aggregates: {', '.join(erasure.rebuilt)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

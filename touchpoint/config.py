@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from processors.engine import JourneyProcessor
-from processors.rules import load_rules
+from processors.classify import load_rules
+from processors.journey_processor import JourneyProcessor
 from schemas.errors import ConfigError
 from schemas.rules import JourneyRules
 from schemas.settings import (
@@ -80,6 +80,8 @@ def build_processor(settings: Settings, rules: JourneyRules) -> JourneyProcessor
         allowed_lateness=processing.allowed_lateness,
         dedup_window=processing.dedup_window,
         max_future_skew=processing.max_future_skew,
+        stitch_identities=processing.stitch_identities,
+        max_person_ids=processing.identity_max_ids,
     )
 
 

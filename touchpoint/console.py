@@ -123,6 +123,11 @@ def print_summary(summary: RunSummary) -> None:
             f"Triggers fired: {counters.triggers:,}, retracted: {counters.retractions:,} "
             "(table journey_triggers; `touchpoint triggers` lists them)."
         )
+    if counters.merges:
+        click.echo(
+            f"Journeys merged into another id's person: {counters.merges:,} "
+            "(table identity_links; `touchpoint identity show ID`)."
+        )
 
 
 def collector_epilog() -> str:

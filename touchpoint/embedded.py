@@ -12,14 +12,14 @@ from pathlib import Path
 
 from ingest.ordering import in_order_within, sort_by_event_time
 from ingest.reader import read_records
-from processors.engine import JourneyProcessor
+from processors.journey_processor import JourneyProcessor
 from processors.local import RunSummary, run_local
 from schemas.duration import format_duration
 from schemas.errors import ConfigError, InputError
 from schemas.raw import RawRecord
 from schemas.rules import JourneyRules
 from schemas.settings import Settings
-from sinks import journey_store
+from sinks import identity, journey_store
 from sinks.background import BackgroundSink
 from sinks.clickhouse import Client
 from sinks.writer import ClickHouseWriter
@@ -251,6 +251,8 @@ def resume(settings: Settings, client: Client, rules: JourneyRules) -> ResumedRu
         processor.states.update(journey_store.load_states(client, database, runs))
         newest = committed.newest_event_time
         processor.restore(newest_event_times={0: newest} if newest is not None else None)
+    processor.unlinkable = identity.blocked_ids(client, database)
+    processor.link_epoch = runs.unfinished.seq if runs.unfinished is not None else runs.next_seq
     return ResumedRun(
         settings, client, processor, runs, rules_json, rules_sha256, len(processor.states)
     )

@@ -13,9 +13,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from ingest.generator import GeneratorConfig, generate
-from ingest.kafka import TouchpointProducer, ensure_topics
+from ingest.kafka import TouchpointProducer
 from ingest.ordering import in_order_within, sort_by_event_time
 from ingest.reader import read_records
+from ingest.topics import ensure_topics
 from processors.faust_app import run_worker as run_faust_worker
 from processors.metrics import WorkerMetrics
 from schemas.errors import BrokerError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ingest.kafka import ensure_topics
+from ingest.topics import ensure_topics
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from schemas.topics import Topics

@@ -1,12 +1,12 @@
 """The names the wiring modules used to share one file under, re-exported.
 
 The wiring is split by what it wires — :mod:`touchpoint.config` (settings, rules, the
-ClickHouse client), :mod:`touchpoint.embedded` (file runs), :mod:`touchpoint.replay`,
-:mod:`touchpoint.demo`, :mod:`touchpoint.kafka` (topics, producing, worker, sink),
-:mod:`touchpoint.webhooks`, :mod:`touchpoint.collector`, :mod:`touchpoint.imports`,
-:mod:`touchpoint.report`, :mod:`touchpoint.sql` — and new code imports from those. This
-module keeps ``touchpoint.wiring.X`` working for the scripts (bench/) that use it.
-"""
+ClickHouse client), :mod:`touchpoint.embedded` (file runs), :mod:`touchpoint.identity`,
+:mod:`touchpoint.replay`, :mod:`touchpoint.demo`, :mod:`touchpoint.kafka` (topics,
+producing, worker, sink), :mod:`touchpoint.webhooks`, :mod:`touchpoint.collector`,
+:mod:`touchpoint.imports`, :mod:`touchpoint.report`, :mod:`touchpoint.sql`,
+:mod:`touchpoint.serve` — and new code imports from those. This module keeps
+``touchpoint.wiring.X`` working for the scripts (bench/) that use it."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from touchpoint.config import (
 )
 from touchpoint.demo import DemoData, demo_data
 from touchpoint.embedded import InputFile, inspect_inputs, run_files
+from touchpoint.identity import split_identity
 from touchpoint.imports import import_ads_csv, import_crm_csv
 from touchpoint.kafka import (
     ensure_pipeline_topics,
@@ -60,6 +61,7 @@ __all__ = [
     "run_sink",
     "run_webhooks",
     "run_worker",
+    "split_identity",
     "target_description",
     "wait_for_topics",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from sinks import analysis
 from tests.e2e.test_cli import touchpoint
 from tests.readback import expected_from_truth, read_back

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.readback import read_back
 from touchpoint.config import clickhouse, load_settings
 from touchpoint.embedded import inspect_inputs, run_files

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ingest.generator import GeneratorConfig, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from schemas.enums import STAGES
 from sinks import analysis, queries
 from touchpoint.cli import cli

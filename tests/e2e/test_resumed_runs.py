@@ -30,7 +30,7 @@ import pytest
 
 import processors
 from ingest.generator import GeneratorConfig, GroundTruth, generate
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.readback import everything_written, expected_from_truth
 from touchpoint.cli import main
 

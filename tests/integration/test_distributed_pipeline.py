@@ -24,8 +24,8 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from ingest.kafka import ensure_topics
-from processors.rules import default_rules
+from ingest.topics import ensure_topics
+from processors.classify import default_rules
 from tests.factories import event
 from tests.kafka_pipeline import Pipeline, assert_aggregates_match_the_raw_table, stop
 from tests.readback import expected_from_truth, read_back

@@ -23,7 +23,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.factories import SAMPLE_TRIGGERS
 from tests.kafka_pipeline import PARTITIONS, Pipeline, stop
 from touchpoint.config import clickhouse, load_settings

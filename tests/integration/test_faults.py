@@ -29,8 +29,9 @@ from kafka.errors import KafkaError
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from ingest.kafka import peek
-from processors.rules import default_rules
-from sinks.consumer import FAULT_EXIT_AFTER_INSERT, FAULT_EXIT_STATUS, Intent
+from processors.classify import default_rules
+from sinks.batches import Intent
+from sinks.consumer import FAULT_EXIT_AFTER_INSERT, FAULT_EXIT_STATUS
 from tests.kafka_pipeline import (
     COLLECTOR_KEY,
     PARTITIONS,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, generate
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.chdb_http import start, statements
 from touchpoint.cli import main
 

@@ -31,7 +31,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, ProgrammingError
 
 from ingest.generator import GeneratorConfig, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from schemas.settings import ClickHouseSettings
 from sinks.analysis import Period
 from sinks.answers import gather, gather_brief
