@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 from schemas.enums import STAGES, DeadLetterReason, ExitKind, Stage
-from schemas.touchpoint import MAX_RECORD_BYTES, deterministic_event_id
+from schemas.errors import ConfigError
+from schemas.touchpoint import MAX_RECORD_BYTES, PropertyValue, deterministic_event_id
 
 __all__ = [
     "DEFAULT_HISTORY",
@@ -229,12 +230,23 @@ class GeneratorConfig:
         return cls(start=now - history, start_span=history, end=now, **options)
 
 
+class _EmitOptions(TypedDict, total=False):
+    """The keyword options of :meth:`_Journey.emit`, for the methods that pass them on."""
+
+    campaign: str | None
+    properties: dict[str, PropertyValue] | None
+    revenue: Decimal | None
+    promo: str | None
+
+
 @dataclass
 class _Touch:
     at: datetime
     event_id: str
     channel: str
-    record: dict[str, Any]
+    record: dict[str, object]
+    properties: dict[str, PropertyValue]
+    """The record's ``properties`` (the same dict)."""
     enters: Stage | None = None
     """The stage this touch moved the buyer into (by the simulation, not the rules)."""
     exit: tuple[str, str, str] | None = None
@@ -304,7 +316,7 @@ class GroundTruth:
     def exits(self) -> Counter[tuple[str, str, str]]:
         return Counter(exit_ for buyer in self.buyers for exit_ in buyer.exits)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "totals": {
                 "buyers": len(self.buyers),
@@ -363,7 +375,9 @@ class _Journey:
             milliseconds=rng.randrange(int(config.start_span / _MS))
         )
         self.touches: list[_Touch] = []
-        self.stage: Stage | None = None
+        self.stage = Stage.PRE_AWARENESS
+        """The furthest stage entered so far; :meth:`run` starts with a touch that enters one."""
+        self.entered = False
         self.entered_at = self.now
         self.acquisition_campaign: str | None = None
         self.orders = 0
@@ -382,7 +396,7 @@ class _Journey:
         event_type: str,
         *,
         campaign: str | None = None,
-        properties: dict[str, Any] | None = None,
+        properties: dict[str, PropertyValue] | None = None,
         revenue: Decimal | None = None,
         promo: str | None = None,
     ) -> _Touch:
@@ -390,9 +404,9 @@ class _Journey:
         event_id = deterministic_event_id(
             "synthetic", str(self.config.seed), self.buyer_id, str(sequence)
         )
-        props: dict[str, Any] = {"persona": self.persona.name, "tier": self.persona.tier}
+        props: dict[str, PropertyValue] = {"persona": self.persona.name, "tier": self.persona.tier}
         props.update(properties or {})
-        record: dict[str, Any] = {
+        record: dict[str, object] = {
             "schema_version": 1,
             "event_id": event_id,
             "buyer_id": self.buyer_id,
@@ -412,7 +426,7 @@ class _Journey:
             record["revenue"] = str(revenue)
             record["currency"] = "USD"
         record["properties"] = props
-        touch = _Touch(self.now, event_id, channel, record)
+        touch = _Touch(self.now, event_id, channel, record, props)
         self.touches.append(touch)
         return touch
 
@@ -435,9 +449,9 @@ class _Journey:
         options: list[tuple[str, str]] = [("email", "email_sent"), ("email", "email_delivered")]
         if self.persona.channels.get("sms", 0) > 0:
             options.append(("sms", "sms_sent"))
-        if stage is not None and stage.rank >= Stage.AWARENESS.rank:
+        if stage.rank >= Stage.AWARENESS.rank:
             options += [("email", "email_open"), ("web", "page_view"), ("ads", "ad_impression")]
-        if stage is not None and stage.rank >= Stage.CONSIDERATION.rank:
+        if stage.rank >= Stage.CONSIDERATION.rank:
             options += [("web", "product_view"), ("email", "email_click"), ("ads", "ad_click")]
         if rng.random() < self.persona.ticket_rate / 3:
             options.append(("support", "ticket_opened"))
@@ -446,7 +460,7 @@ class _Journey:
             self.subscribed_email = True
         if event_type == "sms_sent":
             self.subscribed_sms = True
-        properties: dict[str, Any] = {}
+        properties: dict[str, PropertyValue] = {}
         if channel == "web":
             properties["url"] = "/pricing" if event_type == "page_view" else "/product/pro"
         if channel == "support":
@@ -460,9 +474,12 @@ class _Journey:
             self._advance(timedelta(minutes=5), budget / (most + 1))
             self._filler()
 
-    def _enter(self, stage: Stage, channel: str, event_type: str, **kwargs: Any) -> _Touch:
-        touch = self.emit(channel, event_type, **kwargs)
-        if self.stage is None or stage.rank > self.stage.rank:
+    def _enter(
+        self, stage: Stage, channel: str, event_type: str, **options: Unpack[_EmitOptions]
+    ) -> _Touch:
+        touch = self.emit(channel, event_type, **options)
+        if not self.entered or stage.rank > self.stage.rank:
+            self.entered = True
             self.stage = stage
             self.entered_at = self.now
             touch.enters = stage
@@ -497,7 +514,7 @@ class _Journey:
             self._advance(timedelta(seconds=2), timedelta(minutes=3))
             self.emit(channel, f"{channel}_delivered", campaign=self.acquisition_campaign)
 
-        while self.stage is not None and self.stage.rank < Stage.ADVOCACY.rank:
+        while self.stage.rank < Stage.ADVOCACY.rank:
             stage = self.stage
             timeout = timeouts.get(stage, timedelta(days=90))
             if rng.random() >= persona.progress[stage]:
@@ -626,10 +643,9 @@ class _Journey:
             )
 
     def _exit(
-        self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, Any]
+        self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, PropertyValue]
     ) -> None:
         touch = self.emit(channel, event_type, properties=properties)
-        assert self.stage is not None
         touch.exit = (kind.value, self.stage.value, touch.channel)
 
     def _stall(self, stage: Stage, timeout: timedelta) -> None:
@@ -685,7 +701,8 @@ class _Journey:
             touch.record["buyer_id"] = address
         others = [cookie] + ([address] if emails else [])
         if emails:
-            sign_in.record["properties"] = {**sign_in.record["properties"], "aliases": address}
+            sign_in.properties = {**sign_in.properties, "aliases": address}
+            sign_in.record["properties"] = sign_in.properties
         return others
 
     def cut(self, end: datetime | None) -> None:
@@ -696,19 +713,20 @@ class _Journey:
     def truth(self) -> BuyerTruth:
         """What the buyer's touches (those kept) show: stage, exits, orders."""
         furthest: _Touch | None = None
+        stage: Stage | None = None
         exits: list[tuple[str, str, str]] = []
         orders = 0
         revenue = Decimal(0)
         for touch in self.touches:
             if touch.enters is not None:
-                furthest = touch
+                furthest, stage = touch, touch.enters
             if touch.exit is not None:
                 exits.append(touch.exit)
             if touch.order_value is not None:
                 orders += 1
                 revenue += touch.order_value
-        assert furthest is not None and furthest.enters is not None  # the first touch enters
-        stage = furthest.enters
+        if furthest is None or stage is None:  # the first touch enters, at the buyer's arrival
+            raise ConfigError(f"{self.buyer_id} arrives after the end of the timeline")
         stalled = stage if stage is not Stage.ADVOCACY else None
         timeout = self.config.timeouts.get(stage) if stalled is not None else None
         return BuyerTruth(
@@ -724,7 +742,7 @@ class _Journey:
         )
 
 
-def _malformed(rng: random.Random, reason: DeadLetterReason, template: dict[str, Any]) -> str:
+def _malformed(rng: random.Random, reason: DeadLetterReason, template: dict[str, object]) -> str:
     record = json.loads(json.dumps(template))
     record["event_id"] = f"malformed-{rng.getrandbits(64):016x}"
     record["buyer_id"] = f"buyer-malformed-{rng.getrandbits(32):08x}"

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from kafka import KafkaProducer
@@ -164,7 +164,7 @@ class TouchpointProducer:
             self._partitions = len(partitions)
         return self._partitions
 
-    def _send(self, value: bytes, count: int, **where: Any) -> None:
+    def _send(self, value: bytes, count: int, **where: object) -> None:
         try:
             future = self._producer.send(self.topic, value=value, **where)
         except KafkaError as exc:

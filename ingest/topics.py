@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -29,7 +28,7 @@ __all__ = ["ensure_topics"]
 logger = logging.getLogger(__name__)
 
 
-def _admin(bootstrap: str) -> Any:
+def _admin(bootstrap: str) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="touchpoint-admin")
     except KafkaError as exc:

@@ -18,12 +18,12 @@ import bisect
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 from processors.classify import Classification
 from schemas.enums import Channel
 from schemas.events import Event
 from schemas.journey import DropoffRecord, ExitRecord, JourneyState, Latest, TouchRef
+from schemas.rows import JsonRow
 from schemas.rules import DEFAULT_ORDER, StageOrder
 
 __all__ = [
@@ -478,7 +478,7 @@ def prune(
 
 def touchpoint_row(
     event: Event, classification: Classification, properties_json: str, source: str, position: str
-) -> dict[str, Any]:
+) -> JsonRow:
     revenue = event.revenue
     return {
         "event_id": event.event_id,
@@ -511,7 +511,7 @@ def _value(latest: Latest | None) -> str | None:
 
 def transition_rows(
     state: JourneyState, moves: Sequence[Transition], retracted: Sequence[Transition] = ()
-) -> list[dict[str, Any]]:
+) -> list[JsonRow]:
     """Rows for new or changed ``moves``, and deletion markers for ``retracted`` ones."""
     persona = _value(state.persona)
     return [
@@ -533,7 +533,7 @@ def transition_rows(
     ]
 
 
-def dropoff_row(state: JourneyState, record: DropoffRecord) -> dict[str, Any]:
+def dropoff_row(state: JourneyState, record: DropoffRecord) -> JsonRow:
     last = record.last_touch
     return {
         "buyer_id": state.buyer_id,
@@ -550,7 +550,7 @@ def dropoff_row(state: JourneyState, record: DropoffRecord) -> dict[str, Any]:
     }
 
 
-def state_row(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> dict[str, Any]:
+def state_row(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> JsonRow:
     hits = state.stage_hits
     furthest: str | None = None
     stage_entered_at: dict[str, float] = {}

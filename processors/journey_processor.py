@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -52,6 +52,7 @@ from schemas.rows import (
     StageTransitionRow,
     TouchpointRow,
     TriggerRow,
+    row_adapter,
 )
 from schemas.rules import JourneyRules
 from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, PACK_HEADER, PACK_NDJSON
@@ -66,6 +67,7 @@ __all__ = [
     "header",
 ]
 
+_R = TypeVar("_R", bound=Row)
 ROW_ENCODER: Final = msgspec.json.Encoder()
 """Encodes one row dict as the JSON object ClickHouse's ``JSONEachRow`` reads."""
 _encode = ROW_ENCODER.encode
@@ -175,33 +177,42 @@ class BatchOutput:
             for table, rows in self.encoded().items()
         }
 
+    def rows_of(self, row_type: type[_R]) -> list[_R]:
+        """One table's rows decoded into their row class (for tests and tools; slow)."""
+        adapter = row_adapter(row_type)
+        return [
+            adapter.validate_json(row)
+            for tables in self.rows.values()
+            for row in tables.get(row_type.table, ())
+        ]
+
     @property
     def touchpoints(self) -> list[TouchpointRow]:
-        return self.tables()[_TOUCHPOINTS]  # type: ignore[return-value]
+        return self.rows_of(TouchpointRow)
 
     @property
     def transitions(self) -> list[StageTransitionRow]:
-        return self.tables()[_TRANSITIONS]  # type: ignore[return-value]
+        return self.rows_of(StageTransitionRow)
 
     @property
     def states(self) -> list[JourneyStateRow]:
-        return self.tables()[_STATES]  # type: ignore[return-value]
+        return self.rows_of(JourneyStateRow)
 
     @property
     def dropoffs(self) -> list[DropoffRow]:
-        return self.tables()[_DROPOFFS]  # type: ignore[return-value]
+        return self.rows_of(DropoffRow)
 
     @property
     def dead_letters(self) -> list[DeadLetterRow]:
-        return self.tables()[_DEAD_LETTERS]  # type: ignore[return-value]
+        return self.rows_of(DeadLetterRow)
 
     @property
     def triggers(self) -> list[TriggerRow]:
-        return self.tables()[_TRIGGERS]  # type: ignore[return-value]
+        return self.rows_of(TriggerRow)
 
     @property
     def identity_links(self) -> list[IdentityLinkRow]:
-        return self.tables()[_IDENTITIES]  # type: ignore[return-value]
+        return self.rows_of(IdentityLinkRow)
 
     def __len__(self) -> int:
         return sum(len(rows) for tables in self.rows.values() for rows in tables.values())

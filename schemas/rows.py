@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import ClassVar, TypeVar, cast
 
 from pydantic import TypeAdapter
 
@@ -29,11 +29,21 @@ __all__ = [
     "ExitTuple",
     "IdentityLinkRow",
     "JourneyStateRow",
+    "JsonRow",
+    "JsonScalar",
     "Row",
     "StageTransitionRow",
     "TouchpointRow",
     "TriggerRow",
+    "row_adapter",
 ]
+
+
+JsonScalar = str | int | float | bool | None
+"""One JSON scalar (a trigger payload's values)."""
+JsonRow = dict[str, object]
+"""One row as the processors emit it: column → a JSON-ready value, encoded straight to the
+internal topic (or the embedded sink) and read back through :data:`ROW_ADAPTERS`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +54,11 @@ class Row:
     def columns(cls) -> tuple[str, ...]:
         return tuple(field.name for field in fields(cls))
 
-    def values(self) -> tuple[Any, ...]:
+    def values(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.columns())
+
+
+_R = TypeVar("_R", bound=Row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +299,12 @@ ROW_TYPES: tuple[type[Row], ...] = (
     TriggerRow,
     IdentityLinkRow,
 )
-ROW_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+ROW_ADAPTERS: dict[str, TypeAdapter[Row]] = {
     row_type.table: TypeAdapter(row_type) for row_type in ROW_TYPES
 }
 """Per table: validates and serializes that table's rows (JSON on internal topics)."""
+
+
+def row_adapter(row_type: type[_R]) -> TypeAdapter[_R]:
+    """The entry of :data:`ROW_ADAPTERS` for ``row_type``, typed as that row type's."""
+    return cast("TypeAdapter[_R]", ROW_ADAPTERS[row_type.table])
