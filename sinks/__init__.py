@@ -12,6 +12,8 @@
   touchpoints read per person, and who is whom
 - ``queries.py``, ``analysis.py``  the analysts' questions as SQL; ``answers.py`` gathers
   them for the report, rendered by ``report.py`` (terminal) and ``html_report.py``
+- ``sql.py``           ad-hoc SQL for ``touchpoint sql`` (read-only: ClickHouse's ``readonly``);
+  ``http_front.py`` ClickHouse's HTTP interface in front of chDB, ``touchpoint serve``
 - ``dead_letters.py``, ``triggers.py``  reading dead letters and fired triggers back;
   ``webhooks.py`` delivers fired triggers to outbound webhooks
 - ``metrics.py``       sink metrics (a factory taking a registry)

@@ -131,9 +131,9 @@ def test_a_replay_that_still_fails_is_retried_after_the_next_fix(
     with monkeypatch.context() as bug:
         bug.setattr(journey_processor, "decode_event", refusing_sms)
         touchpoint(capsys, chdb_url, database, "run", "--input", str(path))
-        from touchpoint import wiring
+        from touchpoint import replay
 
-        bug.setattr(wiring, "decode_event", refusing_sms)  # the first fix did not take
+        bug.setattr(replay, "decode_event", refusing_sms)  # the first fix did not take
         out = touchpoint(capsys, chdb_url, database, "dead-letters", "replay")
         assert "Still failing: invalid_field" in out, out
     out = touchpoint(capsys, chdb_url, database, "dead-letters", "replay", "--from", "2000-01-01")

@@ -105,7 +105,7 @@ def test_every_kpi_and_comparison_value_is_the_funnels_own(
 ) -> None:
     from schemas.report_config import ReportConfig
     from sinks.answers import gather
-    from touchpoint.wiring import load_report_config
+    from touchpoint.report import load_report_config
 
     output = blocks(
         invoke(

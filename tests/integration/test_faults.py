@@ -44,7 +44,8 @@ from tests.kafka_pipeline import (
     stop,
 )
 from tests.readback import expected_from_truth
-from touchpoint import wiring
+from touchpoint.config import load_settings
+from touchpoint.kafka import ensure_pipeline_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -87,12 +88,12 @@ def committed_with_metadata(bootstrap: str, group: str) -> dict[Any, Any]:
 
 
 def create_topics(pipeline: Pipeline) -> None:
-    settings = wiring.load_settings(
+    settings = load_settings(
         kafka_bootstrap=pipeline.bootstrap,
         kafka_partitions=PARTITIONS,
         kafka_topic_prefix=pipeline.topics.prefix,
     )
-    wiring.ensure_pipeline_topics(settings)
+    ensure_pipeline_topics(settings)
 
 
 def log_of(pipeline: Pipeline, name: str) -> str:
@@ -414,8 +415,8 @@ def test_a_full_restart_of_every_process_on_existing_data_continues_exactly(
         assert produced.returncode == 0, produced.stderr
         # The sink first, in its group before the workers start: on a loaded machine a sink
         # still opening chDB let the workers finish the whole half before it read a row.
-        wiring.ensure_pipeline_topics(
-            wiring.load_settings(
+        ensure_pipeline_topics(
+            load_settings(
                 kafka_bootstrap=pipeline.bootstrap,
                 kafka_topic_prefix=pipeline.topics.prefix,
                 kafka_partitions=int(pipeline.env["TOUCHPOINT_KAFKA_PARTITIONS"]),
