@@ -233,6 +233,14 @@ def demo(ctx: click.Context, buyers: int, seed: int, now: datetime | None, fresh
     show_default=True,
     help="Malformed records per event.",
 )
+@option(
+    "--several-ids-rate",
+    env="GENERATE_SEVERAL_IDS_RATE",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of buyers known by several ids (a cookie, an address), linked on sign-in.",
+)
 @click.pass_context
 def generate(
     ctx: click.Context,
@@ -243,6 +251,7 @@ def generate(
     duplicate_rate: float,
     out_of_order_rate: float,
     malformed_rate: float,
+    several_ids_rate: float,
 ) -> None:
     """Write a synthetic touchpoint file (and its ground truth)."""
     settings = _settings(ctx)
@@ -253,6 +262,7 @@ def generate(
         duplicate_rate=duplicate_rate,
         out_of_order_rate=out_of_order_rate,
         malformed_rate=malformed_rate,
+        several_ids_rate=several_ids_rate,
         timeouts=dict(rules.timeouts),
         allowed_lateness=settings.processing.allowed_lateness,
     )
