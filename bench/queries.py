@@ -9,9 +9,15 @@ samples) of the wall time of the Python call, result rows converted and all. Par
 are the report's own (the shipped report config: conversion window, attribution
 look-back and half-life, lapse period; ``limit=25`` like the report).
 
-Beside them, *the same question answered from the raw table without the aggregates*:
-SQL written here against ``touchpoints`` alone (``FINAL``, as the library reads it) for
-each question that has a precomputed source:
+Beside them, *the same question answered from the raw table without the aggregates*.
+Every answer the report summaries serve (migration 0011: ``purchases``,
+``support_touches``, ``buyer_last_touch``, ``buyer_channels``, ``buyer_paths``) is timed
+beside its raw twin, the same library call with ``source="raw"`` (the SQL it had over
+``touchpoints``):
+promo effectiveness, weekly sales, retention cohorts, buyer tracker, persona stats,
+why-not, channel effectiveness and every attribution; so is the whole report
+(``answers.gather(source="raw")``). For the other precomputed sources, SQL written here
+against ``touchpoints`` alone (``FINAL``, as the library reads it):
 
 ``hour of week``
     ``interactions_hour_of_week`` (``analysis.hour_of_week(period=None)``, what the report
@@ -34,8 +40,13 @@ each question that has a precomputed source:
     every higher stage, and comes from the previous move (see docs/journeys.md).
 
 Both sides of a pair run alternately (after one warm-up each) and must return the same
-rows; a mismatch is reported (and makes the exit code 1). The ratio is raw / aggregate of
-the medians.
+rows (floats to 9 significant digits); a mismatch is reported (and makes the exit code 1).
+The ratio is raw / aggregate of the medians.
+
+``--growth`` builds the same generated records again with one copy (beside the dataset,
+in ``one-copy/``), times everything there too, and prints each answer's growth from 1 to
+``--scale`` copies (the ratio of medians: ``--scale`` times is linear), summary and raw
+side by side.
 
 The dataset
 -----------
@@ -61,6 +72,7 @@ Run from the repository root::
     .venv/bin/python -m bench.queries --events 20000 --scale 2     # quick check, ~1 minute
     .venv/bin/python -m bench.queries                               # ~10M touchpoints
     .venv/bin/python -m bench.queries --reuse /tmp/tp-queries-10m   # build once, time often
+    .venv/bin/python -m bench.queries --events 250000 --scale 4 --growth   # 1 vs 4 copies
 
 Results are printed and written as JSON to ``bench/results/queries-<timestamp>.json``.
 """
@@ -77,7 +89,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
@@ -134,7 +146,17 @@ _REPLACING: Final = (
     "dropoffs",
     "dead_letters",
 )
-_AGGREGATES: Final = ("funnel_daily", "interactions_hour_of_week")
+_AGGREGATES: Final = (
+    "funnel_daily",
+    "interactions_hour_of_week",
+    "buyer_last_touch",
+    "buyer_paths",
+)
+_SUMMARIES: Final = {
+    "purchases": "is_purchase",
+    "support_touches": "channel = 'support' OR event_type = 'ticket_opened'",
+}
+"""Migration 0011's filtered copies of touchpoints, and the rows they hold (under FINAL)."""
 _STAGE_NAMES: Final = DEFAULT_ORDER.sql_array()
 _KIND: Final = (
     "multiIf("
@@ -372,6 +394,8 @@ def _table_counts(client: Client) -> dict[str, int]:
     counts = {
         table: _scalar(client, f"SELECT count() FROM {db}.{table} FINAL") for table in _REPLACING
     }
+    for table in (*_SUMMARIES, "buyer_channels"):
+        counts[table] = _scalar(client, f"SELECT count() FROM {db}.{table} FINAL")
     for table in _AGGREGATES:
         counts[table] = _scalar(client, f"SELECT count() FROM {db}.{table}")
     return counts
@@ -384,12 +408,45 @@ def _aggregate_checks(client: Client) -> dict[str, Any]:
     staged = _scalar(client, f"SELECT count() FROM {db}.touchpoints WHERE stage IS NOT NULL")
     hourly = _scalar(client, f"SELECT sum(touches) FROM {db}.interactions_hour_of_week")
     daily = _scalar(client, f"SELECT sum(touches) FROM {db}.funnel_daily")
+    summaries = {
+        table: (
+            _scalar(client, f"SELECT count() FROM {db}.{table} FINAL"),
+            _scalar(client, f"SELECT count() FROM {db}.touchpoints FINAL WHERE {condition}"),
+        )
+        for table, condition in _SUMMARIES.items()
+    }
+    last_touch = _scalar(
+        client,
+        f"SELECT count() FROM (SELECT buyer_id FROM {db}.buyer_last_touch GROUP BY buyer_id)",
+    )
+    buyers = _scalar(client, f"SELECT uniqExact(buyer_id) FROM {db}.touchpoints")
+    summaries["buyer_paths"] = (
+        _scalar(
+            client,
+            f"SELECT sum(length(touches)) FROM (SELECT groupUniqArrayMerge(touches) AS touches "
+            f"FROM {db}.buyer_paths GROUP BY buyer_id)",
+        ),
+        _scalar(client, f"SELECT count() FROM {db}.touchpoints FINAL WHERE NOT is_purchase"),
+    )
+    summaries["buyer_channels"] = (
+        _scalar(client, f"SELECT count() FROM {db}.buyer_channels FINAL"),
+        _scalar(
+            client,
+            f"SELECT uniqExact(buyer_id, channel) FROM {db}.touchpoints WHERE NOT is_purchase",
+        ),
+    )
     return {
         "touchpoints_stored": touches,
         "interactions_hour_of_week_touches": hourly,
         "touchpoints_staged": staged,
         "funnel_daily_touches": daily,
-        "views_complete": hourly == touches and daily == staged,
+        "summaries_and_touchpoints_final": summaries,
+        "buyer_last_touch_buyers": last_touch,
+        "touchpoint_buyers": buyers,
+        "views_complete": hourly == touches
+        and daily == staged
+        and all(held == wanted for held, wanted in summaries.values())
+        and last_touch == buyers,
     }
 
 
@@ -682,6 +739,14 @@ def _raw_rows(client: Client, template: str) -> Rows:
     return [tuple(row) for row in client.query(_sql(template, DATABASE)).result_rows]
 
 
+def _row(item: Any) -> tuple[Any, ...]:
+    """An answer's row as a tuple; floats to 9 significant digits (float sums of parallel
+    threads differ in the last bits run by run)."""
+    return tuple(
+        float(f"{value:.9g}") if isinstance(value, float) else value for value in astuple(item)
+    )
+
+
 def _normalize(rows: Rows) -> Rows:
     """Comparable rows: strings, ints and Decimals as they are; dates and times as text."""
     return sorted(
@@ -719,7 +784,59 @@ def _pairs(
             for flow in analysis.transition_flow(client, db)
         ]
 
+    def answer(call: Callable[..., Sequence[Any]], **keywords: Any) -> Callable[[], Rows]:
+        return lambda: [_row(item) for item in call(client, db, **keywords)]
+
+    config: ReportConfig = wiring.load_report_config(None)
+    lapsed = {"lapsed_after": config.lapsed_after, "limit": REPORT_LIMIT}
+
+    def attribution(source: analysis.Source) -> Callable[[], Rows]:
+        def call() -> Rows:
+            every = analysis.attribution_all(
+                client,
+                db,
+                lookback=config.attribution_lookback,
+                half_life=config.attribution_half_life,
+                source=source,
+            )
+            return [_row(share) for shares in every.values() for share in shares]
+
+        return call
+
+    # Every answer served from the report summaries (migration 0011), beside its raw twin:
+    # the same library call with source="raw" (the SQL it had over touchpoints).
+    summaries: list[tuple[str, str, Callable[[], Rows], Callable[[], Rows]]] = [
+        (
+            f"{name} (the report's call)",
+            table,
+            answer(call, **keywords),
+            answer(call, **keywords, source="raw"),
+        )
+        for name, table, call, keywords in (
+            ("promo_effectiveness", "purchases", analysis.promo_effectiveness, {}),
+            ("weekly_sales", "purchases", analysis.weekly_sales, {}),
+            ("retention_cohorts", "purchases", analysis.retention_cohorts, {}),
+            ("buyer_tracker", "purchases", analysis.buyer_tracker, lapsed),
+            ("persona_stats", "support_touches", analysis.persona_stats, {}),
+            ("why_not_buy_or_stay", "buyer_last_touch", analysis.why_not_buy_or_stay, {}),
+            (
+                "channel_effectiveness",
+                "buyer_channels",
+                analysis.channel_effectiveness,
+                {"lookback": config.attribution_lookback},
+            ),
+        )
+    ]
+    summaries.append(
+        (
+            "attribution_all (5 models x 2 keys)",
+            "purchases, buyer_paths",
+            attribution("summary"),
+            attribution("raw"),
+        )
+    )
     return [
+        *summaries,
         (
             "hour of week",
             "interactions_hour_of_week",
@@ -806,6 +923,8 @@ def measure(
         waited = _settle(client, limit=300.0, quiet=3)
         counts = _table_counts(client)
         parts = _active_parts(client)
+        # again here: a reused dataset built before a migration got it now (backfilled)
+        checks = _aggregate_checks(client)
         cpu = _Cpu()
         timings: list[Timing] = []
         for name, group, call in _cases(client, config):
@@ -838,15 +957,27 @@ def measure(
         )
         report.name, report.group = "answers.gather (whole report)", "report"
         logger.info("whole report: median %.1f ms", report.median_ms)
+        report_raw = quiet.run(
+            "whole report, raw twins",
+            _timed(
+                lambda: [answers.gather(client, DATABASE, config, now=now, source="raw")],
+                gather_repeat,
+                0,
+            ),
+        )
+        report_raw.name, report_raw.group = "answers.gather, raw twins (no summaries)", "report"
+        logger.info("whole report from the raw twins: median %.1f ms", report_raw.median_ms)
         cores = cpu.cores()
     return {
         "waited_for_merges_seconds": waited,
         "waited_for_quiet_seconds": quiet.waited,
         "rows": counts,
         "active_parts": parts,
+        "aggregate_checks": checks,
         "timings": [timing.summary() for timing in timings],
         "pairs": [pair.summary() for pair in pairs],
         "report": report.summary(),
+        "report_raw": report_raw.summary(),
         "cpu_cores": cores,
         "report_parameters": {
             "conversion_window_seconds": config.conversion_window.total_seconds(),
@@ -929,6 +1060,26 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     measured = _in_child(
         measure, data_dir / "chdb", args.repeat, args.gather_repeat, args.max_wait, args.retries
     )
+    growth = None
+    if args.growth and args.scale > 1:
+        # the same generated records, one copy: how each answer's cost grows with the data
+        small_args = argparse.Namespace(**{**vars(args), "scale": 1})
+        small_dir = data_dir / "one-copy"
+        small_dir.mkdir(exist_ok=True)
+        small_built, _ = _prepare(small_args, small_dir)
+        logger.info("one copy: %s touchpoints", f"{small_built['rows']['touchpoints']:,}")
+        logger.info("timing every query again on one copy (--growth)")
+        small = _in_child(
+            measure,
+            small_dir / "chdb",
+            args.repeat,
+            args.gather_repeat,
+            args.max_wait,
+            args.retries,
+        )
+        growth = _growth(measured, small, args.scale)
+        growth["one_copy_rows"] = small["rows"]
+        growth["one_copy_other_cores"] = small["cpu_cores"]["other"]
     code_changed = _code_fingerprint() != code
     if code_changed:
         logger.warning("the code under test changed during the run: results may mix versions")
@@ -956,8 +1107,33 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "machine_busy": busy,
         "dataset": {**built, "reused": reused},
         **measured,
+        "growth": growth,
         "all_rows_match": all(pair["rows_match"] for pair in measured["pairs"]),
     }
+
+
+def _growth(big: dict[str, Any], small: dict[str, Any], scale: int) -> dict[str, Any]:
+    """Median at ``scale`` copies / median at one copy, per answer (``scale``: linear)."""
+
+    def ratio(large: float, one: float) -> float | None:
+        return large / one if one else None
+
+    answers = {
+        timing["name"]: ratio(timing["median_ms"], other["median_ms"])
+        for timing, other in zip(big["timings"], small["timings"], strict=True)
+    }
+    pairs = {
+        pair["question"]: {
+            "summary": ratio(pair["aggregate"]["median_ms"], other["aggregate"]["median_ms"]),
+            "raw": ratio(pair["raw"]["median_ms"], other["raw"]["median_ms"]),
+        }
+        for pair, other in zip(big["pairs"], small["pairs"], strict=True)
+    }
+    report = {
+        "summary": ratio(big["report"]["median_ms"], small["report"]["median_ms"]),
+        "raw": ratio(big["report_raw"]["median_ms"], small["report_raw"]["median_ms"]),
+    }
+    return {"copies": scale, "answers": answers, "pairs": pairs, "report": report}
 
 
 def _render(result: dict[str, Any]) -> str:
@@ -976,7 +1152,7 @@ def _render(result: dict[str, Any]) -> str:
     ]
     header = f"{'query':<38} {'rows':>7} {'median ms':>10} {'p95 ms':>10}"
     lines += [header, "-" * len(header)]
-    for timing in [*result["timings"], result["report"]]:
+    for timing in [*result["timings"], result["report"], result["report_raw"]]:
         lines.append(
             f"{timing['name']:<38} {timing['rows']:>7,} {timing['median_ms']:>10.1f} "
             f"{timing['p95_ms']:>10.1f}{_busy_mark(timing['other_cores'])}"
@@ -987,7 +1163,9 @@ def _render(result: dict[str, Any]) -> str:
     if peer and peer["median_ms"]:
         lines.append(
             f"whole report / one touchpoints FINAL scan (peer, same run): "
-            f"{result['report']['median_ms'] / peer['median_ms']:.1f}x"
+            f"{result['report']['median_ms'] / peer['median_ms']:.1f}x; "
+            f"raw twins / summaries: "
+            f"{result['report_raw']['median_ms'] / result['report']['median_ms']:.2f}x"
         )
     lines.append("")
     header = (
@@ -1004,6 +1182,19 @@ def _render(result: dict[str, Any]) -> str:
             f"{_busy_mark(pair['other_cores'])}"
         )
     lines.append("")
+    growth = result.get("growth")
+    if growth:
+        copies = growth["copies"]
+        title = f"growth: 1 → {copies} copies (median ratio; {copies}.0x = linear)"
+        header = f"{title:<60} {'summary':>9} {'raw':>9}"
+        lines += [header, "-" * len(header)]
+        for question, sides in growth["pairs"].items():
+            lines.append(f"{question:<60} {_times(sides['summary']):>9} {_times(sides['raw']):>9}")
+        lines.append(
+            f"{'whole report':<60} {_times(growth['report']['summary']):>9} "
+            f"{_times(growth['report']['raw']):>9}"
+        )
+        lines.append("")
     cpu = result["cpu_cores"]
     other = cpu["other"]
     lines.append(
@@ -1019,10 +1210,14 @@ def _render(result: dict[str, Any]) -> str:
             else ""
         )
         + ("" if result["all_rows_match"] else "; WARNING: raw and aggregate answers differ")
-        + ("" if dataset["aggregate_checks"]["views_complete"] else "; WARNING: views incomplete")
+        + ("" if result["aggregate_checks"]["views_complete"] else "; WARNING: views incomplete")
         + "."
     )
     return "\n".join(lines)
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _busy_mark(other: float | None) -> str:
@@ -1083,6 +1278,12 @@ def _parser() -> argparse.ArgumentParser:
         f"{_BUSY} cores meanwhile [default: 2]",
     )
     parser.add_argument(
+        "--growth",
+        action="store_true",
+        help="also build and time the same records with one copy, and print how each "
+        "answer's median grows from 1 to --scale copies",
+    )
+    parser.add_argument(
         "--optimize",
         action="store_true",
         help="OPTIMIZE TABLE … FINAL every table after building (default: let merges settle)",
@@ -1112,11 +1313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = benchmark(args, data_dir)
     print(_render(result))
     print(f"results written to {write_result('queries', result, args.results_dir)}")
-    return (
-        0
-        if result["all_rows_match"] and result["dataset"]["aggregate_checks"]["views_complete"]
-        else 1
-    )
+    return 0 if result["all_rows_match"] and result["aggregate_checks"]["views_complete"] else 1
 
 
 if __name__ == "__main__":

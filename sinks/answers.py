@@ -265,13 +265,16 @@ def _headline(
     stages: StageOrder,
     stats: list[analysis.PersonaStats] | None = None,
     weekly: list[analysis.WeekSales] | None = None,
+    source: analysis.Source = "summary",
 ) -> dict[str, float | None]:
     """The comparison and KPI metrics; conversion per stage is ``funnel``'s, exactly.
     ``stats`` and ``weekly``: the period's persona stats and weekly sales, if already read."""
     if stats is None:
-        stats = analysis.persona_stats(client, database, period=period, stages=stages)
+        stats = analysis.persona_stats(
+            client, database, period=period, stages=stages, source=source
+        )
     if weekly is None:
-        weekly = analysis.weekly_sales(client, database, period=period)
+        weekly = analysis.weekly_sales(client, database, period=period, source=source)
     values: dict[str, float | None] = {
         "buyers reached": float(next((r.reached for r in funnel if r.stage == stages.first), 0)),
         "purchases": float(sum(w.purchases for w in weekly)),
@@ -345,16 +348,21 @@ def gather(
     now: datetime | None = None,
     stages: StageOrder = DEFAULT_ORDER,
     purchase_stage: str | None = DEFAULT_PURCHASE_STAGE,
+    source: analysis.Source = "summary",
 ) -> Answers:
     """Run every analysis query once and derive the report's answers, by the journey rules'
-    ``stages`` and ``purchase_stage``; ConfigError for a KPI target naming another stage."""
+    ``stages`` and ``purchase_stage``; ConfigError for a KPI target naming another stage.
+
+    ``source="raw"``: every answer the report summaries serve is read from ``touchpoints``
+    instead (:data:`sinks.analysis.Source`), the same rows more slowly — for the benchmark
+    and the tests that compare the two."""
     check_targets(config, stages)
     period = period or Period()
     brief = gather_brief(client, database, config, period=period, by=by, stages=stages)
     heat = analysis.hour_of_week(client, database, period=None if period == Period() else period)
     best, worst = _slots(heat)
     funnel_by_persona = _funnel(client, database, config, period, "persona", stages=stages)
-    personas = analysis.persona_stats(client, database, period=period, stages=stages)
+    personas = analysis.persona_stats(client, database, period=period, stages=stages, source=source)
     # Every model by channel and by campaign in one query; the channel table and the spend
     # returns use its linear credit (linear does not depend on the half-life).
     credit = analysis.attribution_all(
@@ -363,11 +371,12 @@ def gather(
         period=period,
         lookback=config.attribution_lookback,
         half_life=config.attribution_half_life,
+        source=source,
     )
     attribution: dict[str, list[analysis.AttributionShare]] = {
         model: credit[(model, "channel")] for model in analysis.ATTRIBUTION_MODELS
     }
-    weekly = analysis.weekly_sales(client, database, period=period)
+    weekly = analysis.weekly_sales(client, database, period=period, source=source)
     answers = Answers(
         database=database,
         period=period,
@@ -386,8 +395,9 @@ def gather(
             period=period,
             lookback=config.attribution_lookback,
             linear=credit[("linear", "channel")],
+            source=source,
         ),
-        promos=analysis.promo_effectiveness(client, database, period=period),
+        promos=analysis.promo_effectiveness(client, database, period=period, source=source),
         attribution=attribution,
         attribution_campaigns=credit[("linear", "campaign")],
         spend_by_campaign=analysis.spend_returns(
@@ -410,11 +420,16 @@ def gather(
             client, database, limit=25, stages=stages, purchase_stage=purchase_stage
         ),
         why_not=analysis.why_not_buy_or_stay(
-            client, database, period=period, stages=stages, purchase_stage=purchase_stage
+            client,
+            database,
+            period=period,
+            stages=stages,
+            purchase_stage=purchase_stage,
+            source=source,
         ),
-        cohorts=list(analysis.retention_cohorts(client, database, period=period)),
+        cohorts=list(analysis.retention_cohorts(client, database, period=period, source=source)),
         tracker=analysis.buyer_tracker(
-            client, database, lapsed_after=config.lapsed_after, limit=25
+            client, database, lapsed_after=config.lapsed_after, limit=25, source=source
         ),
         weekly=weekly,
         flow=analysis.transition_flow(client, database, period=period, stages=stages),
@@ -431,6 +446,7 @@ def gather(
             compare,
             _funnel(client, database, config, compare, stages=stages),
             stages,
+            source=source,
         )
         answers.compare_period = compare
         answers.comparison = [

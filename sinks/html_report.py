@@ -9,8 +9,10 @@ from decimal import Decimal
 from html import escape
 from typing import Final
 
+from sinks import columns
 from sinks.analysis import ATTRIBUTION_MODELS, SpendReturn, spend_total
 from sinks.answers import Answers
+from sinks.columns import Column, Row
 
 __all__ = ["render_html"]
 
@@ -59,6 +61,21 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     if not rows:
         body.append(f'<tr><td colspan="{len(headers)}" class="muted">no rows</td></tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _columns_table(spec: Sequence[Column[Row]], rows: Sequence[Row]) -> str:
+    """``rows`` as a table of ``spec`` (:mod:`sinks.columns`), wide columns included; an
+    empty text is shown as a dash, like a missing value."""
+    return _table(
+        [column.header for column in spec],
+        [
+            tuple(
+                None if column.kind == "text" and value == "" else value
+                for column, value in ((column, column.value(row)) for column in spec)
+            )
+            for row in rows
+        ],
+    )
 
 
 def _legend(names: Sequence[str]) -> str:
@@ -301,10 +318,7 @@ def _persona_cards(answers: Answers) -> str:
 
 def _spend_table(rows: Sequence[SpendReturn], by: str) -> str:
     shown = [*rows, spend_total(rows)] if rows else []
-    table = _table(
-        (by, "spend", "acquisitions", "revenue", "CPA", "ROAS"),
-        [(r.key, r.spend, r.acquisitions, r.revenue, r.cpa, r.roas) for r in shown],
-    )
+    table = _columns_table(columns.spend_columns(by), shown)
     return f'<div class="card" data-table="spend-by-{by}"><h3>By {by}</h3>{table}</div>'
 
 
@@ -319,56 +333,14 @@ def render_html(answers: Answers) -> str:
     sections = [
         "<h2>Where do customers drop off?</h2>",
         _funnel_chart(answers),
-        _table(
-            (
-                "stage",
-                "reached",
-                "moved on",
-                "in window",
-                "dropped",
-                "in progress",
-                "conversion %",
-                "median days to next",
-                "p90 days",
-            ),
-            [
-                (
-                    r.stage,
-                    r.reached,
-                    r.moved_on,
-                    r.moved_on_in_window,
-                    r.dropped,
-                    r.in_progress,
-                    r.conversion_pct,
-                    r.median_days_to_next,
-                    r.p90_days_to_next,
-                )
-                for r in answers.funnel
-            ],
-        ),
+        _columns_table(columns.FUNNEL, answers.funnel),
         "<h2>Drop-off by channel</h2>",
         _dropoff_chart(answers),
-        _table(
-            ("stage", "last channel", "last action", "buyers", "came back", "next actions"),
-            [
-                (
-                    d.stage,
-                    d.last_channel,
-                    d.last_action,
-                    d.buyers,
-                    d.came_back,
-                    ", ".join(d.next_actions),
-                )
-                for d in answers.diagnosis[:25]
-            ],
-        ),
+        _columns_table(columns.DIAGNOSIS, answers.diagnosis[:25]),
         "<h2>How buyers move between stages</h2>",
         _flow_chart(answers),
         "<h2>Where do they cancel and leave?</h2>",
-        _table(
-            ("stage", "exit", "channel", "exits"),
-            [(e.stage, e.kind, e.channel, e.exits) for e in answers.exits],
-        ),
+        _columns_table(columns.EXITS, answers.exits),
         "<h2>When do they interact, click and book?</h2>",
         '<div class="grid">'
         + "".join(
@@ -384,36 +356,8 @@ def render_html(answers: Answers) -> str:
             ],
         ),
         "<h2>Which channels and promos work?</h2>",
-        _table(
-            (
-                "channel",
-                "touches",
-                "buyers",
-                "purchasers",
-                "conversion %",
-                "revenue (linear)",
-                "revenue / touch",
-            ),
-            [
-                (
-                    c.channel,
-                    c.touches,
-                    c.buyers,
-                    c.purchasers,
-                    c.conversion_pct,
-                    c.revenue,
-                    c.revenue_per_touch,
-                )
-                for c in answers.channels
-            ],
-        ),
-        _table(
-            ("promo", "purchases", "buyers", "revenue", "avg order", "promo-only buyers"),
-            [
-                (p.promo, p.purchases, p.buyers, p.revenue, p.average_order, p.promo_only_buyers)
-                for p in answers.promos
-            ],
-        ),
+        _columns_table(columns.CHANNELS, answers.channels),
+        _columns_table(columns.PROMOS, answers.promos),
         "<h2>Attribution, five models side by side</h2>",
         _attribution_chart(answers),
         "<h2>What does a new buyer cost? Ad spend, CPA and ROAS</h2>",
@@ -439,90 +383,13 @@ def render_html(answers: Answers) -> str:
             else "None: the journey rules have no stage below a purchase stage."
         )
         + "</p>",
-        _table(
-            ("buyer", "persona", "score", "last touch", "last channel", "preferred channel"),
-            [
-                (
-                    b.buyer_id,
-                    b.persona or "–",
-                    b.score,
-                    b.last_touch_at.isoformat()[:16],
-                    b.last_channel or "–",
-                    b.preferred_channel or "–",
-                )
-                for b in answers.high_intent
-            ],
-        ),
+        _columns_table(columns.HIGH_INTENT, answers.high_intent),
         "<h2>Why new customers don't buy or stay</h2>",
-        _table(
-            (
-                "segment",
-                "last channel",
-                "last action",
-                "buyers",
-                "with ticket",
-                "exited",
-                "top exits",
-            ),
-            [
-                (
-                    w.segment,
-                    w.last_channel,
-                    w.last_action,
-                    w.buyers,
-                    w.with_support_ticket,
-                    w.exited,
-                    ", ".join(w.top_exits),
-                )
-                for w in answers.why_not[:25]
-            ],
-        ),
+        _columns_table(columns.WHY_NOT, answers.why_not[:25]),
         "<h2>Personas</h2>",
         _persona_cards(answers),
         "<h2>Buyer tracker</h2>",
-        _table(
-            (
-                "buyer",
-                "client type",
-                "frequency",
-                "type",
-                "revenue",
-                "potential",
-                "prefers",
-                "touches/week",
-                "discounts",
-                "peak week",
-                "revenue/touch",
-                "client",
-                "region",
-                "decision maker",
-                "terms",
-                "contract",
-                "SLA",
-            ),
-            [
-                (
-                    t.buyer_id,
-                    t.client_type,
-                    t.frequency_class,
-                    t.buyer_type,
-                    t.revenue,
-                    t.potential_revenue,
-                    t.preferred_channel or "–",
-                    t.touches_per_week,
-                    t.discounted_purchases,
-                    t.peak_week.date().isoformat() if t.peak_week else "–",
-                    t.revenue_per_touch,
-                    t.client_name or "–",
-                    t.region or "–",
-                    t.key_decision_maker or "–",
-                    t.payment_terms or "–",
-                    "–" if t.contract_on_file is None else ("yes" if t.contract_on_file else "no"),
-                    t.sla or "–",
-                )
-                for t in answers.tracker
-            ],
-        ),
+        _columns_table(columns.TRACKER, answers.tracker),
         "<h2>Sales per week</h2>",
         _weekly_chart(answers),
         "<h2>Retention by first-purchase week</h2>",

@@ -24,6 +24,7 @@ __all__ = [
     "Person",
     "block",
     "blocked_ids",
+    "by_person",
     "forget",
     "person_of",
     "person_touchpoints",
@@ -32,15 +33,26 @@ __all__ = [
 ]
 
 
+def by_person(database: str, table: str, *, final: bool = True) -> str:
+    """A ``FROM`` source: ``table`` (deduplicated with ``FINAL`` unless ``final`` is False,
+    for an aggregate to ``-Merge``) with its ``buyer_id`` read as the person id.
+
+    A table kept per raw id (``touchpoints`` and the summaries views fill from it) holds one
+    person's rows under several ids: a query over it counts persons with ``uniqExact``, or
+    groups by ``buyer_id`` before it counts."""
+    db = identifier(database)
+    rows = f"{db}.{identifier(table)} AS s" + (" FINAL" if final else "")
+    return (
+        "(SELECT s.* REPLACE (if(empty(l.person_id), s.buyer_id, l.person_id) AS buyer_id) "
+        f"FROM {rows} "
+        f"LEFT ANY JOIN (SELECT alias_id, person_id FROM {db}.identity_links FINAL) AS l "
+        "ON l.alias_id = s.buyer_id)"
+    )
+
+
 def person_touchpoints(database: str) -> str:
     """A ``FROM`` source: ``touchpoints`` (deduplicated) with ``buyer_id`` the person id."""
-    db = identifier(database)
-    return (
-        "(SELECT t.* REPLACE (if(empty(l.person_id), t.buyer_id, l.person_id) AS buyer_id) "
-        f"FROM {db}.touchpoints AS t FINAL "
-        f"LEFT ANY JOIN (SELECT alias_id, person_id FROM {db}.identity_links FINAL) AS l "
-        "ON l.alias_id = t.buyer_id)"
-    )
+    return by_person(database, "touchpoints")
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
+from sinks import columns
 from sinks.analysis import FunnelGroup, FunnelRow, SpendReturn, spend_total
 from sinks.answers import Answers, Brief
+from sinks.columns import Column, Kind, Row, Value
 from sinks.queries import DropoffCount, ExitCount
 
 __all__ = [
     "render_answers",
     "render_brief",
+    "render_columns",
     "render_dropoffs",
     "render_exits",
     "render_funnel",
@@ -79,56 +82,44 @@ def _metric(metric: str, value: float | None) -> str:
     return _pct(value) if metric.startswith("conversion %") else _money(value)
 
 
+def _cell(kind: Kind, value: Value) -> object:
+    """A value of ``kind`` as the terminal shows it (ints and floats stay numbers: they
+    align right)."""
+    if kind in ("count", "number"):
+        return value
+    if kind == "text":
+        return "-" if value is None or value == "" else str(value)
+    number = None if value is None or isinstance(value, str) else value
+    if kind == "money":
+        return _money(number)
+    if number is None:
+        return "-"
+    if kind == "amount":
+        return f"{float(number):,.2f}"
+    return _pct(float(number))  # pct, days: one decimal
+
+
+def render_columns(columns: Sequence[Column[Row]], rows: Sequence[Row], title: str) -> str:
+    """``rows`` as a table of ``columns`` (:mod:`sinks.columns`), wide columns left out."""
+    shown = [column for column in columns if not column.wide]
+    return render_table(
+        [column.header for column in shown],
+        [tuple(_cell(column.kind, column.value(row)) for column in shown) for row in rows],
+        title,
+    )
+
+
 def render_funnel(rows: Sequence[FunnelRow]) -> str:
     """The stage funnel: reached, moved on (in the conversion window), dropped, timing."""
-    return render_table(
-        (
-            "stage",
-            "reached",
-            "moved on",
-            "in window",
-            "dropped",
-            "in progress",
-            "conversion %",
-            "drop-off %",
-            "median days",
-            "p90 days",
-        ),
-        [
-            (
-                row.stage,
-                row.reached,
-                row.moved_on,
-                row.moved_on_in_window,
-                row.dropped,
-                row.in_progress,
-                _pct(row.conversion_pct),
-                _pct(row.dropoff_pct),
-                "-" if row.median_days_to_next is None else f"{row.median_days_to_next:.1f}",
-                "-" if row.p90_days_to_next is None else f"{row.p90_days_to_next:.1f}",
-            )
-            for row in rows
-        ],
+    return render_columns(
+        columns.FUNNEL,
+        rows,
         "Where do customers drop off? Stage funnel (conversion within the window)",
     )
 
 
 def render_funnel_by(rows: Sequence[FunnelRow], by: FunnelGroup | None) -> str:
-    return render_table(
-        ("group", "stage", "reached", "moved on in window", "dropped", "conversion %"),
-        [
-            (
-                row.group,
-                row.stage,
-                row.reached,
-                row.moved_on_in_window,
-                row.dropped,
-                _pct(row.conversion_pct),
-            )
-            for row in rows
-        ],
-        f"Funnel by {by}",
-    )
+    return render_columns(columns.FUNNEL_BY, rows, f"Funnel by {by}")
 
 
 def render_dropoffs(counts: Sequence[DropoffCount]) -> str:
@@ -149,11 +140,7 @@ def render_dropoffs(counts: Sequence[DropoffCount]) -> str:
 
 
 def render_exits(counts: Sequence[ExitCount]) -> str:
-    return render_table(
-        ("stage", "exit", "channel", "exits"),
-        [(count.stage, count.kind, count.channel, count.exits) for count in counts],
-        "Exits by stage × channel",
-    )
+    return render_columns(columns.EXITS, counts, "Exits by stage × channel")
 
 
 def render_brief(brief: Brief) -> str:
@@ -176,19 +163,9 @@ def render_spend(rows: Sequence[SpendReturn], by: str) -> str:
     No spend (nothing imported, or 0): spend, CPA and ROAS are "-". Spend but no new buyer:
     CPA is "-", ROAS is revenue / spend (0.00 when nothing came back)."""
     shown = [*rows, spend_total(rows)] if rows else []
-    return render_table(
-        (by, "spend", "acquisitions", "revenue", "CPA", "ROAS"),
-        [
-            (
-                row.key,
-                _money(row.spend),
-                f"{row.acquisitions:,.2f}",
-                _money(row.revenue),
-                _money(row.cpa),
-                _ratio(row.roas),
-            )
-            for row in shown
-        ],
+    return render_columns(
+        columns.spend_columns(by),
+        shown,
         f"What does a new buyer cost? Ad spend, CPA and ROAS by {by} "
         "(linear attribution of purchases in the period)",
     )
@@ -207,19 +184,9 @@ def render_answers(answers: Answers) -> str:
         blocks.append(render_funnel_by(answers.funnel_by, answers.by))
     blocks.append(render_dropoffs(answers.dropoffs))
     blocks.append(
-        render_table(
-            ("stage", "last channel", "last action", "buyers", "came back", "next actions"),
-            [
-                (
-                    d.stage,
-                    d.last_channel,
-                    d.last_action,
-                    d.buyers,
-                    d.came_back,
-                    ", ".join(d.next_actions) or "-",
-                )
-                for d in answers.diagnosis[:20]
-            ],
+        render_columns(
+            columns.DIAGNOSIS,
+            answers.diagnosis[:20],
             "Drop-off diagnosis: last touch before the drop, and what came next",
         )
     )
@@ -234,49 +201,8 @@ def render_answers(answers: Answers) -> str:
             "When do they interact, click and book most and least? (hour of week)",
         )
     )
-    blocks.append(
-        render_table(
-            (
-                "channel",
-                "touches",
-                "buyers",
-                "purchasers",
-                "conversion %",
-                "revenue (linear)",
-                "revenue / touch",
-            ),
-            [
-                (
-                    c.channel,
-                    c.touches,
-                    c.buyers,
-                    c.purchasers,
-                    _pct(c.conversion_pct),
-                    _money(c.revenue),
-                    _money(c.revenue_per_touch),
-                )
-                for c in answers.channels
-            ],
-            "Which channels work?",
-        )
-    )
-    blocks.append(
-        render_table(
-            ("promo", "purchases", "buyers", "revenue", "avg order", "promo-only buyers"),
-            [
-                (
-                    p.promo,
-                    p.purchases,
-                    p.buyers,
-                    _money(p.revenue),
-                    _money(p.average_order),
-                    p.promo_only_buyers,
-                )
-                for p in answers.promos
-            ],
-            "Which promos work?",
-        )
-    )
+    blocks.append(render_columns(columns.CHANNELS, answers.channels, "Which channels work?"))
+    blocks.append(render_columns(columns.PROMOS, answers.promos, "Which promos work?"))
     channels = sorted({share.key for shares in answers.attribution.values() for share in shares})
     rows = []
     for channel in channels:
@@ -300,46 +226,13 @@ def render_answers(answers: Answers) -> str:
             "`touchpoint import ads-csv FILE` for CPA and ROAS."
         )
     blocks.append(
-        render_table(
-            ("buyer", "persona", "score", "last touch", "last channel", "preferred channel"),
-            [
-                (
-                    b.buyer_id,
-                    b.persona or "-",
-                    f"{b.score:.2f}",
-                    b.last_touch_at.isoformat()[:16],
-                    b.last_channel or "-",
-                    b.preferred_channel or "-",
-                )
-                for b in answers.high_intent
-            ],
-            _intent_title(answers.intent_stage),
+        render_columns(
+            columns.HIGH_INTENT, answers.high_intent, _intent_title(answers.intent_stage)
         )
     )
     blocks.append(
-        render_table(
-            (
-                "segment",
-                "last channel",
-                "last action",
-                "buyers",
-                "with ticket",
-                "exited",
-                "top exits",
-            ),
-            [
-                (
-                    w.segment,
-                    w.last_channel,
-                    w.last_action,
-                    w.buyers,
-                    w.with_support_ticket,
-                    w.exited,
-                    ", ".join(w.top_exits) or "-",
-                )
-                for w in answers.why_not[:20]
-            ],
-            "Why don't new customers buy, or stay?",
+        render_columns(
+            columns.WHY_NOT, answers.why_not[:20], "Why don't new customers buy, or stay?"
         )
     )
     weeks = sorted({cell.week for cell in answers.cohorts})
@@ -375,41 +268,8 @@ def render_answers(answers: Answers) -> str:
         lines.append("  growth:      " + ("; ".join(card.growth) or "-"))
         blocks.append("\n".join(lines))
     blocks.append(
-        render_table(
-            (
-                "buyer",
-                "client type",
-                "frequency",
-                "type",
-                "revenue",
-                "potential",
-                "prefers",
-                "touches/wk",
-                "discounts",
-                "peak week",
-                "revenue/touch",
-                "client",
-                "region",
-            ),
-            [
-                (
-                    t.buyer_id,
-                    t.client_type,
-                    t.frequency_class,
-                    t.buyer_type,
-                    _money(t.revenue),
-                    _money(t.potential_revenue),
-                    t.preferred_channel or "-",
-                    t.touches_per_week,
-                    t.discounted_purchases,
-                    t.peak_week.date().isoformat() if t.peak_week else "-",
-                    _money(t.revenue_per_touch),
-                    t.client_name or "-",
-                    t.region or "-",
-                )
-                for t in answers.tracker
-            ],
-            "Buyer tracker (top 25 by reward over effort)",
+        render_columns(
+            columns.TRACKER, answers.tracker, "Buyer tracker (top 25 by reward over effort)"
         )
     )
     if answers.weekly:
