@@ -8,10 +8,11 @@ before or after the events they join, in one run or in several, and after a SIGK
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from ingest.generator import GeneratorConfig, GroundTruth, generate
 from processors.classify import default_rules
 from tests.e2e.test_resumed_runs import (
     _read_until,
+    finish,
     fresh_database,
     run_ok,
+    run_process,
     split_by_delivery,
     split_by_event_time,
     touchpoint_run,
@@ -59,6 +62,16 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], G
     return whole, lines, truth
 
 
+def records(lines: list[str]) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """Each line with its JSON object (None for a malformed record)."""
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        yield line, record if isinstance(record, dict) else None
+
+
 def per_person(client: Any, database: str) -> dict[str, tuple[Any, ...]]:
     rows = client.query(
         f"SELECT buyer_id, furthest_stage, dropoff_stage, purchases, revenue, events "
@@ -75,17 +88,11 @@ def links(client: Any, database: str) -> dict[str, str]:
 
 
 def truth_per_person(truth: GroundTruth, lines: list[str]) -> dict[str, tuple[Any, ...]]:
-    import json
-
     events: dict[str, set[str]] = {}
     person_of = {other: buyer.buyer_id for buyer in truth.buyers for other in buyer.other_ids}
-    for line in lines:
-        try:
-            record = json.loads(line)
-            buyer = record["buyer_id"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if isinstance(buyer, str) and not buyer.startswith("buyer-malformed"):
+    for _, record in records(lines):
+        buyer = None if record is None else record.get("buyer_id")
+        if record and isinstance(buyer, str) and not buyer.startswith("buyer-malformed"):
             events.setdefault(person_of.get(buyer, buyer), set()).add(record["event_id"])
     return {
         buyer.buyer_id: (
@@ -133,15 +140,9 @@ def test_a_person_known_by_several_ids_is_counted_once_as_the_truth_says(
 
 def _cookies(lines: list[str], split: set[str]) -> set[tuple[str, str]]:
     """(buyer, anonymous id) of the buyers that kept one id but browse with a cookie."""
-    import json
-
     found: set[tuple[str, str]] = set()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict):
+    for _, record in records(lines):
+        if record is None:
             continue
         buyer, anonymous = record.get("buyer_id"), record.get("anonymous_id")
         if isinstance(buyer, str) and isinstance(anonymous, str) and buyer.startswith("buyer-"):
@@ -184,8 +185,6 @@ def test_a_cap_keeps_a_shared_id_from_joining_everyone(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import json
-
     # one support mailbox that every ticket names beside its customer
     lines = [
         json.dumps(
@@ -228,26 +227,7 @@ def test_a_run_killed_half_way_is_finished_with_every_person_right(tmp_path: Pat
     url = f"chdb:{tmp_path / 'chdb'}"
 
     def run(*paths: Path) -> subprocess.Popen[str]:
-        inputs = [arg for path in paths for arg in ("--input", str(path))]
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "touchpoint",
-                "--clickhouse-url",
-                url,
-                "run",
-                *inputs,
-                "--batch-size=50",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
-        out, _ = process.communicate(timeout=300)
-        return process.returncode, out
+        return run_process(url, *paths)
 
     code, out = finish(run(first))
     assert code == 0, out
@@ -304,19 +284,17 @@ def test_every_report_answer_counts_a_person_once(
     """The whole report (attribution paths, drop-off diagnosis, channels, cohorts, …) over
     stitched ids is the report over the same events sent under the person id already."""
     import difflib
-    import json
 
     whole, lines, truth = export
     person_of = {other: buyer.buyer_id for buyer in truth.buyers for other in buyer.other_ids}
     known = tmp_path / "known.jsonl"
     with known.open("w", encoding="utf-8") as out:
-        for line in lines:
-            try:
-                record = json.loads(line)
-                record["buyer_id"] = person_of.get(record["buyer_id"], record["buyer_id"])
-            except (ValueError, KeyError, TypeError):
+        for line, record in records(lines):
+            buyer = None if record is None else record.get("buyer_id")
+            if record is None or not isinstance(buyer, str):
                 out.write(line + "\n")  # a malformed record stays as it was
                 continue
+            record["buyer_id"] = person_of.get(buyer, buyer)
             out.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     reports = []
@@ -340,8 +318,6 @@ def test_forget_erases_a_person_and_every_id_of_theirs_from_every_table(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    import json
-
     whole, lines, truth = export
     person = next(buyer for buyer in truth.buyers if len(buyer.other_ids) == 2 and buyer.purchases)
     ids = [person.buyer_id, *person.other_ids]
@@ -358,14 +334,11 @@ def test_forget_erases_a_person_and_every_id_of_theirs_from_every_table(
 
     # Everything else is as if the person had never been: the report of the same file
     # without their events (their id may still appear as the anonymous id of an event).
-    def theirs(line: str) -> bool:
-        try:
-            return json.loads(line)["buyer_id"] in ids
-        except (ValueError, KeyError, TypeError):
-            return False
-
+    kept = [
+        line for line, record in records(lines) if not record or record.get("buyer_id") not in ids
+    ]
     without = tmp_path / "without.jsonl"
-    without.write_text("\n".join(line for line in lines if not theirs(line)) + "\n", "utf-8")
+    without.write_text("\n".join(kept) + "\n", "utf-8")
     never = fresh_database()
     run_ok(capsys, chdb_url, never, without)
     reports = []
@@ -408,20 +381,19 @@ def test_split_takes_an_id_out_of_its_person_for_good(
 ) -> None:
     """After `identity split ADDRESS` the store is what it would be had the sign-in never
     named the address — and a later run that names it again does not link it back."""
-    import json
-
     whole, lines, truth = export
     person = next(buyer for buyer in truth.buyers if len(buyer.other_ids) == 2 and buyer.purchases)
     address = person.other_ids[1]
     assert address.startswith("mail:")
 
     def unnamed(line: str) -> str:
-        try:
-            record = json.loads(line)
-            properties = record.get("properties") or {}
-        except (ValueError, AttributeError):
-            return line
-        if not isinstance(properties, dict) or properties.get("aliases") != address:
+        [(_, record)] = records([line])
+        properties = {} if record is None else record.get("properties") or {}
+        if (
+            record is None
+            or not isinstance(properties, dict)
+            or properties.get("aliases") != address
+        ):
             return line
         record["properties"] = {k: v for k, v in properties.items() if k != "aliases"}
         return json.dumps(record, separators=(",", ":"))
