@@ -85,7 +85,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -98,27 +97,32 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
 import aiohttp
 from aiohttp import web
 
+from bench import common
 from bench.common import (
-    CLK_TCK,
     REPO,
     BenchError,
+    CpuMeter,
     add_run_options,
+    changed_during_run,
     code_revision,
+    cpu_text,
+    environment,
     free_port,
     kafka_broker,
-    machine_busy,
-    package_versions,
+    kafka_version,
+    median_run,
     positive,
-    scratch_directory,
+    positive_seconds,
+    stop_process,
     tail,
-    write_result,
+    touchpoint_env_names,
+    warnings_text,
 )
 
 __all__ = ["main", "serve_bare"]
@@ -133,7 +137,8 @@ MAX_BODY_BYTES: Final = 5_000_000
 ENDPOINT: Final = "/v1/touchpoints"
 _BARE_ANSWER: Final = b'{"accepted": 0, "rejected": []}'
 _READY_TIMEOUT: Final = 120.0
-_OTHER_CPU_LIMIT: Final = 0.25
+_ROLES: Final = ("collector", "bare", "broker", "bench", "other")
+"""The CPU figures shown, in this order (bench: the load generator)."""
 _BUSY_GENERATOR: Final = 0.9
 """Cores of this process (one event loop) at which the load generator is the bottleneck."""
 _PRODUCE_METRIC: Final = re.compile(
@@ -157,59 +162,6 @@ def serve_bare(host: str, port: int) -> None:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.add_routes([web.post(ENDPOINT, touchpoints), web.get("/readyz", readyz)])
     web.run_app(app, host=host, port=port, print=None, access_log=None)
-
-
-# ------------------------------------------------------------------------------- CPU
-
-
-def _proc_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system, all threads) of a live process, None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": [11] utime, [12] stime
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-@dataclass(frozen=True)
-class CpuSnapshot:
-    at: float
-    seconds: dict[str, float]
-    machine: float | None
-
-
-@dataclass
-class CpuMeter:
-    """CPU seconds of named processes (``collector``, ``broker``, …) and of the machine."""
-
-    pids: dict[str, int] = field(default_factory=dict)
-
-    def snapshot(self) -> CpuSnapshot:
-        seconds = {name: _proc_cpu(pid) for name, pid in self.pids.items()}
-        return CpuSnapshot(
-            time.perf_counter(),
-            {name: value for name, value in seconds.items() if value is not None},
-            machine_busy(),
-        )
-
-    @staticmethod
-    def cores(begin: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
-        """Cores in use per process between two snapshots, plus ``machine`` and ``other``."""
-        wall = end.at - begin.at
-        if wall <= 0:
-            return {}
-        used = {
-            name: (seconds - begin.seconds[name]) / wall
-            for name, seconds in end.seconds.items()
-            if name in begin.seconds
-        }
-        result = {name: round(value, 3) for name, value in used.items()}
-        if begin.machine is not None and end.machine is not None:
-            machine = (end.machine - begin.machine) / wall
-            result["machine"] = round(machine, 3)
-            result["other"] = round(max(0.0, machine - sum(used.values())), 3)
-        return result
 
 
 # --------------------------------------------------------------------------- profile
@@ -337,17 +289,10 @@ class Server:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in %.0f s: killing it", self.name, timeout)
-                self.process.kill()
-                self.process.wait()
+    def stop(self, timeout: float = 30.0) -> int:
+        code = stop_process(self.process, self.name, timeout)
         self.handle.close()
-        return self.process.returncode
+        return code
 
 
 def start_server(name: str, command: Sequence[str], env: Mapping[str, str], log: Path) -> Server:
@@ -620,7 +565,7 @@ async def run_phase(
             details["kafka_handoff_mean_ms"] = (
                 (after[0] - produce_before[0]) / calls * 1000 if calls else None
             )
-    phase = Phase(mode, target.label, load, warmup, CpuMeter.cores(begin, end), details)
+    phase = Phase(mode, target.label, load, warmup, meter.cores(begin, end), details)
     summary = phase.as_dict()
     logger.info(
         "%s / %s: %s events/s, %s req/s, p50 %.1f ms, p99 %.1f ms, %d errors; cpu %s",
@@ -631,7 +576,7 @@ async def run_phase(
         summary["latency_ms"]["p50"],
         summary["latency_ms"]["p99"],
         summary["errors"],
-        _cpu_text(phase.cpu_cores),
+        cpu_text(phase.cpu_cores, _ROLES),
     )
     return phase
 
@@ -747,26 +692,19 @@ def _code_revision() -> dict[str, str] | None:
 
 
 def _environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "git": _code_revision(),
-        "packages": package_versions("aiohttp", "kafka-python", "pydantic"),
-        "kafka_version": os.environ.get("TOUCHPOINT_KAFKA_VERSION", "4.4.0 (kafka.sh default)"),
-        "touchpoint_env": sorted(
-            name
-            for name in os.environ
-            if name.startswith("TOUCHPOINT_") and "PASSWORD" not in name and "KEY" not in name
-        ),
-    }
+    return environment(
+        "aiohttp",
+        "kafka-python",
+        "pydantic",
+        git=_code_revision(),
+        kafka_version=kafka_version(),
+        touchpoint_env=touchpoint_env_names("PASSWORD", "KEY"),
+    )
 
 
-def _pick(runs: Sequence[Phase]) -> Phase:
-    """The run with the median events/s (the lower one for an even count)."""
-    rates = [run.as_dict()["events_per_second"] for run in runs]
-    middle = statistics.median_low(rates)
-    return runs[rates.index(middle)]
+def _events_per_second(run: Phase) -> float:
+    rate: float = run.as_dict()["events_per_second"]
+    return rate
 
 
 def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
@@ -779,11 +717,12 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     topics = Topics(prefix)
     dead_letter_topic = topics.for_table(DeadLetterRow.table)
     key = secrets.token_urlsafe(24)
-    meter = CpuMeter({"bench": os.getpid()})
+    meter = CpuMeter(_ROLES)
+    meter.track("bench", os.getpid())
     servers: list[Server] = []
     with kafka_broker(args.kafka_port, run_dir / "kafka-start.log") as (bootstrap, broker_pid):
         if broker_pid is not None:
-            meter.pids["broker"] = broker_pid
+            meter.track("broker", broker_pid)
         try:
             env = dict(
                 os.environ,
@@ -799,7 +738,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 run_dir / "collector.log",
             )
             servers.append(collector)
-            meter.pids["collector"] = collector.process.pid
+            meter.track("collector", collector.process.pid)
             bare_port = args.bare_port or free_port()
             bare = start_server(
                 "bare",
@@ -808,7 +747,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 run_dir / "bare.log",
             )
             servers.append(bare)
-            meter.pids["bare"] = bare.process.pid
+            meter.track("bare", bare.process.pid)
             targets = [
                 Target(
                     "ceiling (bare aiohttp)",
@@ -861,21 +800,23 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         pair: dict[str, dict[str, Any]] = {}
         for target in ("ceiling (bare aiohttp)", "collector"):
             runs = [p for p in phases if p.mode == mode and p.target == target]
-            summary = _pick(runs).as_dict()
+            summary = median_run(runs, key=_events_per_second).as_dict()
             summary["runs_events_per_second"] = [run.as_dict()["events_per_second"] for run in runs]
             pair[target] = summary
             chosen.append(summary)
         ceiling, measured = pair["ceiling (bare aiohttp)"], pair["collector"]
         ratios[mode] = {
-            "events_per_second": _ratio(
+            "events_per_second": common.ratio(
                 measured["events_per_second"], ceiling["events_per_second"]
             ),
-            "p50_latency": _ratio(measured["latency_ms"]["p50"], ceiling["latency_ms"]["p50"]),
-            "p99_latency": _ratio(measured["latency_ms"]["p99"], ceiling["latency_ms"]["p99"]),
+            "p50_latency": common.ratio(
+                measured["latency_ms"]["p50"], ceiling["latency_ms"]["p50"]
+            ),
+            "p99_latency": common.ratio(
+                measured["latency_ms"]["p99"], ceiling["latency_ms"]["p99"]
+            ),
         }
-    code_changed = _code_revision() != environment["git"]
-    if code_changed:
-        logger.warning("the code under test changed during the run: results may mix versions")
+    code_changed = changed_during_run(environment["git"], _code_revision())
     return {
         "benchmark": "collector",
         "started_at": args.started_at,
@@ -909,18 +850,6 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _ratio(value: float, ceiling: float) -> float | None:
-    return value / ceiling if ceiling else None
-
-
-def _cpu_text(cores: Mapping[str, float]) -> str:
-    return ", ".join(
-        f"{name} {cores[name]:.2f}"
-        for name in ("collector", "bare", "broker", "bench", "other")
-        if name in cores
-    )
-
-
 def _render(result: dict[str, Any]) -> str:
     header = (
         f"{'mode':<10} {'target':<22} {'requests':>9} {'events':>9} {'seconds':>7} "
@@ -947,7 +876,7 @@ def _render(result: dict[str, Any]) -> str:
     for phase in result["phases"]:
         handoff = phase["details"].get("kafka_handoff_mean_ms")
         lines.append(
-            f"  {phase['mode']:<10} {phase['target']:<22} {_cpu_text(phase['cpu_cores'])}"
+            f"  {phase['mode']:<10} {phase['target']:<22} {cpu_text(phase['cpu_cores'], _ROLES)}"
             + (f"; Kafka hand-off {handoff:.1f} ms/request" if handoff is not None else "")
         )
     lines.append("")
@@ -1007,25 +936,9 @@ def _render(result: dict[str, Any]) -> str:
         + f" per phase after a {config['warmup_seconds']:.0f} s warm-up; "
         + (f"median of {config['repeat']} runs" if config["repeat"] > 1 else "1 run")
         + "."
-        + (
-            f" WARNING: other processes used up to {result['max_other_cpu_cores']:.2f} cores."
-            if result["max_other_cpu_cores"] > _OTHER_CPU_LIMIT
-            else ""
-        )
-        + (
-            " WARNING: the code changed during the run."
-            if result["code_changed_during_run"]
-            else ""
-        )
+        + warnings_text(result)
     )
     return "\n".join(lines)
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1042,7 +955,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--duration",
-        type=_seconds,
+        type=positive_seconds,
         default=20.0,
         help="measured seconds per phase [default: 20]",
     )
@@ -1053,7 +966,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--warmup",
-        type=_seconds,
+        type=positive_seconds,
         default=3.0,
         help="unmeasured seconds of the same load before each phase [default: 3]",
     )
@@ -1089,7 +1002,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--request-timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=30.0,
         help="seconds before a request counts as an error [default: 30]",
     )
@@ -1122,22 +1035,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_bare:
         serve_bare("127.0.0.1", args.port)
         return 0
-    from bench.embedded import _setup_logging  # not for --serve-bare: keep the ceiling lean
-
-    args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _setup_logging()
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    try:
-        with scratch_directory(
-            args.workdir, "touchpoint-bench-collector-", keep=args.keep, kept="server logs"
-        ) as run_dir:
-            result = benchmark(args, run_dir)
-    except BenchError as exc:
-        logger.error("%s", exc)
-        return 1
-    print(_render(result))
-    print(f"results written to {write_result('collector', result, args.results_dir)}")
-    return 0 if result["raw_topic"]["matches"] else 1
+    return common.run(
+        "collector",
+        args,
+        benchmark,
+        _render,
+        scratch_prefix="touchpoint-bench-collector-",
+        kept="server logs",
+        succeeded=lambda result: bool(result["raw_topic"]["matches"]),
+        quiet=("kafka",),
+    )
 
 
 if __name__ == "__main__":

@@ -53,30 +53,35 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import multiprocessing
-import os
 import pickle
-import platform
 import resource
-import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Final, ParamSpec, TypeVar
+from typing import Any, BinaryIO, Final
 
+from bench import common
 from bench.common import (
+    EVENTS_PER_BUYER,
+    Progress,
+    Timed,
+    add_dataset_options,
     add_run_options,
+    buyers_for,
+    changed_during_run,
     code_revision,
-    package_versions,
+    count_lines,
+    environment,
+    generate,
+    in_child,
+    median_run,
     positive,
-    scratch_directory,
-    write_result,
+    setup_logging,
+    touchpoint_env_names,
 )
-from ingest.generator import GeneratorConfig, write_dataset
+from ingest.generator import GeneratorConfig
 from ingest.reader import read_records
 from processors.local import run_local
 from schemas.settings import Settings
@@ -86,43 +91,29 @@ from sinks.migrate import apply_migrations
 from sinks.writer import JSON_INPUT_SETTINGS, ClickHouseWriter
 from touchpoint import wiring
 
-__all__ = ["PhaseResult", "main"]
+__all__ = ["EVENTS_PER_BUYER", "PhaseResult", "main"]
 
 logger = logging.getLogger("bench.embedded")
 
-EVENTS_PER_BUYER: Final = 7.5
-"""Input records per generated buyer with the default generator settings (measured)."""
-
-_LOG_FORMAT: Final = "%(asctime)s %(processName)s: %(message)s"
 _RUN_ID: Final = "bench-ceiling"
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
+# Their old names here, for bench/queries.py until it takes them from bench.common.
+_setup_logging = setup_logging
+_in_child = in_child
+_Progress = Progress
+_count_lines = count_lines
 
 
 @dataclass
-class PhaseResult:
+class PhaseResult(Timed):
     """One timed pass of one phase."""
 
-    phase: str
-    records: int
-    seconds: float
     peak_rss_mib: float
     rows_written: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def events_per_second(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else 0.0
-
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format=_LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr
-    )
 
 
 def _peak_rss_mib() -> float:
@@ -139,38 +130,6 @@ def _peak_rss_mib() -> float:
                 return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def _in_child(function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run ``function`` in a fresh spawned interpreter and return its (pickled) result."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_setup_logging) as pool:
-        return pool.submit(function, *args, **kwargs).result()
-
-
-class _Progress:
-    """Logs ``label`` every tenth of ``total`` (an ``on_progress``/``on_buyer`` callback)."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label = label
-        self.total = max(total, 1)
-        self.done = 0
-        self.next_tenth = 1
-        self.started = time.perf_counter()
-
-    def __call__(self, step: int) -> None:
-        self.done += step
-        if self.done * 10 >= self.next_tenth * self.total:
-            self.next_tenth = self.done * 10 // self.total + 1
-            elapsed = time.perf_counter() - self.started
-            logger.info(
-                "%s: %d%% (%s of %s) after %.0f s",
-                self.label,
-                min(100, self.done * 100 // self.total),
-                f"{self.done:,}",
-                f"{self.total:,}",
-                elapsed,
-            )
 
 
 def _settings(chdb_dir: Path, database: str, batch_size: int) -> Settings:
@@ -200,7 +159,7 @@ def pipeline_phase(events: Path, chdb_dir: Path, database: str, batch_size: int)
         started = time.perf_counter()
         inputs = wiring.inspect_inputs([events])
         inspected = time.perf_counter()
-        progress = _Progress("pipeline", inputs[0].lines)
+        progress = Progress("pipeline", inputs[0].lines)
         summary = wiring.run_files(settings, inputs, client, on_progress=progress)
         seconds = time.perf_counter() - started
         stored = _count_touchpoints(client, database)
@@ -276,7 +235,7 @@ def _materialize(events: Path, spool_file: Path, batch_size: int) -> PhaseResult
             sink,
             batch_size=batch_size,
             run_id=_RUN_ID,
-            on_progress=_Progress("process only", lines),
+            on_progress=Progress("process only", lines),
         )
         seconds = time.perf_counter() - started - sink.seconds
     return PhaseResult(
@@ -338,14 +297,14 @@ def ceilings_phase(
                 setup = time.perf_counter() - setup_started
                 if kind == "writer":
                     writer = ClickHouseWriter(client, database)
-                    progress = _Progress(label, len(batches))
+                    progress = Progress(label, len(batches))
                     started = time.perf_counter()
                     for batch in batches:
                         writer.write(batch)
                         progress(1)
                     seconds = time.perf_counter() - started
                 else:
-                    progress = _Progress(label, len(inserts))
+                    progress = Progress(label, len(inserts))
                     started = time.perf_counter()
                     for table, block in inserts:
                         client.raw_insert(
@@ -382,35 +341,9 @@ def _block(rows: Sequence[Any]) -> bytes:
 # ----------------------------------------------------------------------- orchestration
 
 
-def _generate(events: Path, buyers: int, seed: int) -> dict[str, Any]:
-    logger.info("generating %s buyers (seed %d) into %s", f"{buyers:,}", seed, events)
-    started = time.perf_counter()
-    truth = write_dataset(
-        GeneratorConfig(buyers=buyers, seed=seed), events, on_buyer=_Progress("generate", buyers)
-    )
-    return {
-        "seconds": time.perf_counter() - started,
-        "buyers": buyers,
-        "seed": seed,
-        "events_unique": truth.events_unique,
-        "duplicates": truth.duplicates,
-        "malformed": sum(truth.malformed.values()),
-    }
-
-
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-
-
-def _median(runs: Sequence[PhaseResult]) -> PhaseResult:
-    """The run with the median seconds (the lower one for an even count)."""
-    middle = statistics.median_low(run.seconds for run in runs)
-    return next(run for run in runs if run.seconds == middle)
-
-
 def _summarize(runs: Sequence[PhaseResult]) -> dict[str, Any]:
-    chosen = _median(runs)
+    """The run with the median seconds, the peak RSS of all, and every run."""
+    chosen = median_run(runs, key=lambda run: run.seconds)
     return {
         "phase": chosen.phase,
         "records": chosen.records,
@@ -423,16 +356,13 @@ def _summarize(runs: Sequence[PhaseResult]) -> dict[str, Any]:
 
 
 def _environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "git": code_revision(),
-        "packages": package_versions("chdb", "clickhouse-connect", "pydantic"),
-        "touchpoint_env": sorted(
-            name for name in os.environ if name.startswith("TOUCHPOINT_") and "PASSWORD" not in name
-        ),
-    }
+    return environment(
+        "chdb",
+        "clickhouse-connect",
+        "pydantic",
+        git=code_revision(),
+        touchpoint_env=touchpoint_env_names("PASSWORD"),
+    )
 
 
 def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
@@ -443,10 +373,11 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         events = args.input.resolve()
         dataset = {"path": str(events), "generated": False}
     else:
-        buyers = args.buyers or max(1, round(args.events / EVENTS_PER_BUYER))
+        buyers = buyers_for(args)
         events = run_dir / f"events-seed{args.seed}-buyers{buyers}.jsonl"
-        dataset = {"path": str(events), "generated": True, **_generate(events, buyers, args.seed)}
-    dataset["records"] = _count_lines(events)
+        generated = generate(events, GeneratorConfig(buyers=buyers, seed=args.seed))
+        dataset = {"path": str(events), "generated": True, **generated}
+    dataset["records"] = count_lines(events)
     dataset["bytes"] = events.stat().st_size
     logger.info("input: %s records, %.0f MiB", f"{dataset['records']:,}", dataset["bytes"] / 2**20)
 
@@ -454,7 +385,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     for number in range(1, args.repeat + 1):
         logger.info("pipeline, run %d of %d", number, args.repeat)
         pipelines.append(
-            _in_child(
+            in_child(
                 pipeline_phase,
                 events,
                 run_dir / f"chdb-pipeline-{number}",
@@ -463,7 +394,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             )
         )
     logger.info("ceilings: materializing the pipeline's rows (untimed), then inserting them")
-    ceilings = _in_child(
+    ceilings = in_child(
         ceilings_phase,
         events,
         run_dir / "batches.pickle",
@@ -488,9 +419,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             pipeline["rows_written"],
             materialized.rows_written,
         )
-    code_changed = code_revision() != environment["git"]
-    if code_changed:
-        logger.warning("the code under test changed during the run: results may mix versions")
+    code_changed = changed_during_run(environment["git"], code_revision())
     return {
         "benchmark": "embedded",
         "started_at": args.started_at,
@@ -511,9 +440,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 
 def _ratio(phase: dict[str, Any], ceiling: dict[str, Any]) -> float:
-    rate: float = phase["events_per_second"]
-    top: float = ceiling["events_per_second"]
-    return rate / top if top else 0.0
+    return common.ratio(phase["events_per_second"], ceiling["events_per_second"]) or 0.0
 
 
 def _render(result: dict[str, Any]) -> str:
@@ -573,22 +500,16 @@ def _parser() -> argparse.ArgumentParser:
             "JSON to bench/results/."
         ),
     )
-    parser.add_argument(
-        "--events",
-        type=positive,
-        default=1_000_000,
-        help=f"input records to aim for when generating: buyers = events / {EVENTS_PER_BUYER} "
+    add_dataset_options(
+        parser,
+        f"input records to aim for when generating: buyers = events / {EVENTS_PER_BUYER} "
         "(the actual count is reported) [default: 1000000]",
-    )
-    parser.add_argument(
-        "--buyers", type=positive, help="generate exactly this many buyers (overrides --events)"
     )
     parser.add_argument(
         "--input",
         type=Path,
         help="benchmark this existing JSONL/CSV file instead of generating one",
     )
-    parser.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
     parser.add_argument(
         "--batch-size",
         type=positive,
@@ -607,18 +528,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _setup_logging()
     if args.input is not None and not args.input.is_file():
+        setup_logging()
         logger.error("no such input file: %s", args.input)
         return 2
-    with scratch_directory(
-        args.workdir, "touchpoint-bench-", keep=args.keep, keep_on_failure=False
-    ) as run_dir:
-        result = benchmark(args, run_dir)
-    print(_render(result))
-    print(f"results written to {write_result('embedded', result, args.results_dir)}")
-    return 0
+    return common.run(
+        "embedded",
+        args,
+        benchmark,
+        _render,
+        scratch_prefix="touchpoint-bench-",
+        keep_on_failure=False,
+    )
 
 
 if __name__ == "__main__":

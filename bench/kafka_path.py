@@ -107,21 +107,18 @@ import asyncio
 import importlib.util
 import logging
 import os
-import platform
 import re
-import resource
 import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -132,28 +129,35 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import common
 from bench.common import (
-    CLK_TCK,
+    OTHER_CPU_LIMIT,
     REPO,
     BenchError,
+    CpuMeter,
+    Progress,
+    Timed,
+    add_dataset_options,
     add_run_options,
+    buyers_for,
+    changed_during_run,
+    children_cpu,
     code_revision,
+    count_lines,
+    cpu_text,
+    environment,
     free_port,
+    generate,
     kafka_broker,
-    machine_busy,
+    kafka_version,
+    median_run,
     package_versions,
     positive,
-    scratch_directory,
+    stop_process,
     tail,
-    write_result,
+    warnings_text,
 )
-from bench.embedded import (
-    EVENTS_PER_BUYER,
-    _count_lines,
-    _Progress,
-    _setup_logging,
-)
-from ingest.generator import GeneratorConfig, write_dataset
+from ingest.generator import GeneratorConfig
 from ingest.kafka import peek
 from schemas.settings import Settings
 from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, Topics
@@ -167,10 +171,12 @@ DEFAULT_PORT: Final = 29392
 """Away from the test suite's broker (39092) and a developer's (9092, 29092)."""
 FAUST_FETCH_BYTES: Final = 4 * 1024 * 1024
 """``consumer_max_fetch_size`` of the worker's Faust app (processors/faust_app.py)."""
-_PAGE_MIB: Final = (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) / 2**20
 _POLL_SECONDS: Final = 0.5
-_SAMPLE_SECONDS: Final = 1.0
 _TIMELINE_SECONDS: Final = 10.0
+_STOP_SECONDS: Final = 120.0
+"""How long a ``touchpoint`` process may take to flush and exit after SIGTERM."""
+_ROLES: Final = ("producer", "bench", "workers", "sink", "quix", "broker", "other")
+"""The CPU figures shown, in this order."""
 _OWN_SETTINGS: Final = frozenset(
     {
         "TOUCHPOINT_KAFKA_BOOTSTRAP",
@@ -188,18 +194,11 @@ _OWN_SETTINGS: Final = frozenset(
 
 
 @dataclass
-class Phase:
-    """One timed phase."""
+class Phase(Timed):
+    """One timed phase, with the cores each process used during it."""
 
-    phase: str
-    records: int
-    seconds: float
     cpu_cores: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def events_per_second(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,127 +209,6 @@ class Phase:
             "cpu_cores": self.cpu_cores,
             "details": self.details,
         }
-
-
-# ------------------------------------------------------------------------------- CPU
-
-
-def _proc_stat(pid: int) -> tuple[float, float] | None:
-    """(CPU seconds of all threads, RSS MiB) of a live process, None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    # after "pid (comm)": [0] state ... [11] utime, [12] stime, [21] rss (pages)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[21]) * _PAGE_MIB
-
-
-@dataclass
-class CpuSnapshot:
-    at: float
-    seconds: dict[int, float]
-    machine: float | None
-
-
-class CpuMeter:
-    """CPU seconds of named processes and of the machine, from /proc.
-
-    Each process has a name and a group (``worker-1`` in ``workers``); both are reported.
-    A background thread samples every second, so a process's last value survives its exit,
-    and keeps each group's peak RSS; :meth:`timeline_point` records cores in use over time.
-    """
-
-    def __init__(self) -> None:
-        self.names: dict[int, str] = {}
-        self.groups: dict[int, str] = {}
-        self.last: dict[int, float] = {}
-        self.peak_rss_mib: dict[int, float] = {}
-        self.timeline: list[dict[str, float]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample_loop, name="cpu-meter", daemon=True)
-        self._timeline_from: CpuSnapshot | None = None
-        self._started = time.perf_counter()
-
-    def track(self, name: str, pid: int, group: str | None = None) -> None:
-        with self._lock:
-            self.names[pid] = name
-            self.groups[pid] = group or name
-        self.snapshot()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def snapshot(self) -> CpuSnapshot:
-        with self._lock:
-            pids = list(self.names)
-            for pid in pids:
-                stat = _proc_stat(pid)
-                if stat is not None:
-                    self.last[pid] = stat[0]
-                    self.peak_rss_mib[pid] = max(self.peak_rss_mib.get(pid, 0.0), stat[1])
-            return CpuSnapshot(
-                time.perf_counter(),
-                {pid: self.last[pid] for pid in pids if pid in self.last},
-                machine_busy(),
-            )
-
-    def cores(self, begin: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
-        """Cores in use per group (and per process of a group), ``machine`` and ``other``."""
-        wall = end.at - begin.at
-        if wall <= 0:
-            return {}
-        used: dict[str, float] = {}
-        total = 0.0
-        for pid, seconds in end.seconds.items():
-            share = (seconds - begin.seconds.get(pid, 0.0)) / wall
-            total += share
-            keys = {self.groups[pid], self.names[pid]}
-            for key in keys:
-                used[key] = used.get(key, 0.0) + share
-        result = {key: round(value, 3) for key, value in sorted(used.items())}
-        if begin.machine is not None and end.machine is not None:
-            machine = (end.machine - begin.machine) / wall
-            result["machine"] = round(machine, 3)
-            result["other"] = round(max(0.0, machine - total), 3)
-        return result
-
-    def peak_rss_by_group(self) -> dict[str, float]:
-        peaks: dict[str, float] = {}
-        for pid, rss in self.peak_rss_mib.items():
-            name = self.names[pid]
-            peaks[name] = round(max(peaks.get(name, 0.0), rss), 1)
-        return peaks
-
-    def timeline_point(self, label: str, **values: float) -> None:
-        """Record (and log) cores in use since the previous point, with ``values``."""
-        now = self.snapshot()
-        previous, self._timeline_from = self._timeline_from, now
-        if previous is None:
-            return
-        cores = self.cores(previous, now)
-        self.timeline.append({"t": round(now.at - self._started, 1), **values, **cores})
-        logger.info("%s cpu cores: %s", label, _cpu_text(cores))
-
-    def _sample_loop(self) -> None:
-        while not self._stop.wait(_SAMPLE_SECONDS):
-            self.snapshot()
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-# ---------------------------------------------------------------------------- broker
 
 
 # ------------------------------------------------------------------------- processes
@@ -424,21 +302,6 @@ class Deployment:
         return process, log
 
 
-def _stop(process: subprocess.Popen[bytes], name: str, timeout: float = 120.0) -> int:
-    """SIGTERM (the commands flush and exit cleanly), SIGKILL after ``timeout`` s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning(
-                "%s (pid %d) ignored SIGTERM for %.0f s: killing it", name, process.pid, timeout
-            )
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
 # --------------------------------------------------------------------------- offsets
 
 
@@ -481,11 +344,11 @@ class Offsets:
 def produce_phase(deployment: Deployment, events: Path, records: int) -> Phase:
     """``touchpoint produce --input events``, wall time of the whole command."""
     logger.info("produce: sending %s records", f"{records:,}")
-    cpu_before = _children_cpu()
+    cpu_before = children_cpu()
     started = time.perf_counter()
     result = deployment.run("produce", "produce", "--input", str(events))
     seconds = time.perf_counter() - started
-    cpu = _children_cpu() - cpu_before
+    cpu = children_cpu() - cpu_before
     found = re.search(r"Sent ([\d,]+) records", result.stdout)
     sent = int(found.group(1).replace(",", "")) if found else -1
     told = re.search(r"watermark sent to (\d+) partitions", result.stdout)
@@ -571,8 +434,7 @@ def ceiling_phase(
                 details={"records_read": read, "value_bytes": size},
             )
         )
-    middle = statistics.median_low(run.seconds for run in runs)
-    chosen = next(run for run in runs if run.seconds == middle)
+    chosen = median_run(runs, key=lambda run: run.seconds)
     chosen.details["runs_seconds"] = [run.seconds for run in runs]
     return chosen
 
@@ -660,7 +522,7 @@ def pipeline_phases(
 
     def stop(name: str) -> int:
         process, log = processes.pop(name)
-        code = _stop(process, name)
+        code = stop_process(process, name, _STOP_SECONDS)
         log.close()
         if code not in (0, -signal.SIGTERM):
             logger.warning("%s exited %d; see %s", name, code, deployment.log(name))
@@ -684,7 +546,7 @@ def pipeline_phases(
             f"{raw_end:,}",
         )
         meter.timeline_point("start")
-        progress = _Progress("workers committed", raw_end)
+        progress = Progress("workers committed", raw_end)
         first_commit: float | None = None
         workers_done: float | None = None
         workers_cpu: dict[str, float] = {}
@@ -960,7 +822,7 @@ def quix_phase(peer: Peer, meter: CpuMeter, records: int, timeout: float) -> Pha
         f"{input_end:,}",
     )
     meter.timeline_point("quix start")
-    progress = _Progress("quix committed", input_end)
+    progress = Progress("quix committed", input_end)
     done_input = first_commit = 0.0
     first_seconds: float | None = None
     input_seconds: float | None = None
@@ -1007,10 +869,10 @@ def quix_phase(peer: Peer, meter: CpuMeter, records: int, timeout: float) -> Pha
         cores = meter.cores(before, meter.snapshot())
         meter.timeline_point("quix end", committed=done_input)
         logger.info("quix peer done after %.1f s: stopping it", seconds)
-        code = _stop(process, "quix")
+        code = stop_process(process, "quix", _STOP_SECONDS)
     finally:
         if process.poll() is None:
-            _stop(process, "quix")
+            stop_process(process, "quix", _STOP_SECONDS)
         log.close()
         offsets.close()
     output = log_path.read_text(errors="replace")
@@ -1213,37 +1075,25 @@ def _generate(events: Path, buyers: int, seed: int) -> dict[str, Any]:
         timeouts=dict(rules.timeouts),
         allowed_lateness=settings.processing.allowed_lateness,
     )
-    logger.info("generating %s buyers (seed %d) into %s", f"{buyers:,}", seed, events)
-    started = time.perf_counter()
-    truth = write_dataset(config, events, on_buyer=_Progress("generate", buyers))
-    return {
-        "seconds": time.perf_counter() - started,
-        "buyers": buyers,
-        "seed": seed,
-        "events_unique": truth.events_unique,
-        "duplicates": truth.duplicates,
-        "malformed": sum(truth.malformed.values()),
-    }
+    return generate(events, config)
 
 
 def _environment() -> dict[str, Any]:
-    versions = package_versions(
-        "faust-streaming", "aiokafka", "kafka-python", "chdb", "clickhouse-connect"
-    )
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "git": code_revision(),
-        "packages": versions,
-        "kafka_version": os.environ.get("TOUCHPOINT_KAFKA_VERSION", "4.4.0 (kafka.sh default)"),
-        "touchpoint_env": {
+    return environment(
+        "faust-streaming",
+        "aiokafka",
+        "kafka-python",
+        "chdb",
+        "clickhouse-connect",
+        git=code_revision(),
+        load_average_at_start=os.getloadavg() if hasattr(os, "getloadavg") else None,
+        kafka_version=kafka_version(),
+        touchpoint_env={  # values too: the settings a run used, none of them secret
             name: value
             for name, value in sorted(os.environ.items())
             if name.startswith("TOUCHPOINT_") and "PASSWORD" not in name and "USER" not in name
         },
-    }
+    )
 
 
 @dataclass
@@ -1282,16 +1132,16 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     environment = _environment()
     peer_wanted = args.peer == "quix"
     quix_packed = args.quix_input == "packed"
-    buyers = args.buyers or max(1, round(args.events / EVENTS_PER_BUYER))
+    buyers = buyers_for(args)
     events = run_dir / f"events-seed{args.seed}-buyers{buyers}.jsonl"
     dataset: dict[str, Any] = {"path": str(events), **_generate(events, buyers, args.seed)}
-    records = _count_lines(events)
+    records = count_lines(events)
     dataset["records"] = records
     dataset["bytes"] = events.stat().st_size
     logger.info("input: %s records, %.0f MiB", f"{records:,}", dataset["bytes"] / 2**20)
     compare = args.metrics_compare
 
-    meter = CpuMeter()
+    meter = CpuMeter(_ROLES)
     meter.track("bench", os.getpid())
     meter.start()
     try:
@@ -1478,9 +1328,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     main = passes[0]
     downstream, sink, stored = main.phases, main.sink, main.stored
     workers, pipeline = downstream[0], downstream[-1]
-    code_changed = code_revision() != environment["git"]
-    if code_changed:
-        logger.warning("the code under test changed during the run: results may mix versions")
+    code_changed = changed_during_run(environment["git"], code_revision())
     phases = [
         produce,
         *([keyed] if keyed is not None else []),
@@ -1491,7 +1339,7 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         *([quix] if quix is not None else []),
     ]
     contention = max(phase.cpu_cores.get("other", 0.0) for phase in phases)
-    if contention > 0.25:
+    if contention > OTHER_CPU_LIMIT:
         logger.warning(
             "other processes used up to %.2f cores during a phase: figures are disturbed",
             contention,
@@ -1650,17 +1498,7 @@ def _metrics_comparison(passes: Sequence[Pass], unique: int) -> dict[str, Any]:
 
 
 def _ratio(phase: Phase, ceiling: Phase) -> float:
-    top = ceiling.events_per_second
-    return phase.events_per_second / top if top else 0.0
-
-
-def _cpu_text(cores: Mapping[str, float]) -> str:
-    shown = [
-        f"{role} {cores[role]:.2f}"
-        for role in ("producer", "bench", "workers", "sink", "quix", "broker", "other")
-        if role in cores
-    ]
-    return ", ".join(shown)
+    return common.ratio(phase.events_per_second, ceiling.events_per_second) or 0.0
 
 
 def _render(result: dict[str, Any]) -> str:
@@ -1681,7 +1519,7 @@ def _render(result: dict[str, Any]) -> str:
         lines.append(
             f"{phase['phase']:<{width}} {phase['records']:>11,} {phase['seconds']:>9.1f} "
             f"{phase['events_per_second']:>10,.0f} "
-            f"{phase['events_per_second'] / ceiling:>9.3f}x  {_cpu_text(phase['cpu_cores'])}"
+            f"{phase['events_per_second'] / ceiling:>9.3f}x  {cpu_text(phase['cpu_cores'], _ROLES)}"
         )
     pipeline = next(phase for phase in phases if phase["phase"].startswith("pipeline"))
     workers = next(phase for phase in phases if phase["phase"].startswith("workers"))
@@ -1722,16 +1560,7 @@ def _render(result: dict[str, Any]) -> str:
             else "workers + sink launched together"
         )
         + " on the filled topic (start-up timed)."
-        + (
-            f" WARNING: other processes used up to {result['max_other_cpu_cores']:.2f} cores."
-            if result["max_other_cpu_cores"] > 0.25
-            else ""
-        )
-        + (
-            " WARNING: the code changed during the run."
-            if result["code_changed_during_run"]
-            else ""
-        )
+        + warnings_text(result)
     )
     return "\n".join(lines)
 
@@ -1839,17 +1668,7 @@ def _parser() -> argparse.ArgumentParser:
             "to stdout, and JSON to bench/results/."
         ),
     )
-    parser.add_argument(
-        "--events",
-        type=positive,
-        default=1_000_000,
-        help=f"input records to aim for: buyers = events / {EVENTS_PER_BUYER} "
-        "(the actual count is reported) [default: 1000000]",
-    )
-    parser.add_argument(
-        "--buyers", type=positive, help="generate exactly this many buyers (overrides --events)"
-    )
-    parser.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
+    add_dataset_options(parser)
     parser.add_argument(
         "--workers", type=positive, default=2, help="touchpoint worker processes [default: 2]"
     )
@@ -1943,26 +1762,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--metrics-compare cannot be combined with --peer or --per-event")
     if args.peer == "quix" and importlib.util.find_spec("quixstreams") is None:
         parser.error("--peer quix needs Quix Streams: pip install -e '.[bench]'")
-    args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _setup_logging()
-    for noisy in ("kafka", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        with scratch_directory(
-            args.workdir,
-            "touchpoint-bench-kafka-",
-            keep=args.keep,
-            kept="process logs, events file, chDB data",
-        ) as run_dir:
-            result = benchmark(args, run_dir)
-    except BenchError as exc:
-        logger.error("%s", exc)
-        return 1
-    print(_render(result))
-    print(f"results written to {write_result('kafka_path', result, args.results_dir)}")
-    compare = result["metrics_compare"]
-    collected = compare is None or compare["metrics_collected"]
-    return 0 if result["complete"] and collected and result["rows_equal"] else 1
+
+    def succeeded(result: dict[str, Any]) -> bool:
+        compare = result["metrics_compare"]
+        collected = compare is None or compare["metrics_collected"]
+        return bool(result["complete"] and collected and result["rows_equal"])
+
+    return common.run(
+        "kafka_path",
+        args,
+        benchmark,
+        _render,
+        scratch_prefix="touchpoint-bench-kafka-",
+        kept="process logs, events file, chDB data",
+        succeeded=succeeded,
+        quiet=("kafka", "aiokafka"),
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ topic of the run's broker and writes rows into its own chDB directory, until SIG
     app.run()                                               # table per checkpoint+partition
 
 What ``journey`` does, per message, with the project's pure core (nothing copied): the raw
-bytes go through :class:`processors.engine.JourneyProcessor` — ``decode_event`` (the
+bytes go through :class:`processors.journey_processor.JourneyProcessor` — ``decode_event`` (the
 pydantic contract's verdict; a bad record becomes a dead-letter row), dedup on event id,
 ``classify_fields`` with the same rules, the fold — over a one-key state store: the Quix
 ``State`` of the message key, holding the buyer's encoded ``JourneyState``
@@ -63,7 +63,7 @@ import msgspec
 from quixstreams import Application, State, message_context
 from quixstreams.sinks import BatchingSink, SinkBatch
 
-from processors.engine import JourneyProcessor
+from processors.journey_processor import JourneyProcessor
 from schemas.rows import JourneyStateRow
 from schemas.topics import CONTROL_HEADER, PACK_HEADER, PACK_NDJSON
 from sinks.base import RowBatch

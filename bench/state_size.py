@@ -22,14 +22,12 @@ from pathlib import Path
 
 import msgspec
 
-from bench.common import RESULTS_DIR, code_revision, positive, write_result
+from bench.common import EVENTS_PER_BUYER, RESULTS_DIR, code_revision, positive, write_result
 from ingest.generator import GeneratorConfig, write_dataset
 from ingest.reader import read_records
-from processors.engine import JourneyProcessor
-from processors.rules import default_rules
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from schemas.journey import decode_state
-
-EVENTS_PER_BUYER = 7.5
 
 
 def _percentile(values: Sequence[int], share: float) -> int:

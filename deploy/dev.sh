@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up a virtualenv for this checkout and run the demo or the whole test suite.
+# Set up a virtualenv for this checkout and run the demo, the fast loop or the whole test suite.
 #
 #   bash deploy/dev.sh demo [touchpoint demo options]   embedded pipeline on synthetic data
+#   bash deploy/dev.sh unit [pytest options]            lint, types, unit tests (under a minute)
 #   bash deploy/dev.sh test [pytest options]            lint, types, every test (starts Apache Kafka)
 #   bash deploy/dev.sh shell                            print the venv's bin dir (for PATH)
 #
@@ -13,6 +14,15 @@ VENV="${TOUCHPOINT_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 
 die() { echo "dev.sh: error: $*" >&2; exit 1; }
+
+# ruff (lint + format) and mypy strict: a second or two once mypy's cache is warm.
+check() {
+  echo "== ruff" >&2
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  echo "== mypy" >&2
+  "$VENV/bin/mypy"
+}
 
 ensure_venv() {
   local extras="$1"
@@ -43,14 +53,17 @@ case "$command" in
     cd "$ROOT"
     exec "$VENV/bin/touchpoint" demo "$@"
     ;;
+  unit)
+    ensure_venv "dev"
+    cd "$ROOT"
+    check
+    echo "== pytest tests/unit (pure: no Kafka, no ClickHouse)" >&2
+    exec "$VENV/bin/python" -m pytest tests/unit "$@"
+    ;;
   test)
     ensure_venv "dev"
     cd "$ROOT"
-    echo "== ruff" >&2
-    "$VENV/bin/ruff" check .
-    "$VENV/bin/ruff" format --check .
-    echo "== mypy" >&2
-    "$VENV/bin/mypy"
+    check
     echo "== pytest (starts Apache Kafka via deploy/kafka/kafka.sh)" >&2
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
@@ -59,7 +72,7 @@ case "$command" in
     echo "$VENV/bin"
     ;;
   *)
-    echo "usage: bash deploy/dev.sh demo|test|shell [args]" >&2
+    echo "usage: bash deploy/dev.sh demo|unit|test|shell [args]" >&2
     exit 2
     ;;
 esac

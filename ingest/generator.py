@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 from schemas.enums import STAGES, DeadLetterReason, ExitKind, Stage
-from schemas.touchpoint import MAX_RECORD_BYTES, deterministic_event_id
+from schemas.errors import ConfigError
+from schemas.touchpoint import MAX_RECORD_BYTES, PropertyValue, deterministic_event_id
 
 __all__ = [
     "DEFAULT_HISTORY",
@@ -47,6 +48,11 @@ __all__ = [
 
 _MS: Final = timedelta(milliseconds=1)
 DEFAULT_HISTORY: Final = timedelta(days=120)
+SIGN_IN_AFTER: Final = timedelta(days=1)
+"""A buyer known by several ids signs in on their first visit this long after their first touch."""
+SIGN_IN_WITHIN: Final = timedelta(days=4)
+"""…if that is within this long of it (else the buyer keeps one id): a merge then meets
+journeys whose touches are still inside the dedup window (see docs/journeys.md, *Identity*)."""
 """How far back a timeline that ends "now" starts: buyers arrive steadily over it."""
 
 
@@ -181,14 +187,27 @@ class GeneratorConfig:
     allowed_lateness: timedelta = timedelta(hours=2)
     timeouts: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     personas: tuple[Persona, ...] = DEFAULT_PERSONAS
+    several_ids_rate: float = 0.0
+    """Share of buyers known by several ids: their web visits before they sign in are filed
+    under a cookie (``anonymous:<anonymous id>``, as the Segment adapter files anonymous
+    calls), their email under their address (``mail:<address>``); the sign-in visit carries
+    the user id, the anonymous id and the address (``properties.aliases``). Only buyers who
+    sign in within :data:`SIGN_IN_WITHIN` of their first touch are split so."""
 
     def __post_init__(self) -> None:
         if self.buyers < 1:
             raise ValueError("buyers must be at least 1")
-        for name in ("duplicate_rate", "out_of_order_rate", "malformed_rate", "unclassified_rate"):
+        for name in (
+            "duplicate_rate",
+            "out_of_order_rate",
+            "malformed_rate",
+            "unclassified_rate",
+        ):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 0.5:
                 raise ValueError(f"{name} must be between 0 and 0.5")
+        if not 0.0 <= self.several_ids_rate <= 1.0:
+            raise ValueError("several_ids_rate must be between 0 and 1")
         for stage in (Stage.PRE_AWARENESS, Stage.AWARENESS, Stage.CONSIDERATION, Stage.PURCHASE):
             if stage not in self.timeouts:
                 raise ValueError(f"the generator needs a drop-off timeout for {stage.value}")
@@ -211,12 +230,23 @@ class GeneratorConfig:
         return cls(start=now - history, start_span=history, end=now, **options)
 
 
+class _EmitOptions(TypedDict, total=False):
+    """The keyword options of :meth:`_Journey.emit`, for the methods that pass them on."""
+
+    campaign: str | None
+    properties: dict[str, PropertyValue] | None
+    revenue: Decimal | None
+    promo: str | None
+
+
 @dataclass
 class _Touch:
     at: datetime
     event_id: str
     channel: str
-    record: dict[str, Any]
+    record: dict[str, object]
+    properties: dict[str, PropertyValue]
+    """The record's ``properties`` (the same dict)."""
     enters: Stage | None = None
     """The stage this touch moved the buyer into (by the simulation, not the rules)."""
     exit: tuple[str, str, str] | None = None
@@ -240,6 +270,9 @@ class BuyerTruth:
     revenue: Decimal = Decimal(0)
     deadline: datetime | None = None
     """When no progress past ``stalled_at`` means a drop-off there (None: it cannot drop)."""
+    other_ids: list[str] = field(default_factory=list)
+    """The buyer's other ids (see ``GeneratorConfig.several_ids_rate``): the pipeline must
+    fold their journeys into this buyer's (``buyer_id`` is the person id)."""
 
     def live_at(self, watermark: datetime) -> bool:
         """Still mid-journey at ``watermark``: in a stage it can drop off from, with the
@@ -283,7 +316,7 @@ class GroundTruth:
     def exits(self) -> Counter[tuple[str, str, str]]:
         return Counter(exit_ for buyer in self.buyers for exit_ in buyer.exits)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "totals": {
                 "buyers": len(self.buyers),
@@ -308,6 +341,7 @@ class GroundTruth:
             "buyers": [
                 {
                     "buyer_id": buyer.buyer_id,
+                    "other_ids": buyer.other_ids,
                     "persona": buyer.persona,
                     "furthest_stage": buyer.furthest_stage.value,
                     "dropoff_stage": buyer.dropoff_stage.value if buyer.dropoff_stage else None,
@@ -341,7 +375,9 @@ class _Journey:
             milliseconds=rng.randrange(int(config.start_span / _MS))
         )
         self.touches: list[_Touch] = []
-        self.stage: Stage | None = None
+        self.stage = Stage.PRE_AWARENESS
+        """The furthest stage entered so far; :meth:`run` starts with a touch that enters one."""
+        self.entered = False
         self.entered_at = self.now
         self.acquisition_campaign: str | None = None
         self.orders = 0
@@ -360,7 +396,7 @@ class _Journey:
         event_type: str,
         *,
         campaign: str | None = None,
-        properties: dict[str, Any] | None = None,
+        properties: dict[str, PropertyValue] | None = None,
         revenue: Decimal | None = None,
         promo: str | None = None,
     ) -> _Touch:
@@ -368,9 +404,9 @@ class _Journey:
         event_id = deterministic_event_id(
             "synthetic", str(self.config.seed), self.buyer_id, str(sequence)
         )
-        props: dict[str, Any] = {"persona": self.persona.name, "tier": self.persona.tier}
+        props: dict[str, PropertyValue] = {"persona": self.persona.name, "tier": self.persona.tier}
         props.update(properties or {})
-        record: dict[str, Any] = {
+        record: dict[str, object] = {
             "schema_version": 1,
             "event_id": event_id,
             "buyer_id": self.buyer_id,
@@ -390,7 +426,7 @@ class _Journey:
             record["revenue"] = str(revenue)
             record["currency"] = "USD"
         record["properties"] = props
-        touch = _Touch(self.now, event_id, channel, record)
+        touch = _Touch(self.now, event_id, channel, record, props)
         self.touches.append(touch)
         return touch
 
@@ -413,9 +449,9 @@ class _Journey:
         options: list[tuple[str, str]] = [("email", "email_sent"), ("email", "email_delivered")]
         if self.persona.channels.get("sms", 0) > 0:
             options.append(("sms", "sms_sent"))
-        if stage is not None and stage.rank >= Stage.AWARENESS.rank:
+        if stage.rank >= Stage.AWARENESS.rank:
             options += [("email", "email_open"), ("web", "page_view"), ("ads", "ad_impression")]
-        if stage is not None and stage.rank >= Stage.CONSIDERATION.rank:
+        if stage.rank >= Stage.CONSIDERATION.rank:
             options += [("web", "product_view"), ("email", "email_click"), ("ads", "ad_click")]
         if rng.random() < self.persona.ticket_rate / 3:
             options.append(("support", "ticket_opened"))
@@ -424,7 +460,7 @@ class _Journey:
             self.subscribed_email = True
         if event_type == "sms_sent":
             self.subscribed_sms = True
-        properties: dict[str, Any] = {}
+        properties: dict[str, PropertyValue] = {}
         if channel == "web":
             properties["url"] = "/pricing" if event_type == "page_view" else "/product/pro"
         if channel == "support":
@@ -438,9 +474,12 @@ class _Journey:
             self._advance(timedelta(minutes=5), budget / (most + 1))
             self._filler()
 
-    def _enter(self, stage: Stage, channel: str, event_type: str, **kwargs: Any) -> _Touch:
-        touch = self.emit(channel, event_type, **kwargs)
-        if self.stage is None or stage.rank > self.stage.rank:
+    def _enter(
+        self, stage: Stage, channel: str, event_type: str, **options: Unpack[_EmitOptions]
+    ) -> _Touch:
+        touch = self.emit(channel, event_type, **options)
+        if not self.entered or stage.rank > self.stage.rank:
+            self.entered = True
             self.stage = stage
             self.entered_at = self.now
             touch.enters = stage
@@ -475,7 +514,7 @@ class _Journey:
             self._advance(timedelta(seconds=2), timedelta(minutes=3))
             self.emit(channel, f"{channel}_delivered", campaign=self.acquisition_campaign)
 
-        while self.stage is not None and self.stage.rank < Stage.ADVOCACY.rank:
+        while self.stage.rank < Stage.ADVOCACY.rank:
             stage = self.stage
             timeout = timeouts.get(stage, timedelta(days=90))
             if rng.random() >= persona.progress[stage]:
@@ -604,10 +643,9 @@ class _Journey:
             )
 
     def _exit(
-        self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, Any]
+        self, kind: ExitKind, channel: str, event_type: str, properties: dict[str, PropertyValue]
     ) -> None:
         touch = self.emit(channel, event_type, properties=properties)
-        assert self.stage is not None
         touch.exit = (kind.value, self.stage.value, touch.channel)
 
     def _stall(self, stage: Stage, timeout: timedelta) -> None:
@@ -643,6 +681,30 @@ class _Journey:
             self._advance(timedelta(days=5), timedelta(days=40))
             self._exit(ExitKind.CANCELLATION, "web", "subscription_cancelled", {"plan": "pro"})
 
+    def split_ids(self) -> list[str]:
+        """File the buyer's touches under several ids (see ``several_ids_rate``); returns
+        the other ids, or nothing if the buyer does not sign in soon enough."""
+        web = [touch for touch in self.touches if touch.channel == "web"]
+        if not web:
+            return []
+        first = self.touches[0].at
+        sign_in = next((touch for touch in web if touch.at >= first + SIGN_IN_AFTER), web[-1])
+        if sign_in.at > first + SIGN_IN_WITHIN:
+            return []
+        cookie = f"anonymous:{self.anonymous_id}"
+        address = f"mail:{self.buyer_id}@example.com"
+        emails = [touch for touch in self.touches if touch.channel == "email"]
+        for touch in web:
+            if touch.at < sign_in.at:
+                touch.record["buyer_id"] = cookie
+        for touch in emails:
+            touch.record["buyer_id"] = address
+        others = [cookie] + ([address] if emails else [])
+        if emails:
+            sign_in.properties = {**sign_in.properties, "aliases": address}
+            sign_in.record["properties"] = sign_in.properties
+        return others
+
     def cut(self, end: datetime | None) -> None:
         """Forget the touches after ``end``: they have not happened yet."""
         if end is not None:
@@ -651,19 +713,20 @@ class _Journey:
     def truth(self) -> BuyerTruth:
         """What the buyer's touches (those kept) show: stage, exits, orders."""
         furthest: _Touch | None = None
+        stage: Stage | None = None
         exits: list[tuple[str, str, str]] = []
         orders = 0
         revenue = Decimal(0)
         for touch in self.touches:
             if touch.enters is not None:
-                furthest = touch
+                furthest, stage = touch, touch.enters
             if touch.exit is not None:
                 exits.append(touch.exit)
             if touch.order_value is not None:
                 orders += 1
                 revenue += touch.order_value
-        assert furthest is not None and furthest.enters is not None  # the first touch enters
-        stage = furthest.enters
+        if furthest is None or stage is None:  # the first touch enters, at the buyer's arrival
+            raise ConfigError(f"{self.buyer_id} arrives after the end of the timeline")
         stalled = stage if stage is not Stage.ADVOCACY else None
         timeout = self.config.timeouts.get(stage) if stalled is not None else None
         return BuyerTruth(
@@ -679,7 +742,7 @@ class _Journey:
         )
 
 
-def _malformed(rng: random.Random, reason: DeadLetterReason, template: dict[str, Any]) -> str:
+def _malformed(rng: random.Random, reason: DeadLetterReason, template: dict[str, object]) -> str:
     record = json.loads(json.dumps(template))
     record["event_id"] = f"malformed-{rng.getrandbits(64):016x}"
     record["buyer_id"] = f"buyer-malformed-{rng.getrandbits(32):08x}"
@@ -735,7 +798,12 @@ def generate(
         journey = _Journey(index, config, rng)
         journey.run()
         journey.cut(config.end)
-        truths.append((journey.truth(), journey.touches))
+        truth = journey.truth()
+        if config.several_ids_rate and (
+            random.Random(f"{config.seed}:{index}:ids").random() < config.several_ids_rate
+        ):
+            truth.other_ids = journey.split_ids()
+        truths.append((truth, journey.touches))
         for touch in journey.touches:
             if touch.record["event_type"] in unknown_types:
                 unclassified += 1

@@ -1,4 +1,6 @@
-"""Kafka on the way in: topic creation and the Touchpoint producer (kafka-python).
+"""Kafka on the way in: the Touchpoint producer (kafka-python).
+
+Topic set-up is :mod:`ingest.topics`.
 
 The producer writes raw records to ``touchpoints.raw`` in *packs*: the records of
 buyers whose key hashes to the same partition (Kafka's murmur2, exactly as a keyed
@@ -14,14 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
 from schemas.errors import BrokerUnavailableError, ConfigError, DeliveryError
@@ -32,7 +33,6 @@ __all__ = [
     "PACK_EVENTS",
     "ProduceStats",
     "TouchpointProducer",
-    "ensure_topics",
     "partition_for",
     "peek",
 ]
@@ -59,63 +59,6 @@ class _Peek(msgspec.Struct):
 
 
 _PEEK: Final = msgspec.json.Decoder(_Peek)
-
-
-def _admin(bootstrap: str) -> Any:
-    try:
-        return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="touchpoint-admin")
-    except KafkaError as exc:
-        raise BrokerUnavailableError(f"no Kafka broker reachable at {bootstrap}: {exc}") from exc
-
-
-def ensure_topics(
-    bootstrap: str,
-    partitions: Mapping[str, int],
-    *,
-    replication: int = 1,
-    compacted: Iterable[str] = (),
-) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created.
-
-    An existing topic with a different partition count is a ConfigError: keyed
-    co-partitioning of input and outputs depends on equal counts.
-    """
-    compact = set(compacted)
-    admin = _admin(bootstrap)
-    try:
-        existing = {
-            topic["name"]: len(topic["partitions"])
-            for topic in admin.describe_topics(list(partitions))
-            if topic.get("error_code", 0) == 0 and topic["partitions"]
-        }
-        for name, count in existing.items():
-            if count != partitions[name]:
-                raise ConfigError(
-                    f"topic {name} has {count} partitions, the pipeline is configured for "
-                    f"{partitions[name]} (TOUCHPOINT_KAFKA_PARTITIONS); use a new topic or "
-                    "change the setting"
-                )
-        missing = {
-            name: {
-                "num_partitions": count,
-                "replication_factor": replication,
-                "configs": {"cleanup.policy": "compact"} if name in compact else {},
-            }
-            for name, count in partitions.items()
-            if name not in existing
-        }
-        if not missing:
-            return []
-        try:
-            admin.create_topics(missing, wait_for_metadata=True)
-        except TopicAlreadyExistsError:
-            pass  # created meanwhile by another process: fine
-        logger.info("created topics %s", ", ".join(sorted(missing)))
-        return sorted(missing)
-    except KafkaError as exc:
-        raise BrokerUnavailableError(f"creating topics on {bootstrap} failed: {exc}") from exc
-    finally:
-        admin.close()
 
 
 def peek(data: bytes) -> tuple[bytes | None, datetime | None]:
@@ -221,7 +164,7 @@ class TouchpointProducer:
             self._partitions = len(partitions)
         return self._partitions
 
-    def _send(self, value: bytes, count: int, **where: Any) -> None:
+    def _send(self, value: bytes, count: int, **where: object) -> None:
         try:
             future = self._producer.send(self.topic, value=value, **where)
         except KafkaError as exc:

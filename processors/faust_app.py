@@ -43,9 +43,14 @@ Records delivered twice
     skipped as already applied — never re-judged against a watermark that has
     since moved past it.
 
-Raw bytes are validated inside the agent (never in a Faust deserializer, where
-a decode error would crash-loop the agent): a bad record becomes a dead letter
-on ``touchpoints.dlq`` with its partition and offset.
+This module holds the Faust and aiokafka calls only. What a worker owns, what its
+states include and what a batch sends per partition is decided by
+:class:`~processors.partitions.PartitionStates` (pure); what a raw record (one
+touchpoint, a pack, a watermark control message) becomes is decided by
+:meth:`~processors.journey_processor.JourneyProcessor.process_record`, the call the
+local runner makes too. Raw bytes are validated there, inside the agent (never in a
+Faust deserializer, where a decode error would crash-loop the agent): a bad record
+becomes a dead letter on ``touchpoints.dlq`` with its partition and offset.
 """
 
 from __future__ import annotations
@@ -55,78 +60,26 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
-from datetime import datetime
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from processors.engine import JourneyProcessor
+from processors.journey_processor import JourneyProcessor
 from processors.metrics import WorkerMetrics
+from processors.partitions import PartitionStates, Record
 from processors.state_stores import open_state_store
-from schemas.enums import DeadLetterReason
-from schemas.journey import PARTITION_POSITION_ADAPTER, PartitionPosition
 from schemas.rules import JourneyRules
 from schemas.settings import KafkaSettings, ProcessingSettings
-from schemas.topics import (
-    CONTROL_HEADER,
-    CONTROL_WATERMARK,
-    PACK_HEADER,
-    PACK_NDJSON,
-    STORE_POSITION_KEY,
-    Topics,
-)
+from schemas.topics import Topics
 
-__all__ = [
-    "PartitionStates",
-    "Record",
-    "control_kind",
-    "create_app",
-    "header",
-    "pack_rows",
-    "run_worker",
-    "send_together",
-]
+__all__ = ["StoreReader", "create_app", "run_worker", "send_together"]
 
 logger = logging.getLogger(__name__)
 
-PACK_BYTES: Final = 512 * 1024
-"""Upper bound of one output record's value (rows are packed up to it)."""
 _PRODUCER_BATCH_BYTES: Final = 1024 * 1024
-
-
-def header(headers: Any, wanted: str) -> bytes | None:
-    """The value of header ``wanted`` of a record, if it has one."""
-    if not headers:
-        return None
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for name, value in items:
-        if name == wanted:
-            return bytes(value) if value is not None else b""
-    return None
-
-
-def control_kind(headers: Any) -> bytes | None:
-    """The control header's value of a raw record, if it is a control message."""
-    return header(headers, CONTROL_HEADER)
-
-
-def pack_rows(rows: list[bytes], limit: int = PACK_BYTES) -> Iterable[bytes]:
-    """Newline-joined runs of ``rows``, each at most ``limit`` bytes (or one row)."""
-    start, size = 0, 0
-    for index, row in enumerate(rows):
-        if size and size + len(row) + 1 > limit:
-            yield b"\n".join(rows[start:index])
-            start, size = index, 0
-        size += len(row) + 1
-    if start < len(rows):
-        yield b"\n".join(rows[start:])
-
-
-Record = tuple[str, bytes | None, bytes]
-"""(topic, key, value) of one output record."""
 
 
 async def send_together(app: Any, source_topic: str, partition: int, records: list[Record]) -> None:
@@ -174,28 +127,13 @@ async def send_together(app: Any, source_topic: str, partition: int, records: li
             await transaction.send_batch(batch, topic, partition=partition)
 
 
-class PartitionStates:
-    """Journey states (encoded) of the partitions this worker owns, loaded from the store
-    topic, which buyers belong to which partition, and per partition the last input
-    offset they include (``applied``)."""
+class StoreReader:
+    """Reads a partition's committed journey states back from the store topic (compacted,
+    read-committed) into the worker's :class:`~processors.partitions.PartitionStates`."""
 
-    def __init__(
-        self,
-        bootstrap: list[str],
-        store_topic: str,
-        states: MutableMapping[str, bytes] | None = None,
-    ) -> None:
-        self.states: MutableMapping[str, bytes] = {} if states is None else states
-        self.buyers: dict[int, set[str]] = {}
-        """Partition → the buyers whose states are held."""
-        self.loaded: set[int] = set()
-        self.loading: set[int] = set()
-        """Partitions whose load from the store topic is in progress."""
-        self.applied: dict[int, int] = {}
-        self.stored_event_times: dict[int, datetime] = {}
-        """Event time each loaded partition had reached when its states were stored."""
+    def __init__(self, bootstrap: list[str], partitions: PartitionStates) -> None:
+        self.partitions = partitions
         self._bootstrap = bootstrap
-        self._store_topic = store_topic
         self._reader: AIOKafkaConsumer | None = None
 
     async def load(self, partition: int) -> set[str]:
@@ -208,81 +146,34 @@ class PartitionStates:
                 isolation_level="read_committed",
             )
             await self._reader.start()
-        self.loading.add(partition)
+        partitions = self.partitions
+        partitions.start_load(partition)
+        complete = False
         try:
-            return await self._load(partition)
+            await self._read(partition)
+            complete = True
         finally:
-            self.loading.discard(partition)
+            buyers = partitions.end_load(partition, complete=complete)
+        return buyers
 
-    async def _load(self, partition: int) -> set[str]:
+    async def _read(self, partition: int) -> None:
         reader = self._reader
         assert reader is not None
-        tp = TopicPartition(self._store_topic, partition)
+        tp = TopicPartition(self.partitions.store_topic, partition)
         reader.assign([tp])
         await reader.seek_to_beginning(tp)
         end = (await reader.end_offsets([tp]))[tp]
         # An empty partition's position() waits for a fetch (a second or so): skip it.
         begin = (await reader.beginning_offsets([tp]))[tp] if end else 0
-        buyers = self.buyers.setdefault(partition, set())
-        self.applied.pop(partition, None)
-        self.stored_event_times.pop(partition, None)
         while end > begin and await reader.position(tp) < end:
             batch = await reader.getmany(tp, timeout_ms=1000)
-            for record in batch.get(tp, []):
-                if record.key == STORE_POSITION_KEY:
-                    if record.value is not None:
-                        self._restore_position(
-                            PARTITION_POSITION_ADAPTER.validate_json(record.value)
-                        )
-                    continue
-                buyer = record.key.decode()
-                if record.value is None:
-                    self.states.pop(buyer, None)
-                    buyers.discard(buyer)
-                else:
-                    self.states[buyer] = record.value
-                    buyers.add(buyer)
-        self.loaded.add(partition)
-        return buyers
-
-    def note(self, partition: int, buyers: Iterable[str]) -> None:
-        """These buyers' states (just stored by the processor) belong to ``partition``."""
-        self.buyers.setdefault(partition, set()).update(buyers)
-
-    def _restore_position(self, position: PartitionPosition) -> None:
-        self.applied[position.partition] = position.offset
-        if position.newest_event_at is not None:
-            self.stored_event_times[position.partition] = position.newest_event_at
-
-    def already_applied(self, partition: int, offset: int) -> bool:
-        """Whether the partition's states already include the record at ``offset``."""
-        return offset <= self.applied.get(partition, -1)
-
-    def position_record(self, partition: int, newest_event_at: datetime | None) -> Record:
-        """The store record of how far the partition's states have got (sent with them)."""
-        position = PartitionPosition(partition, self.applied[partition], newest_event_at)
-        return (
-            self._store_topic,
-            STORE_POSITION_KEY,
-            PARTITION_POSITION_ADAPTER.dump_json(position),
-        )
-
-    def drop(self, partitions: set[int]) -> None:
-        """Forget the states of partitions this worker no longer owns."""
-        self.loaded -= partitions
-        for partition in partitions:
-            self.applied.pop(partition, None)
-            self.stored_event_times.pop(partition, None)
-            for buyer in self.buyers.pop(partition, ()):
-                self.states.pop(buyer, None)
+            self.partitions.load_records(partition, batch.get(tp, []))
 
     async def close(self) -> None:
         if self._reader is not None:
             await self._reader.stop()
             self._reader = None
-        closer = getattr(self.states, "close", None)
-        if closer is not None:
-            closer()
+        self.partitions.close()
 
 
 def create_app(
@@ -323,55 +214,33 @@ def create_app(
         value_serializer="raw",
         partitions=kafka.partitions,
     )
-    topic_for_table = {table: topic for topic, table in topics.table_by_topic.items()}
-    store = PartitionStates(
-        bootstrap,
-        topics.store,
+    partitions = PartitionStates(
+        topics,
         open_state_store(kafka.store, kafka.store_dir / f"{kafka.app_id}-{os.getpid()}"),
     )
+    store = StoreReader(bootstrap, partitions)
     processor = JourneyProcessor(
         rules,
         allowed_lateness=processing.allowed_lateness,
         max_future_skew=processing.max_future_skew,
         dedup_window=processing.dedup_window,
-        states=store.states,
+        states=partitions.states,
     )
     if metrics is not None:
         metrics.bind_triggers(processor.triggers.ids)
 
-    skipping: dict[int, int] = {}
-    """Partitions now receiving records delivered again → how many were skipped so far."""
-
-    owned: set[int] | None = None
-    """Raw partitions this worker owns (None until the first assignment)."""
-    in_batch = False
-    leaving: set[int] = set()
-    """Partitions taken away while a batch was in flight: the batch drops their outputs."""
-
-    def forget(partitions: set[int]) -> None:
-        processor.forget(partitions)
-        store.drop(partitions)
-        for partition in partitions:
-            skipping.pop(partition, None)
+    def forget(gone: set[int]) -> None:
+        processor.forget(gone)
+        partitions.drop(gone)
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        # Partitions kept across a rebalance keep their in-memory state: it matches
-        # their still-open transaction. Only partitions now owned elsewhere are
-        # forgotten; a partition (re)gained is loaded from the store on its first event.
-        # A rebalance can land while a batch awaits (a store load, its sends): that
-        # batch then drops what it did for the partitions that left, at its end.
-        nonlocal owned
+        # What is kept, forgotten or left to the batch in flight: PartitionStates.assign.
         assigned: set[Any] = args[0] if args else set()
-        owned = {tp.partition for tp in assigned if tp.topic == raw_name}
-        gone = (store.loaded | store.loading) - owned
-        if in_batch:
-            leaving.update(gone)
-        else:
-            forget(gone)
+        forget(partitions.assign({tp.partition for tp in assigned if tp.topic == raw_name}))
 
     async def ensure_loaded(partition: int) -> None:
-        if partition in store.loaded:
+        if partition in partitions.loaded:
             return
         delay = 1.0
         while True:
@@ -379,7 +248,7 @@ def create_app(
                 buyers = await store.load(partition)
                 break
             except KafkaError as exc:  # the broker away: nothing applied yet, try again
-                if partition in leaving:
+                if partition in partitions.leaving:
                     return
                 logger.warning(
                     "partition %d: loading its journey states failed (%s); retrying in %.0f s",
@@ -389,13 +258,13 @@ def create_app(
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        processor.restore({partition}, store.stored_event_times, buyers)
+        processor.restore({partition}, partitions.stored_event_times, buyers)
         logger.info(
             "partition %d: %d journey states loaded from %s, applied up to offset %s",
             partition,
             len(buyers),
             topics.store,
-            store.applied.get(partition, "none"),
+            partitions.applied.get(partition, "none"),
         )
 
     handled = 0
@@ -404,55 +273,21 @@ def create_app(
         """Apply one raw record; False if the partition's state already includes it."""
         message = event.message
         partition = int(message.partition)
-        if partition in leaving or (owned is not None and partition not in owned):
+        if not partitions.owns(partition):
             return False  # owned elsewhere now: its new owner reads it again
         await ensure_loaded(partition)
-        if partition in leaving:
+        if partition in partitions.leaving:
             return False
         offset = int(message.offset)
-        if store.already_applied(partition, offset):
-            if partition not in skipping:
-                logger.info(
-                    "partition %d: records delivered again from offset %d are skipped "
-                    "(its state already includes them, up to offset %d)",
-                    partition,
-                    offset,
-                    store.applied[partition],
-                )
-            skipping[partition] = skipping.get(partition, 0) + 1
+        if not partitions.apply(partition, offset):
             return False
-        if partition in skipping:
-            logger.info(
-                "partition %d: %d records delivered again skipped; applying from offset %d",
-                partition,
-                skipping.pop(partition),
-                offset,
-            )
-        store.applied[partition] = offset
-        position = f"{partition}:{offset}"
-        value = event.value if event.value is not None else b""
-        headers = event.headers
-        if headers and header(headers, PACK_HEADER) == PACK_NDJSON:
-            process_raw = processor.process_raw
-            for index, line in enumerate(value.split(b"\n")):
-                if line:
-                    process_raw(
-                        line, source=raw_name, position=f"{position}:{index}", partition=partition
-                    )
-        elif headers and control_kind(headers) == CONTROL_WATERMARK:
-            try:
-                processor.advance_watermark(partition, datetime.fromisoformat(value.decode()))
-            except (UnicodeDecodeError, ValueError) as exc:
-                processor.dead_letter(
-                    DeadLetterReason.INVALID_FIELD,
-                    f"watermark control message with an unreadable time: {exc}",
-                    value,
-                    source=raw_name,
-                    position=position,
-                    partition=partition,
-                )
-        else:
-            processor.process_raw(value, source=raw_name, position=position, partition=partition)
+        processor.process_record(
+            event.value if event.value is not None else b"",
+            source=raw_name,
+            position=f"{partition}:{offset}",
+            partition=partition,
+            headers=event.headers,
+        )
         return True
 
     async def handle(events: list[Any]) -> None:
@@ -464,8 +299,7 @@ def create_app(
         So a failure here ends the process at once — its open transactions are aborted
         and the partitions' next owner reads the batch again.
         """
-        nonlocal in_batch
-        in_batch = True
+        partitions.begin_batch()
         try:
             await handle_batch(events)
         except BaseException as exc:  # anything, CancelledError too
@@ -479,10 +313,8 @@ def create_app(
             logging.shutdown()
             os._exit(70)
         finally:
-            in_batch = False
-            if leaving:
-                gone = set(leaving)
-                leaving.clear()
+            gone = partitions.end_batch()
+            if gone:
                 forget(gone)
 
     async def handle_batch(events: list[Any]) -> None:
@@ -497,33 +329,17 @@ def create_app(
             else:
                 skipped += 1
         output = processor.flush()
-        for partition, stored in output.stored.items():
-            store.note(partition, (buyer for buyer, _ in stored))
         handled += sum(output.stats.events.values()) + len(events)
         if before == 0 or handled // 100_000 != before // 100_000:
             # Faust's own objects and the long-lived journey state: keep the cyclic
             # collector from rescanning them on every collection.
             gc.freeze()
         if metrics is not None:
-            metrics.observe(output, processor.counters, len(store.states))
+            metrics.observe(output, processor.counters, len(partitions.states))
             metrics.observe_watermarks(processor.max_event_times)
             metrics.replayed.inc(skipped)
-        newest = processor.max_event_times
-        sends = []
-        for partition in applied | set(output.rows) | set(output.stored):
-            if partition in leaving:
-                continue  # dropped at the batch's end; the new owner reads it again
-            records: list[Record] = []
-            if partition in applied:
-                records.append(store.position_record(partition, newest.get(partition)))
-            stored = output.stored.get(partition, [])
-            records.extend((topics.store, buyer.encode(), blob) for buyer, blob in stored)
-            for table, rows in output.rows.get(partition, {}).items():
-                topic = topic_for_table[table]
-                for index, pack in enumerate(pack_rows(rows)):
-                    key = f"{partition}:{store.applied.get(partition, -1)}:{index}".encode()
-                    records.append((topic, key, pack))
-            sends.append(send_partition(partition, records))
+        outgoing = partitions.outgoing(output, applied, processor.max_event_times)
+        sends = [send_partition(partition, records) for partition, records in outgoing.items()]
         processed = time.perf_counter()
         await asyncio.gather(*sends)
         sent = time.perf_counter()
@@ -542,7 +358,7 @@ def create_app(
         try:
             await send_together(app, raw_name, partition, records)
         except Exception:
-            if partition in leaving:  # its producer went with it: nothing of it commits
+            if partition in partitions.leaving:  # its producer went with it: nothing commits
                 logger.info(
                     "partition %d left during its send; its next owner redoes it", partition
                 )

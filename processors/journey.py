@@ -18,12 +18,12 @@ import bisect
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
-from processors.rules import Classification
+from processors.classify import Classification
 from schemas.enums import Channel
 from schemas.events import Event
 from schemas.journey import DropoffRecord, ExitRecord, JourneyState, Latest, TouchRef
+from schemas.rows import JsonRow
 from schemas.rules import DEFAULT_ORDER, StageOrder
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "judge",
     "last_touch",
     "last_touch_until",
+    "merge",
     "micros_of",
     "moves_of",
     "new_state",
@@ -205,6 +206,106 @@ def _mark_recoveries(state: JourneyState, stage: str, at: int, ranks: Mapping[st
             state.dropoffs[dropped_stage] = DropoffRecord(
                 record.stage, record.entered_at, record.deadline, record.last_touch, at
             )
+
+
+def _earlier(a: TouchRef | None, b: TouchRef | None) -> TouchRef | None:
+    if a is None:
+        return b
+    if b is None or (a.at, a.event_id) <= (b.at, b.event_id):
+        return a
+    return b
+
+
+def _newer(a: TouchRef | None, b: TouchRef | None) -> TouchRef | None:
+    if a is None:
+        return b
+    if b is None or (a.at, a.event_id) >= (b.at, b.event_id):
+        return a
+    return b
+
+
+def _newer_value(a: Latest | None, b: Latest | None) -> Latest | None:
+    if a is None:
+        return b
+    if b is None or (a.at, a.event_id) >= (b.at, b.event_id):
+        return a
+    return b
+
+
+def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    result = dict(a)
+    for key, count in b.items():
+        result[key] = result.get(key, 0) + count
+    return result
+
+
+def merge(person: JourneyState, other: JourneyState) -> list[TouchRef]:
+    """Fold ``other``'s journey into ``person``'s, in place (identity stitching).
+
+    Every field is a min, max, count or sum over the events, so the result is the state
+    one id would have had for the union of both ids' events — except the drop-off
+    judgements, which depend on the watermark: ``judged`` and ``dropoffs`` are cleared
+    here and the caller judges the merged journey's moves again (:func:`judge`).
+
+    An event both states hold (one event delivered under both ids, still inside the dedup
+    window) is kept once among the touches and counted once in ``events`` and the
+    per-channel and per-stage counts; returns those shared touches.
+    """
+    known = {touch.event_id for touch in person.recent}
+    shared = [touch for touch in other.recent if touch.event_id in known]
+    for touch in shared:
+        _uncount(other, touch)
+    person.version += other.version + 1
+    person.events += other.events
+    person.unclassified += other.unclassified
+    for stage, hit in other.stage_hits.items():
+        mine = person.stage_hits.get(stage)
+        person.stage_hits[stage] = hit if mine is None else _earlier(mine, hit) or hit
+    person.touches_by_stage = _summed(person.touches_by_stage, other.touches_by_stage)
+    person.touches_by_channel = _summed(person.touches_by_channel, other.touches_by_channel)
+    exits = {(record.touch.event_id, record.kind): record for record in other.exits}
+    exits.update(((record.touch.event_id, record.kind), record) for record in person.exits)
+    person.exits = sorted(
+        exits.values(), key=lambda record: (record.touch.at, record.touch.event_id)
+    )
+    person.purchases += other.purchases
+    person.revenue += other.revenue
+    if other.first_purchase_at is not None and (
+        person.first_purchase_at is None or other.first_purchase_at < person.first_purchase_at
+    ):
+        person.first_purchase_at = other.first_purchase_at
+    if other.last_purchase_at is not None and (
+        person.last_purchase_at is None or other.last_purchase_at > person.last_purchase_at
+    ):
+        person.last_purchase_at = other.last_purchase_at
+    person.persona = _newer_value(person.persona, other.persona)
+    person.tier = _newer_value(person.tier, other.tier)
+    person.account_id = _newer_value(person.account_id, other.account_id)
+    person.anonymous_id = _newer_value(person.anonymous_id, other.anonymous_id)
+    person.recent = sorted(
+        [*person.recent, *(touch for touch in other.recent if touch.event_id not in known)],
+        key=_touch_key,
+    )
+    person.pruned_first = _earlier(person.pruned_first, other.pruned_first)
+    person.pruned_last = _newer(person.pruned_last, other.pruned_last)
+    person.pruned_current = _newer(person.pruned_current, other.pruned_current)
+    person.judged = []
+    person.dropoffs = {}
+    fired = {(record.trigger, record.key): record for record in other.fired}
+    fired.update(((record.trigger, record.key), record) for record in person.fired)
+    person.fired = sorted(fired.values(), key=lambda record: (record.at, record.trigger))
+    person.aliases = sorted({*person.aliases, other.buyer_id, *other.aliases})
+    return shared
+
+
+def _uncount(state: JourneyState, touch: TouchRef) -> None:
+    """Take one touch's counts out of ``state`` (it is already in the person's)."""
+    state.events -= 1
+    channels = state.touches_by_channel
+    channels[touch.channel] = channels.get(touch.channel, 0) - 1
+    if touch.stage is not None:
+        stages = state.touches_by_stage
+        stages[touch.stage] = stages.get(touch.stage, 0) - 1
 
 
 def furthest_stage(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> str | None:
@@ -377,7 +478,7 @@ def prune(
 
 def touchpoint_row(
     event: Event, classification: Classification, properties_json: str, source: str, position: str
-) -> dict[str, Any]:
+) -> JsonRow:
     revenue = event.revenue
     return {
         "event_id": event.event_id,
@@ -410,7 +511,7 @@ def _value(latest: Latest | None) -> str | None:
 
 def transition_rows(
     state: JourneyState, moves: Sequence[Transition], retracted: Sequence[Transition] = ()
-) -> list[dict[str, Any]]:
+) -> list[JsonRow]:
     """Rows for new or changed ``moves``, and deletion markers for ``retracted`` ones."""
     persona = _value(state.persona)
     return [
@@ -432,7 +533,7 @@ def transition_rows(
     ]
 
 
-def dropoff_row(state: JourneyState, record: DropoffRecord) -> dict[str, Any]:
+def dropoff_row(state: JourneyState, record: DropoffRecord) -> JsonRow:
     last = record.last_touch
     return {
         "buyer_id": state.buyer_id,
@@ -449,7 +550,7 @@ def dropoff_row(state: JourneyState, record: DropoffRecord) -> dict[str, Any]:
     }
 
 
-def state_row(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> dict[str, Any]:
+def state_row(state: JourneyState, order: StageOrder = DEFAULT_ORDER) -> JsonRow:
     hits = state.stage_hits
     furthest: str | None = None
     stage_entered_at: dict[str, float] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from processors.engine import JourneyProcessor, ProcessorCounters
+from processors.journey_processor import JourneyProcessor, ProcessorCounters
 from schemas.raw import RawRecord
 from sinks.base import RowBatch, Sink
 
@@ -67,14 +67,11 @@ def run_local(
             summary.rows_written[table] = summary.rows_written.get(table, 0) + len(rows)
         summary.batches += 1
 
+    process_record = processor.process_record
     for record in records:
-        if record.error is not None:
-            reason, detail = record.error
-            processor.dead_letter(
-                reason, detail, record.data, source=record.source, position=record.position
-            )
-        else:
-            processor.process_raw(record.data, source=record.source, position=record.position)
+        process_record(
+            record.data, source=record.source, position=record.position, error=record.error
+        )
         summary.records += 1
         in_batch += 1
         if in_batch >= batch_size:

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from processors.engine import HELD_BACK_REASONS, BatchOutput, ProcessorCounters
+from processors.journey_processor import HELD_BACK_REASONS, BatchOutput, ProcessorCounters
 from schemas.enums import DeadLetterReason
 
 __all__ = ["WorkerMetrics"]

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
 from processors.journey import micros_of, stage_at
 from schemas.journey import DropoffRecord, FiredTrigger, JourneyState, TouchRef
+from schemas.rows import JsonRow, JsonScalar
 from schemas.rules import JourneyRules, StageOrder, Trigger
 
 __all__ = ["CompiledTrigger", "TriggerSet", "trigger_event_id"]
@@ -118,10 +119,10 @@ class TriggerSet:
 
     def on_touch(
         self, state: JourneyState, touch: TouchRef, exit_kind: str | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[JsonRow]:
         """Triggers a just-folded touch fires: a move it made, its exit, a high intent."""
-        rows: list[dict[str, Any]] = []
-        payload: dict[str, Any]
+        rows: list[JsonRow] = []
+        payload: dict[str, JsonScalar]
         stage = touch.stage
         if stage is not None and stage in self.moves and state.stage_hits.get(stage) is touch:
             is_move, from_stage = self._move_from(state, stage, touch)
@@ -160,9 +161,9 @@ class TriggerSet:
                 self._fire(state, trigger, key, key, touch.at, touch, payload, rows)
         return rows
 
-    def on_dropoff(self, state: JourneyState, record: DropoffRecord) -> list[dict[str, Any]]:
+    def on_dropoff(self, state: JourneyState, record: DropoffRecord) -> list[JsonRow]:
         """Triggers a just-judged drop-off fires (``fired_at`` = its deadline)."""
-        rows: list[dict[str, Any]] = []
+        rows: list[JsonRow] = []
         for trigger in self.dropoffs.get(record.stage, ()):
             self._fire(
                 state,
@@ -176,9 +177,9 @@ class TriggerSet:
             )
         return rows
 
-    def retractions(self, state: JourneyState) -> list[dict[str, Any]]:
+    def retractions(self, state: JourneyState) -> list[JsonRow]:
         """Retraction rows for fired drop-offs that progress at or before the deadline disproved."""
-        rows: list[dict[str, Any]] = []
+        rows: list[JsonRow] = []
         if not state.fired or not state.dropoffs:
             return rows
         for stage, record in state.dropoffs.items():
@@ -208,13 +209,13 @@ class TriggerSet:
                 )
         return rows
 
-    def unmoved(self, state: JourneyState, moves: Collection[str]) -> list[dict[str, Any]]:
+    def unmoved(self, state: JourneyState, moves: Collection[str]) -> list[JsonRow]:
         """Retraction rows for fired stage moves that are no moves any more.
 
         A late event showed the buyer had been past the stage before they entered it (the
         ``stage_transitions`` row is deleted too). ``moves``: the stages that are moves now.
         """
-        rows: list[dict[str, Any]] = []
+        rows: list[JsonRow] = []
         for index, fired in enumerate(state.fired):
             if fired.retracted or fired.key in moves:
                 continue
@@ -322,8 +323,8 @@ class TriggerSet:
         occurrence: str,
         at: int,
         touch: TouchRef | None,
-        payload: dict[str, Any],
-        rows: list[dict[str, Any]],
+        payload: Mapping[str, JsonScalar],
+        rows: list[JsonRow],
     ) -> None:
         last: int | None = None
         for fired in state.fired:
@@ -339,7 +340,10 @@ class TriggerSet:
             return
         event_id = trigger_event_id(trigger.id, state.buyer_id, occurrence)
         state.fired.append(FiredTrigger(trigger.id, key, at, event_id))
-        stage = trigger.stage if trigger.kind != "exit" else payload.get("stage")
+        stage = trigger.stage
+        if trigger.kind == "exit":  # the stage the buyer was in at the exit
+            at_exit = payload.get("stage")
+            stage = at_exit if isinstance(at_exit, str) else None
         rows.append(_row(state, trigger, event_id, at, stage, touch, payload))
 
 
@@ -358,7 +362,7 @@ def _at(touch: TouchRef) -> int:
     return touch.at
 
 
-def _dropoff_payload(record: DropoffRecord) -> dict[str, Any]:
+def _dropoff_payload(record: DropoffRecord) -> dict[str, JsonScalar]:
     last = record.last_touch
     return {
         "stage": record.stage,
@@ -376,10 +380,10 @@ def _row(
     at: int,
     stage: str | None,
     touch: TouchRef | None,
-    payload: dict[str, Any],
+    payload: Mapping[str, JsonScalar],
     *,
     retraction: bool = False,
-) -> dict[str, Any]:
+) -> JsonRow:
     return {
         "trigger_event_id": event_id,
         "trigger_id": trigger.id,

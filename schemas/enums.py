@@ -73,6 +73,9 @@ class DeadLetterReason(StrEnum):
     """A message on an output topic that is not a valid row (seen by the sink)."""
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     """An event time the pipeline cannot store (before 1970, after 2299, not finite)."""
+    IDENTITY_CAP = "identity_cap"
+    """An identity link refused: the person would have more ids than the cap (the event
+    itself was processed; only the link is in the dead letter)."""
 
 
 # The event types the shipped payload models and default rules know, per channel.

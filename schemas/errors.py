@@ -11,6 +11,7 @@ The CLI turns any ``TouchpointError`` into a one-line message and exit code 1.
     │   └── RulesError                        a journey rules file that does not validate
     ├── InputError                            an input source that cannot be read at all
     ├── SchemaValidationError (ValueError)    one record breaks the Touchpoint contract
+    │   └── PayloadError                      a request body as a whole is unusable (HTTP 400)
     ├── BrokerError                           talking to Kafka failed
     │   ├── BrokerUnavailableError            no broker reachable (yet)
     │   └── DeliveryError                     a record was not acknowledged (acks=all)
@@ -20,7 +21,9 @@ The CLI turns any ``TouchpointError`` into a one-line message and exit code 1.
             └── MigrationError                a migration failed or was edited after it ran
 
 A bad *record* is not an exception that stops anything: the processor turns a
-``SchemaValidationError`` into a :class:`schemas.dead_letter.DeadLetter` row.
+``SchemaValidationError`` into a :class:`schemas.dead_letter.DeadLetter` row. The
+Touchpoint model's own validators raise it too (pydantic wraps it in a
+``ValidationError``; :func:`schemas.touchpoint.parse_touchpoint` unwraps its reason).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "DeliveryError",
     "InputError",
     "MigrationError",
+    "PayloadError",
     "RulesError",
     "SchemaValidationError",
     "SinkError",
@@ -70,6 +74,14 @@ class SchemaValidationError(TouchpointError, ValueError):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class PayloadError(SchemaValidationError):
+    """A request body as a whole is unusable (not JSON, wrong shape): the collector answers 400.
+
+    Raised by the webhook adapters (:mod:`ingest.webhooks`); a single bad item in a usable
+    body is a rejection, not this.
+    """
 
 
 class BrokerError(TouchpointError):

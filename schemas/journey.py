@@ -158,6 +158,14 @@ class JourneyState(msgspec.Struct, array_like=True, gc=False):
     # positional array, so a state stored before them decodes with their defaults.
     fired: list[FiredTrigger] = msgspec.field(default_factory=list)
     """Trigger occurrences that fired for this buyer (see :mod:`processors.triggers`)."""
+    aliases: list[str] = msgspec.field(default_factory=list)
+    """Other ids whose journeys were merged into this one (identity stitching), sorted."""
+    merged_into: str | None = None
+    """Set on an id whose journey was merged into another person's: that person's id.
+    The state keeps nothing else of use; the id's later events fold into that person."""
+    identified: list[str] = msgspec.field(default_factory=list)
+    """The person's ids (own or aliases) that were the buyer id of a linking event, sorted
+    (they name the person: :func:`processors.identity.person_id`)."""
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import ClassVar, TypeVar, cast
 
 from pydantic import TypeAdapter
 
@@ -27,12 +27,23 @@ __all__ = [
     "DeadLetterRow",
     "DropoffRow",
     "ExitTuple",
+    "IdentityLinkRow",
     "JourneyStateRow",
+    "JsonRow",
+    "JsonScalar",
     "Row",
     "StageTransitionRow",
     "TouchpointRow",
     "TriggerRow",
+    "row_adapter",
 ]
+
+
+JsonScalar = str | int | float | bool | None
+"""One JSON scalar (a trigger payload's values)."""
+JsonRow = dict[str, object]
+"""One row as the processors emit it: column → a JSON-ready value, encoded straight to the
+internal topic (or the embedded sink) and read back through :data:`ROW_ADAPTERS`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +54,11 @@ class Row:
     def columns(cls) -> tuple[str, ...]:
         return tuple(field.name for field in fields(cls))
 
-    def values(self) -> tuple[Any, ...]:
+    def values(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.columns())
+
+
+_R = TypeVar("_R", bound=Row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,8 @@ class JourneyStateRow(Row):
     events: int
     unclassified: int
     version: int
+    is_deleted: int = 0
+    """1: this id's journey was merged into another person's (see ``identity_links``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +168,9 @@ class DropoffRow(Row):
     recovered_at: datetime | None
     persona: str | None
     version: int
+    is_deleted: int = 0
+    """1: retracted — the buyer was merged into another person, or the merged journey
+    shows no drop-off here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +268,26 @@ class TriggerRow(Row):
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class IdentityLinkRow(Row):
+    """``alias_id``'s journey is part of ``person_id``'s (identity stitching).
+
+    Always one hop, and rewritten for every id of the person whenever it grows: the latest
+    row of each alias names the person it belongs to now, and ``version`` is the number of
+    ids the person had then (a person only grows, so a later row always wins). A row with
+    ``is_deleted = 1`` takes a link back (an id that became the person id itself).
+    """
+
+    table: ClassVar[str] = "identity_links"
+
+    alias_id: str
+    person_id: str
+    identified: int
+    """1: the alias was the buyer id of a linking event (a user id, not only a cookie)."""
+    version: int
+    is_deleted: int = 0
+
+
 ROW_TYPES: tuple[type[Row], ...] = (
     TouchpointRow,
     StageTransitionRow,
@@ -258,8 +297,14 @@ ROW_TYPES: tuple[type[Row], ...] = (
     AdSpendRow,
     CrmClientRow,
     TriggerRow,
+    IdentityLinkRow,
 )
-ROW_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+ROW_ADAPTERS: dict[str, TypeAdapter[Row]] = {
     row_type.table: TypeAdapter(row_type) for row_type in ROW_TYPES
 }
 """Per table: validates and serializes that table's rows (JSON on internal topics)."""
+
+
+def row_adapter(row_type: type[_R]) -> TypeAdapter[_R]:
+    """The entry of :data:`ROW_ADAPTERS` for ``row_type``, typed as that row type's."""
+    return cast("TypeAdapter[_R]", ROW_ADAPTERS[row_type.table])

@@ -23,6 +23,7 @@ from typing import Final
 from schemas.rows import (
     DeadLetterRow,
     DropoffRow,
+    IdentityLinkRow,
     JourneyStateRow,
     StageTransitionRow,
     TouchpointRow,
@@ -58,6 +59,7 @@ TABLE_BY_TOPIC: Final[dict[str, str]] = {
     "journey.dropoffs": DropoffRow.table,
     "touchpoints.dlq": DeadLetterRow.table,
     TRIGGERS_TOPIC: TriggerRow.table,
+    "journey.identities": IdentityLinkRow.table,
 }
 """Output topic → the ClickHouse table (and row type) its messages are rows of."""
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -22,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from schemas.enums import EVENT_TYPES, Channel, DeadLetterReason
 from schemas.errors import SchemaValidationError
@@ -128,14 +130,6 @@ _PROPERTY_MODELS: Final[dict[Channel, type[_Properties]]] = {
 _SCORE_RANGE: Final[dict[str, tuple[int, int]]] = {"csat": (1, 5), "nps": (0, 10)}
 
 
-class _PayloadError(ValueError):
-    """Marks a model-validator failure as an invalid payload (not an invalid field)."""
-
-
-class _RangeError(ValueError):
-    """Marks an event time the pipeline cannot store."""
-
-
 class Touchpoint(BaseModel):
     """One marketing touchpoint, schema version 1."""
 
@@ -161,9 +155,10 @@ class Touchpoint(BaseModel):
     def _to_utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        outside = _RangeError(
+        outside = SchemaValidationError(
+            DeadLetterReason.TIMESTAMP_OUT_OF_RANGE,
             f"must lie within {MIN_TIME:%Y-%m-%d} and {MAX_TIME:%Y-%m-%d} (UTC), "
-            "the times ClickHouse stores"
+            "the times ClickHouse stores",
         )
         if not MIN_TIME.year - 1 <= value.year <= MAX_TIME.year + 1:
             raise outside
@@ -175,7 +170,9 @@ class Touchpoint(BaseModel):
     @model_validator(mode="after")
     def _check_payload(self) -> Touchpoint:
         if self.revenue is not None and self.currency is None:
-            raise _PayloadError("revenue needs a currency")
+            raise SchemaValidationError(
+                DeadLetterReason.INVALID_PAYLOAD, "revenue needs a currency"
+            )
         if self.event_type in EVENT_TYPES[self.channel]:
             model = _PROPERTY_MODELS[self.channel]
             try:
@@ -183,7 +180,9 @@ class Touchpoint(BaseModel):
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(part) for part in first["loc"])
-                raise _PayloadError(f"properties.{where}: {first['msg']}") from None
+                raise SchemaValidationError(
+                    DeadLetterReason.INVALID_PAYLOAD, f"properties.{where}: {first['msg']}"
+                ) from None
             score_range = _SCORE_RANGE.get(self.event_type)
             if score_range is not None:
                 score = self.properties.get("score")
@@ -193,8 +192,9 @@ class Touchpoint(BaseModel):
                     or isinstance(score, bool)
                     or not low <= score <= high
                 ):
-                    raise _PayloadError(
-                        f"{self.event_type} needs an integer properties.score in {low}..{high}"
+                    raise SchemaValidationError(
+                        DeadLetterReason.INVALID_PAYLOAD,
+                        f"{self.event_type} needs an integer properties.score in {low}..{high}",
                     )
         return self
 
@@ -227,7 +227,7 @@ def parse_touchpoint(data: bytes | str) -> Touchpoint:
     except ValidationError:
         pass  # diagnose below, on the slow path: bad records are rare
     try:
-        decoded: Any = json.loads(data)
+        decoded: object = json.loads(data)
     except UnicodeDecodeError as exc:
         raise SchemaValidationError(DeadLetterReason.INVALID_ENCODING, str(exc)) from None
     except ValueError as exc:
@@ -243,7 +243,7 @@ def parse_touchpoint(data: bytes | str) -> Touchpoint:
         raise _translate(exc) from None
 
 
-def touchpoint_from_dict(record: dict[str, Any]) -> Touchpoint:
+def touchpoint_from_dict(record: Mapping[str, object]) -> Touchpoint:
     """Validate an already-decoded record (e.g. built by a webhook adapter).
 
     Raises :class:`SchemaValidationError` with the same reasons as :func:`parse_touchpoint`.
@@ -266,15 +266,28 @@ def _json_kind(value: object) -> str:
     return "null"
 
 
+def _raised(error: ErrorDetails) -> SchemaValidationError | None:
+    """The SchemaValidationError one of the model's own validators raised, if it was one."""
+    raised = error.get("ctx", {}).get("error")
+    return raised if isinstance(raised, SchemaValidationError) else None
+
+
+def _message(error: ErrorDetails) -> str:
+    """pydantic's message, with our validators' detail rather than ``reason: detail``."""
+    raised = _raised(error)
+    return error["msg"] if raised is None else f"Value error, {raised.detail}"
+
+
 def _translate(exc: ValidationError) -> SchemaValidationError:
     errors = exc.errors(include_url=False)
     described = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'record'}: {error['msg']}"
+        f"{'.'.join(str(part) for part in error['loc']) or 'record'}: {_message(error)}"
         for error in errors[:5]
     )
     for error in errors:
         loc = error["loc"]
         kind = error["type"]
+        raised = _raised(error)
         if loc[:1] == ("channel",) and kind == "enum":
             return SchemaValidationError(DeadLetterReason.UNKNOWN_CHANNEL, described)
         if kind == "timezone_aware":
@@ -283,10 +296,8 @@ def _translate(exc: ValidationError) -> SchemaValidationError:
             return SchemaValidationError(DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION, described)
         if kind == "missing":
             return SchemaValidationError(DeadLetterReason.MISSING_FIELD, described)
-        if kind == "value_error" and isinstance(error.get("ctx", {}).get("error"), _RangeError):
-            return SchemaValidationError(DeadLetterReason.TIMESTAMP_OUT_OF_RANGE, described)
-        if kind == "value_error" and not loc:
-            ctx_error = error.get("ctx", {}).get("error")
-            if isinstance(ctx_error, _PayloadError):
-                return SchemaValidationError(DeadLetterReason.INVALID_PAYLOAD, str(ctx_error))
+        if raised is not None and raised.reason is DeadLetterReason.TIMESTAMP_OUT_OF_RANGE:
+            return SchemaValidationError(raised.reason, described)
+        if raised is not None and not loc:  # the model validator: the payload as a whole
+            return SchemaValidationError(raised.reason, raised.detail)
     return SchemaValidationError(DeadLetterReason.INVALID_FIELD, described)

@@ -20,7 +20,8 @@ from sinks.base import RowBatch, Sink
 
 __all__ = ["BackgroundSink"]
 
-_STOP: Final = object()
+_STOP: Final = None
+"""Put on the queue by :meth:`BackgroundSink.close`: the writer thread ends there."""
 
 
 class BackgroundSink(Sink):
@@ -31,7 +32,7 @@ class BackgroundSink(Sink):
             raise ValueError("depth must be at least 1")
         self.inner = inner
         self._close_inner = close_inner
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[RowBatch | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="clickhouse-writer", daemon=True)
@@ -44,7 +45,6 @@ class BackgroundSink(Sink):
                 if item is _STOP:
                     return
                 if self._error is None:
-                    assert isinstance(item, RowBatch)
                     self.inner.write(item)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self._error = exc

@@ -22,6 +22,7 @@ __all__ = [
     "connect",
     "describe_target",
     "identifier",
+    "locked_by_another_process",
     "translate_error",
 ]
 
@@ -79,7 +80,7 @@ def translate_error(exc: BaseException, action: str) -> SinkError:
     return SinkFatalError(text)
 
 
-def _locked_by_another_process(path: Path) -> bool:
+def locked_by_another_process(path: Path) -> bool:
     """Whether the ClickHouse engine lock (``status``) of a chDB directory is held."""
     status = path / "status"
     if not status.exists():
@@ -117,11 +118,11 @@ def connect(url: str, settings: ClickHouseSettings) -> Client:
             ),
         )
     except ClickHouseError as exc:
-        if path is not None and _locked_by_another_process(path):
+        if path is not None and locked_by_another_process(path):
             raise ConfigError(
                 f"another process has the chDB directory {path} open (a running `touchpoint "
-                "sink`, `demo` or `run`?); chDB allows one process per directory: stop it, or "
-                "point TOUCHPOINT_CLICKHOUSE_URL at another directory"
+                "serve`, `sink`, `demo` or `run`?); chDB allows one process per directory: stop "
+                "it, or point TOUCHPOINT_CLICKHOUSE_URL at another directory"
             ) from exc
         raise translate_error(exc, f"connecting to {describe_target(url)}") from exc
     except OSError as exc:

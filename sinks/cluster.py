@@ -188,8 +188,10 @@ class _Rewriter:
             if table not in self.keys:
                 raise MigrationError(f"ALTER of {table}, not a table the migrations created")
             altered = [f"ALTER TABLE {db}.{table}{LOCAL}{on} {commands}"]
-            if self.cluster is not None:  # an Alias table has no columns of its own
+            if self.cluster is not None:
                 altered.append(f"ALTER TABLE {db}.{table}{on} {commands}")
+            else:  # an Alias table keeps the columns it was created with: create it again
+                altered += [self.drop(table), self.front(table)]
             return altered
         if match := _DROP.match(statement):
             kind, if_exists, _, name = match.groups()

@@ -24,18 +24,25 @@ __all__ = [
 ]
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> str:
-    """A left/right-aligned text table; numbers align right."""
+def render_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    title: str = "",
+    *,
+    numeric: Sequence[bool] | None = None,
+) -> str:
+    """A left/right-aligned text table; numbers (or the columns ``numeric`` says) align right."""
     cells = [[_text(value) for value in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in cells:
         for index, value in enumerate(row):
             widths[index] = max(widths[index], len(value))
-    numeric = [
-        all(isinstance(row[index], int | float) or row[index] is None for row in rows)
-        and bool(rows)
-        for index in range(len(headers))
-    ]
+    if numeric is None:
+        numeric = [
+            all(isinstance(row[index], int | float) or row[index] is None for row in rows)
+            and bool(rows)
+            for index in range(len(headers))
+        ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(

@@ -6,6 +6,7 @@ drop-off that a late event disproved shows as a retraction, not as a firing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,7 +74,10 @@ class StoredTrigger:
     is_retraction: bool
 
 
-def _query(client: Client, database: str, sql: str, parameters: dict[str, Any]) -> Any:
+def _query(
+    client: Client, database: str, sql: str, parameters: dict[str, Any]
+) -> Sequence[Sequence[Any]]:
+    """The rows of ``sql`` (cells typed by ClickHouse, so Any to Python)."""
     try:
         return client.query(sql, parameters=parameters).result_rows
     except ClickHouseError as exc:
@@ -114,6 +118,19 @@ def latest(client: Client, database: str, where: TriggerFilter, limit: int) -> l
         parameters,
     )
     return [
-        StoredTrigger(*row[:11], is_retraction=bool(row[11]))  # type: ignore[misc]
+        StoredTrigger(
+            trigger_event_id=row[0],
+            trigger_id=row[1],
+            kind=row[2],
+            buyer_id=row[3],
+            fired_at=row[4],
+            stage=row[5],
+            event_id=row[6],
+            channel=row[7],
+            campaign=row[8],
+            persona=row[9],
+            payload=row[10],
+            is_retraction=bool(row[11]),
+        )
         for row in rows
     ]

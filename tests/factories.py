@@ -93,3 +93,24 @@ def rules_with_triggers(triggers: str = SAMPLE_TRIGGERS) -> Any:
 
     shipped = resources.files("processors").joinpath("default_rules.toml").read_text("utf-8")
     return JourneyRules.model_validate(tomllib.loads(shipped + "\n" + triggers))
+
+
+def transition_json(buyer: str) -> bytes:
+    """A valid ``stage_transitions`` row (awareness, from an ad click) as a topic carries it."""
+    from schemas.enums import Channel, Stage
+    from schemas.rows import ROW_ADAPTERS, StageTransitionRow
+
+    row = StageTransitionRow(
+        buyer_id=buyer,
+        to_stage=Stage.AWARENESS,
+        from_stage=Stage.PRE_AWARENESS,
+        transitioned_at=T0,
+        event_id=f"e-{buyer}",
+        channel=Channel.ADS,
+        event_type="ad_click",
+        campaign="spring",
+        persona=None,
+        version=1,
+    )
+    data: bytes = ROW_ADAPTERS[StageTransitionRow.table].dump_json(row)
+    return data

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -24,86 +21,61 @@ from processors.local import RunSummary
 from schemas.errors import TouchpointError
 from schemas.export import json_schemas
 from schemas.settings import Settings
-from sinks import dead_letters, report, triggers
-from touchpoint import wiring
+from sinks import dead_letters, identity, report, triggers
+from sinks.cluster import cluster_schema
+from sinks.html_report import render_html
+from sinks.migrate import apply_migrations, migration_script
+from touchpoint.collector import run_collector
+from touchpoint.config import clickhouse, load_settings, rules_for, target_description
+from touchpoint.console import (
+    Phases,
+    collector_epilog,
+    command_name,
+    dead_letter_tables,
+    print_summary,
+    progress,
+    trigger_tables,
+)
+from touchpoint.demo import demo_data
+from touchpoint.embedded import inspect_inputs, run_files
+from touchpoint.identity import split_identity
+from touchpoint.imports import import_ads_csv, import_crm_csv
+from touchpoint.kafka import file_payloads, generated_payloads, produce, run_sink, run_worker
+from touchpoint.options import (
+    DATES,
+    ENV,
+    dead_letter_filters,
+    kafka_options,
+    metrics_option,
+    option,
+    rules_option,
+    sort_dir_option,
+    utc,
+)
+from touchpoint.replay import replay_dead_letters
+from touchpoint.report import brief_report, full_report, load_report_config
+from touchpoint.serve import open_server, serve_until_signalled
+from touchpoint.sql import FORMATS as SQL_FORMATS
+from touchpoint.sql import console as sql_console
+from touchpoint.sql import interactive, run_statement
+from touchpoint.webhooks import run_webhooks
 
-ENV = "TOUCHPOINT_"
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
-    return click.option(*names, envvar=ENV + env, show_envvar=True, **kwargs)
-
-
-@contextmanager
-def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    with click.progressbar(length=max(total, 1), label=label, file=sys.stderr, width=30) as bar:
-        yield bar.update
-
-
-class _Phases:
-    """One progress bar per phase (e.g. sorting, then processing), each from its first step.
-
-    ``total`` (the bars' length) may be set after entering, before the first step.
-    """
-
-    def __init__(self, *labels: str, total: int = 0) -> None:
-        width = max(len(label) for label in labels)
-        self.labels = [label.ljust(width) for label in labels]
-        self.total = total
-        self._shown = ExitStack()
-        self._bars: dict[int, Any] = {}
-
-    def __enter__(self) -> _Phases:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._shown.close()
-
-    def step(self, phase: int) -> Callable[[int], None]:
-        def advance(steps: int) -> None:
-            if phase not in self._bars:
-                self._shown.close()  # the previous phase is done
-                self._bars[phase] = self._shown.enter_context(
-                    click.progressbar(
-                        length=max(self.total, 1),
-                        label=self.labels[phase],
-                        file=sys.stderr,
-                        width=30,
-                    )
-                )
-            self._bars[phase].update(steps)
-
-        return advance
-
-
-def _sort_dir_option(command: F) -> F:
-    return _option(
-        "--sort-dir",
-        env="SORT_DIR",
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="Where an input too big for memory is sorted by event time (temporary "
-        "files, removed after).  [default: the system temp dir]",
-    )(command)
+__all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@_option(
+@option(
     "--data-dir",
     env="DATA_DIR",
     type=click.Path(path_type=Path),
     help="Where embedded data lives (chDB, demo files).  [default: touchpoint-data]",
 )
-@_option(
+@option(
     "--clickhouse-url",
     env="CLICKHOUSE_URL",
     help="chdb:DIRECTORY (embedded) or http(s)://host:port.  [default: chdb:<data-dir>/clickhouse]",
 )
-@_option(
-    "--database", env="CLICKHOUSE_DATABASE", help="ClickHouse database.  [default: touchpoint]"
-)
+@option("--database", env="CLICKHOUSE_DATABASE", help="ClickHouse database.  [default: touchpoint]")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.pass_context
 def cli(
@@ -125,58 +97,8 @@ def cli(
     }
 
 
-def _command_name() -> str:
-    """How the user can call this command again (the venv's script if it is not on PATH)."""
-    script = Path(sys.executable).parent / "touchpoint"
-    found = shutil.which("touchpoint")
-    if found is not None and Path(found).resolve() == script.resolve():
-        return "touchpoint"
-    if script.exists():
-        try:
-            return str(script.relative_to(Path.cwd()))
-        except ValueError:
-            return str(script)
-    return "touchpoint"
-
-
 def _settings(ctx: click.Context, **more: Any) -> Settings:
-    return wiring.load_settings(**ctx.obj, **more)
-
-
-def _print_summary(summary: RunSummary) -> None:
-    counters = summary.counters
-    if summary.resumed_from is not None:
-        click.echo(
-            f"Resumed {summary.resumed_journeys:,} journeys from run {summary.resumed_from} "
-            "in this database."
-        )
-    for path, seq in summary.skipped:
-        click.echo(f"Skipped {path}: run {seq} loaded the same content before.")
-    click.echo(
-        f"Read {summary.records:,} records: {counters.accepted:,} touchpoints, "
-        f"{counters.duplicates:,} duplicates skipped, {counters.unclassified:,} unclassified, "
-        f"{counters.late:,} late, {counters.dead_lettered:,} dead-lettered."
-    )
-    if counters.dead_letters:
-        reasons = ", ".join(
-            f"{reason} {count}" for reason, count in sorted(counters.dead_letters.items())
-        )
-        click.echo(f"Dead letters by reason: {reasons} (table dead_letters).")
-    if counters.held_back:
-        reasons = ", ".join(
-            f"{reason} {count}" for reason, count in sorted(counters.held_back.items())
-        )
-        click.echo(
-            f"Events that did not move the event time: {reasons} (stamped when received, "
-            "or more than TOUCHPOINT_MAX_FUTURE_SKEW ahead)."
-        )
-    watermark = summary.watermark.isoformat() if summary.watermark else "none"
-    click.echo(f"Drop-offs judged: {counters.dropoffs:,}; event-time watermark {watermark}.")
-    if counters.triggers or counters.retractions:
-        click.echo(
-            f"Triggers fired: {counters.triggers:,}, retracted: {counters.retractions:,} "
-            "(table journey_triggers; `touchpoint triggers` lists them)."
-        )
+    return load_settings(**ctx.obj, **more)
 
 
 def _report_config_path() -> Path | None:
@@ -187,14 +109,14 @@ def _report_config_path() -> Path | None:
 
 
 def _run(settings: Settings, paths: Sequence[Path], sort_dir: Path | None = None) -> RunSummary:
-    rules = wiring.rules_for(settings)
-    inputs = wiring.inspect_inputs(paths)
+    rules = rules_for(settings)
+    inputs = inspect_inputs(paths)
     # Checked now, not after the run: a bad path would fail a run that went well.
-    wiring.load_report_config(_report_config_path())
-    with wiring.clickhouse(settings) as client:
+    load_report_config(_report_config_path())
+    with clickhouse(settings) as client:
         total = sum(item.lines for item in inputs)
-        with _Phases("Sorting", "Processing", total=total) as progress:
-            summary = wiring.run_files(
+        with Phases("Sorting", "Processing", total=total) as progress:
+            summary = run_files(
                 settings,
                 inputs,
                 client,
@@ -203,24 +125,17 @@ def _run(settings: Settings, paths: Sequence[Path], sort_dir: Path | None = None
                 on_sort_progress=progress.step(0),
                 sort_dir=sort_dir,
             )
-        _print_summary(summary)
+        print_summary(summary)
         click.echo()
-        brief = wiring.brief_report(
+        brief = brief_report(
             settings, client, config_path=_report_config_path(), start=None, end=None, by=None
         )
         click.echo(report.render_brief(brief))
     return summary
 
 
-_DATES = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"])
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
 @cli.command()
-@_option(
+@option(
     "--buyers",
     env="DEMO_BUYERS",
     type=click.IntRange(1, 5_000_000),
@@ -228,11 +143,11 @@ def _utc(value: datetime | None) -> datetime | None:
     show_default=True,
     help="Synthetic buyers to simulate.",
 )
-@_option("--seed", env="DEMO_SEED", type=int, default=7, show_default=True, help="Random seed.")
-@_option(
+@option("--seed", env="DEMO_SEED", type=int, default=7, show_default=True, help="Random seed.")
+@option(
     "--now",
     env="DEMO_NOW",
-    type=_DATES,
+    type=DATES,
     help="Where the synthetic timeline ends (UTC, not in the future), for a reproducible "
     "demo.  [default: now, or where the data of the demo before ends when it is reused]",
 )
@@ -247,12 +162,12 @@ def demo(ctx: click.Context, buyers: int, seed: int, now: datetime | None, fresh
     one demo: another size, seed or --now needs --fresh.
     """
     settings = _settings(ctx)
-    with _Phases("Generating", total=buyers) as progress:
-        data = wiring.demo_data(
+    with Phases("Generating", total=buyers) as progress:
+        data = demo_data(
             settings,
             buyers=buyers,
             seed=seed,
-            now=_utc(now),
+            now=utc(now),
             fresh=fresh,
             on_buyer=progress.step(0),
         )
@@ -265,15 +180,15 @@ def demo(ctx: click.Context, buyers: int, seed: int, now: datetime | None, fresh
     )
     click.echo(f"Events:       {data.events}")
     click.echo(f"Ground truth: {data.truth}")
-    click.echo(f"ClickHouse:   {wiring.target_description(settings)}")
+    click.echo(f"ClickHouse:   {target_description(settings)}")
     click.echo(
-        f"Query it:     {_command_name()} report --by persona   (or any SQL over the tables "
+        f"Query it:     {command_name()} report --by persona   (or any SQL over the tables "
         "touchpoints, journey_state, stage_transitions, dropoffs, dead_letters)"
     )
 
 
 @cli.command()
-@_option(
+@option(
     "--buyers",
     env="GENERATE_BUYERS",
     type=click.IntRange(1, 5_000_000),
@@ -281,7 +196,7 @@ def demo(ctx: click.Context, buyers: int, seed: int, now: datetime | None, fresh
     show_default=True,
     help="Synthetic buyers to simulate.",
 )
-@_option("--seed", env="GENERATE_SEED", type=int, default=7, show_default=True, help="Random seed.")
+@option("--seed", env="GENERATE_SEED", type=int, default=7, show_default=True, help="Random seed.")
 @click.option(
     "--out",
     "out",
@@ -294,7 +209,7 @@ def demo(ctx: click.Context, buyers: int, seed: int, now: datetime | None, fresh
     type=click.Path(dir_okay=False, path_type=Path),
     help="Ground-truth file to write (JSON).",
 )
-@_option(
+@option(
     "--duplicate-rate",
     env="GENERATE_DUPLICATE_RATE",
     type=click.FloatRange(0, 0.5),
@@ -302,7 +217,7 @@ def demo(ctx: click.Context, buyers: int, seed: int, now: datetime | None, fresh
     show_default=True,
     help="Share of events delivered twice.",
 )
-@_option(
+@option(
     "--out-of-order-rate",
     env="GENERATE_OUT_OF_ORDER_RATE",
     type=click.FloatRange(0, 0.5),
@@ -310,13 +225,21 @@ def demo(ctx: click.Context, buyers: int, seed: int, now: datetime | None, fresh
     show_default=True,
     help="Share delivered late (within the lateness bound).",
 )
-@_option(
+@option(
     "--malformed-rate",
     env="GENERATE_MALFORMED_RATE",
     type=click.FloatRange(0, 0.5),
     default=0.002,
     show_default=True,
     help="Malformed records per event.",
+)
+@option(
+    "--several-ids-rate",
+    env="GENERATE_SEVERAL_IDS_RATE",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of buyers known by several ids (a cookie, an address), linked on sign-in.",
 )
 @click.pass_context
 def generate(
@@ -328,20 +251,22 @@ def generate(
     duplicate_rate: float,
     out_of_order_rate: float,
     malformed_rate: float,
+    several_ids_rate: float,
 ) -> None:
     """Write a synthetic touchpoint file (and its ground truth)."""
     settings = _settings(ctx)
-    rules = wiring.rules_for(settings)
+    rules = rules_for(settings)
     config = GeneratorConfig(
         buyers=buyers,
         seed=seed,
         duplicate_rate=duplicate_rate,
         out_of_order_rate=out_of_order_rate,
         malformed_rate=malformed_rate,
+        several_ids_rate=several_ids_rate,
         timeouts=dict(rules.timeouts),
         allowed_lateness=settings.processing.allowed_lateness,
     )
-    with _progress(buyers, "Generating") as advance:
+    with progress(buyers, "Generating") as advance:
         result: GroundTruth = write_dataset(config, out, truth, on_buyer=advance)
     click.echo(
         f"Wrote {result.events_unique + result.duplicates + sum(result.malformed.values()):,} "
@@ -359,30 +284,25 @@ def generate(
     type=click.Path(path_type=Path),
     help="JSONL or CSV file (.gz ok); repeat for more. All of them are one input.",
 )
-@_option(
-    "--rules",
-    env="RULES_FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Journey rules (TOML).  [default: the shipped rules]",
-)
-@_option(
+@rules_option()
+@option(
     "--batch-size",
     env="BATCH_SIZE",
     type=click.IntRange(1, 1_000_000),
     help="Records per batch (one insert per table).  [default: 5000]",
 )
-@_option(
+@option(
     "--allowed-lateness",
     env="ALLOWED_LATENESS",
     help="e.g. 2h. Drop-offs are judged up to the newest event time minus this (streams: "
     "how late an event may arrive).  [default: 2h]",
 )
-@_option(
+@option(
     "--dedup-window",
     env="DEDUP_WINDOW",
     help="e.g. 7d. How long (event time) event ids are remembered.  [default: 7d]",
 )
-@_sort_dir_option
+@sort_dir_option
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -412,33 +332,10 @@ def run(
         dedup_window=dedup_window,
     )
     _run(settings, inputs, sort_dir)
-    click.echo(f"\nWritten to {wiring.target_description(settings)}.")
+    click.echo(f"\nWritten to {target_description(settings)}.")
 
 
-def _metrics_option(command: F) -> F:
-    return _option(
-        "--metrics-port",
-        env="METRICS_PORT",
-        type=click.IntRange(0, 65535),
-        help="Serve Prometheus /metrics on this port (0 = off).  [default: 0]",
-    )(command)
-
-
-def _kafka_options(command: F) -> F:
-    command = _option(
-        "--partitions",
-        env="KAFKA_PARTITIONS",
-        type=click.IntRange(1, 10_000),
-        help="Partitions of every pipeline topic.  [default: 6]",
-    )(command)
-    return _option(
-        "--bootstrap",
-        env="KAFKA_BOOTSTRAP",
-        help="Kafka bootstrap servers.  [default: 127.0.0.1:9092]",
-    )(command)
-
-
-@cli.command()
+@cli.command("produce")
 @click.option(
     "-i",
     "--input",
@@ -462,17 +359,17 @@ def _kafka_options(command: F) -> F:
     "event time, so drop-offs are judged as a file run would. Turn off when "
     "other live sources write the same topic.",
 )
-@_option(
+@option(
     "--pack-events",
     env="KAFKA_PACK_EVENTS",
     type=click.IntRange(1, 10_000),
     help="Touchpoints per Kafka record (a pack of one buyer partition); 1 = one record "
     "per touchpoint, keyed by buyer id.  [default: 64]",
 )
-@_kafka_options
-@_sort_dir_option
+@kafka_options
+@sort_dir_option
 @click.pass_context
-def produce(
+def produce_command(
     ctx: click.Context,
     inputs: tuple[Path, ...],
     generate: int | None,
@@ -496,17 +393,17 @@ def produce(
         kafka_partitions=partitions,
         kafka_pack_events=pack_events,
     )
-    with _Phases("Sorting", "Producing") as progress:
+    with Phases("Sorting", "Producing") as progress:
         if generate:
-            payloads, progress.total = wiring.generated_payloads(settings, generate, seed)
+            payloads, progress.total = generated_payloads(settings, generate, seed)
         else:
-            payloads, progress.total = wiring.file_payloads(
+            payloads, progress.total = file_payloads(
                 inputs,
                 sort_dir=sort_dir,
                 on_sort_progress=progress.step(0),
                 lateness=settings.processing.allowed_lateness,
             )
-        topic, sent, told = wiring.produce(
+        topic, sent, told = produce(
             settings, payloads, watermark=watermark, on_progress=progress.step(1)
         )
     told_text = f"; end-of-input watermark sent to {told} partitions" if told else ""
@@ -517,14 +414,9 @@ def produce(
 
 
 @cli.command()
-@_kafka_options
-@_metrics_option
-@_option(
-    "--rules",
-    env="RULES_FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Journey rules (TOML).  [default: the shipped rules]",
-)
+@kafka_options
+@metrics_option
+@rules_option()
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -542,12 +434,12 @@ def worker(
         metrics_port=metrics_port,
     )
     verbosity = ctx.find_root().params.get("verbose", 0)
-    wiring.run_worker(settings, loglevel=("warning", "info", "debug")[min(verbosity, 2)])
+    run_worker(settings, loglevel=("warning", "info", "debug")[min(verbosity, 2)])
 
 
 @cli.command()
-@_kafka_options
-@_metrics_option
+@kafka_options
+@metrics_option
 @click.pass_context
 def sink(
     ctx: click.Context, bootstrap: str | None, partitions: int | None, metrics_port: int | None
@@ -559,13 +451,13 @@ def sink(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    click.echo(f"Sink: Kafka {settings.kafka.bootstrap} → {wiring.target_description(settings)}")
-    stats = wiring.run_sink(settings, stop)
+    click.echo(f"Sink: Kafka {settings.kafka.bootstrap} → {target_description(settings)}")
+    stats = run_sink(settings, stop)
     click.echo(f"Sink stopped after {stats.messages:,} messages in {stats.batches:,} batches.")
 
 
 @cli.command()
-@_option(
+@option(
     "--file",
     "webhooks_file",
     env="WEBHOOKS_FILE",
@@ -573,8 +465,8 @@ def sink(
     help="Webhook destinations (TOML: [[webhook]] name, url, secret_env, triggers, "
     "rate_per_second, max_attempts, backoff, timeout).",
 )
-@_kafka_options
-@_metrics_option
+@kafka_options
+@metrics_option
 @click.pass_context
 def webhooks(
     ctx: click.Context,
@@ -597,46 +489,22 @@ def webhooks(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     click.echo(f"Webhooks: Kafka {settings.kafka.bootstrap}, destinations {settings.webhooks_file}")
-    stats = wiring.run_webhooks(settings, stop)
+    stats = run_webhooks(settings, stop)
     click.echo(
         f"Webhooks stopped: {stats.delivered:,} delivered, {stats.dead_lettered:,} "
         f"dead-lettered, from {stats.records:,} records."
     )
 
 
-def _collector_epilog() -> str:
-    """Every other collector setting with its env var and default, read from the model."""
-    from datetime import timedelta
-
-    from pydantic import SecretStr
-
-    from schemas.duration import format_duration
-    from schemas.settings import CollectorSettings
-
-    lines = ["\b", "Settings (environment only; meanings in docs/collector.md):"]
-    for name, field in CollectorSettings.model_fields.items():
-        if name in ("host", "port"):
-            continue
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, timedelta):
-            shown = format_duration(default)
-        elif isinstance(default, SecretStr) or default is None:
-            shown = "unset"
-        else:
-            shown = json.dumps(default)
-        lines.append(f"  {ENV}COLLECTOR_{name.upper():<23} {shown}")
-    return "\n".join(lines)
-
-
-@cli.command(epilog=_collector_epilog())
-@_option("--host", env="COLLECTOR_HOST", help="Interface to listen on.  [default: 127.0.0.1]")
-@_option(
+@cli.command(epilog=collector_epilog())
+@option("--host", env="COLLECTOR_HOST", help="Interface to listen on.  [default: 127.0.0.1]")
+@option(
     "--port",
     env="COLLECTOR_PORT",
     type=click.IntRange(0, 65535),
     help="Port to listen on.  [default: 8080]",
 )
-@_kafka_options
+@kafka_options
 @click.pass_context
 def collector(
     ctx: click.Context,
@@ -657,7 +525,7 @@ def collector(
         f"Collector on http://{settings.collector.host}:{settings.collector.port} "
         f"→ Kafka {settings.kafka.bootstrap} (API spec at /openapi.json)"
     )
-    wiring.run_collector(settings)
+    run_collector(settings)
 
 
 @cli.command("report")
@@ -666,28 +534,25 @@ def collector(
     type=click.Choice(["channel", "campaign", "persona", "tier"]),
     help="Also split the funnel by first-touch channel, campaign, persona or tier.",
 )
-@click.option("--from", "start", type=_DATES, help="Event time from (UTC), e.g. 2026-03-01.")
-@click.option("--to", "end", type=_DATES, help="Event time up to, excluding (UTC).")
-@click.option("--compare-from", type=_DATES, help="Compare with another period (from).")
-@click.option("--compare-to", type=_DATES, help="Compare with another period (to).")
+@click.option("--from", "start", type=DATES, help="Event time from (UTC), e.g. 2026-03-01.")
+@click.option("--to", "end", type=DATES, help="Event time up to, excluding (UTC).")
+@click.option("--compare-from", type=DATES, help="Compare with another period (from).")
+@click.option("--compare-to", type=DATES, help="Compare with another period (to).")
 @click.option(
     "--html",
     "html_path",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write one self-contained HTML file with charts.",
 )
-@_option(
+@option(
     "--config",
     env="REPORT_CONFIG",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Personas and KPI targets (TOML).  [default: the shipped report config]",
 )
-@_option(
-    "--rules",
-    env="RULES_FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The journey rules (TOML) the data was run with: their stages, in their order.  "
-    "[default: the shipped rules]",
+@rules_option(
+    "The journey rules (TOML) the data was run with: their stages, in their order.  "
+    "[default: the shipped rules]"
 )
 @click.option(
     "--brief",
@@ -713,27 +578,25 @@ def report_command(
     if brief:
         if html_path is not None or compare_from or compare_to:
             raise click.UsageError("--brief cannot be combined with --html or --compare-from/to")
-        with wiring.clickhouse(settings) as client:
-            summary = wiring.brief_report(
-                settings, client, config_path=config, start=_utc(start), end=_utc(end), by=by
+        with clickhouse(settings) as client:
+            summary = brief_report(
+                settings, client, config_path=config, start=utc(start), end=utc(end), by=by
             )
         click.echo(report.render_brief(summary))
         return
-    compare = (_utc(compare_from), _utc(compare_to)) if compare_from or compare_to else None
-    answers = wiring.full_report(
-        settings, config_path=config, start=_utc(start), end=_utc(end), by=by, compare=compare
+    compare = (utc(compare_from), utc(compare_to)) if compare_from or compare_to else None
+    answers = full_report(
+        settings, config_path=config, start=utc(start), end=utc(end), by=by, compare=compare
     )
     click.echo(report.render_answers(answers))
     if html_path is not None:
-        from sinks.html_report import render_html
-
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(answers), encoding="utf-8")
         click.echo(f"\nHTML report: {html_path}")
 
 
 @cli.command()
-@_option(
+@option(
     "--cluster",
     env="CLICKHOUSE_CLUSTER",
     default=None,
@@ -749,19 +612,16 @@ def report_command(
 def migrate(ctx: click.Context, cluster: str | None, print_only: bool) -> None:
     """Create the database and apply pending schema migrations."""
     settings = _settings(ctx)
-    from sinks.cluster import cluster_schema
-    from sinks.migrate import apply_migrations, migration_script
-
     database = settings.clickhouse.database
     schema = cluster_schema(database, cluster) if cluster else None
     if print_only:
         click.echo(migration_script(database, schema), nl=False)
         return
-    with wiring.clickhouse(settings, migrate=False) as client:
+    with clickhouse(settings, migrate=False) as client:
         applied = apply_migrations(client, database, schema=schema)
     names = ", ".join(f"{item.version:04d}_{item.name}" for item in applied) or "none (up to date)"
     where = f" (cluster {cluster})" if cluster else ""
-    click.echo(f"Migrations applied to {wiring.target_description(settings)}{where}: {names}")
+    click.echo(f"Migrations applied to {target_description(settings)}{where}: {names}")
 
 
 @cli.group("import")
@@ -778,10 +638,10 @@ def import_group() -> None:
     help="Ad platform name when the export has no platform column.",
 )
 @click.pass_context
-def import_ads_csv(ctx: click.Context, file: Path, platform: str) -> None:
+def import_ads_csv_command(ctx: click.Context, file: Path, platform: str) -> None:
     """Load an ad-platform export (impressions, clicks, cost per campaign and day)."""
     settings = _settings(ctx)
-    rows, rejected = wiring.import_ads_csv(settings, file, platform)
+    rows, rejected = import_ads_csv(settings, file, platform)
     click.echo(
         f"Loaded {rows:,} ad-spend rows from {file} into ad_spend"
         + (f"; {rejected} unreadable rows dead-lettered (table dead_letters)" if rejected else "")
@@ -794,7 +654,7 @@ def import_ads_csv(ctx: click.Context, file: Path, platform: str) -> None:
 @click.pass_context
 def import_crm(ctx: click.Context, file: Path) -> None:
     """Load a CRM export (client name, type, region, persona, decision maker, terms, SLA)."""
-    rows, rejected = wiring.import_crm_csv(_settings(ctx), file)
+    rows, rejected = import_crm_csv(_settings(ctx), file)
     click.echo(
         f"Loaded {rows:,} clients from {file} into crm_clients"
         + (f"; {rejected} rows without a key dead-lettered" if rejected else "")
@@ -807,36 +667,14 @@ def dead_letters_group() -> None:
     """Find dead letters, and send them back through the pipeline after a fix."""
 
 
-def _dead_letter_filters(command: F) -> F:
-    for decorator in reversed(
-        [
-            click.option(
-                "--reason",
-                "reasons",
-                multiple=True,
-                help="Only this reason (e.g. unknown_channel); repeat for more.",
-            ),
-            click.option(
-                "--source",
-                help="Only sources matching this SQL LIKE pattern (e.g. 'day-3%', "
-                "'touchpoints.raw%').",
-            ),
-            click.option("--from", "start", type=_DATES, help="Recorded at or after (UTC)."),
-            click.option("--to", "end", type=_DATES, help="Recorded before (UTC)."),
-        ]
-    ):
-        command = decorator(command)
-    return command
-
-
 def _filter(
     reasons: tuple[str, ...], source: str | None, start: datetime | None, end: datetime | None
 ) -> dead_letters.DeadLetterFilter:
-    return dead_letters.DeadLetterFilter(reasons, source, _utc(start), _utc(end))
+    return dead_letters.DeadLetterFilter(reasons, source, utc(start), utc(end))
 
 
 @dead_letters_group.command("list")
-@_dead_letter_filters
+@dead_letter_filters
 @click.option(
     "--limit",
     type=click.IntRange(0, 100_000),
@@ -855,37 +693,11 @@ def dead_letters_list(
 ) -> None:
     """Count the dead letters by reason and replay outcome, and show the oldest."""
     settings = _settings(ctx)
-    with wiring.clickhouse(settings) as client:
+    with clickhouse(settings) as client:
         found = dead_letters.find(
             client, settings.clickhouse.database, _filter(reasons, source, start, end)
         )
-    counts = Counter((letter.reason, letter.last_outcome or "not replayed") for letter in found)
-    click.echo(
-        report.render_table(
-            ("reason", "replay", "dead letters"),
-            [(reason, outcome, count) for (reason, outcome), count in sorted(counts.items())],
-            title=f"{len(found):,} dead letters",
-        )
-    )
-    if limit and found:
-        click.echo()
-        click.echo(
-            report.render_table(
-                ("recorded at", "reason", "source", "position", "replay", "detail"),
-                [
-                    (
-                        letter.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
-                        letter.reason,
-                        letter.source,
-                        letter.position,
-                        letter.last_outcome or "-",
-                        letter.detail[:80],
-                    )
-                    for letter in found[:limit]
-                ],
-                title=f"The oldest {min(limit, len(found)):,}",
-            )
-        )
+    click.echo("\n\n".join(dead_letter_tables(found, limit)))
 
 
 @cli.command("triggers")
@@ -895,8 +707,8 @@ def dead_letters_list(
     multiple=True,
     help="Only this trigger id (of the rules' [[trigger]]); repeat for more.",
 )
-@click.option("--from", "start", type=_DATES, help="Fired at or after (event time, UTC).")
-@click.option("--to", "end", type=_DATES, help="Fired before (event time, UTC).")
+@click.option("--from", "start", type=DATES, help="Fired at or after (event time, UTC).")
+@click.option("--to", "end", type=DATES, help="Fired before (event time, UTC).")
 @click.option(
     "--retractions", is_flag=True, help="List only retractions (firings a late event disproved)."
 )
@@ -918,70 +730,18 @@ def triggers_command(
 ) -> None:
     """What the real-time triggers fired: counts per trigger, then the latest firings."""
     settings = _settings(ctx)
-    where = triggers.TriggerFilter(trigger_ids, _utc(start), _utc(end))
-    with wiring.clickhouse(settings) as client:
+    where = triggers.TriggerFilter(trigger_ids, utc(start), utc(end))
+    with clickhouse(settings) as client:
         database = settings.clickhouse.database
         counted = triggers.counts(client, database, where)
         shown = triggers.latest(
             client, database, replace(where, retractions=True if retractions else None), limit
         )
-    click.echo(
-        report.render_table(
-            ("trigger", "on", "fired", "retracted", "buyers", "latest"),
-            [
-                (
-                    count.trigger_id,
-                    count.kind,
-                    count.fired,
-                    count.retracted,
-                    count.buyers,
-                    "-" if count.last_fired_at is None else f"{count.last_fired_at:%Y-%m-%d %H:%M}",
-                )
-                for count in counted
-            ],
-            title=f"{sum(count.fired for count in counted):,} firings",
-        )
-    )
-    if limit and shown:
-        click.echo()
-        click.echo(
-            report.render_table(
-                ("fired at", "trigger", "buyer", "cause", "channel", "campaign", "retracted"),
-                [
-                    (
-                        f"{row.fired_at:%Y-%m-%d %H:%M:%S}",
-                        row.trigger_id,
-                        row.buyer_id,
-                        _cause(row),
-                        row.channel or "-",
-                        row.campaign or "-",
-                        "yes" if row.is_retraction else "",
-                    )
-                    for row in shown
-                ],
-                title=f"The latest {len(shown):,}" + (" retractions" if retractions else ""),
-            )
-        )
-
-
-def _cause(row: triggers.StoredTrigger) -> str:
-    payload = json.loads(row.payload)
-    match row.kind:
-        case "stage_move":
-            return (
-                f"{payload.get('from_stage') or 'entry'} -> {row.stage} ({payload['event_type']})"
-            )
-        case "dropoff":
-            return f"no progress past {row.stage} (last: {payload['last_touch_event_type'] or '-'})"
-        case "exit":
-            return f"{payload['exit_kind']} at {payload['stage'] or '-'}"
-        case "high_intent":
-            return f"{payload['score']} touches in {row.stage} ({payload['event_type']})"
-    return row.kind
+    click.echo("\n\n".join(trigger_tables(counted, shown, limit=limit, retractions=retractions)))
 
 
 @dead_letters_group.command("replay")
-@_dead_letter_filters
+@dead_letter_filters
 @click.option(
     "--kafka",
     "to_kafka",
@@ -989,7 +749,7 @@ def _cause(row: triggers.StoredTrigger) -> str:
     help="Produce them to the raw topic for the workers, instead of folding them into "
     "this database's journeys here.",
 )
-@_kafka_options
+@kafka_options
 @click.pass_context
 def dead_letters_replay(
     ctx: click.Context,
@@ -1005,8 +765,8 @@ def dead_letters_replay(
     fix. Idempotent: each is replayed at most once, and an event whose id is already in
     touchpoints is only marked a duplicate, so a replayed event counts once."""
     settings = _settings(ctx, kafka_bootstrap=bootstrap, kafka_partitions=partitions)
-    with wiring.clickhouse(settings) as client:
-        result = wiring.replay_dead_letters(
+    with clickhouse(settings) as client:
+        result = replay_dead_letters(
             settings, client, _filter(reasons, source, start, end), to_kafka=to_kafka
         )
     click.echo(
@@ -1019,7 +779,171 @@ def dead_letters_replay(
         reasons_text = ", ".join(f"{r} {n}" for r, n in sorted(result.still_failing.items()))
         click.echo(f"Still failing: {reasons_text} (fix, then replay again).")
     if result.summary is not None:
-        _print_summary(result.summary)
+        print_summary(result.summary)
+
+
+@cli.command("sql")
+@click.argument("query", required=False)
+@click.option(
+    "--read-write", is_flag=True, help="Allow writes (INSERT, DDL, SET); read-only without it."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(SQL_FORMATS)),
+    help="Write the result in this format (CSV and TSV with a header row) instead of a table.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The file --format writes (required for Parquet).  [default: stdout]",
+)
+@click.pass_context
+def sql_command(
+    ctx: click.Context, query: str | None, read_write: bool, fmt: str | None, output: Path | None
+) -> None:
+    """Run SQL over the database `touchpoint report` reads: QUERY (- = stdin), or, with no
+    QUERY, an interactive prompt (history in ~/.cache/touchpoint). Read-only by default
+    (ClickHouse's readonly = 1). Tables: touchpoints, journey_state, stage_transitions,
+    dropoffs, dead_letters, … (SHOW TABLES). See docs/analysis.md#reach-the-data."""
+    if output is not None and fmt is None:
+        raise click.UsageError("--output needs --format")
+    if fmt == "Parquet" and output is None:
+        raise click.UsageError("--format Parquet needs --output FILE (it is binary)")
+    settings = _settings(ctx)
+    with sql_console(settings, read_write=read_write) as opened:
+        if query is None:
+            failed = interactive(
+                opened,
+                stdin=sys.stdin,
+                out=click.echo,
+                err=lambda text: click.echo(text, err=True),
+                fmt=fmt,
+            )
+            if failed:
+                ctx.exit(1)
+            return
+        text = sys.stdin.read() if query == "-" else query
+        click.echo(run_statement(opened, text, fmt=fmt, output=output))
+
+
+@cli.command("serve")
+@option(
+    "--host",
+    env="SERVE_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on.",
+)
+@option(
+    "--port",
+    env="SERVE_PORT",
+    type=click.IntRange(0, 65535),
+    default=8123,
+    show_default=True,
+    help="Port to listen on (0 = any free port).",
+)
+@option("--user", env="SERVE_USER", default="default", show_default=True, help="The one user name.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from stdin (a prompt on a terminal) instead of "
+    "TOUCHPOINT_SERVE_PASSWORD. Required (one way or the other) unless --host is loopback.",
+)
+@option(
+    "--read-write",
+    env="SERVE_READ_WRITE",
+    is_flag=True,
+    help="Allow writes (INSERT, DDL, SET). Without it every query runs with ClickHouse's "
+    "readonly = 1.",
+)
+@option(
+    "--allow-settings",
+    env="SERVE_ALLOW_SETTINGS",
+    is_flag=True,
+    help="Read-only, but clients may change settings (ClickHouse's readonly = 2; Grafana and "
+    "clickhouse-connect send some). In ClickHouse that also runs the file() and url() table "
+    "functions: the server's files and network, for whoever has the password.",
+)
+@option(
+    "--max-body",
+    env="SERVE_MAX_BODY",
+    type=click.IntRange(1, 1 << 40),
+    default=64 << 20,
+    show_default=True,
+    help="Largest request body in bytes, compressed or not (413 beyond).",
+)
+@option(
+    "--max-connections",
+    env="SERVE_MAX_CONNECTIONS",
+    type=click.IntRange(1, 10_000),
+    default=64,
+    show_default=True,
+    help="Connections served at once; more are answered 503 at once.",
+)
+@option(
+    "--timeout",
+    env="SERVE_TIMEOUT",
+    type=click.FloatRange(0.1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds a client may stall while sending a request or reading an answer.",
+)
+@click.pass_context
+def serve_command(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    user: str,
+    password_stdin: bool,
+    read_write: bool,
+    allow_settings: bool,
+    max_body: int,
+    max_connections: int,
+    timeout: float,
+) -> None:
+    """Serve the embedded store over ClickHouse's HTTP interface, for clickhouse-connect,
+    Grafana's ClickHouse datasource (HTTP), BI tools and curl. Stops on Ctrl-C or SIGTERM.
+    See docs/analysis.md#reach-the-data."""
+    if read_write and allow_settings:
+        raise click.UsageError("--read-write already allows settings: give one of them")
+    settings = _settings(ctx)
+    password = _serve_password(password_stdin)
+    server = open_server(
+        settings,
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        readonly=0 if read_write else 2 if allow_settings else 1,
+        max_body_bytes=max_body,
+        max_connections=max_connections,
+        timeout=timeout,
+    )
+    mode = (
+        "read-write"
+        if read_write
+        else "read-only" + (", settings allowed" if allow_settings else "")
+    )
+    auth = f"user {user}" + ("" if password else ", no password")
+    click.echo(
+        f"Serving {target_description(settings)} ({mode}, {auth}) on {server.url}",
+    )
+    click.echo("ClickHouse HTTP interface; Ctrl-C stops.")
+    sys.stdout.flush()
+    serve_until_signalled(server, on_stop=lambda: click.echo("Stopping.", err=True))
+    click.echo("Stopped.")
+
+
+def _serve_password(from_stdin: bool) -> str:
+    """The password of ``touchpoint serve``: stdin (a hidden prompt on a terminal) or
+    TOUCHPOINT_SERVE_PASSWORD; never an argument (``ps`` would show it)."""
+    if from_stdin:
+        if sys.stdin.isatty():
+            return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+        return sys.stdin.readline().rstrip("\r\n")
+    return os.environ.get(ENV + "SERVE_PASSWORD", "")
 
 
 @cli.group()
@@ -1038,10 +962,71 @@ def schema_export(directory: Path) -> None:
     click.echo(f"Wrote {len(documents)} JSON Schema files to {directory}")
 
 
+@cli.group("identity")
+def identity_group() -> None:
+    """Who is whom: the ids linked into one person (see docs/journeys.md, Identity)."""
+
+
+@identity_group.command("show")
+@click.argument("buyer_id")
+@click.pass_context
+def identity_show(ctx: click.Context, buyer_id: str) -> None:
+    """Print the person BUYER_ID belongs to and every id of theirs."""
+    settings = _settings(ctx)
+    with clickhouse(settings) as client:
+        person = identity.person_of(client, settings.clickhouse.database, buyer_id)
+    click.echo(f"person {person.person_id}")
+    for other in person.ids[1:]:
+        click.echo(f"  {other}")
+
+
+@identity_group.command("split")
+@click.argument("buyer_id")
+@click.pass_context
+def identity_split(ctx: click.Context, buyer_id: str) -> None:
+    """Take BUYER_ID out of its person for good (a wrong link, a shared device).
+
+    The person's journeys are folded again from their stored touchpoints without it, and
+    BUYER_ID is never linked again (embedded store; see docs/journeys.md, Identity).
+    """
+    settings = _settings(ctx)
+    with clickhouse(settings) as client:
+        person_id, summary = split_identity(settings, client, buyer_id)
+    click.echo(
+        f"Split {buyer_id} off person {person_id}: {summary.counters.accepted} touchpoints "
+        f"folded again; {buyer_id} will not be linked again"
+    )
+
+
+@cli.command("forget")
+@click.argument("buyer_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def forget(ctx: click.Context, buyer_id: str, yes: bool) -> None:
+    """Erase the person BUYER_ID belongs to, with all their ids, from the database (GDPR).
+
+    Removes their touchpoints, journey, transitions, drop-offs, triggers, links, CRM rows,
+    stored journey and the dead letters naming them, and recomputes the aggregates. Input
+    files and Kafka topics are not touched (see docs/journeys.md, Erasure).
+    """
+    settings = _settings(ctx)
+    database = settings.clickhouse.database
+    with clickhouse(settings) as client:
+        person = identity.person_of(client, database, buyer_id)
+        ids = ", ".join(person.ids)
+        if not yes:
+            click.confirm(f"Erase person {person.person_id} ({ids}) from {database}?", abort=True)
+        erasure = identity.forget(client, database, person)
+    removed = ", ".join(f"{table} {count}" for table, count in erasure.removed.items() if count)
+    click.echo(f"Erased person {person.person_id} ({ids}): {removed or 'no rows'}")
+    if erasure.rebuilt:
+        click.echo(f"Recomputed aggregates: {', '.join(erasure.rebuilt)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: our own errors are one line on stderr and exit code 1, never a traceback."""
     try:
-        cli.main(
+        code = cli.main(
             args=list(argv) if argv is not None else None,
             prog_name="touchpoint",
             standalone_mode=False,
@@ -1057,7 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TouchpointError as exc:
         click.echo(f"touchpoint: error: {exc}", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0  # ctx.exit(code) in a command
 
 
 if __name__ == "__main__":

@@ -24,14 +24,14 @@ import binascii
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from ingest.collector import security
 from ingest.collector.metrics import CollectorMetrics
@@ -41,7 +41,6 @@ from ingest.collector.records import encode_event
 from ingest.webhooks import (
     IdentityMap,
     Parsed,
-    PayloadError,
     Pii,
     Rejection,
     decode_form,
@@ -56,10 +55,11 @@ from ingest.webhooks import (
     parse_twilio,
     parse_zendesk,
 )
+from ingest.webhooks.segment import SegmentCall
 from schemas.dead_letter import DeadLetter
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, PayloadError
 from schemas.events import event_from_touchpoint
-from schemas.rows import ROW_ADAPTERS, DeadLetterRow
+from schemas.rows import DeadLetterRow, row_adapter
 from schemas.settings import CollectorSettings
 
 __all__ = ["Collector", "create_app"]
@@ -87,7 +87,7 @@ class Collector:
     proxies: security.TrustedProxies = field(init=False)
     mailgun_tokens: security.ReplayCache = field(init=False)
     _by_source: dict[str, _SourceMetrics] = field(init=False, default_factory=dict)
-    _answers: dict[tuple[str, int], Any] = field(init=False, default_factory=dict)
+    _answers: dict[tuple[str, int], Counter] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keys = security.KeyRing(self.settings.api_keys)
@@ -163,7 +163,7 @@ class Collector:
             for rejection in rejected
         ]
 
-    async def accept(self, source: str, endpoint: str, parsed: Parsed) -> dict[str, Any]:
+    async def accept(self, source: str, endpoint: str, parsed: Parsed) -> dict[str, object]:
         """Publish a parsed request; raises BrokerError (→ 503) if Kafka does not ack."""
         counters = self.source_metrics(source)
         accepted = parsed.accepted
@@ -194,15 +194,15 @@ class Collector:
 
 @dataclass(frozen=True, slots=True)
 class _SourceMetrics:
-    received: Any
-    accepted: Any
+    received: Counter
+    accepted: Counter
 
 
 _ANSWER: Final = msgspec.json.Encoder()
-_DEAD_LETTER: Final = ROW_ADAPTERS[DeadLetterRow.table]
+_DEAD_LETTER: Final = row_adapter(DeadLetterRow)
 
 
-def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
+def _json(payload: Mapping[str, object], status: int = 200) -> web.Response:
     try:
         body = _ANSWER.encode(payload)
     except UnicodeEncodeError:  # a lone surrogate in some detail: the stdlib escapes it
@@ -283,14 +283,14 @@ def create_app(collector: Collector) -> web.Application:
         parsed = parse_native(body, request.content_type, collector.clock())
         return _json(await collector.accept(source, "touchpoints", parsed))
 
-    def segment_handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def segment_handler(kind: SegmentCall) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             source = collector.write_key_source(request)
             if source is None:
                 return collector.unauthorized("segment", "missing or invalid write key")
             body = await read_body(request)
             parsed = parse_segment(
-                kind,  # type: ignore[arg-type]
+                kind,
                 body,
                 collector.clock(),
                 collector.identities,
@@ -324,9 +324,8 @@ def create_app(collector: Collector) -> web.Application:
         reason = security.check_mailgun(
             settings.mailgun_signing_key, fields, now, settings.signature_tolerance
         )
-        if reason:
-            return collector.unauthorized("mailgun", reason)
-        assert fields is not None
+        if reason or fields is None:  # no fields always comes with a reason
+            return collector.unauthorized("mailgun", reason or "missing signature object")
         token = fields[1]
         if not collector.mailgun_tokens.claim(token, now):
             return collector.unauthorized("mailgun", "replayed token: this delivery was seen")

@@ -198,7 +198,7 @@ class KafkaPublisher:
         self._bootstrap = bootstrap
         self._linger_ms = linger_ms
         self._batch_bytes = batch_bytes
-        self._producer: Any = None
+        self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
         self._dead_letter_topic = topics.for_table(DeadLetterRow.table)
         self._workers = _Workers(workers or min(32, (os.cpu_count() or 1) + 6), "collector-kafka")
@@ -210,7 +210,7 @@ class KafkaPublisher:
         self._probed_at = float("-inf")
         self._ready = False
 
-    def _get(self) -> Any:
+    def _get(self) -> KafkaProducer:
         with self._lock:
             if self._producer is None:
                 self._producer = KafkaProducer(
@@ -229,7 +229,7 @@ class KafkaPublisher:
                 )
             return self._producer
 
-    def _raw_partitions(self, producer: Any) -> int | None:
+    def _raw_partitions(self, producer: KafkaProducer) -> int | None:
         """Partitions of the raw topic if the producer knows both topics' metadata (so
         ``send`` cannot block), else None."""
         try:
@@ -274,7 +274,7 @@ class KafkaPublisher:
             return PublishResult(0, 0.0)
         producer = self._producer
         partitions = None if producer is None else self._raw_partitions(producer)
-        if partitions is None:
+        if producer is None or partitions is None:
             partitions = await self._workers.run(self._prepare)
             producer = self._producer
             if producer is None:  # closed meanwhile: the collector is stopping

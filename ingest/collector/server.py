@@ -33,6 +33,7 @@ from aiohttp.web_protocol import RequestHandler
 from ingest.collector.app import Collector, create_app
 from ingest.collector.metrics import CollectorMetrics
 from ingest.collector.publisher import Publisher
+from schemas.errors import TouchpointError
 from schemas.settings import CollectorSettings
 
 __all__ = ["ConnectionGuard", "serve"]
@@ -59,8 +60,8 @@ class _Refused(asyncio.Protocol):
     """A connection over the limit: answered 503 and closed before any request is read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_BUSY)
+        if isinstance(transport, asyncio.WriteTransport):  # a TCP connection always is
+            transport.write(_BUSY)
         transport.close()
 
 
@@ -227,7 +228,8 @@ async def serve(collector: Collector, stop: asyncio.Event | None = None) -> None
     app.middlewares.insert(0, guarded)
     await runner.setup()
     _tune_gc()
-    assert runner.server is not None
+    if runner.server is None:  # AppRunner.setup() always makes one
+        raise TouchpointError("the collector's HTTP runner was set up without a server")
     guard = ConnectionGuard(runner.server, settings, collector.metrics)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(

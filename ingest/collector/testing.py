@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ingest.collector.publisher import PublishResult
-from schemas.rows import ROW_ADAPTERS, DeadLetterRow
+from schemas.rows import DeadLetterRow, row_adapter
 from schemas.touchpoint import Touchpoint, parse_touchpoint
 
 __all__ = ["MemoryPublisher"]
@@ -29,7 +29,7 @@ class MemoryPublisher:
     ) -> PublishResult:
         if self.fail_with is not None:
             raise self.fail_with
-        adapter = ROW_ADAPTERS[DeadLetterRow.table]
+        adapter = row_adapter(DeadLetterRow)
         self.records.extend(touchpoints)
         self.touchpoints.extend(parse_touchpoint(value) for _, value in touchpoints)
         self.dead_letters.extend(adapter.validate_json(row) for row in dead_letters)

@@ -6,7 +6,7 @@ Segment-style tracking: ``segment.py``; our own API: ``native.py``.
 """
 
 from ingest.webhooks.ads import parse_ads
-from ingest.webhooks.base import Parsed, PayloadError, Pii, Rejection, decode_json
+from ingest.webhooks.base import Parsed, Pii, Rejection, decode_json
 from ingest.webhooks.mailgun import mailgun_signature_fields, parse_mailgun, parse_mailgun_event
 from ingest.webhooks.native import parse_native
 from ingest.webhooks.segment import IdentityMap, parse_segment
@@ -17,7 +17,6 @@ from ingest.webhooks.zendesk import parse_zendesk
 __all__ = [
     "IdentityMap",
     "Parsed",
-    "PayloadError",
     "Pii",
     "Rejection",
     "decode_form",

@@ -17,13 +17,13 @@ from typing import Any, Final
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Rejection,
     decode_json,
     raw_item,
     validate_items,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import PayloadError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["AD_EVENTS", "parse_ads"]
@@ -54,7 +54,7 @@ def _convert(item: dict[str, Any], received_at: datetime) -> dict[str, Any] | Re
     properties["platform"] = platform
     if item.get("cost") is not None:
         properties["cost"] = str(item["cost"])
-    record: dict[str, Any] = {
+    record: dict[str, object] = {
         "event_id": deterministic_event_id("ads", platform, str(source_id)),
         "buyer_id": item.get("buyer_id"),
         "channel": "ads",

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import PayloadError, SchemaValidationError
 from schemas.events import Event
 from schemas.touchpoint import Touchpoint, touchpoint_from_dict
 
@@ -27,7 +27,6 @@ __all__ = [
     "LATEST_EVENT_TIME",
     "MAX_JSON_DEPTH",
     "Parsed",
-    "PayloadError",
     "Pii",
     "Rejection",
     "as_object",
@@ -40,10 +39,6 @@ __all__ = [
     "validate_all",
     "validate_items",
 ]
-
-
-class PayloadError(SchemaValidationError):
-    """The request body as a whole is unusable (not JSON, wrong shape): answer 400."""
 
 
 MAX_JSON_DEPTH: Final = 64
@@ -112,7 +107,7 @@ def _storable(when: datetime | None) -> bool:
 
 
 def validate_items(
-    items: Sequence[Any],
+    items: Sequence[object],
     convert: Callable[[dict[str, Any]], dict[str, Any] | Rejection],
     not_an_object: str,
 ) -> Parsed:
@@ -138,7 +133,7 @@ def validate_items(
     return validate_all(candidates())
 
 
-def as_object(value: Any) -> dict[str, Any]:
+def as_object(value: object) -> dict[str, Any]:
     """``value`` if it is a JSON object, else an empty one (vendor fields are optional)."""
     return value if isinstance(value, dict) else {}
 
@@ -201,7 +196,7 @@ they were sent as, so the field holding one is rejected with its item, not the b
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def _well_formed(value: Any) -> Any:
+def _well_formed(value: object) -> object:
     """``value`` with every unpaired UTF-16 surrogate in its strings replaced by U+FFFD."""
     if isinstance(value, str):
         return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
@@ -237,7 +232,7 @@ def decode_json(body: bytes) -> Any:
     return _well_formed(decoded) if _SURROGATE_ESCAPE.search(text) else decoded
 
 
-def raw_item(item: Any) -> bytes:
+def raw_item(item: object) -> bytes:
     return json.dumps(item, separators=(",", ":"), default=str).encode()
 
 
@@ -261,14 +256,14 @@ class Pii:
         return self._hash(normalized) if self.enabled else normalized
 
 
-def from_unix(value: Any) -> str | None:
+def from_unix(value: object) -> str | None:
     """ISO-8601 UTC time from a Unix timestamp (seconds, int/float/numeric str).
 
     None when ``value`` is not a number at all (the caller falls back to the receive
     time); SchemaValidationError(``timestamp_out_of_range``) for a number that is not
     finite or lies outside the times the pipeline stores (1970 to 2299).
     """
-    if value is None or isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
         seconds = float(value)
@@ -297,7 +292,7 @@ def snake_case(name: str) -> str:
 
 
 def scalar_properties(
-    values: Mapping[str, Any], keep: Iterable[str] | None = None
+    values: Mapping[str, object], keep: Iterable[str] | None = None
 ) -> dict[str, Any]:
     """Properties a Touchpoint can carry: scalars as they are, anything nested as JSON text."""
     wanted = set(keep) if keep is not None else None

@@ -11,7 +11,6 @@ from typing import Any, Final
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Pii,
     Rejection,
     as_object,
@@ -22,7 +21,7 @@ from ingest.webhooks.base import (
     validate_all,
 )
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import PayloadError, SchemaValidationError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["MAILGUN_EVENTS", "mailgun_signature_fields", "parse_mailgun", "parse_mailgun_event"]
@@ -38,7 +37,7 @@ MAILGUN_EVENTS: Final[dict[str, str]] = {
 }
 
 
-def mailgun_signature_fields(decoded: Any) -> tuple[str, str, str] | None:
+def mailgun_signature_fields(decoded: object) -> tuple[str, str, str] | None:
     """(timestamp, token, signature) of a Mailgun webhook body, if present."""
     if not isinstance(decoded, dict) or not isinstance(decoded.get("signature"), dict):
         return None
@@ -53,7 +52,7 @@ def parse_mailgun(body: bytes, received_at: datetime, pii: Pii) -> Parsed:
     return parse_mailgun_event(decode_json(body), received_at, pii)
 
 
-def parse_mailgun_event(decoded: Any, received_at: datetime, pii: Pii) -> Parsed:
+def parse_mailgun_event(decoded: object, received_at: datetime, pii: Pii) -> Parsed:
     """:func:`parse_mailgun` for a body already decoded (to check its signature first)."""
     if not isinstance(decoded, dict) or not isinstance(decoded.get("event-data"), dict):
         raise PayloadError(DeadLetterReason.MISSING_FIELD, "event-data: an object is required")
@@ -93,7 +92,7 @@ def parse_mailgun_event(decoded: Any, received_at: datetime, pii: Pii) -> Parsed
     )
     message = as_object(data.get("message"))
     headers = as_object(message.get("headers"))
-    properties: dict[str, Any] = {"message_id": headers.get("message-id"), "vendor": "mailgun"}
+    properties: dict[str, object] = {"message_id": headers.get("message-id"), "vendor": "mailgun"}
     if event == "clicked" and isinstance(data.get("url"), str):
         properties["url"] = data["url"]
     if event == "failed":

@@ -31,7 +31,6 @@ import msgspec
 from ingest.webhooks.base import (
     MAX_JSON_DEPTH,
     Parsed,
-    PayloadError,
     Rejection,
     decode_json,
     json_too_deep,
@@ -39,7 +38,7 @@ from ingest.webhooks.base import (
     validate_all,
 )
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import PayloadError, SchemaValidationError
 from schemas.events import Event, decode_event, event_from_touchpoint
 from schemas.journey import to_micros
 
@@ -124,7 +123,7 @@ class _Native:
         else:
             self.parsed.rejected.append(Rejection(index, exc.reason, exc.detail, raw))
 
-    def careful(self, index: int, item: Any, raw: bytes) -> None:
+    def careful(self, index: int, item: object, raw: bytes) -> None:
         """An item decoded by :func:`decode_json`, validated as a dict by pydantic."""
         candidate: dict[str, Any] | Rejection
         if isinstance(item, dict):

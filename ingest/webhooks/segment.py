@@ -17,7 +17,6 @@ from typing import Any, Final, Literal
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Rejection,
     as_object,
     decode_json,
@@ -27,6 +26,7 @@ from ingest.webhooks.base import (
     validate_items,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import PayloadError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["ORIGIN", "SEGMENT_EVENTS", "IdentityMap", "SegmentCall", "parse_segment"]
@@ -91,7 +91,7 @@ def _when(item: dict[str, Any], received_at: datetime) -> datetime:
     return received_at
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
@@ -149,7 +149,7 @@ def _convert(
         "segment-body", raw.decode()
     )
     campaign = as_object(context.get("campaign"))
-    record: dict[str, Any] = {
+    record: dict[str, object] = {
         "event_id": deterministic_event_id("segment", message_id),
         "buyer_id": buyer_id,
         "anonymous_id": anonymous_id,
@@ -161,9 +161,10 @@ def _convert(
         "received_at": received_at.isoformat(),
         "campaign": _text(campaign.get("name")),
         "promo": _text(properties_in.get("coupon")),
-        "properties": {key: value for key, value in properties.items() if value is not None},
     }
-    record["properties"]["origin"] = ORIGIN
+    kept: dict[str, object] = {key: value for key, value in properties.items() if value is not None}
+    kept["origin"] = ORIGIN
+    record["properties"] = kept
     amount = properties_in.get("revenue", properties_in.get("total"))
     if event_type in ("purchase", "booking", "refund") and amount is not None:
         currency = str(properties_in.get("currency") or "USD").upper()
@@ -171,8 +172,8 @@ def _convert(
             record["revenue"] = str(amount)
             record["currency"] = currency
         else:  # anyone can send this with the public write key: kept as a claim only
-            record["properties"]["claimed_revenue"] = str(amount)
-            record["properties"]["claimed_currency"] = currency
+            kept["claimed_revenue"] = str(amount)
+            kept["claimed_currency"] = currency
     account = context.get("groupId") or item.get("groupId")
     if isinstance(account, str) and account:
         record["account_id"] = account

@@ -12,7 +12,6 @@ from typing import Any, Final
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Pii,
     Rejection,
     decode_json,
@@ -22,7 +21,7 @@ from ingest.webhooks.base import (
     validate_items,
 )
 from schemas.enums import DeadLetterReason
-from schemas.errors import SchemaValidationError
+from schemas.errors import PayloadError, SchemaValidationError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["SENDGRID_EVENTS", "parse_sendgrid"]
@@ -60,7 +59,7 @@ def _convert(item: dict[str, Any], received_at: datetime, pii: Pii) -> dict[str,
         event_id = deterministic_event_id(
             "sendgrid", str(item.get("sg_message_id")), event, str(item.get("timestamp"))
         )
-    properties: dict[str, Any] = {"message_id": item.get("sg_message_id"), "vendor": "sendgrid"}
+    properties: dict[str, object] = {"message_id": item.get("sg_message_id"), "vendor": "sendgrid"}
     if event == "click" and isinstance(item.get("url"), str):
         properties["url"] = item["url"]
     if event == "bounce":

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
-from ingest.webhooks.base import Parsed, PayloadError, Pii, Rejection, raw_item, validate_all
+from ingest.webhooks.base import Parsed, Pii, Rejection, raw_item, validate_all
 from schemas.enums import DeadLetterReason
+from schemas.errors import PayloadError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = [
@@ -88,7 +89,7 @@ def parse_twilio(form: Mapping[str, str], received_at: datetime, pii: Pii) -> Pa
             ]
         )
     status = form.get("MessageStatus") or form.get("SmsStatus")
-    properties: dict[str, Any] = {"message_sid": sid, "vendor": "twilio"}
+    properties: dict[str, object] = {"message_sid": sid, "vendor": "twilio"}
     if status and status != "received":
         number = form.get("To")
         event_type = TWILIO_STATUSES.get(status, "sms_queued")

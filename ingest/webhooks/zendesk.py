@@ -44,7 +44,6 @@ from typing import Any, Final
 
 from ingest.webhooks.base import (
     Parsed,
-    PayloadError,
     Pii,
     as_object,
     decode_json,
@@ -53,6 +52,7 @@ from ingest.webhooks.base import (
     validate_all,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import PayloadError
 from schemas.touchpoint import deterministic_event_id
 
 __all__ = ["parse_zendesk"]
@@ -64,7 +64,7 @@ _SHAPES: Final = (
 )
 
 
-def _identifier(value: Any) -> str | None:
+def _identifier(value: object) -> str | None:
     """A Zendesk id as text (Zendesk sends ids as strings or numbers), or None."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
@@ -97,7 +97,7 @@ def _from_event(decoded: dict[str, Any], kind: str, received_at: datetime) -> Pa
     if ticket is None:
         raise PayloadError(DeadLetterReason.MISSING_FIELD, "detail.id: Field required")
     name = kind.removeprefix(_PREFIX).removeprefix("ticket.")
-    properties: dict[str, Any] = {"ticket_id": ticket, "vendor": "zendesk"}
+    properties: dict[str, object] = {"ticket_id": ticket, "vendor": "zendesk"}
     rating = detail.get("satisfaction_rating")
     score = rating.get("score") if isinstance(rating, dict) else None
     if name == "created":
@@ -119,7 +119,7 @@ def _from_event(decoded: dict[str, Any], kind: str, received_at: datetime) -> Pa
     if buyer is None and requester is None:
         raise PayloadError(DeadLetterReason.MISSING_FIELD, "detail.requester_id: Field required")
     source_event = decoded.get("id") or f"{kind}:{decoded.get('time')}"
-    record: dict[str, Any] = {
+    record: dict[str, object] = {
         "event_id": deterministic_event_id("zendesk", ticket, str(source_event)),
         "buyer_id": buyer or f"zendesk:{requester}",
         "channel": "support",
@@ -161,7 +161,7 @@ def _from_trigger(
     status = str(_rendered("ticket.status", ticket.get("status")) or "").strip().lower()
     satisfaction = str(_rendered("ticket.satisfaction", ticket.get("satisfaction")) or "")
     rating = satisfaction.strip().lower().split(",")[0].split(" ")[0]
-    properties: dict[str, Any] = {"ticket_id": ticket_id, "vendor": "zendesk"}
+    properties: dict[str, object] = {"ticket_id": ticket_id, "vendor": "zendesk"}
     if rating in ("good", "bad"):
         properties["score"] = 5 if rating == "good" else 1
     event = _rendered("event", decoded.get("event"))
@@ -181,7 +181,7 @@ def _from_trigger(
     updated_at = _rendered("ticket.updated_at", ticket.get("updated_at"))
     occurred_at = updated_at or _rendered("ticket.created_at", ticket.get("created_at"))
     delivery = str(updated_at) if updated_at else hashlib.sha256(body).hexdigest()
-    record: dict[str, Any] = {
+    record: dict[str, object] = {
         "event_id": deterministic_event_id("zendesk", ticket_id, "trigger", event_type, delivery),
         "buyer_id": buyer,
         "channel": "support",

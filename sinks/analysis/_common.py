@@ -9,6 +9,7 @@ from typing import Any, Final, Literal
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from sinks.clickhouse import Client, translate_error
+from sinks.identity import by_person
 
 __all__ = ["DEFAULT_PURCHASE_STAGE", "Period", "Source", "period_condition", "purchases_from"]
 
@@ -76,5 +77,5 @@ def purchases_from(db: str, source: Source) -> str:
     ``channel``, ``campaign``, ``promo``, ``revenue``, ``persona``) of ``source``, to which a
     condition may be added with ``AND``."""
     if source == "raw":
-        return f"{db}.touchpoints FINAL WHERE is_purchase"
-    return f"{db}.purchases FINAL WHERE 1"
+        return f"{by_person(db, 'touchpoints')} AS p WHERE is_purchase"
+    return f"{by_person(db, 'purchases')} AS p WHERE 1"

@@ -14,6 +14,7 @@ from sinks.analysis._common import (
     period_condition,
 )
 from sinks.clickhouse import Client, identifier
+from sinks.identity import by_person
 
 __all__ = [
     "ATTRIBUTION_MODELS",
@@ -74,7 +75,7 @@ buyers AS (
                    groupArrayIf((occurred_at, channel, ifNull(campaign, '(none)')),
                                 NOT is_purchase) AS touches,
                    argMinIf(event_id, (occurred_at, event_id), is_purchase) AS first_purchase
-            FROM {db}.touchpoints FINAL
+            FROM {touchpoints}
             GROUP BY buyer_id
             HAVING notEmpty(orders)
         ),
@@ -90,7 +91,7 @@ orders AS (
                         ifNull(campaign, '(none)')),
                        {period}) AS orders,
                    argMin(event_id, (occurred_at, event_id)) AS first_purchase
-            FROM {db}.purchases FINAL
+            FROM {purchases}
             GROUP BY buyer_id
             HAVING notEmpty(orders)
         ),
@@ -101,7 +102,7 @@ orders AS (
             LEFT JOIN (
                 SELECT buyer_id,
                        arrayMap(x -> (x.1, x.3, x.4), groupUniqArrayMerge(touches)) AS touches
-                FROM {db}.buyer_paths
+                FROM {paths}
                 WHERE buyer_id IN (SELECT buyer_id FROM orders)
                 GROUP BY buyer_id
             ) AS t USING (buyer_id)
@@ -162,8 +163,15 @@ def attribution_all(
     )
     arrays = ", ".join(f"w_{model}" for model in ATTRIBUTION_MODELS)
     buyers = _RAW_BUYERS if source == "raw" else _SUMMARY_BUYERS
+    with_buyers = buyers.format(
+        db=db,
+        period=period_condition("occurred_at"),
+        touchpoints=by_person(db, "touchpoints"),
+        purchases=by_person(db, "purchases"),
+        paths=by_person(db, "buyer_paths", final=False),
+    )
     sql = f"""
-        WITH {buyers.format(db=db, period=period_condition("occurred_at"))}
+        WITH {with_buyers}
         credited AS (
             SELECT p.3 AS revenue, p.1 = first_purchase AS acquired,
                 arraySort(arrayFilter(

@@ -16,6 +16,7 @@ from sinks.analysis._common import (
 )
 from sinks.analysis.attribution import AttributionShare, attribution
 from sinks.clickhouse import Client, identifier
+from sinks.identity import by_person
 
 __all__ = [
     "ChannelEffect",
@@ -44,7 +45,7 @@ class ChannelEffect:
 _RAW: Final = """
     SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
            uniqExactIf(buyer_id, buyer_purchases > 0) AS purchasers
-    FROM {db}.touchpoints AS t FINAL
+    FROM {touchpoints} AS t
     LEFT JOIN (
         SELECT buyer_id, purchases AS buyer_purchases FROM {db}.journey_state FINAL
     ) AS j USING (buyer_id)
@@ -79,8 +80,9 @@ def channel_effectiveness(
         sql = f"""
             SELECT b.channel, t.touches, b.buyers, b.purchasers
             FROM (
-                SELECT channel, count() AS buyers, countIf(buyer_id IN {purchasers}) AS purchasers
-                FROM {db}.buyer_channels FINAL
+                SELECT channel, uniqExact(buyer_id) AS buyers,
+                       uniqExactIf(buyer_id, buyer_id IN {purchasers}) AS purchasers
+                FROM {by_person(db, "buyer_channels")}
                 GROUP BY channel
             ) AS b
             INNER JOIN (
@@ -95,13 +97,17 @@ def channel_effectiveness(
         sql = f"""
             SELECT channel, count() AS touches, uniqExact(buyer_id) AS buyers,
                    uniqExactIf(buyer_id, buyer_id IN {purchasers}) AS purchasers
-            FROM {db}.touchpoints FINAL
+            FROM {by_person(db, "touchpoints")}
             WHERE NOT is_purchase AND {period_condition("occurred_at")}
             GROUP BY channel
             ORDER BY channel
         """
     else:
-        sql = _RAW.format(db=db, period=period_condition("t.occurred_at"))
+        sql = _RAW.format(
+            db=db,
+            touchpoints=by_person(db, "touchpoints"),
+            period=period_condition("t.occurred_at"),
+        )
     if linear is None:
         linear = attribution(
             client,

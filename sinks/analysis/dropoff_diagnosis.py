@@ -13,6 +13,7 @@ from sinks.analysis._common import (
     period_condition,
 )
 from sinks.clickhouse import Client, identifier
+from sinks.identity import by_person
 
 __all__ = [
     "DropoffDiagnosis",
@@ -58,7 +59,7 @@ def dropoff_diagnosis(
             SELECT d.buyer_id AS buyer_id, d.stage AS stage,
                    argMinIf(t.event_type, t.occurred_at, t.occurred_at > d.deadline) AS next_action
             FROM drops AS d
-            INNER JOIN {db}.touchpoints AS t ON t.buyer_id = d.buyer_id
+            INNER JOIN {by_person(db, "touchpoints")} AS t ON t.buyer_id = d.buyer_id
             GROUP BY buyer_id, stage
         )
         SELECT d.stage, d.last_channel, d.last_action, count() AS buyers,

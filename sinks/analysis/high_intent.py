@@ -13,6 +13,7 @@ from sinks.analysis._common import (
     _rows,
 )
 from sinks.clickhouse import Client, identifier
+from sinks.identity import by_person
 
 __all__ = [
     "HighIntentBuyer",
@@ -99,7 +100,7 @@ def high_intent(
                           / (7 * 86400.))) AS score,
                c.last_touch_at, c.last_touch_channel, c.preferred_channel
         FROM candidates AS c
-        INNER JOIN {db}.touchpoints AS t ON t.buyer_id = c.buyer_id
+        INNER JOIN {by_person(db, "touchpoints")} AS t ON t.buyer_id = c.buyer_id
         WHERE t.occurred_at <= {{as_of:DateTime64(3, 'UTC')}}
           AND t.occurred_at > {{as_of:DateTime64(3, 'UTC')}} - toIntervalSecond({{recent:UInt32}})
         GROUP BY c.buyer_id, c.persona, c.last_touch_at, c.last_touch_channel, c.preferred_channel

@@ -15,6 +15,7 @@ from sinks.analysis._common import (
     period_condition,
 )
 from sinks.clickhouse import Client, identifier
+from sinks.identity import by_person
 
 __all__ = [
     "PersonaStats",
@@ -58,9 +59,9 @@ def persona_stats(
     # the support channel's touches: support_touches holds them (and every ticket_opened)
     # with the score already extracted from the properties
     touches, score = (
-        (f"{db}.touchpoints FINAL", "JSONExtractInt(properties, 'score')")
+        (by_person(db, "touchpoints"), "JSONExtractInt(properties, 'score')")
         if source == "raw"
-        else (f"{db}.support_touches FINAL", "score")
+        else (by_person(db, "support_touches"), "score")
     )
     sql = f"""
         WITH scores AS (

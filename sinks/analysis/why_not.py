@@ -15,6 +15,7 @@ from sinks.analysis._common import (
     period_condition,
 )
 from sinks.clickhouse import Client, identifier
+from sinks.identity import by_person
 
 __all__ = [
     "WhyNot",
@@ -62,17 +63,17 @@ def why_not_buy_or_stay(
         per_buyer = f"""
             SELECT buyer_id, argMax(event_type, occurred_at) AS last_action,
                    countIf(event_type = 'ticket_opened') AS tickets
-            FROM {db}.touchpoints FINAL
+            FROM {by_person(db, "touchpoints")}
             GROUP BY buyer_id"""
     else:
         per_buyer = f"""
             SELECT l.buyer_id AS buyer_id, l.last_action AS last_action, k.tickets AS tickets
             FROM (
                 SELECT buyer_id, argMaxMerge(last_action) AS last_action
-                FROM {db}.buyer_last_touch GROUP BY buyer_id
+                FROM {by_person(db, "buyer_last_touch", final=False)} GROUP BY buyer_id
             ) AS l
             LEFT JOIN (
-                SELECT buyer_id, count() AS tickets FROM {db}.support_touches FINAL
+                SELECT buyer_id, count() AS tickets FROM {by_person(db, "support_touches")}
                 WHERE event_type = 'ticket_opened' GROUP BY buyer_id
             ) AS k USING (buyer_id)"""
     sql = f"""

@@ -147,7 +147,7 @@ def table_rows(output: str, title: str) -> list[list[str]]:
 def test_the_stored_journeys_carry_the_rules_own_stage_names_in_their_order(
     loaded: dict[str, Any], clickhouse_client: Any
 ) -> None:
-    from processors.rules import load_rules
+    from processors.classify import load_rules
 
     database = loaded["database"]
     order = load_rules(loaded["rules"]).order

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, GroundTruth, generate
-from processors import engine
-from processors.rules import default_rules
+from processors import journey_processor
+from processors.classify import default_rules
 from schemas.enums import DeadLetterReason
 from schemas.errors import SchemaValidationError
 from schemas.events import Event, decode_event
@@ -72,7 +72,7 @@ def test_replayed_dead_letters_count_once_and_the_journeys_reach_the_truth(
     path, truth = export
     expected = expected_from_truth(truth)
     with monkeypatch.context() as bug:
-        bug.setattr(engine, "decode_event", refusing_sms)
+        bug.setattr(journey_processor, "decode_event", refusing_sms)
         touchpoint(capsys, chdb_url, database, "run", "--input", str(path))
     invalid = read_back(clickhouse_client, database)["dead_letters"]["invalid_field"]
     really_invalid = truth.malformed.get("invalid_field", 0)  # the generator's own bad lines
@@ -129,11 +129,11 @@ def test_a_replay_that_still_fails_is_retried_after_the_next_fix(
 ) -> None:
     path, truth = export
     with monkeypatch.context() as bug:
-        bug.setattr(engine, "decode_event", refusing_sms)
+        bug.setattr(journey_processor, "decode_event", refusing_sms)
         touchpoint(capsys, chdb_url, database, "run", "--input", str(path))
-        from touchpoint import wiring
+        from touchpoint import replay
 
-        bug.setattr(wiring, "decode_event", refusing_sms)  # the first fix did not take
+        bug.setattr(replay, "decode_event", refusing_sms)  # the first fix did not take
         out = touchpoint(capsys, chdb_url, database, "dead-letters", "replay")
         assert "Still failing: invalid_field" in out, out
     out = touchpoint(capsys, chdb_url, database, "dead-letters", "replay", "--from", "2000-01-01")

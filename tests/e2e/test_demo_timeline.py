@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from sinks import analysis
 from tests.e2e.test_cli import touchpoint
 from tests.readback import expected_from_truth, read_back
-from touchpoint import wiring
+from touchpoint.config import clickhouse, load_settings
+from touchpoint.embedded import inspect_inputs, run_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -51,9 +52,9 @@ def loaded(
     database = "t_demo_timeline"
     clickhouse_client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
     apply_migrations(clickhouse_client, database)
-    settings = wiring.load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
-    with wiring.clickhouse(settings) as client:
-        summary = wiring.run_files(settings, wiring.inspect_inputs([dataset[0]]), client)
+    settings = load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
+    with clickhouse(settings) as client:
+        summary = run_files(settings, inspect_inputs([dataset[0]]), client)
     yield database, summary
     clickhouse_client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.readback import read_back
-from touchpoint import wiring
+from touchpoint.config import clickhouse, load_settings
+from touchpoint.embedded import inspect_inputs, run_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,12 +39,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth
 
 
 def run(chdb_url: str, database: str, events: Path) -> Any:
-    settings = wiring.load_settings(
-        clickhouse_url=chdb_url, clickhouse_database=database, batch_size=2000
-    )
-    inputs = wiring.inspect_inputs([events])
-    with wiring.clickhouse(settings) as client:
-        return wiring.run_files(settings, inputs, client)
+    settings = load_settings(clickhouse_url=chdb_url, clickhouse_database=database, batch_size=2000)
+    inputs = inspect_inputs([events])
+    with clickhouse(settings) as client:
+        return run_files(settings, inputs, client)
 
 
 def test_every_number_equals_the_ground_truth_and_a_rerun_changes_nothing(

@@ -28,7 +28,7 @@ import pytest
 
 from ingest import ordering
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.readback import everything_written, expected_from_truth
 from touchpoint.cli import main
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ingest.generator import GeneratorConfig, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from schemas.enums import STAGES
 from sinks import analysis, queries
 from touchpoint.cli import cli
@@ -105,7 +105,7 @@ def test_every_kpi_and_comparison_value_is_the_funnels_own(
 ) -> None:
     from schemas.report_config import ReportConfig
     from sinks.answers import gather
-    from touchpoint.wiring import load_report_config
+    from touchpoint.report import load_report_config
 
     output = blocks(
         invoke(

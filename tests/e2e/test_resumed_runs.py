@@ -30,7 +30,7 @@ import pytest
 
 import processors
 from ingest.generator import GeneratorConfig, GroundTruth, generate
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.readback import everything_written, expected_from_truth
 from touchpoint.cli import main
 
@@ -255,26 +255,7 @@ def test_a_run_killed_half_way_is_finished_by_running_it_again(tmp_path: Path) -
     url = f"chdb:{tmp_path / 'chdb'}"
 
     def run(*paths: Path) -> subprocess.Popen[str]:
-        inputs = [arg for path in paths for arg in ("--input", str(path))]
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "touchpoint",
-                "--clickhouse-url",
-                url,
-                "run",
-                *inputs,
-                "--batch-size=50",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
-        out, _ = process.communicate(timeout=300)
-        return process.returncode, out
+        return run_process(url, *paths)
 
     code, out = finish(run(first))
     assert code == 0, out
@@ -298,6 +279,24 @@ def test_a_run_killed_half_way_is_finished_by_running_it_again(tmp_path: Path) -
         timeout=300,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def run_process(url: str, *paths: Path) -> subprocess.Popen[str]:
+    """`touchpoint run` of ``paths`` into ``url`` in a process of its own, in batches of 50."""
+    inputs = [arg for path in paths for arg in ("--input", str(path))]
+    command = [sys.executable, "-m", "touchpoint", "--clickhouse-url", url, "run"]
+    return subprocess.Popen(
+        [*command, *inputs, "--batch-size=50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """Wait for ``process``; its exit code and everything it printed."""
+    out, _ = process.communicate(timeout=300)
+    return process.returncode, out
 
 
 def _read_until(process: subprocess.Popen[str], text: str, timeout: float) -> str:

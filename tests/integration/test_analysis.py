@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from processors.engine import JourneyProcessor
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from processors.local import run_local
-from processors.rules import default_rules
 from schemas.raw import RawRecord
 from sinks import analysis
 from sinks.writer import ClickHouseWriter
 from tests.factories import T0, event
-from touchpoint import wiring
+from touchpoint.config import clickhouse, load_settings
+from touchpoint.embedded import inspect_inputs, run_files
+from touchpoint.imports import import_ads_csv
 
 pytestmark = pytest.mark.integration
 DAY = timedelta(days=1)
@@ -100,9 +102,9 @@ def generated(
     )
     database = "analysis_generated"
     clickhouse_client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
-    settings = wiring.load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
-    with wiring.clickhouse(settings) as client:
-        wiring.run_files(settings, wiring.inspect_inputs([events]), client)
+    settings = load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
+    with clickhouse(settings) as client:
+        run_files(settings, inspect_inputs([events]), client)
     return database, truth
 
 
@@ -484,8 +486,8 @@ def _money(value: float | Decimal | None) -> str:
 def with_spend(clickhouse_client: Any, database: str, chdb_url: str, tmp_path: Any) -> str:
     load(clickhouse_client, database, spend_events())
     (tmp_path / "spend.csv").write_text(SPEND_CSV, encoding="utf-8")
-    settings = wiring.load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
-    assert wiring.import_ads_csv(settings, tmp_path / "spend.csv", "google") == (7, 0)
+    settings = load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
+    assert import_ads_csv(settings, tmp_path / "spend.csv", "google") == (7, 0)
     return database
 
 

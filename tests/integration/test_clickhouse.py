@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from processors.engine import JourneyProcessor
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from processors.local import run_local
-from processors.rules import default_rules
 from schemas.enums import Stage
 from schemas.errors import MigrationError
 from schemas.raw import RawRecord

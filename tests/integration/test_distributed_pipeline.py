@@ -24,12 +24,13 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from ingest.kafka import ensure_topics
-from processors.rules import default_rules
+from ingest.topics import ensure_topics
+from processors.classify import default_rules
 from tests.factories import event
 from tests.kafka_pipeline import Pipeline, assert_aggregates_match_the_raw_table, stop
 from tests.readback import expected_from_truth, read_back
-from touchpoint import wiring
+from touchpoint.config import clickhouse, load_settings
+from touchpoint.embedded import inspect_inputs, run_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -58,9 +59,9 @@ def embedded_numbers(
     """The embedded `touchpoint run` over the same file, for comparison."""
     events, _ = dataset
     database = f"embedded_{uuid.uuid4().hex[:8]}"
-    settings = wiring.load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
-    with wiring.clickhouse(settings) as client:
-        wiring.run_files(settings, wiring.inspect_inputs([events]), client)
+    settings = load_settings(clickhouse_url=chdb_url, clickhouse_database=database)
+    with clickhouse(settings) as client:
+        run_files(settings, inspect_inputs([events]), client)
     return read_back(clickhouse_client, database)
 
 

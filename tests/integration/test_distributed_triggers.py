@@ -23,10 +23,11 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.factories import SAMPLE_TRIGGERS
 from tests.kafka_pipeline import PARTITIONS, Pipeline, stop
-from touchpoint import wiring
+from touchpoint.config import clickhouse, load_settings
+from touchpoint.embedded import inspect_inputs, run_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,12 +69,12 @@ def embedded_firings(
     events: Path, rules: Path, chdb_url: str, clickhouse_client: Any
 ) -> set[Firing]:
     database = f"embedded_{uuid.uuid4().hex[:8]}"
-    settings = wiring.load_settings(
+    settings = load_settings(
         clickhouse_url=chdb_url, clickhouse_database=database, rules_file=rules
     )
     try:
-        with wiring.clickhouse(settings) as client:
-            wiring.run_files(settings, wiring.inspect_inputs([events]), client)
+        with clickhouse(settings) as client:
+            run_files(settings, inspect_inputs([events]), client)
         rows = clickhouse_client.query(
             "SELECT trigger_event_id, trigger_id, buyer_id, is_retraction "
             f"FROM {database}.journey_triggers FINAL"

@@ -29,8 +29,9 @@ from kafka.errors import KafkaError
 
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from ingest.kafka import peek
-from processors.rules import default_rules
-from sinks.consumer import FAULT_EXIT_AFTER_INSERT, FAULT_EXIT_STATUS, Intent
+from processors.classify import default_rules
+from sinks.batches import Intent
+from sinks.consumer import FAULT_EXIT_AFTER_INSERT, FAULT_EXIT_STATUS
 from tests.kafka_pipeline import (
     COLLECTOR_KEY,
     PARTITIONS,
@@ -43,7 +44,8 @@ from tests.kafka_pipeline import (
     stop,
 )
 from tests.readback import expected_from_truth
-from touchpoint import wiring
+from touchpoint.config import load_settings
+from touchpoint.kafka import ensure_pipeline_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,12 +88,12 @@ def committed_with_metadata(bootstrap: str, group: str) -> dict[Any, Any]:
 
 
 def create_topics(pipeline: Pipeline) -> None:
-    settings = wiring.load_settings(
+    settings = load_settings(
         kafka_bootstrap=pipeline.bootstrap,
         kafka_partitions=PARTITIONS,
         kafka_topic_prefix=pipeline.topics.prefix,
     )
-    wiring.ensure_pipeline_topics(settings)
+    ensure_pipeline_topics(settings)
 
 
 def log_of(pipeline: Pipeline, name: str) -> str:
@@ -413,8 +415,8 @@ def test_a_full_restart_of_every_process_on_existing_data_continues_exactly(
         assert produced.returncode == 0, produced.stderr
         # The sink first, in its group before the workers start: on a loaded machine a sink
         # still opening chDB let the workers finish the whole half before it read a row.
-        wiring.ensure_pipeline_topics(
-            wiring.load_settings(
+        ensure_pipeline_topics(
+            load_settings(
                 kafka_bootstrap=pipeline.bootstrap,
                 kafka_topic_prefix=pipeline.topics.prefix,
                 kafka_partitions=int(pipeline.env["TOUCHPOINT_KAFKA_PARTITIONS"]),

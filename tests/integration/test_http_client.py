@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, generate
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.chdb_http import start, statements
 from touchpoint.cli import main
 
@@ -214,3 +214,21 @@ def test_large_answers_stream_and_errors_come_back_as_clickhouse_errors(http_url
         assert client.query("SELECT 1").result_rows == [(1,)]  # the connection is still good
     finally:
         client.close()
+
+
+def test_sql_asks_a_server_read_only_unless_read_write(
+    http_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`touchpoint sql` over a server URL: readonly = 1 is sent with each query."""
+    args = ["--clickhouse-url", http_url, "--database", "default"]
+    capsys.readouterr()
+    assert main([*args, "sql", "SELECT 6 * 7 AS answer"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].strip() == "42"
+    assert main([*args, "sql", "CREATE TABLE sql_scratch (x UInt8) ENGINE = Memory"]) == 1
+    err = capsys.readouterr().err
+    assert "164" in err and "Traceback" not in err
+    created = main(
+        [*args, "sql", "--read-write", "CREATE TABLE sql_scratch (x UInt8) ENGINE = Memory"]
+    )
+    assert created == 0, capsys.readouterr().err
+    assert main([*args, "sql", "--read-write", "DROP TABLE sql_scratch"]) == 0

@@ -22,13 +22,14 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
 
 from ingest.generator import GeneratorConfig, generate
-from processors.engine import JourneyProcessor
-from processors.rules import default_rules
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from schemas.rows import ROW_ADAPTERS, Row, TouchpointRow
 from schemas.settings import KafkaSettings
 from schemas.topics import TABLE_BY_TOPIC
 from sinks.base import RowBatch, Sink
-from sinks.consumer import Intent, KafkaClickHouseSink, SinkStats
+from sinks.batches import Intent
+from sinks.consumer import KafkaClickHouseSink, SinkStats
 from sinks.writer import ClickHouseWriter
 from tests.factories import final_rows, rules_with_triggers
 

@@ -248,7 +248,7 @@ def test_the_lag_monitor_measures_a_groups_lag_without_a_warning(
     from kafka.structs import OffsetAndMetadata, TopicPartition
     from prometheus_client import CollectorRegistry
 
-    from ingest.kafka import ensure_topics
+    from ingest.topics import ensure_topics
     from touchpoint.monitoring import LagMonitor
 
     topic, group = pipeline.topics.raw, f"{pipeline.app_id}-lag"

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from ingest.generator import GeneratorConfig, write_dataset
-from processors.engine import JourneyProcessor
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from processors.local import run_local
-from processors.rules import default_rules
 from schemas.raw import RawRecord
 from sinks import analysis
 from sinks.analysis import Period

@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 
 from ingest.generator import GeneratorConfig, write_dataset
 from ingest.kafka import TouchpointProducer, peek
-from processors.rules import default_rules
+from processors.classify import default_rules
 from tests.integration.test_faults import assert_ground_truth, create_topics
 from tests.kafka_pipeline import Pipeline, read_back_dir, rss_kib, stop
 

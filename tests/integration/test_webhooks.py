@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from ingest.kafka import ensure_topics
+from ingest.topics import ensure_topics
 from schemas.webhooks import WebhookDestination
 from sinks.webhooks import Delivery, DeliveryOutcome, WebhookDeliverer
 from tests.webhook_receiver import Receiver

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from processors.engine import JourneyProcessor
-from processors.rules import Classifier, load_rules
+from processors.classify import Classifier, load_rules
+from processors.journey_processor import JourneyProcessor
 from schemas.errors import RulesError
 from schemas.rules import JourneyRules
 from tests.factories import event, final_rows

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.engine import JourneyProcessor
-from processors.rules import default_rules
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from tests.factories import event, final_rows
 
 LATENESS = timedelta(hours=6)

@@ -6,8 +6,8 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from processors.engine import JourneyProcessor
-from processors.rules import default_rules
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from schemas.enums import DeadLetterReason, ExitKind, Stage
 from schemas.rows import DropoffRow, JourneyStateRow, StageTransitionRow
 from tests.factories import T0, event, final_rows

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from processors.engine import JourneyProcessor
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from processors.local import run_local
-from processors.rules import default_rules
 from schemas.enums import DeadLetterReason
 from schemas.raw import RawRecord
 from sinks.testing import MemorySink

@@ -9,9 +9,9 @@ from typing import Any
 from clickhouse_connect.driver.exceptions import OperationalError
 from prometheus_client import CollectorRegistry
 
-from processors.engine import JourneyProcessor
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from processors.metrics import WorkerMetrics
-from processors.rules import default_rules
 from schemas.errors import SinkRetryableError
 from schemas.rows import TouchpointRow
 from sinks.base import RowBatch

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ingest.generator import GeneratorConfig, generate
-from processors.engine import JourneyProcessor
-from processors.rules import default_rules
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from processors.state_stores import RocksStates, open_state_store
 from schemas.errors import ConfigError
 from schemas.journey import JourneyState, encode_state

@@ -128,3 +128,20 @@ def test_event_ids_from_source_ids_are_stable_and_distinct() -> None:
     assert first == deterministic_event_id("sendgrid", "sg-123")
     assert first != deterministic_event_id("sendgrid", "sg-124")
     assert first != deterministic_event_id("mailgun", "sg-123")
+
+
+def test_the_models_own_checks_give_their_reason_and_a_plain_detail() -> None:
+    """The validators raise SchemaValidationError; the detail a dead letter stores is the
+    message alone (the reason is its own column), as pydantic words it for a field."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(SchemaValidationError) as caught:
+        parse_touchpoint(raw({**event("purchase", at=at), "revenue": "19.99"}))
+    assert caught.value.reason is DeadLetterReason.INVALID_PAYLOAD
+    assert caught.value.detail == "revenue needs a currency"
+
+    record = event("page_view", at=at)
+    record["occurred_at"] = "1900-01-01T00:00:00Z"
+    with pytest.raises(SchemaValidationError) as caught:
+        parse_touchpoint(raw(record))
+    assert caught.value.reason is DeadLetterReason.TIMESTAMP_OUT_OF_RANGE
+    assert caught.value.detail.startswith("occurred_at: Value error, must lie within 1970-01-01")

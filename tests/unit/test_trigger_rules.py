@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.rules import default_rules, load_rules
+from processors.classify import default_rules, load_rules
 from schemas.errors import RulesError
 from schemas.rules import JourneyRules
 

@@ -11,10 +11,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from processors.engine import JourneyProcessor
+from processors.journey_processor import JourneyProcessor
 from processors.triggers import trigger_event_id
 from schemas.errors import RulesError
-from schemas.journey import decode_state, encode_state, to_micros
+from schemas.journey import JourneyState, decode_state, encode_state, to_micros
 from schemas.rows import TriggerRow
 from schemas.rules import JourneyRules
 from tests.factories import T0, event
@@ -283,9 +283,12 @@ def test_a_state_stored_before_triggers_existed_still_decodes() -> None:
     proc = processor(MOVE)
     feed(proc, event("email_open", at=0 * DAY), event("email_click", at=DAY))
     stored = msgspec.msgpack.decode(proc.states["b1"])
-    old = msgspec.msgpack.encode(stored[:-1])  # the array as format 1 wrote it: no `fired`
+    format_index = list(JourneyState.__struct_fields__).index("format")
+    # the array as format 1 first wrote it: nothing after `format` (no `fired`, no identity)
+    old = msgspec.msgpack.encode(stored[: format_index + 1])
     state = decode_state(old)
     assert state.fired == []
+    assert (state.aliases, state.merged_into, state.identified) == ([], None, [])
     assert decode_state(encode_state(state)) == state
 
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from processors.engine import JourneyProcessor
-from processors.rules import default_rules
+from processors.classify import default_rules
+from processors.journey_processor import JourneyProcessor
 from tests.factories import T0, event
 
 NOW = T0 + timedelta(days=120)

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from ingest.webhooks import (
     IdentityMap,
-    PayloadError,
     Pii,
     parse_ads,
     parse_mailgun,
@@ -23,6 +22,7 @@ from ingest.webhooks import (
     parse_zendesk,
 )
 from schemas.enums import DeadLetterReason
+from schemas.errors import PayloadError
 from schemas.journey import to_micros
 from schemas.touchpoint import deterministic_event_id
 from tests import vendor_payloads as vendor

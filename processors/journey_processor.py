@@ -3,7 +3,10 @@
 Both drivers run exactly this class: the local runner with a plain dict as the
 state store, the Faust worker with the states of the partitions it owns. It does
 no I/O; each batch's :meth:`JourneyProcessor.flush` returns the rows for a sink,
-already encoded, and the changed journeys, already encoded for the store.
+already encoded, and the changed journeys, already encoded for the store. Both hand it
+every raw record as they got it (:meth:`JourneyProcessor.process_record`): what a
+framing error, a pack of touchpoints or a watermark control message becomes is decided
+here, once.
 
 The hot path works on plain data: records are decoded by :func:`schemas.events.decode_event`
 (the pydantic contract's verdict, fast), states are msgspec structs
@@ -14,17 +17,18 @@ when it is made (:data:`ROW_ENCODER`), in the ``JSONEachRow`` shape ClickHouse r
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
-from processors import journey
-from processors.rules import Classifier
+from processors import identity, journey
+from processors.classify import Classifier
 from processors.triggers import TriggerSet
 from schemas.dead_letter import DeadLetter
 from schemas.enums import DeadLetterReason
@@ -42,13 +46,16 @@ from schemas.rows import (
     ROW_ADAPTERS,
     DeadLetterRow,
     DropoffRow,
+    IdentityLinkRow,
     JourneyStateRow,
     Row,
     StageTransitionRow,
     TouchpointRow,
     TriggerRow,
+    row_adapter,
 )
 from schemas.rules import JourneyRules
+from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, PACK_HEADER, PACK_NDJSON
 
 __all__ = [
     "HELD_BACK_REASONS",
@@ -57,8 +64,10 @@ __all__ = [
     "BatchStats",
     "JourneyProcessor",
     "ProcessorCounters",
+    "header",
 ]
 
+_R = TypeVar("_R", bound=Row)
 ROW_ENCODER: Final = msgspec.json.Encoder()
 """Encodes one row dict as the JSON object ClickHouse's ``JSONEachRow`` reads."""
 _encode = ROW_ENCODER.encode
@@ -68,9 +77,20 @@ _STATES: Final = JourneyStateRow.table
 _DROPOFFS: Final = DropoffRow.table
 _DEAD_LETTERS: Final = DeadLetterRow.table
 _TRIGGERS: Final = TriggerRow.table
+_IDENTITIES: Final = IdentityLinkRow.table
+LINK_EPOCH: Final = 1 << 20
+"""``identity_links`` versions: epoch × this + the person's size (sizes stay below it)."""
 HELD_BACK_REASONS: Final = ("receive_time", "ahead_of_receipt", "future")
 """Why an event's time may not move its partition's watermark (see JourneyProcessor)."""
-TABLES: Final = (_TOUCHPOINTS, _TRANSITIONS, _STATES, _DROPOFFS, _DEAD_LETTERS, _TRIGGERS)
+TABLES: Final = (
+    _TOUCHPOINTS,
+    _TRANSITIONS,
+    _STATES,
+    _DROPOFFS,
+    _DEAD_LETTERS,
+    _TRIGGERS,
+    _IDENTITIES,
+)
 
 
 def _utc_now() -> datetime:
@@ -89,6 +109,8 @@ class ProcessorCounters:
     triggers: int = 0
     """Triggers fired (retractions not included)."""
     retractions: int = 0
+    merges: int = 0
+    """Two persons' journeys folded into one (identity stitching)."""
     dead_letters: Counter[str] = field(default_factory=Counter)
     held_back: Counter[str] = field(default_factory=Counter)
     """Events newer than their partition's event time that did not move it, by why:
@@ -116,6 +138,8 @@ class BatchStats:
     """trigger id → firings."""
     retractions: Counter[str] = field(default_factory=Counter)
     """trigger id → firings taken back (a late event disproved the drop-off)."""
+    merges: int = 0
+    """Journeys folded into another person's."""
 
 
 @dataclass
@@ -153,32 +177,56 @@ class BatchOutput:
             for table, rows in self.encoded().items()
         }
 
+    def rows_of(self, row_type: type[_R]) -> list[_R]:
+        """One table's rows decoded into their row class (for tests and tools; slow)."""
+        adapter = row_adapter(row_type)
+        return [
+            adapter.validate_json(row)
+            for tables in self.rows.values()
+            for row in tables.get(row_type.table, ())
+        ]
+
     @property
     def touchpoints(self) -> list[TouchpointRow]:
-        return self.tables()[_TOUCHPOINTS]  # type: ignore[return-value]
+        return self.rows_of(TouchpointRow)
 
     @property
     def transitions(self) -> list[StageTransitionRow]:
-        return self.tables()[_TRANSITIONS]  # type: ignore[return-value]
+        return self.rows_of(StageTransitionRow)
 
     @property
     def states(self) -> list[JourneyStateRow]:
-        return self.tables()[_STATES]  # type: ignore[return-value]
+        return self.rows_of(JourneyStateRow)
 
     @property
     def dropoffs(self) -> list[DropoffRow]:
-        return self.tables()[_DROPOFFS]  # type: ignore[return-value]
+        return self.rows_of(DropoffRow)
 
     @property
     def dead_letters(self) -> list[DeadLetterRow]:
-        return self.tables()[_DEAD_LETTERS]  # type: ignore[return-value]
+        return self.rows_of(DeadLetterRow)
 
     @property
     def triggers(self) -> list[TriggerRow]:
-        return self.tables()[_TRIGGERS]  # type: ignore[return-value]
+        return self.rows_of(TriggerRow)
+
+    @property
+    def identity_links(self) -> list[IdentityLinkRow]:
+        return self.rows_of(IdentityLinkRow)
 
     def __len__(self) -> int:
         return sum(len(rows) for tables in self.rows.values() for rows in tables.values())
+
+
+def header(headers: Any, wanted: str) -> bytes | None:
+    """The value of header ``wanted`` of a Kafka record (headers as pairs or a mapping)."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        if name == wanted:
+            return bytes(value) if value is not None else b""
+    return None
 
 
 class JourneyProcessor:
@@ -212,6 +260,8 @@ class JourneyProcessor:
         max_future_skew: timedelta = timedelta(hours=1),
         states: MutableMapping[str, bytes] | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        stitch_identities: bool = False,
+        max_person_ids: int = identity.MAX_IDS,
     ) -> None:
         if dedup_window < allowed_lateness:
             raise ValueError("dedup_window must be at least allowed_lateness")
@@ -250,6 +300,23 @@ class JourneyProcessor:
         self._changed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         """Buyers this batch changed → their stage hits and drop-offs before it."""
         self._output = BatchOutput()
+        self.stitch_identities = stitch_identities
+        """Fold the journeys of ids an event links into one person's (:mod:`processors.identity`).
+        Needs every linked id's state in ``states``: the local runner's; not yet the workers'."""
+        if max_person_ids < 2:
+            raise ValueError("max_person_ids must be at least 2")
+        self.max_person_ids = max_person_ids
+        self._retired: set[str] = set()
+        """Ids whose journey this batch merged into another person's: their rows are retracted."""
+        self.unlinkable: set[str] = set()
+        """Ids split off their person (``touchpoint identity split``): never linked again."""
+        self.link_epoch = 0
+        """Orders ``identity_links`` rows across runs: a row's version is the epoch (the run,
+        in the local runner) times 2**20 plus the person's size, so a later run's word on an
+        id wins even when a split made its person smaller."""
+        self.emit_touchpoints = True
+        """False while events already stored are folded again (a split): their touchpoint
+        rows are in the table, and writing them again would count them again in the views."""
 
     # -- event time ----------------------------------------------------------
 
@@ -400,6 +467,63 @@ class JourneyProcessor:
         self.process(event, source=source, position=position, partition=partition)
         return event
 
+    def process_record(
+        self,
+        data: bytes,
+        *,
+        source: str,
+        position: str,
+        partition: int = 0,
+        headers: Any = None,
+        error: tuple[DeadLetterReason, str] | None = None,
+    ) -> None:
+        """One raw record as a driver received it, in whichever form it came.
+
+        ``error``: the reader could not frame it (a CSV row with the wrong number of
+        fields), so it becomes a dead letter. ``headers`` (a Kafka record's, as pairs or a
+        mapping) mark a pack — many touchpoints, newline-delimited, each at position
+        ``{position}:{line}`` — or a control message: a source watermark, whose time
+        :meth:`advance_watermark` takes (an unreadable one is a dead letter). Anything
+        else is one touchpoint (:meth:`process_raw`).
+        """
+        if error is not None:
+            reason, detail = error
+            self.dead_letter(
+                reason, detail, data, source=source, position=position, partition=partition
+            )
+            return
+        if headers:
+            if header(headers, PACK_HEADER) == PACK_NDJSON:
+                process_raw = self.process_raw
+                for index, line in enumerate(data.split(b"\n")):
+                    if line:
+                        process_raw(
+                            line, source=source, position=f"{position}:{index}", partition=partition
+                        )
+                return
+            if header(headers, CONTROL_HEADER) == CONTROL_WATERMARK:
+                try:
+                    at = datetime.fromisoformat(data.decode())
+                    if at.tzinfo is None:
+                        raise ValueError("the time has no UTC offset")
+                    if to_micros(at) > self._future:
+                        raise ValueError(
+                            f"{at.isoformat()} is more than {self.max_future_skew} ahead of the "
+                            "clock: it would judge every pending drop-off at once"
+                        )
+                    self.advance_watermark(partition, at)
+                except (UnicodeDecodeError, ValueError, OverflowError) as exc:
+                    self.dead_letter(
+                        DeadLetterReason.INVALID_FIELD,
+                        f"watermark control message with an unreadable time: {exc}",
+                        data,
+                        source=source,
+                        position=position,
+                        partition=partition,
+                    )
+                return
+        self.process_raw(data, source=source, position=position, partition=partition)
+
     def dead_letter(
         self,
         reason: DeadLetterReason,
@@ -441,6 +565,9 @@ class JourneyProcessor:
             return
         buyer_id = event.buyer_id
         state = self._read(buyer_id)
+        if state is not None and state.merged_into is not None:
+            buyer_id = state.merged_into
+            state = self._read(buyer_id)
         if state is None:
             state = self._live[buyer_id] = journey.new_state(buyer_id, partition)
             self._changed[buyer_id] = ({}, {})
@@ -464,19 +591,20 @@ class JourneyProcessor:
         output = self._output
         output.stats.events[(event.channel, stage or "")] += 1
         properties = event.properties
-        output.add(
-            state.partition,
-            _TOUCHPOINTS,
-            _encode(
-                journey.touchpoint_row(
-                    event,
-                    classification,
-                    _encode(properties).decode() if properties else "{}",
-                    source,
-                    position,
-                )
-            ),
-        )
+        if self.emit_touchpoints:
+            output.add(
+                state.partition,
+                _TOUCHPOINTS,
+                _encode(
+                    journey.touchpoint_row(
+                        event,
+                        classification,
+                        _encode(properties).decode() if properties else "{}",
+                        source,
+                        position,
+                    )
+                ),
+            )
         if stage is not None and state.stage_hits[stage] is touch:
             self._schedule_hit(buyer_id, state, stage, touch)
         triggers = self.triggers
@@ -486,6 +614,10 @@ class JourneyProcessor:
                 fired.extend(triggers.retractions(state))
             if fired:
                 self._emit_triggers(state.partition, fired)
+        if self.stitch_identities:
+            aliases = identity.linked_ids(event)
+            if aliases:
+                self._link(buyer_id, event, aliases, source=source, position=position)
 
         partition = state.partition
         newest = self._newest.get(partition)
@@ -496,6 +628,189 @@ class JourneyProcessor:
                 self._fire_timers(partition)
             else:
                 counters.held_back[held] += 1
+
+    # -- identity ------------------------------------------------------------
+
+    def _root(self, buyer_id: str) -> str:
+        """The person id a buyer id's journey lives under (itself unless merged)."""
+        state = self._read(buyer_id)
+        if state is None or state.merged_into is None:
+            return buyer_id
+        return state.merged_into
+
+    def _link(
+        self, person_id: str, event: Event, aliases: list[str], *, source: str, position: str
+    ) -> None:
+        """Make ``aliases`` (ids the event names beside its buyer's) part of its person."""
+        if self.unlinkable and event.buyer_id in self.unlinkable:
+            return
+        person = self._live[person_id]
+        grown = merged = False
+        if event.buyer_id not in person.identified:
+            bisect.insort(person.identified, event.buyer_id)
+            grown = True
+        for alias in aliases:
+            if alias == person_id or alias in self.unlinkable:
+                continue
+            index = bisect.bisect_left(person.aliases, alias)
+            if index < len(person.aliases) and person.aliases[index] == alias:
+                continue
+            other_id = self._root(alias)
+            if other_id == person_id:
+                continue
+            other = self._read(other_id)
+            size = len(person.aliases) + 1 + (0 if other is None else len(other.aliases) + 1)
+            if other is None:
+                size += 1
+            if size > self.max_person_ids:
+                self._refuse_link(person_id, alias, size, event, source=source, position=position)
+                continue
+            self._change(person_id, person)
+            if other is None:
+                person.version += 1
+                bisect.insort(person.aliases, alias)
+                self._live[alias] = self._stub(alias, journey.new_state(alias), person_id)
+                self._changed[alias] = ({}, {})
+            else:
+                self._absorb(person_id, person, other_id, other)
+                merged = True
+            grown = True
+        if grown:
+            self._settle(person_id, person, merged)
+
+    def _absorb(
+        self, person_id: str, person: JourneyState, other_id: str, other: JourneyState
+    ) -> None:
+        """Fold ``other``'s journey into ``person``'s; ``other`` and its aliases point to it."""
+        self._change(other_id, other)
+        journey.merge(person, other)
+        person.identified = sorted({*person.identified, *other.identified})
+        for alias in other.aliases:
+            stub = self._read(alias)
+            if stub is not None:
+                self._change(alias, stub)
+                stub.merged_into = person_id
+        if other_id in self.states:
+            self._retired.add(other_id)
+        self._live[other_id] = self._stub(other_id, other, person_id)
+        self.counters.merges += 1
+        self._output.stats.merges += 1
+
+    @staticmethod
+    def _stub(buyer_id: str, was: JourneyState, person_id: str) -> JourneyState:
+        """What is left of a merged id: a pointer, with a version past its rows'."""
+        return JourneyState(
+            buyer_id=buyer_id,
+            partition=was.partition,
+            version=was.version + 1,
+            persona=was.persona,
+            merged_into=person_id,
+        )
+
+    def _settle(self, person_id: str, person: JourneyState, merged: bool) -> None:
+        """After the person grew: move it to its person id, judge it again, write its links."""
+        canonical = identity.person_id([person_id, *person.aliases], person.identified)
+        if canonical != person_id:
+            stub = self._read(canonical)
+            if stub is not None:
+                self._change(canonical, stub)
+            else:
+                self._changed[canonical] = ({}, {})
+            person.aliases = sorted({person_id, *person.aliases} - {canonical})
+            person.buyer_id = canonical
+            person.version += 1 if stub is None else stub.version + 1
+            self._live[canonical] = person
+            if person_id in self.states:
+                self._retired.add(person_id)
+            self._live[person_id] = self._stub(person_id, person, canonical)
+            for alias in person.aliases:
+                other = self._read(alias)
+                if other is not None and other.merged_into is not None:
+                    self._change(alias, other)
+                    other.merged_into = canonical
+        if merged or canonical != person_id:
+            # the drop-offs are judged again, on the union of the events, under the person id
+            self._schedule(canonical, person)
+            if person.partition in self._newest:
+                self._fire_timers(person.partition)
+        size = len(person.aliases) + 1
+        version = self.link_epoch * LINK_EPOCH + size
+        identified = set(person.identified)
+        output = self._output
+        for alias in person.aliases:
+            output.add(
+                person.partition,
+                _IDENTITIES,
+                _encode(
+                    {
+                        "alias_id": alias,
+                        "person_id": canonical,
+                        "identified": int(alias in identified),
+                        "version": version,
+                        "is_deleted": 0,
+                    }
+                ),
+            )
+        if canonical != person_id:
+            output.add(
+                person.partition,
+                _IDENTITIES,
+                _encode(
+                    {
+                        "alias_id": canonical,
+                        "person_id": canonical,
+                        "identified": int(canonical in identified),
+                        "version": version,
+                        "is_deleted": 1,
+                    }
+                ),
+            )
+
+    def split(self, buyer_id: str, ids: Iterable[str]) -> None:
+        """Take ``buyer_id`` out of the person whose ``ids`` these are, for good.
+
+        Every journey of the person starts over empty (its rows are retracted at the next
+        flush unless events fold into it again) and ``buyer_id`` becomes unlinkable; the
+        driver then folds the person's stored events again (with ``emit_touchpoints`` off),
+        which links the other ids once more but not this one.
+        """
+        self.unlinkable.add(buyer_id)
+        version = self.link_epoch * LINK_EPOCH
+        for one in ids:
+            state = self._read(one)
+            if state is None:
+                continue
+            self._change(one, state)
+            fresh = journey.new_state(one, state.partition)
+            fresh.version = state.version + 1
+            self._live[one] = fresh
+            self._retired.add(one)
+            self._output.add(
+                state.partition,
+                _IDENTITIES,
+                _encode(
+                    {
+                        "alias_id": one,
+                        "person_id": one,
+                        "identified": 0,
+                        "version": version,
+                        "is_deleted": 1,
+                    }
+                ),
+            )
+
+    def _refuse_link(
+        self, person_id: str, alias: str, size: int, event: Event, *, source: str, position: str
+    ) -> None:
+        self.dead_letter(
+            DeadLetterReason.IDENTITY_CAP,
+            f"linking {alias!r} to person {person_id!r} would give the person {size} ids, more "
+            f"than the cap of {self.max_person_ids} (a shared device or address?); the event "
+            f"was processed, the journeys stay apart",
+            _encode(_event_record(event)),
+            source=source,
+            position=position,
+        )
 
     def _held_back(self, event: Event) -> str | None:
         """Why this event's time may not move the watermark (None: it may)."""
@@ -555,12 +870,18 @@ class JourneyProcessor:
         output, self._output = self._output, BatchOutput()
         self._future = to_micros(self._clock()) + self._skew
         stats = output.stats
-        store = self.states
         timeouts = self.timeouts
         order = self.order
+        retired, self._retired = self._retired, set()
         for buyer_id, (hits_before, dropoffs_before) in self._changed.items():
             state = self._live[buyer_id]
             partition = state.partition
+            if state.merged_into is not None or not state.events:
+                # merged into another person's journey, or split off and left with nothing
+                if buyer_id in retired:
+                    self._retract(output, state, hits_before, dropoffs_before)
+                self._store(output, buyer_id, state)
+                continue
             hits_changed = state.stage_hits != hits_before
             moves = journey.transitions(state, order) if hits_changed else None
             newest = self._newest.get(partition)
@@ -587,17 +908,45 @@ class JourneyProcessor:
                     output.add(partition, _DROPOFFS, _encode(journey.dropoff_row(state, record)))
                     if record.recovered_at is None:
                         stats.dropoffs[stage] += 1
+            for stage, record in dropoffs_before.items():
+                if stage not in state.dropoffs:  # a merge showed no drop-off here
+                    row = journey.dropoff_row(state, record)
+                    row["is_deleted"] = 1
+                    output.add(partition, _DROPOFFS, _encode(row))
             output.add(partition, _STATES, _encode(journey.state_row(state, order)))
-            blob = encode_state(state)
-            store[buyer_id] = blob
-            stored = output.stored.get(partition)
-            if stored is None:
-                output.stored[partition] = [(buyer_id, blob)]
-            else:
-                stored.append((buyer_id, blob))
+            self._store(output, buyer_id, state)
         self._changed.clear()
         self._live.clear()
         return output
+
+    def _store(self, output: BatchOutput, buyer_id: str, state: JourneyState) -> None:
+        blob = encode_state(state)
+        self.states[buyer_id] = blob
+        stored = output.stored.get(state.partition)
+        if stored is None:
+            output.stored[state.partition] = [(buyer_id, blob)]
+        else:
+            stored.append((buyer_id, blob))
+
+    def _retract(
+        self,
+        output: BatchOutput,
+        stub: JourneyState,
+        hits_before: Mapping[str, TouchRef],
+        dropoffs_before: Mapping[str, Any],
+    ) -> None:
+        """Take back the rows of a journey that was merged into another person's."""
+        partition = stub.partition
+        moves = journey.moves_of(hits_before, self.order)
+        for row in journey.transition_rows(stub, (), moves):
+            output.add(partition, _TRANSITIONS, _encode(row))
+        for record in dropoffs_before.values():
+            row = journey.dropoff_row(stub, record)
+            row["is_deleted"] = 1
+            output.add(partition, _DROPOFFS, _encode(row))
+        row = journey.state_row(stub, self.order)
+        row["is_deleted"] = 1
+        output.add(partition, _STATES, _encode(row))
 
 
 def _event_record(event: Event) -> dict[str, Any]:

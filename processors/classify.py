@@ -84,9 +84,11 @@ def _matches(condition: Condition, properties: dict[str, PropertyValue]) -> bool
             return isinstance(expected, list) and actual in expected
         case "not_in":
             return isinstance(expected, list) and actual not in expected
+    # The rules model gives these ops a number; a property that is not one never matches.
     if not isinstance(actual, int | float) or isinstance(actual, bool):
         return False
-    assert isinstance(expected, int | float)
+    if not isinstance(expected, int | float):
+        return False
     match condition.op:
         case "gt":
             return actual > expected

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.rules import Classifier, default_rules, load_rules
+from processors.classify import Classifier, default_rules, load_rules
 from schemas.enums import EVENT_TYPES, ExitKind, Stage
 from schemas.errors import RulesError
 from schemas.touchpoint import Touchpoint
