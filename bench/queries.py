@@ -11,7 +11,7 @@ look-back and half-life, lapse period; ``limit=25`` like the report).
 
 Beside them, *the same question answered from the raw table without the aggregates*.
 Every answer the report summaries serve (migration 0011: ``purchases``,
-``support_touches``, ``buyer_last_touch``, ``buyer_channels``, ``buyer_paths``) is timed
+``support_touches``, ``buyer_last_touch``, ``buyer_channels``) is timed
 beside its raw twin, the same library call with ``source="raw"`` (the SQL it had over
 ``touchpoints``):
 promo effectiveness, weekly sales, retention cohorts, buyer tracker, persona stats,
@@ -150,7 +150,6 @@ _AGGREGATES: Final = (
     "funnel_daily",
     "interactions_hour_of_week",
     "buyer_last_touch",
-    "buyer_paths",
 )
 _SUMMARIES: Final = {
     "purchases": "is_purchase",
@@ -420,14 +419,6 @@ def _aggregate_checks(client: Client) -> dict[str, Any]:
         f"SELECT count() FROM (SELECT buyer_id FROM {db}.buyer_last_touch GROUP BY buyer_id)",
     )
     buyers = _scalar(client, f"SELECT uniqExact(buyer_id) FROM {db}.touchpoints")
-    summaries["buyer_paths"] = (
-        _scalar(
-            client,
-            f"SELECT sum(length(touches)) FROM (SELECT groupUniqArrayMerge(touches) AS touches "
-            f"FROM {db}.buyer_paths GROUP BY buyer_id)",
-        ),
-        _scalar(client, f"SELECT count() FROM {db}.touchpoints FINAL WHERE NOT is_purchase"),
-    )
     summaries["buyer_channels"] = (
         _scalar(client, f"SELECT count() FROM {db}.buyer_channels FINAL"),
         _scalar(
@@ -830,7 +821,7 @@ def _pairs(
     summaries.append(
         (
             "attribution_all (5 models x 2 keys)",
-            "purchases, buyer_paths",
+            "purchases",
             attribution("summary"),
             attribution("raw"),
         )

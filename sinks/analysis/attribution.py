@@ -101,9 +101,12 @@ orders AS (
             FROM orders AS o
             LEFT JOIN (
                 SELECT buyer_id,
-                       arrayMap(x -> (x.1, x.3, x.4), groupUniqArrayMerge(touches)) AS touches
-                FROM {paths}
-                WHERE buyer_id IN (SELECT buyer_id FROM orders)
+                       groupArray((occurred_at, channel, ifNull(campaign, '(none)'))) AS touches
+                FROM {touchpoints}
+                WHERE NOT is_purchase AND buyer_id IN (SELECT buyer_id FROM orders)
+                  AND occurred_at < {{end:DateTime64(3, 'UTC')}}
+                  AND occurred_at >= {{start:DateTime64(3, 'UTC')}}
+                                     - toIntervalSecond({{lookback:UInt32}})
                 GROUP BY buyer_id
             ) AS t USING (buyer_id)
         ),
@@ -149,9 +152,10 @@ def attribution_all(
     purchases, first purchases and paths are read once (the report needs all ten).
 
     A path is in time order, touches at the same time by channel and campaign. From the
-    summaries, the buyers with a purchase in the period come from ``purchases`` and their
-    touches from ``buyer_paths`` (one set per buyer); the raw twin gathers every buyer's
-    purchases and touches from ``touchpoints`` in one pass."""
+    summaries, the buyers with a purchase in the period come from ``purchases``, and only
+    their touches are gathered from ``touchpoints``, only those that can be on a path:
+    before the period's end, at most ``lookback`` before its start. The raw twin gathers
+    every buyer's purchases and touches in one pass."""
     db = identifier(database)
     weights = ",\n                ".join(
         f"{_WEIGHTS[model]} AS w_{model}" for model in ATTRIBUTION_MODELS
@@ -168,7 +172,6 @@ def attribution_all(
         period=period_condition("occurred_at"),
         touchpoints=by_person(db, "touchpoints"),
         purchases=by_person(db, "purchases"),
-        paths=by_person(db, "buyer_paths", final=False),
     )
     sql = f"""
         WITH {with_buyers}

@@ -173,10 +173,11 @@ def test_the_summaries_hold_the_deduplicated_touches_and_no_more(
     assert count(f"SELECT count() FROM {db}.buyer_channels FINAL") == count(
         f"SELECT uniqExact(buyer_id, channel) FROM {db}.touchpoints WHERE NOT is_purchase"
     )
-    assert count(
-        f"SELECT sum(length(touches)) FROM (SELECT groupUniqArrayMerge(touches) AS touches "
-        f"FROM {db}.buyer_paths GROUP BY buyer_id)"
-    ) == count(f"SELECT count() FROM {db}.touchpoints FINAL WHERE NOT is_purchase")
+    # 0012 took buyer_paths out again, its view first
+    assert not count(
+        f"SELECT count() FROM system.tables WHERE database = '{db}' "
+        "AND name IN ('buyer_paths', 'buyer_paths_mv')"
+    )
 
 
 @pytest.mark.parametrize("period", PERIODS, ids=lambda p: f"{p.start}..{p.end}")
