@@ -51,6 +51,7 @@ def final_rows(batches_rows: dict[str, list[Any]]) -> dict[str, dict[tuple[str, 
         "journey_state": ("buyer_id",),
         "stage_transitions": ("buyer_id", "to_stage"),
         "dropoffs": ("buyer_id", "stage"),
+        "identity_links": ("alias_id",),
     }
     result: dict[str, dict[tuple[str, ...], Any]] = {}
     for table, key in keys.items():

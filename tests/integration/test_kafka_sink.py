@@ -42,11 +42,18 @@ PARTITIONS = 3
 def rows() -> dict[str, list[Row]]:
     """Real rows of every table: generated journeys through the journey processor."""
     config = GeneratorConfig(
-        buyers=120, seed=11, malformed_rate=0.01, timeouts=dict(default_rules().timeouts)
+        buyers=120,
+        seed=11,
+        malformed_rate=0.01,
+        several_ids_rate=0.2,
+        timeouts=dict(default_rules().timeouts),
     )
     lines, _ = generate(config)
     processor = JourneyProcessor(
-        rules_with_triggers(), allowed_lateness=timedelta(hours=2), dedup_window=timedelta(days=7)
+        rules_with_triggers(),
+        allowed_lateness=timedelta(hours=2),
+        dedup_window=timedelta(days=7),
+        stitch_identities=True,
     )
     for number, line in enumerate(lines, 1):
         processor.process_raw(line, source="gen.jsonl", position=f"line {number}")

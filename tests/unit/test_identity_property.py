@@ -108,4 +108,7 @@ def test_stitched_ids_have_the_journey_of_one_id_whatever_the_order(
     shuffled = [record for _, _, _, record in sorted(records, key=lambda r: (r[1], r[2]))]
     expected = run([as_person(record) for record in shuffled], stitch=False)
     actual = run(shuffled, stitch=True)
+    assert expected.pop("identity_links") == {}
+    links = {alias: row.person_id for (alias,), row in actual.pop("identity_links").items()}
+    assert links == {alias: PERSON_ID for alias in PERSON if alias != PERSON_ID}
     assert actual == expected
