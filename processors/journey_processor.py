@@ -29,15 +29,19 @@ import msgspec
 
 from processors import identity, journey
 from processors.classify import Classifier
+from processors.stitching import rank
 from processors.triggers import TriggerSet
 from schemas.dead_letter import DeadLetter
 from schemas.enums import DeadLetterReason
 from schemas.errors import RulesError, SchemaValidationError
 from schemas.events import Event, decode_event
 from schemas.journey import (
+    IdentityMessage,
     JourneyState,
     TouchRef,
+    decode_identity_message,
     decode_state,
+    encode_identity_message,
     encode_state,
     from_micros,
     to_micros,
@@ -55,7 +59,13 @@ from schemas.rows import (
     row_adapter,
 )
 from schemas.rules import JourneyRules
-from schemas.topics import CONTROL_HEADER, CONTROL_WATERMARK, PACK_HEADER, PACK_NDJSON
+from schemas.topics import (
+    CONTROL_HEADER,
+    CONTROL_IDENTITY,
+    CONTROL_WATERMARK,
+    PACK_HEADER,
+    PACK_NDJSON,
+)
 
 __all__ = [
     "HELD_BACK_REASONS",
@@ -150,6 +160,9 @@ class BatchOutput:
     rows: dict[int, dict[str, list[bytes]]] = field(default_factory=dict)
     stored: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)
     """Partition → (buyer id, encoded state) of every journey the batch changed."""
+    controls: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    """Input partition → (target partition, encoded :class:`IdentityMessage`) of the control
+    records its input made for other partitions (:mod:`processors.stitching`)."""
     stats: BatchStats = field(default_factory=BatchStats)
 
     def add(self, partition: int, table: str, row: bytes) -> None:
@@ -262,6 +275,7 @@ class JourneyProcessor:
         clock: Callable[[], datetime] = _utc_now,
         stitch_identities: bool = False,
         max_person_ids: int = identity.MAX_IDS,
+        home: Callable[[str], int] | None = None,
     ) -> None:
         if dedup_window < allowed_lateness:
             raise ValueError("dedup_window must be at least allowed_lateness")
@@ -301,8 +315,13 @@ class JourneyProcessor:
         """Buyers this batch changed → their stage hits and drop-offs before it."""
         self._output = BatchOutput()
         self.stitch_identities = stitch_identities
-        """Fold the journeys of ids an event links into one person's (:mod:`processors.identity`).
-        Needs every linked id's state in ``states``: the local runner's; not yet the workers'."""
+        """Fold the journeys of ids an event links into one person's
+        (:mod:`processors.identity`)."""
+        self.home = home
+        """Buyer id → the partition its events arrive on, when states are spread over
+        partitions (the Kafka workers): stitching then goes through control messages
+        (:mod:`processors.stitching`). None: every id's state is in ``states``."""
+        self._home_of: Callable[[str], int] = home if home is not None else _one_partition
         if max_person_ids < 2:
             raise ValueError("max_person_ids must be at least 2")
         self.max_person_ids = max_person_ids
@@ -522,6 +541,9 @@ class JourneyProcessor:
                         partition=partition,
                     )
                 return
+            if header(headers, CONTROL_HEADER) == CONTROL_IDENTITY:
+                self._receive(data, source=source, position=position, partition=partition)
+                return
         self.process_raw(data, source=source, position=position, partition=partition)
 
     def dead_letter(
@@ -547,12 +569,29 @@ class JourneyProcessor:
         row = DeadLetterRow.from_dead_letter(letter)
         self._output.add(partition, _DEAD_LETTERS, ROW_ADAPTERS[_DEAD_LETTERS].dump_json(row))
 
-    def process(self, event: Event, *, source: str, position: str, partition: int = 0) -> None:
-        """Process one validated event that arrived on ``partition``."""
+    def process(
+        self,
+        event: Event,
+        *,
+        source: str,
+        position: str,
+        partition: int = 0,
+        person: str | None = None,
+    ) -> None:
+        """Process one validated event that arrived on ``partition``.
+
+        ``person``: the event was forwarded to this id's home by the home of its buyer id,
+        whose journey is part of that id's person (:mod:`processors.stitching`).
+        """
         at = event.at
         newest = self._newest.get(partition)
         watermark = None if newest is None else newest - self._lateness
-        if watermark is not None and at < watermark - self._dedup and not self.accept_late:
+        if (
+            watermark is not None
+            and at < watermark - self._dedup
+            and not self.accept_late
+            and person is None
+        ):
             self.dead_letter(
                 DeadLetterReason.TOO_LATE,
                 f"occurred_at {from_micros(at).isoformat()} is more than the dedup window "
@@ -563,9 +602,21 @@ class JourneyProcessor:
                 partition=partition,
             )
             return
-        buyer_id = event.buyer_id
+        buyer_id = event.buyer_id if person is None else person
         state = self._read(buyer_id)
-        if state is not None and state.merged_into is not None:
+        if self.home is not None and (state is None or state.merged_into is not None):
+            buyer_id, state, here = self._locate(buyer_id, partition)
+            if not here:
+                forwarded = IdentityMessage(
+                    "event",
+                    buyer_id,
+                    event=_encode(_event_record(event)),
+                    source=source,
+                    position=position,
+                )
+                self._send(partition, forwarded)
+                return
+        elif state is not None and state.merged_into is not None:
             buyer_id = state.merged_into
             state = self._read(buyer_id)
         if state is None:
@@ -617,7 +668,10 @@ class JourneyProcessor:
         if self.stitch_identities:
             aliases = identity.linked_ids(event)
             if aliases:
-                self._link(buyer_id, event, aliases, source=source, position=position)
+                if self.home is None:
+                    self._link(buyer_id, event, aliases, source=source, position=position)
+                else:
+                    self._link_across(buyer_id, event, aliases, partition, source, position)
 
         partition = state.partition
         newest = self._newest.get(partition)
@@ -812,6 +866,234 @@ class JourneyProcessor:
             position=position,
         )
 
+    # -- identity across partitions (processors.stitching) ---------------------
+
+    def _locate(self, buyer_id: str, partition: int) -> tuple[str, JourneyState | None, bool]:
+        """Follow ``buyer_id``'s stubs on this partition: (the id reached, its state, whether
+        its home is here). Not here: the next hop is that id's home."""
+        home = self._home_of
+        while True:
+            if home(buyer_id) != partition:
+                return buyer_id, None, False
+            state = self._read(buyer_id)
+            if state is None or state.merged_into is None:
+                return buyer_id, state, True
+            buyer_id = state.merged_into
+
+    def _send(self, partition: int, message: IdentityMessage) -> None:
+        """Send ``message`` to its target's home, with the output of input ``partition``."""
+        home = self._home_of
+        controls = self._output.controls.get(partition)
+        if controls is None:
+            controls = self._output.controls[partition] = []
+        controls.append((home(message.target), encode_identity_message(message)))
+
+    def _link_across(
+        self,
+        person_id: str,
+        event: Event,
+        aliases: list[str],
+        partition: int,
+        source: str,
+        position: str,
+    ) -> None:
+        """Ask the homes of the ids ``event`` links to join their persons to this one."""
+        person = self._live[person_id]
+        named = event.buyer_id not in person.identified
+        if named:
+            self._change(person_id, person)
+            bisect.insort(person.identified, event.buyer_id)
+        record = b""
+        for alias in aliases:
+            if alias == person_id or alias in person.aliases:
+                continue
+            record = record or _encode(_event_record(event))
+            self._send(
+                partition,
+                IdentityMessage(
+                    "union",
+                    alias,
+                    other=person_id,
+                    other_named=person_id in person.identified,
+                    size=len(person.aliases) + 1,
+                    event=record,
+                    source=source,
+                    position=position,
+                ),
+            )
+        if named:
+            self._settle_across(person_id, person, partition, merged=False)
+
+    def _receive(self, data: bytes, *, source: str, position: str, partition: int) -> None:
+        """An identity control message another partition's input made for this one."""
+        try:
+            message = decode_identity_message(data)
+            if message.op == "event":
+                event = decode_event(message.event)
+            elif message.op == "absorb":
+                shipped = decode_state(message.state)
+        except SchemaValidationError as exc:
+            self.dead_letter(
+                exc.reason, exc.detail, data, source=source, position=position, partition=partition
+            )
+            return
+        if message.op == "event":
+            self.process(
+                event,
+                source=message.source,
+                position=message.position,
+                partition=partition,
+                person=message.target,
+            )
+            return
+        if message.adopt:
+            # the target is one of the shipped person's own ids, a stub into it: not followed
+            root_id, root = message.target, self._read(message.target)
+            if root is not None and root.merged_into is not None:
+                root = None
+        else:
+            root_id, root, here = self._locate(message.target, partition)
+            if not here:
+                self._send(partition, msgspec.structs.replace(message, target=root_id))
+                return
+            if message.op == "union":
+                self._union(root_id, root, message, partition)
+                return
+        if root is None:
+            self._adopt(root_id, shipped, partition)
+        else:
+            self._change(root_id, root)
+            journey.merge(root, shipped)
+            root.identified = sorted({*root.identified, *shipped.identified})
+            self.counters.merges += 1
+            self._output.stats.merges += 1
+            self._settle_across(root_id, root, partition, merged=True)
+
+    def _union(
+        self, root_id: str, root: JourneyState | None, message: IdentityMessage, partition: int
+    ) -> None:
+        """``message.other``'s person and ``root_id``'s are one: the lower-ranked root ships."""
+        other = message.other
+        if root is None:
+            root = self._live[root_id] = journey.new_state(root_id, partition)
+            self._changed[root_id] = ({}, {})
+        if other == root_id or other in root.aliases:
+            return
+        size = len(root.aliases) + 1 + message.size
+        if size > self.max_person_ids:
+            self.dead_letter(
+                DeadLetterReason.IDENTITY_CAP,
+                f"linking {root_id!r} and {other!r} would give their person {size} ids, more "
+                f"than the cap of {self.max_person_ids} (a shared device or address?); the "
+                f"event was processed, the journeys stay apart",
+                message.event,
+                source=message.source,
+                position=message.position,
+                partition=partition,
+            )
+            return
+        theirs = (not message.other_named, other)
+        if theirs < rank(root_id, root.identified):
+            self._ship(root_id, root, other, partition, adopt=False)
+            return
+        self._send(
+            partition,
+            IdentityMessage(
+                "union",
+                other,
+                other=root_id,
+                other_named=root_id in root.identified,
+                size=len(root.aliases) + 1,
+                event=message.event,
+                source=message.source,
+                position=message.position,
+            ),
+        )
+
+    def _ship(
+        self, root_id: str, root: JourneyState, target: str, partition: int, *, adopt: bool
+    ) -> None:
+        """Send ``root_id``'s whole journey to ``target``'s home; ``root_id`` becomes a stub."""
+        self._change(root_id, root)
+        self._send(
+            partition, IdentityMessage("absorb", target, state=encode_state(root), adopt=adopt)
+        )
+        if root_id in self.states:
+            self._retired.add(root_id)
+        self._live[root_id] = self._stub(root_id, root, target)
+
+    def _adopt(self, buyer_id: str, shipped: JourneyState, partition: int) -> None:
+        """The shipped journey lives under ``buyer_id`` (here) from now on."""
+        was = self._read(buyer_id)
+        if was is None:
+            self._changed[buyer_id] = ({}, {})
+        else:
+            self._change(buyer_id, was)
+        shipped.aliases = sorted({shipped.buyer_id, *shipped.aliases} - {buyer_id})
+        shipped.buyer_id = buyer_id
+        shipped.partition = partition
+        shipped.merged_into = None
+        shipped.version = max(shipped.version, 0 if was is None else was.version) + 1
+        self._live[buyer_id] = shipped
+        self._settle_across(buyer_id, shipped, partition, merged=True, adopted=True)
+
+    def _settle_across(
+        self,
+        person_id: str,
+        person: JourneyState,
+        partition: int,
+        *,
+        merged: bool,
+        adopted: bool = False,
+    ) -> None:
+        """After the person here grew: move it to a better id, or judge it again and write
+        its links."""
+        canonical = identity.person_id([person_id, *person.aliases], person.identified)
+        if canonical != person_id:
+            self._ship(person_id, person, canonical, partition, adopt=True)
+            return
+        if merged:
+            self._schedule(person_id, person)
+            if partition in self._newest:
+                self._fire_timers(partition)
+        self._write_links(person, person_id, retract_own=adopted)
+
+    def _write_links(self, person: JourneyState, person_id: str, *, retract_own: bool) -> None:
+        """The person's ``identity_links`` rows: each alias → ``person_id`` (and, when
+        ``retract_own``, the row that named ``person_id`` itself an alias taken back)."""
+        size = len(person.aliases) + 1
+        version = self.link_epoch * LINK_EPOCH + size
+        identified = set(person.identified)
+        output = self._output
+        for alias in person.aliases:
+            output.add(
+                person.partition,
+                _IDENTITIES,
+                _encode(
+                    {
+                        "alias_id": alias,
+                        "person_id": person_id,
+                        "identified": int(alias in identified),
+                        "version": version,
+                        "is_deleted": 0,
+                    }
+                ),
+            )
+        if retract_own:
+            output.add(
+                person.partition,
+                _IDENTITIES,
+                _encode(
+                    {
+                        "alias_id": person_id,
+                        "person_id": person_id,
+                        "identified": int(person_id in identified),
+                        "version": version,
+                        "is_deleted": 1,
+                    }
+                ),
+            )
+
     def _held_back(self, event: Event) -> str | None:
         """Why this event's time may not move the watermark (None: it may)."""
         received = event.received_at
@@ -947,6 +1229,10 @@ class JourneyProcessor:
         row = journey.state_row(stub, self.order)
         row["is_deleted"] = 1
         output.add(partition, _STATES, _encode(row))
+
+
+def _one_partition(_buyer_id: str) -> int:
+    return 0
 
 
 def _event_record(event: Event) -> dict[str, Any]:

@@ -35,11 +35,14 @@ __all__ = [
     "DropoffRecord",
     "ExitRecord",
     "FiredTrigger",
+    "IdentityMessage",
     "JourneyState",
     "Latest",
     "PartitionPosition",
     "TouchRef",
+    "decode_identity_message",
     "decode_state",
+    "encode_identity_message",
     "encode_state",
     "from_micros",
     "to_micros",
@@ -210,3 +213,53 @@ class PartitionPosition:
 
 
 PARTITION_POSITION_ADAPTER: TypeAdapter[PartitionPosition] = TypeAdapter(PartitionPosition)
+
+
+class IdentityMessage(msgspec.Struct, array_like=True, frozen=True):
+    """A control record the Kafka workers send each other to stitch identities.
+
+    Sent on ``touchpoints.raw`` to the partition of ``target`` (header
+    :data:`~schemas.topics.CONTROL_HEADER` = :data:`~schemas.topics.CONTROL_IDENTITY`), in
+    the transaction of the input that caused it; :mod:`processors.stitching` explains the
+    protocol. ``op`` is one of:
+
+    - ``"union"``: the person of ``target`` and the person of ``other`` are one
+      (``other_named``: ``other`` is the buyer id of a linking event; ``size``: its ids);
+    - ``"absorb"``: ``state`` is a person's whole journey, shipped to join ``target``'s (or,
+      with ``adopt``, to live under ``target``, one of its own ids, from now on);
+    - ``"event"``: ``event`` (a Touchpoint JSON object) belongs to ``target``'s person; it
+      arrived at ``source`` ``position`` under an id merged into that person.
+    """
+
+    op: str
+    target: str
+    other: str = ""
+    other_named: bool = False
+    size: int = 1
+    state: bytes = b""
+    adopt: bool = False
+    event: bytes = b""
+    source: str = ""
+    position: str = ""
+
+
+_MESSAGE_ENCODER: Final = msgspec.msgpack.Encoder()
+_MESSAGE_DECODER: Final = msgspec.msgpack.Decoder(IdentityMessage)
+
+encode_identity_message = _MESSAGE_ENCODER.encode
+
+
+def decode_identity_message(data: bytes) -> IdentityMessage:
+    """The message :func:`encode_identity_message` wrote; SchemaValidationError if not one."""
+    try:
+        message = _MESSAGE_DECODER.decode(data)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise SchemaValidationError(
+            DeadLetterReason.INVALID_PAYLOAD, f"not an identity control message ({exc})"
+        ) from None
+    if message.op not in ("union", "absorb", "event") or not message.target:
+        raise SchemaValidationError(
+            DeadLetterReason.INVALID_FIELD,
+            f"identity control message with op {message.op!r} and target {message.target!r}",
+        )
+    return message

@@ -33,6 +33,7 @@ from schemas.rows import (
 __all__ = [
     "COMPACTED_TOPICS",
     "CONTROL_HEADER",
+    "CONTROL_IDENTITY",
     "CONTROL_WATERMARK",
     "OUTPUT_TOPICS",
     "PACK_HEADER",
@@ -87,6 +88,9 @@ CONTROL_WATERMARK: Final = b"watermark"
 """Control value: the record's value is an ISO-8601 event time; the partition's source
 promises no event older than it minus the allowed lateness will follow (a source
 watermark, e.g. sent by ``touchpoint produce`` at the end of its input)."""
+CONTROL_IDENTITY: Final = b"identity"
+"""Control value: the record's value is a :class:`~schemas.journey.IdentityMessage`, sent by
+one journey worker to another (identity stitching across partitions)."""
 
 
 @dataclass(frozen=True)

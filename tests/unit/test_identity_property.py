@@ -8,7 +8,8 @@ exactly the rows of a run where every event already carried the person id.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import random
+from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from processors.classify import default_rules
 from processors.journey_processor import JourneyProcessor
+from schemas.topics import CONTROL_HEADER, CONTROL_IDENTITY
 from tests.factories import event, final_rows
 
 LATENESS = timedelta(hours=6)
@@ -76,11 +78,10 @@ def as_person(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(touch, min_size=1, max_size=30), link_hours)
-def test_stitched_ids_have_the_journey_of_one_id_whatever_the_order(
+def deliveries(
     touches: list[tuple[str, int, int, float, bool]], links: tuple[int, int]
-) -> None:
+) -> list[dict[str, Any]]:
+    """The touches and the two linking events, in the order they arrive."""
     records = []
     for index, (buyer, kind, hour, delay, twice) in enumerate(touches):
         event_type, fields = EVENTS[kind]
@@ -104,11 +105,119 @@ def test_stitched_ids_have_the_journey_of_one_id_whatever_the_order(
     for index, record in ((1000, sign_in), (1001, ticket)):
         at = timedelta(hours=links[index - 1000])
         records.append((at, at + LATENESS * 0.5, index, record))
+    return [record for _, _, _, record in sorted(records, key=lambda r: (r[1], r[2]))]
 
-    shuffled = [record for _, _, _, record in sorted(records, key=lambda r: (r[1], r[2]))]
+
+def without_links(rows: dict[str, Any]) -> dict[str, Any]:
+    """The rows but ``identity_links``, after checking the links name the person."""
+    links = {alias: row.person_id for (alias,), row in rows.pop("identity_links").items()}
+    assert links == {alias: PERSON_ID for alias in PERSON if alias != PERSON_ID}
+    return rows
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(touch, min_size=1, max_size=30), link_hours)
+def test_stitched_ids_have_the_journey_of_one_id_whatever_the_order(
+    touches: list[tuple[str, int, int, float, bool]], links: tuple[int, int]
+) -> None:
+    shuffled = deliveries(touches, links)
     expected = run([as_person(record) for record in shuffled], stitch=False)
     actual = run(shuffled, stitch=True)
     assert expected.pop("identity_links") == {}
-    links = {alias: row.person_id for (alias,), row in actual.pop("identity_links").items()}
-    assert links == {alias: PERSON_ID for alias in PERSON if alias != PERSON_ID}
-    assert actual == expected
+    assert without_links(actual) == expected
+
+
+# -- across partitions (the Kafka workers: processors.stitching) -------------------------
+
+PARTITIONS = 3
+
+
+def run_partitioned(
+    records: list[dict[str, Any]], homes: dict[str, int], shared: bool, draw: random.Random
+) -> dict[str, Any]:
+    """The records through one processor per partition (or one for all, ``shared``), each id's
+    events arriving on its home partition, the control messages between partitions delivered
+    before the next input (well inside the lateness bound), in batches of random sizes."""
+    home = homes.__getitem__
+    one = JourneyProcessor(
+        RULES, allowed_lateness=LATENESS, dedup_window=DEDUP, stitch_identities=True, home=home
+    )
+    workers = {
+        partition: one
+        if shared
+        else JourneyProcessor(
+            RULES, allowed_lateness=LATENESS, dedup_window=DEDUP, stitch_identities=True, home=home
+        )
+        for partition in range(PARTITIONS)
+    }
+    controls: dict[int, list[bytes]] = {partition: [] for partition in range(PARTITIONS)}
+    tables: dict[str, list[Any]] = {}
+
+    def flush(processor: JourneyProcessor) -> None:
+        output = processor.flush()
+        for table, rows in output.tables().items():
+            tables.setdefault(table, []).extend(rows)
+        for sent in output.controls.values():
+            for target, value in sent:
+                controls[target].append(value)
+
+    def deliver() -> None:
+        for _ in range(1000):
+            if not any(controls.values()):
+                return
+            partition = draw.choice([p for p, pending in controls.items() if pending])
+            pending, controls[partition] = controls[partition], []
+            processor = workers[partition]
+            for index, value in enumerate(pending):
+                processor.process_record(
+                    value,
+                    source="ctl",
+                    position=f"{partition}:{index}",
+                    partition=partition,
+                    headers=[(CONTROL_HEADER, CONTROL_IDENTITY)],
+                )
+            flush(processor)
+        raise AssertionError("the control messages between partitions never settle")
+
+    start = 0
+    while start < len(records):
+        size = draw.randint(1, 5)
+        batch = records[start : start + size]
+        for index, record in enumerate(batch, start):
+            partition = homes[record["buyer_id"]]
+            workers[partition].process_raw(
+                json.dumps(record), source="prop", position=str(index), partition=partition
+            )
+        for processor in {id(p): p for p in workers.values()}.values():
+            flush(processor)
+        deliver()
+        start += size
+    newest = max(datetime.fromisoformat(record["occurred_at"]) for record in records)
+    for partition, processor in workers.items():
+        processor.advance_watermark(partition, newest)
+        flush(processor)
+    deliver()
+    return final_rows(tables)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(touch, min_size=1, max_size=30),
+    link_hours,
+    st.lists(st.integers(0, PARTITIONS - 1), min_size=len(IDS), max_size=len(IDS)),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+def test_stitching_across_partitions_gives_the_journey_of_one_id(
+    touches: list[tuple[str, int, int, float, bool]],
+    links: tuple[int, int],
+    placement: list[int],
+    shared: bool,
+    draw: random.Random,
+) -> None:
+    homes = dict(zip(IDS, placement, strict=True))
+    shuffled = deliveries(touches, links)
+    expected = run([as_person(record) for record in shuffled], stitch=False)
+    actual = run_partitioned(shuffled, homes, shared, draw)
+    assert expected.pop("identity_links") == {}
+    assert without_links(actual) == expected
