@@ -3,7 +3,8 @@ the same run. Run them as ``python -m bench.<name>`` (``--help`` for options); s
 bench/README.md and docs/benchmarks.md. What lives where:
 
 - ``common.py``      what they share: options, logging, the run (scratch directory, result
-  JSON), a fresh Kafka broker, CPU meters, medians and ratios, the environment record
+  JSON), a fresh Kafka broker, CPU meters, a quiet machine to time on, medians and ratios,
+  the environment record
 - ``embedded.py``    ``touchpoint run`` into chDB vs a plain insert of the same rows
 - ``kafka_path.py``  produce → Faust workers → sink vs a raw aiokafka consumer (and
   ``quix_peer.py``: the same job in Quix Streams, ``--peer quix``)

@@ -730,24 +730,17 @@ def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 TOUCHPOINT_KAFKA_TOPIC_PREFIX=prefix,
                 TOUCHPOINT_COLLECTOR_API_KEYS=json.dumps({"bench": key}),
             )
-            collector_port = args.collector_port or free_port()
-            collector = start_server(
-                "collector",
-                [sys.executable, "-m", "touchpoint", "collector", "--port", str(collector_port)],
-                env,
-                run_dir / "collector.log",
-            )
-            servers.append(collector)
-            meter.track("collector", collector.process.pid)
-            bare_port = args.bare_port or free_port()
-            bare = start_server(
-                "bare",
-                [sys.executable, "-m", "bench.collector", "--serve-bare", "--port", str(bare_port)],
-                env,
-                run_dir / "bare.log",
-            )
-            servers.append(bare)
-            meter.track("bare", bare.process.pid)
+
+            def launch(name: str, port: int | None, *argv: str) -> Server:
+                """``python -m ARGV… --port`` (``port`` or a free one), logged and metered."""
+                command = [sys.executable, "-m", *argv, "--port", str(port or free_port())]
+                server = start_server(name, command, env, run_dir / f"{name}.log")
+                servers.append(server)
+                meter.track(name, server.process.pid)
+                return server
+
+            collector = launch("collector", args.collector_port, "touchpoint", "collector")
+            bare = launch("bare", args.bare_port, "bench.collector", "--serve-bare")
             targets = [
                 Target(
                     "ceiling (bare aiohttp)",

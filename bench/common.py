@@ -9,27 +9,20 @@ error and exit code 1, prints the table and writes the JSON result. Around that:
 - options: :func:`add_dataset_options` (``--events``, ``--buyers``, ``--seed``) and
   :func:`buyers_for`; the argparse types :func:`positive` and :func:`positive_seconds`
 - the input: :func:`generate` (a synthetic JSONL file and its ground truth),
-  :func:`count_lines`, :class:`Progress` (a log line every tenth)
+  :func:`count_lines`, :class:`Progress` (a log line every tenth), :func:`chdb_settings`
+  (the pipeline's settings on one chDB directory)
 - the machine: :class:`CpuMeter` (cores in use per process and of the whole machine, peak
-  RSS, a timeline), :func:`cpu_text`, :func:`kafka_broker` (a fresh Apache Kafka broker),
-  :func:`free_port`, :func:`stop_process`, :func:`in_child` (a phase in a fresh interpreter)
+  RSS, a timeline), :func:`cpu_text`, :class:`CpuSince` (this process and the others since
+  a moment), :class:`QuietMachine` and :func:`add_quiet_options` (``--max-wait``,
+  ``--retries``: wait for the others to be idle, time again if they were not),
+  :func:`kafka_broker` (a fresh Apache Kafka broker), :func:`free_port`,
+  :func:`stop_process`, :func:`in_child` (a phase in a fresh interpreter)
 - the figures: :class:`Timed` (a phase and its events/s), :func:`median_run` (the run a
   repeated phase reports), :func:`ratio` (a figure against its peer), :func:`warnings_text`
   (contention, code changed meanwhile)
-- the record: :func:`environment` (versions, git revision, settings in force),
-  :func:`code_revision`, :func:`changed_during_run`, :func:`package_versions`
-
-``bench/queries.py`` is not ported yet: it still imports ``EVENTS_PER_BUYER``,
-``_count_lines``, ``_environment``, ``_in_child``, ``_Progress``, ``_settings`` and
-``_setup_logging`` from :mod:`bench.embedded`, which keeps those names for it. To port
-it: take :data:`EVENTS_PER_BUYER`, :func:`count_lines`, :func:`in_child`,
-:class:`Progress` and :func:`setup_logging` from here, :func:`add_dataset_options` for
-``--events/--buyers/--seed`` (its ``--events`` help says "before scaling": pass
-``events_help``), :func:`environment` (``bench.embedded._environment`` is
-``environment("chdb", "clickhouse-connect", "pydantic", git=code_revision(),
-touchpoint_env=touchpoint_env_names("PASSWORD"))``), and make ``main`` one :func:`run` call
-with ``scratch_prefix="touchpoint-bench-queries-"``, ``keep_on_failure=False``,
-``run_dir=args.reuse`` (its kept dataset directory) and ``succeeded`` its exit condition.
+- the record: :func:`environment` (versions, git revision, settings in force; a chDB
+  benchmark's: :func:`chdb_environment`), :func:`code_revision`, :func:`changed_during_run`,
+  :func:`package_versions`
 """
 
 from __future__ import annotations
@@ -59,10 +52,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar
 
-if TYPE_CHECKING:  # the generator is imported when used: the bare HTTP ceiling stays lean
+if TYPE_CHECKING:  # imported when used: the bare HTTP ceiling stays lean
     from ingest.generator import GeneratorConfig
+    from schemas.settings import Settings
 
 logger = logging.getLogger("bench")
 
@@ -383,6 +377,18 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
+def chdb_settings(chdb_dir: Path, database: str, batch_size: int) -> Settings:
+    """The pipeline's settings (environment and defaults) on the chDB directory ``chdb_dir``."""
+    from touchpoint import wiring
+
+    return wiring.load_settings(
+        data_dir=chdb_dir.parent,
+        clickhouse_url=f"chdb:{chdb_dir}",
+        clickhouse_database=database,
+        batch_size=batch_size,
+    )
+
+
 # ------------------------------------------------------------------------- processes
 
 
@@ -535,6 +541,107 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class CpuSince:
+    """Cores in use by this process (all its threads) and by everything else, from when it
+    was made until :meth:`cores` is called."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.own = self._own()
+        self.machine = machine_busy()
+
+    @staticmethod
+    def _own() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def cores(self) -> dict[str, float | None]:
+        """``bench`` (this process) and ``other`` (None without /proc/stat)."""
+        wall = time.perf_counter() - self.wall
+        own = (self._own() - self.own) / wall
+        machine = machine_busy()
+        other = (
+            None
+            if machine is None or self.machine is None
+            else max(0.0, (machine - self.machine) / wall - own)
+        )
+        return {"bench": own, "other": other}
+
+
+class Disturbable(Protocol):
+    """A measurement that knows how busy the others were while it was taken."""
+
+    other_cores: float | None
+    attempts: int
+
+
+_Measured = TypeVar("_Measured", bound=Disturbable)
+
+
+def add_quiet_options(parser: argparse.ArgumentParser) -> None:
+    """``--max-wait`` and ``--retries`` of a :class:`QuietMachine`."""
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=600.0,
+        help="before each line, wait up to this many seconds for other processes to use at "
+        f"most {OTHER_CPU_LIMIT} cores [default: 600]",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="time a line again (at most this many times) if other processes used more than "
+        f"{OTHER_CPU_LIMIT} cores meanwhile [default: 2]",
+    )
+
+
+@dataclass
+class QuietMachine:
+    """Takes each measurement while the rest of the machine is idle, and again if it was not.
+
+    Before one, waits (up to ``max_wait`` seconds) until other processes use at most
+    :data:`OTHER_CPU_LIMIT` cores over a 2-second sample; one during which they used more
+    is taken again, at most ``retries`` more times (the last attempt stands, flagged).
+    """
+
+    max_wait: float
+    retries: int
+    waited: float = 0.0
+    """Seconds spent waiting so far."""
+
+    def wait(self) -> None:
+        started = time.perf_counter()
+        logged = False
+        while time.perf_counter() - started < self.max_wait:
+            probe = CpuSince()
+            time.sleep(2.0)
+            other = probe.cores()["other"]
+            if other is None or other <= OTHER_CPU_LIMIT:
+                break
+            if not logged:
+                logger.info(
+                    "other processes use %.2f cores: waiting (up to %.0f s) for a quiet machine",
+                    other,
+                    self.max_wait,
+                )
+                logged = True
+        self.waited += time.perf_counter() - started
+
+    def run(self, label: str, attempt: Callable[[int], _Measured]) -> _Measured:
+        """``attempt(number)`` after :meth:`wait`, again while the others were busy."""
+        number = 1
+        while True:
+            self.wait()
+            result = attempt(number)
+            result.attempts = number
+            other = result.other_cores
+            if other is None or other <= OTHER_CPU_LIMIT or number > self.retries:
+                return result
+            logger.info("%s: other processes used %.2f cores meanwhile: again", label, other)
+            number += 1
+
+
 # ---------------------------------------------------------------------------- figures
 
 
@@ -587,6 +694,18 @@ def environment(*packages: str, git: dict[str, str] | None, **extra: object) -> 
         "packages": package_versions(*packages),
         **extra,
     }
+
+
+def chdb_environment() -> dict[str, object]:
+    """:func:`environment` of a benchmark of the pipeline on embedded chDB: the versions of
+    chdb, clickhouse-connect and pydantic, HEAD and the ``TOUCHPOINT_*`` settings in force."""
+    return environment(
+        "chdb",
+        "clickhouse-connect",
+        "pydantic",
+        git=code_revision(),
+        touchpoint_env=touchpoint_env_names("PASSWORD"),
+    )
 
 
 def touchpoint_env_names(*hidden: str) -> list[str]:

@@ -71,20 +71,19 @@ from bench.common import (
     add_run_options,
     buyers_for,
     changed_during_run,
+    chdb_environment,
+    chdb_settings,
     code_revision,
     count_lines,
-    environment,
     generate,
     in_child,
     median_run,
     positive,
     setup_logging,
-    touchpoint_env_names,
 )
 from ingest.generator import GeneratorConfig
 from ingest.reader import read_records
 from processors.local import run_local
-from schemas.settings import Settings
 from sinks.base import RowBatch, Sink
 from sinks.clickhouse import Client
 from sinks.migrate import apply_migrations
@@ -96,12 +95,6 @@ __all__ = ["EVENTS_PER_BUYER", "PhaseResult", "main"]
 logger = logging.getLogger("bench.embedded")
 
 _RUN_ID: Final = "bench-ceiling"
-
-# Their old names here, for bench/queries.py until it takes them from bench.common.
-_setup_logging = setup_logging
-_in_child = in_child
-_Progress = Progress
-_count_lines = count_lines
 
 
 @dataclass
@@ -132,15 +125,6 @@ def _peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _settings(chdb_dir: Path, database: str, batch_size: int) -> Settings:
-    return wiring.load_settings(
-        data_dir=chdb_dir.parent,
-        clickhouse_url=f"chdb:{chdb_dir}",
-        clickhouse_database=database,
-        batch_size=batch_size,
-    )
-
-
 def _count_touchpoints(client: Client, database: str) -> int:
     count = client.command(f"SELECT count() FROM {database}.touchpoints")
     assert isinstance(count, int | str), count
@@ -152,7 +136,7 @@ def _count_touchpoints(client: Client, database: str) -> int:
 
 def pipeline_phase(events: Path, chdb_dir: Path, database: str, batch_size: int) -> PhaseResult:
     """``touchpoint run --input events`` into a fresh database, timed without setup."""
-    settings = _settings(chdb_dir, database, batch_size)
+    settings = chdb_settings(chdb_dir, database, batch_size)
     setup_started = time.perf_counter()
     with wiring.clickhouse(settings) as client:
         setup = time.perf_counter() - setup_started
@@ -285,7 +269,7 @@ def ceilings_phase(
     ]
     gc.collect()
     gc.freeze()  # the loaded rows never die: keep the collector from rescanning them
-    settings = _settings(chdb_dir, "default", batch_size)
+    settings = chdb_settings(chdb_dir, "default", batch_size)
     with wiring.clickhouse(settings, migrate=False) as client:
         for number in range(1, repeat + 1):
             for kind in ("writer", "raw"):
@@ -355,19 +339,9 @@ def _summarize(runs: Sequence[PhaseResult]) -> dict[str, Any]:
     }
 
 
-def _environment() -> dict[str, Any]:
-    return environment(
-        "chdb",
-        "clickhouse-connect",
-        "pydantic",
-        git=code_revision(),
-        touchpoint_env=touchpoint_env_names("PASSWORD"),
-    )
-
-
 def benchmark(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """Generate (or take) the input, run every phase ``args.repeat`` times, summarize."""
-    environment = _environment()
+    environment = chdb_environment()
     dataset: dict[str, Any]
     if args.input is not None:
         events = args.input.resolve()

@@ -83,7 +83,6 @@ import argparse
 import hashlib
 import json
 import logging
-import resource
 import shutil
 import statistics
 import sys
@@ -94,25 +93,30 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from bench import common
 from bench.common import (
-    add_run_options,
-    machine_busy,
-    positive,
-    scratch_directory,
-    write_result,
-)
-from bench.embedded import (
     EVENTS_PER_BUYER,
-    _count_lines,
-    _environment,
-    _in_child,
-    _Progress,
-    _settings,
-    _setup_logging,
+    OTHER_CPU_LIMIT,
+    REPO,
+    CpuSince,
+    Progress,
+    QuietMachine,
+    add_dataset_options,
+    add_quiet_options,
+    add_run_options,
+    buyers_for,
+    changed_during_run,
+    chdb_environment,
+    chdb_settings,
+    count_lines,
+    generate,
+    in_child,
+    positive,
+    ratio,
 )
-from ingest.generator import GeneratorConfig, write_dataset
+from ingest.generator import GeneratorConfig
 from schemas.report_config import ReportConfig
 from schemas.rules import DEFAULT_ORDER
 from sinks import analysis, answers, queries
@@ -129,8 +133,6 @@ REPORT_LIMIT: Final = 25
 """``limit`` of high_intent and buyer_tracker, as the report passes it."""
 _DATASET_FILE: Final = "dataset.json"
 _CODE_UNDER_TEST: Final = ("schemas", "ingest", "processors", "sinks", "touchpoint")
-_BUSY: Final = 0.25
-"""Cores used by other processes above which a figure is flagged as distorted."""
 _SUFFIX: Final = "concat({column}, '-r', toString(_replica))"
 _REPLICATED: Final[dict[str, tuple[str, ...]]] = {
     "touchpoints": ("event_id", "buyer_id", "anonymous_id", "account_id"),
@@ -287,7 +289,7 @@ class Timing:
     seconds: list[float]
     rows: int
     other_cores: float | None = None
-    """Cores other processes used while this was timed (above 0.25: distorted)."""
+    """Cores other processes used while this was timed (above OTHER_CPU_LIMIT: distorted)."""
     attempts: int = 1
 
     @property
@@ -441,78 +443,6 @@ def _aggregate_checks(client: Client) -> dict[str, Any]:
     }
 
 
-class _Cpu:
-    """Cores in use by this process and by everything else, over a stretch of wall time."""
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.own = self._own()
-        self.machine = machine_busy()
-
-    @staticmethod
-    def _own() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def cores(self) -> dict[str, float | None]:
-        wall = time.perf_counter() - self.wall
-        own = (self._own() - self.own) / wall
-        machine = machine_busy()
-        other = (
-            None
-            if machine is None or self.machine is None
-            else max(0.0, (machine - self.machine) / wall - own)
-        )
-        return {"bench": own, "other": other}
-
-
-_Measured = TypeVar("_Measured", "Timing", "PairResult")
-
-
-@dataclass
-class _Quiet:
-    """Times each line while the rest of the machine is idle, and again if it was not.
-
-    Before a line, waits (up to ``max_wait`` seconds) until other processes use at most
-    ``_BUSY`` cores over a 2-second sample; a line during which they used more is timed
-    again, at most ``retries`` more times (the last attempt stands, flagged).
-    """
-
-    max_wait: float
-    retries: int
-    waited: float = 0.0
-
-    def wait(self) -> None:
-        started = time.perf_counter()
-        logged = False
-        while time.perf_counter() - started < self.max_wait:
-            probe = _Cpu()
-            time.sleep(2.0)
-            other = probe.cores()["other"]
-            if other is None or other <= _BUSY:
-                break
-            if not logged:
-                logger.info(
-                    "other processes use %.2f cores: waiting (up to %.0f s) for a quiet machine",
-                    other,
-                    self.max_wait,
-                )
-                logged = True
-        self.waited += time.perf_counter() - started
-
-    def run(self, label: str, attempt: Callable[[int], _Measured]) -> _Measured:
-        number = 1
-        while True:
-            self.wait()
-            result = attempt(number)
-            result.attempts = number
-            other = result.other_cores
-            if other is None or other <= _BUSY or number > self.retries:
-                return result
-            logger.info("%s: other processes used %.2f cores meanwhile: again", label, other)
-            number += 1
-
-
 # -------------------------------------------------------------------- build (a child)
 
 
@@ -540,17 +470,14 @@ def build_dataset(
 ) -> dict[str, Any]:
     """Generate, run through the pipeline, copy ``scale`` times, settle; counts and timings."""
     started = time.perf_counter()
-    logger.info("generating %s buyers (seed %d) into %s", f"{buyers:,}", seed, events)
-    truth = write_dataset(
-        GeneratorConfig(buyers=buyers, seed=seed), events, on_buyer=_Progress("generate", buyers)
-    )
+    truth = generate(events, GeneratorConfig(buyers=buyers, seed=seed))
     generated = time.perf_counter()
-    records = _count_lines(events)
-    settings = _settings(chdb_dir, DATABASE, batch_size=5000)
+    records = count_lines(events)
+    settings = chdb_settings(chdb_dir, DATABASE, batch_size=5000)
     with wiring.clickhouse(settings) as client:
         inputs = wiring.inspect_inputs([events])
         summary = wiring.run_files(
-            settings, inputs, client, on_progress=_Progress("pipeline", inputs[0].lines)
+            settings, inputs, client, on_progress=Progress("pipeline", inputs[0].lines)
         )
         processed = time.perf_counter()
         events.unlink()
@@ -580,7 +507,7 @@ def build_dataset(
         "seed": seed,
         "scale": scale,
         "records": records,
-        "events_unique": truth.events_unique,
+        "events_unique": truth["events_unique"],
         "pipeline_records": summary.records,
         "pipeline_rows_written": dict(summary.rows_written),
         "rows_before_scaling": before,
@@ -605,7 +532,7 @@ def build_dataset(
 def _time(call: Callable[[], Sequence[Any]], repeat: int, warm_up: bool = True) -> Timing:
     if warm_up:
         call()
-    cpu = _Cpu()
+    cpu = CpuSince()
     seconds = []
     rows = 0
     for _ in range(repeat):
@@ -619,7 +546,7 @@ def _time(call: Callable[[], Sequence[Any]], repeat: int, warm_up: bool = True) 
 def _timed(
     call: Callable[[], Sequence[Any]], repeat: int, warm_ups: int = 1
 ) -> Callable[[int], Timing]:
-    """An attempt for :meth:`_Quiet.run`: warm up (first attempt only), then time."""
+    """An attempt for :meth:`QuietMachine.run`: warm up (first attempt only), then time."""
     return lambda number: _time(call, repeat, warm_up=warm_ups > 0 and number == 1)
 
 
@@ -885,7 +812,7 @@ def _time_pair(
     """Warm both, compare their answers, then time them alternately (``attempt``: unused)."""
     first_aggregate, first_raw = aggregate(), raw()
     mismatches = _compare(first_aggregate, first_raw)
-    cpu = _Cpu()
+    cpu = CpuSince()
     times: dict[str, list[float]] = {"aggregate": [], "raw": []}
     for _ in range(repeat):
         for side, call in (("aggregate", aggregate), ("raw", raw)):
@@ -907,16 +834,16 @@ def measure(
     chdb_dir: Path, repeat: int, gather_repeat: int, max_wait: float, retries: int
 ) -> dict[str, Any]:
     """Time every report query, the raw-vs-aggregate pairs and the whole report."""
-    settings = _settings(chdb_dir, DATABASE, batch_size=5000)
+    settings = chdb_settings(chdb_dir, DATABASE, batch_size=5000)
     config: ReportConfig = wiring.load_report_config(None)
-    quiet = _Quiet(max_wait, retries)
+    quiet = QuietMachine(max_wait, retries)
     with wiring.clickhouse(settings) as client:
         waited = _settle(client, limit=300.0, quiet=3)
         counts = _table_counts(client)
         parts = _active_parts(client)
         # again here: a reused dataset built before a migration got it now (backfilled)
         checks = _aggregate_checks(client)
-        cpu = _Cpu()
+        cpu = CpuSince()
         timings: list[Timing] = []
         for name, group, call in _cases(client, config):
             timing = quiet.run(name, _timed(call, repeat))
@@ -994,7 +921,7 @@ def _dataset_key(args: argparse.Namespace, buyers: int) -> dict[str, Any]:
 
 def _prepare(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, Any], bool]:
     """The built dataset in ``data_dir`` (reused if it matches, else built); and whether reused."""
-    buyers = args.buyers or max(1, round(args.events / EVENTS_PER_BUYER))
+    buyers = buyers_for(args)
     key = _dataset_key(args, buyers)
     chdb_dir = data_dir / "chdb"
     marker = data_dir / _DATASET_FILE
@@ -1009,7 +936,7 @@ def _prepare(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, Any], 
         marker.unlink()
     if chdb_dir.exists():
         shutil.rmtree(chdb_dir)
-    built = _in_child(
+    built = in_child(
         build_dataset,
         chdb_dir,
         data_dir / f"events-seed{args.seed}-buyers{buyers}.jsonl",
@@ -1028,27 +955,28 @@ def _code_fingerprint() -> str:
     Narrower than the whole repository's ``git diff``: other benchmarks and docs may be
     edited meanwhile without making these figures mix versions.
     """
-    root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    paths = [Path(__file__).resolve(), root / "bench" / "embedded.py"]
+    paths = [Path(__file__).resolve(), REPO / "bench" / "common.py"]
     for package in _CODE_UNDER_TEST:
         paths += sorted(
             path
-            for path in (root / package).rglob("*")
+            for path in (REPO / package).rglob("*")
             if path.suffix in {".py", ".sql", ".toml"} and "__pycache__" not in path.parts
         )
     for path in paths:
-        digest.update(str(path.relative_to(root)).encode())
+        digest.update(str(path.relative_to(REPO)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
 def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    environment = _environment()
+    """Build (or reuse) the dataset in ``data_dir``, time everything there (and on one copy
+    with ``--growth``), and compare."""
+    machine = chdb_environment()
     code = _code_fingerprint()
     built, reused = _prepare(args, data_dir)
     logger.info("timing every query %d times after one warm-up", args.repeat)
-    measured = _in_child(
+    measured = in_child(
         measure, data_dir / "chdb", args.repeat, args.gather_repeat, args.max_wait, args.retries
     )
     growth = None
@@ -1060,7 +988,7 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         small_built, _ = _prepare(small_args, small_dir)
         logger.info("one copy: %s touchpoints", f"{small_built['rows']['touchpoints']:,}")
         logger.info("timing every query again on one copy (--growth)")
-        small = _in_child(
+        small = in_child(
             measure,
             small_dir / "chdb",
             args.repeat,
@@ -1071,11 +999,9 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         growth = _growth(measured, small, args.scale)
         growth["one_copy_rows"] = small["rows"]
         growth["one_copy_other_cores"] = small["cpu_cores"]["other"]
-    code_changed = _code_fingerprint() != code
-    if code_changed:
-        logger.warning("the code under test changed during the run: results may mix versions")
+    code_changed = changed_during_run(code, _code_fingerprint())
     other = measured["cpu_cores"]["other"]
-    busy = other is not None and other > _BUSY
+    busy = other is not None and other > OTHER_CPU_LIMIT
     if busy:
         logger.warning("other processes used %.2f cores while timing: figures are distorted", other)
     return {
@@ -1092,7 +1018,7 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             "max_wait": args.max_wait,
             "retries": args.retries,
         },
-        "environment": environment,
+        "environment": machine,
         "code_fingerprint": code,
         "code_changed_during_run": code_changed,
         "machine_busy": busy,
@@ -1105,10 +1031,6 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 def _growth(big: dict[str, Any], small: dict[str, Any], scale: int) -> dict[str, Any]:
     """Median at ``scale`` copies / median at one copy, per answer (``scale``: linear)."""
-
-    def ratio(large: float, one: float) -> float | None:
-        return large / one if one else None
-
     answers = {
         timing["name"]: ratio(timing["median_ms"], other["median_ms"])
         for timing, other in zip(big["timings"], small["timings"], strict=True)
@@ -1193,7 +1115,7 @@ def _render(result: dict[str, Any]) -> str:
         f"(the whole report: {result['config']['gather_repeat']}, no warm-up); "
         "p95 interpolated; raw/agg = ratio of medians; "
         f"other processes used {'?' if other is None else f'{other:.2f}'} cores while timing "
-        f"(* marks a line during which they used more than {_BUSY})"
+        f"(* marks a line during which they used more than {OTHER_CPU_LIMIT})"
         + ("; WARNING: the machine was busy" if result["machine_busy"] else "")
         + (
             "; WARNING: the code changed during the run"
@@ -1212,7 +1134,7 @@ def _times(value: float | None) -> str:
 
 
 def _busy_mark(other: float | None) -> str:
-    return f"  * other {other:.2f} cores" if other is not None and other > _BUSY else ""
+    return f"  * other {other:.2f} cores" if other is not None and other > OTHER_CPU_LIMIT else ""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1225,11 +1147,9 @@ def _parser() -> argparse.ArgumentParser:
             "JSON to bench/results/."
         ),
     )
-    parser.add_argument(
-        "--events",
-        type=positive,
-        default=1_000_000,
-        help="records to generate and run through the pipeline, before scaling "
+    add_dataset_options(
+        parser,
+        "records to generate and run through the pipeline, before scaling "
         f"(buyers = events / {EVENTS_PER_BUYER}) [default: 1000000]",
     )
     parser.add_argument(
@@ -1238,10 +1158,6 @@ def _parser() -> argparse.ArgumentParser:
         default=10,
         help="copies of the processed data (the original included) [default: 10]",
     )
-    parser.add_argument(
-        "--buyers", type=positive, help="generate exactly this many buyers (overrides --events)"
-    )
-    parser.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
     parser.add_argument(
         "--repeat",
         type=positive,
@@ -1254,20 +1170,7 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="timed runs of the whole report (sinks.answers.gather) [default: 3]",
     )
-    parser.add_argument(
-        "--max-wait",
-        type=float,
-        default=600.0,
-        help="before each line, wait up to this many seconds for other processes to use at "
-        f"most {_BUSY} cores [default: 600]",
-    )
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        help="time a line again (at most this many times) if other processes used more than "
-        f"{_BUSY} cores meanwhile [default: 2]",
-    )
+    add_quiet_options(parser)
     parser.add_argument(
         "--growth",
         action="store_true",
@@ -1291,20 +1194,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    args.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _setup_logging()
-    if args.reuse is not None:
-        args.reuse.mkdir(parents=True, exist_ok=True)
-        data_dir = args.reuse.resolve()
-        result = benchmark(args, data_dir)
-    else:
-        with scratch_directory(
-            args.workdir, "touchpoint-bench-queries-", keep=args.keep, keep_on_failure=False
-        ) as data_dir:
-            result = benchmark(args, data_dir)
-    print(_render(result))
-    print(f"results written to {write_result('queries', result, args.results_dir)}")
-    return 0 if result["all_rows_match"] and result["aggregate_checks"]["views_complete"] else 1
+    return common.run(
+        "queries",
+        args,
+        benchmark,
+        _render,
+        scratch_prefix="touchpoint-bench-queries-",
+        keep_on_failure=False,
+        run_dir=args.reuse,
+        succeeded=lambda result: bool(
+            result["all_rows_match"] and result["aggregate_checks"]["views_complete"]
+        ),
+    )
 
 
 if __name__ == "__main__":
