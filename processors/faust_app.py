@@ -60,29 +60,37 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from ingest.kafka import partition_for
 from processors.journey_processor import JourneyProcessor
 from processors.metrics import WorkerMetrics
 from processors.partitions import PartitionStates, Record
 from processors.state_stores import open_state_store
 from schemas.rules import JourneyRules
 from schemas.settings import KafkaSettings, ProcessingSettings
-from schemas.topics import Topics
+from schemas.topics import CONTROL_HEADER, CONTROL_IDENTITY, Topics
 
 __all__ = ["StoreReader", "create_app", "run_worker", "send_together"]
 
 logger = logging.getLogger(__name__)
 
 _PRODUCER_BATCH_BYTES: Final = 1024 * 1024
+_IDENTITY_HEADERS: Final = [(CONTROL_HEADER, CONTROL_IDENTITY)]
 
 
-async def send_together(app: Any, source_topic: str, partition: int, records: list[Record]) -> None:
+async def send_together(
+    app: Any,
+    source_topic: str,
+    partition: int,
+    records: list[Record],
+    controls: Sequence[tuple[int, bytes]] = (),
+) -> None:
     """Send a batch's records of one partition inside the transaction that commits its input.
 
     All of them go in while holding the transaction's lock, so Faust's periodic
@@ -91,14 +99,18 @@ async def send_together(app: Any, source_topic: str, partition: int, records: li
     and the worker died before the second, the retried event would be found in
     the restored state and not emit again — its remaining outputs lost.) Records are
     appended to one aiokafka batch per topic (``create_batch``/``send_batch``): no
-    per-record future, one queue entry per topic.
+    per-record future, one queue entry per topic. ``controls`` (target partition, value)
+    go to ``source_topic`` as identity control records (:mod:`processors.stitching`), in the
+    same transaction.
     """
-    if not records:
+    if not records and not controls:
         return
     producer = app.producer
     if not app.in_transaction:
         for topic, key, value in records:
             await producer.send(topic, key, value, partition, None, None)
+        for target, value in controls:
+            await producer.send(source_topic, None, value, target, None, _IDENTITY_HEADERS)
         return
     group = app.assignor.group_for_topic(source_topic)
     transactional_id = f"{app.conf.id}-{group}-{partition}"
@@ -125,6 +137,8 @@ async def send_together(app: Any, source_topic: str, partition: int, records: li
                 await transaction.send(topic, value, key=key, partition=partition)
         for topic, batch in batches.items():
             await transaction.send_batch(batch, topic, partition=partition)
+        for target, value in controls:
+            await transaction.send(source_topic, value, partition=target, headers=_IDENTITY_HEADERS)
 
 
 class StoreReader:
@@ -225,6 +239,9 @@ def create_app(
         max_future_skew=processing.max_future_skew,
         dedup_window=processing.dedup_window,
         states=partitions.states,
+        stitch_identities=processing.stitch_identities,
+        max_person_ids=processing.identity_max_ids,
+        home=lambda buyer_id: partition_for(buyer_id.encode(), kafka.partitions),
     )
     if metrics is not None:
         metrics.bind_triggers(processor.triggers.ids)
@@ -339,7 +356,10 @@ def create_app(
             metrics.observe_watermarks(processor.max_event_times)
             metrics.replayed.inc(skipped)
         outgoing = partitions.outgoing(output, applied, processor.max_event_times)
-        sends = [send_partition(partition, records) for partition, records in outgoing.items()]
+        sends = [
+            send_partition(partition, records, output.controls.get(partition, ()))
+            for partition, records in outgoing.items()
+        ]
         processed = time.perf_counter()
         await asyncio.gather(*sends)
         sent = time.perf_counter()
@@ -354,9 +374,11 @@ def create_app(
             sent - processed,
         )
 
-    async def send_partition(partition: int, records: list[Record]) -> None:
+    async def send_partition(
+        partition: int, records: list[Record], controls: Sequence[tuple[int, bytes]]
+    ) -> None:
         try:
-            await send_together(app, raw_name, partition, records)
+            await send_together(app, raw_name, partition, records, controls)
         except Exception:
             if partition in partitions.leaving:  # its producer went with it: nothing commits
                 logger.info(

@@ -463,7 +463,7 @@ def prune(
     if state.pruned_first is None:
         state.pruned_first = recent[0]
     gone = recent[:index]
-    state.pruned_last = gone[-1]
+    state.pruned_last = _newer(state.pruned_last, gone[-1])  # a late fold can prune an old touch
     for touch in reversed(gone):
         if touch.stage is not None:
             pruned = state.pruned_current

@@ -959,15 +959,32 @@ class JourneyProcessor:
             if message.op == "union":
                 self._union(root_id, root, message, partition)
                 return
-        if root is None:
+        self._absorb_shipped(root_id, root, shipped, partition)
+
+    def _absorb_shipped(
+        self, root_id: str, root: JourneyState | None, shipped: JourneyState, partition: int
+    ) -> None:
+        """Fold a shipped journey into ``root_id``'s person. A journey with no events (an id
+        only ever named by a link) adds its ids and nothing else, and one that lands on an
+        id with no events is taken over whole: their drop-off judgements stand, where judging
+        the union again could no longer see touches pruned since."""
+        if root is None or (not root.events and root.merged_into is None):
+            if root is not None:
+                shipped.aliases = sorted({*shipped.aliases, *root.aliases})
+                shipped.identified = sorted({*shipped.identified, *root.identified})
             self._adopt(root_id, shipped, partition)
-        else:
-            self._change(root_id, root)
-            journey.merge(root, shipped)
-            root.identified = sorted({*root.identified, *shipped.identified})
-            self.counters.merges += 1
-            self._output.stats.merges += 1
-            self._settle_across(root_id, root, partition, merged=True)
+            return
+        self._change(root_id, root)
+        root.identified = sorted({*root.identified, *shipped.identified})
+        if not shipped.events:
+            root.version += shipped.version + 1
+            root.aliases = sorted({*root.aliases, shipped.buyer_id, *shipped.aliases} - {root_id})
+            self._settle_across(root_id, root, partition, merged=False)
+            return
+        journey.merge(root, shipped)
+        self.counters.merges += 1
+        self._output.stats.merges += 1
+        self._settle_across(root_id, root, partition, merged=True)
 
     def _union(
         self, root_id: str, root: JourneyState | None, message: IdentityMessage, partition: int

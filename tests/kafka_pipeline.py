@@ -204,13 +204,64 @@ class Pipeline:
             consumer.close()
 
     def wait_until_workers_consumed_everything(self, timeout: float = 300) -> None:
-        end = self.raw_end()
+        """Until the workers committed every input record on every raw partition, and every
+        control record they sent each other since (identity stitching) as well."""
+        end = self.raw_ends()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.committed_raw() >= end:
-                return
+            committed = self.committed_raw_offsets()
+            if all(committed.get(tp, 0) >= offset for tp, offset in end.items()):
+                if not self.unconsumed_after(committed):
+                    return
             time.sleep(1)
         pytest.fail(f"workers did not catch up: {self.committed_raw()} of {end}; see {self.logs}")
+
+    def unconsumed_after(self, committed: dict[TopicPartition, int]) -> bool:
+        """Whether a committed record lies after the workers' committed offset on a raw
+        partition (one worker's control record to another, not yet applied by it)."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        try:
+            tps = [TopicPartition(self.topics.raw, p) for p in range(PARTITIONS)]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, committed.get(tp, 0))
+            ends = consumer.end_offsets(tps)  # read-committed: the last stable offsets
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if any(consumer.poll(timeout_ms=500, max_records=1).values()):
+                    return True
+                if all(consumer.position(tp) >= ends[tp] for tp in tps):
+                    return False
+            return True
+        finally:
+            consumer.close()
+
+    def committed_raw_offsets(self) -> dict[TopicPartition, int]:
+        """Per raw partition, the workers' committed offset (none while their group forms)."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            offsets = admin.list_group_offsets(self.app_id).get(self.app_id, {})
+        except KafkaError:
+            return {}
+        finally:
+            admin.close()
+        return {
+            tp: meta.offset
+            for tp, meta in offsets.items()
+            if tp.topic == self.topics.raw and meta.offset > 0
+        }
+
+    def raw_ends(self) -> dict[TopicPartition, int]:
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            tps = [TopicPartition(self.topics.raw, p) for p in range(PARTITIONS)]
+            return dict(consumer.end_offsets(tps))
+        finally:
+            consumer.close()
 
     def sink_into(self, clickhouse_client: Any, database: str) -> None:
         from sinks.migrate import apply_migrations

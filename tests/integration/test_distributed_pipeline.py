@@ -26,6 +26,7 @@ from kafka.structs import TopicPartition
 from ingest.generator import GeneratorConfig, GroundTruth, write_dataset
 from ingest.topics import ensure_topics
 from processors.classify import default_rules
+from tests.e2e.test_identity import links, per_person, truth_per_person
 from tests.factories import event
 from tests.kafka_pipeline import Pipeline, assert_aggregates_match_the_raw_table, stop
 from tests.readback import expected_from_truth, read_back
@@ -354,3 +355,68 @@ def test_the_sink_command_runs_until_sigterm_and_the_report_reads_its_rows(
     assert report.returncode == 0, report.stderr
     pre_awareness = next(line for line in report.stdout.splitlines() if line.startswith("pre_aw"))
     assert pre_awareness.split()[1] == "40"
+
+
+@pytest.fixture(scope="module")
+def people_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth]:
+    """Most buyers known by several ids (a cookie, an email address), which hash to different
+    partitions: their journeys are stitched across workers."""
+    folder = tmp_path_factory.mktemp("distributed-people")
+    config = GeneratorConfig(
+        buyers=1200,
+        seed=3131,
+        duplicate_rate=0.03,
+        out_of_order_rate=0.10,
+        malformed_rate=0.003,
+        several_ids_rate=0.7,
+        timeouts=dict(default_rules().timeouts),
+    )
+    events = folder / "events.jsonl"
+    return events, write_dataset(config, events)
+
+
+def test_ids_of_one_person_on_different_partitions_are_stitched_exactly_across_a_sigkill(
+    pipeline: Pipeline,
+    people_dataset: tuple[Path, GroundTruth],
+    clickhouse_client: Any,
+    database: str,
+) -> None:
+    events, truth = people_dataset
+    lines = events.read_text(encoding="utf-8").splitlines()
+    several = [buyer for buyer in truth.buyers if buyer.other_ids]
+    assert len(several) > len(truth.buyers) // 8  # the comparison is not vacuous
+    produced = pipeline.cli("produce", "--input", str(events))
+    assert produced.returncode == 0, produced.stderr
+    end = pipeline.raw_end()
+    # The whole file is a backlog: a worker's control record to another partition queues
+    # behind that partition's unread input, months of event time later. A merge is exact
+    # within the dedup window (processors.stitching); here it spans the data.
+    window = {"TOUCHPOINT_DEDUP_WINDOW": "365d"}
+    first = pipeline.start_worker("worker-a", **window)
+    second = pipeline.start_worker("worker-b", **window)
+    restarted = None
+    try:
+        deadline = time.monotonic() + 180
+        while pipeline.committed_raw() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # kill right after the first commit: mid-stream
+        progress = pipeline.committed_raw()
+        assert 0 < progress < end, f"the kill must land mid-stream ({progress} of {end})"
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        restarted = pipeline.start_worker("worker-a-restarted", **window)
+        pipeline.wait_until_workers_consumed_everything()
+    finally:
+        for worker in (first, second, restarted):
+            if worker is not None:
+                stop(worker)
+    pipeline.sink_into(clickhouse_client, database)
+
+    got = read_back(clickhouse_client, database)
+    expected = expected_from_truth(truth)
+    assert {key: got[key] for key in expected} == expected
+    assert got["tables"]["touchpoints"] == truth.events_unique
+    assert per_person(clickhouse_client, database) == truth_per_person(truth, lines)
+    linked = links(clickhouse_client, database)
+    assert {other: linked.get(other) for buyer in several for other in buyer.other_ids} == {
+        other: buyer.buyer_id for buyer in several for other in buyer.other_ids
+    }
