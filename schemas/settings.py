@@ -174,7 +174,7 @@ class ProcessingSettings(BaseSettings):
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     stitch_identities: bool = True
     """Fold the journeys of ids an event links (anonymous_id, properties.aliases) into one
-    person's (embedded runs; the Kafka workers do not stitch yet)."""
+    person's (embedded runs in one store, the Kafka workers across partitions: docs/journeys.md)."""
     identity_max_ids: int = Field(default=50, ge=2, le=10_000)
     """A person never gets more ids than this: a link past it is refused (dead letter
     ``identity_cap``) — a shared device or mailbox would otherwise join everyone."""

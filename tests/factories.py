@@ -115,3 +115,87 @@ def transition_json(buyer: str) -> bytes:
     )
     data: bytes = ROW_ADAPTERS[StageTransitionRow.table].dump_json(row)
     return data
+
+
+class Partitioned:
+    """Journey processors over several partitions, as the Kafka workers run them: one per
+    partition (or one for all, ``shared``), each id's records on its ``homes`` partition, and
+    the identity control records they send each other delivered — in batches, the partition
+    drawn by ``draw`` — until none is left (:mod:`processors.stitching`)."""
+
+    def __init__(
+        self,
+        homes: dict[str, int],
+        partitions: int,
+        *,
+        shared: bool = False,
+        draw: Any = None,
+        **options: Any,
+    ) -> None:
+        import random
+
+        from processors.journey_processor import JourneyProcessor
+
+        self.homes = homes
+        self.draw = draw if draw is not None else random.Random(0)
+        options.setdefault("stitch_identities", True)
+
+        def make() -> JourneyProcessor:
+            return JourneyProcessor(home=homes.__getitem__, **options)
+
+        one = make()
+        self.workers = {p: one if shared else make() for p in range(partitions)}
+        self.controls: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+        self.tables: dict[str, list[Any]] = {}
+        self.delivered = 0
+
+    def flush(self, processor: Any) -> None:
+        output = processor.flush()
+        for table, rows in output.tables().items():
+            self.tables.setdefault(table, []).extend(rows)
+        for sent in output.controls.values():
+            for target, value in sent:
+                self.controls[target].append(value)
+
+    def feed(self, records: list[dict[str, Any]], *, start: int = 0) -> None:
+        """One batch of raw records, each on its buyer's home partition; then deliver."""
+        import json
+
+        for index, record in enumerate(records, start):
+            partition = self.homes[record["buyer_id"]]
+            self.workers[partition].process_raw(
+                json.dumps(record), source="raw", position=str(index), partition=partition
+            )
+        for processor in {id(p): p for p in self.workers.values()}.values():
+            self.flush(processor)
+        self.deliver()
+
+    def deliver(self) -> None:
+        from schemas.topics import CONTROL_HEADER, CONTROL_IDENTITY
+
+        for _ in range(1000):
+            waiting = [p for p, pending in self.controls.items() if pending]
+            if not waiting:
+                return
+            partition = self.draw.choice(waiting)
+            pending, self.controls[partition] = self.controls[partition], []
+            processor = self.workers[partition]
+            for value in pending:
+                self.delivered += 1
+                processor.process_record(
+                    value,
+                    source="ctl",
+                    position=f"{partition}:{self.delivered}",
+                    partition=partition,
+                    headers=[(CONTROL_HEADER, CONTROL_IDENTITY)],
+                )
+            self.flush(processor)
+        raise AssertionError("the control messages between partitions never settle")
+
+    def finish(self, newest: datetime) -> dict[str, dict[tuple[str, ...], Any]]:
+        """Every partition's watermark to ``newest``; the rows as FINAL shows them."""
+        for partition, processor in self.workers.items():
+            processor.advance_watermark(partition, newest)
+            self.flush(processor)
+        self.deliver()
+        return final_rows(self.tables)

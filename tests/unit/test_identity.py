@@ -9,7 +9,9 @@ from processors import identity
 from processors.classify import default_rules
 from processors.journey_processor import JourneyProcessor
 from schemas.events import decode_event
-from tests.factories import event
+from schemas.journey import IdentityMessage, encode_identity_message
+from schemas.topics import CONTROL_HEADER, CONTROL_IDENTITY
+from tests.factories import T0, Partitioned, event
 
 
 def links(**fields: object) -> list[str]:
@@ -58,3 +60,82 @@ def test_a_link_past_the_cap_is_a_dead_letter_and_the_journeys_stay_apart() -> N
     assert [row.reason for row in output.dead_letters] == ["identity_cap"] * 3
     assert processor.counters.merges == 1
     assert sum(row.events for row in output.states if not row.is_deleted) == 5
+
+
+# -- across partitions (processors.stitching) ---------------------------------------------
+
+
+def across(homes: dict[str, int], **options: object) -> Partitioned:
+    return Partitioned(
+        homes,
+        3,
+        rules=default_rules(),
+        allowed_lateness=timedelta(hours=1),
+        dedup_window=timedelta(days=7),
+        **options,
+    )
+
+
+def test_a_later_event_of_a_merged_id_is_forwarded_to_its_person_and_keeps_where_it_came_from() -> (
+    None
+):
+    partitions = across({"u1": 0, "anonymous:c1": 1})
+    partitions.feed([event("page_view", at=timedelta(0), buyer="anonymous:c1", event_id="v1")])
+    sign_in = event("page_view", at=timedelta(hours=1), buyer="u1", event_id="s1")
+    partitions.feed([{**sign_in, "anonymous_id": "c1"}], start=1)
+    partitions.feed(
+        [event("add_to_cart", at=timedelta(hours=2), buyer="anonymous:c1", event_id="v2")], start=2
+    )
+    rows = partitions.finish(T0 + timedelta(hours=3))
+    assert set(rows["journey_state"]) == {("u1",)}
+    assert rows["journey_state"][("u1",)].events == 3
+    assert {key[0]: row.person_id for key, row in rows["identity_links"].items()} == {
+        "anonymous:c1": "u1"
+    }
+    touches = {row.event_id: row for row in partitions.tables["touchpoints"]}
+    assert touches["v2"].buyer_id == "anonymous:c1" and touches["v2"].source_position == "2"
+    assert len(partitions.tables["touchpoints"]) == 3
+
+
+def test_a_union_past_the_cap_across_partitions_is_a_dead_letter_and_the_journeys_stay_apart() -> (
+    None
+):
+    homes = {"c0": 0, "c1": 1, "c2": 2, "mail:help@shop.example": 1}
+    partitions = across(homes, max_person_ids=3)
+    for number in range(3):
+        record = event(
+            "ticket_opened",
+            at=timedelta(minutes=number),
+            buyer=f"c{number}",
+            event_id=f"t{number}",
+            properties={"aliases": "mail:help@shop.example"},
+        )
+        partitions.feed([record], start=number)
+    rows = partitions.finish(T0 + timedelta(hours=1))
+    assert set(rows["journey_state"]) == {("c0",), ("c2",)}  # c0, c1, the mailbox: three ids
+    letters = partitions.tables["dead_letters"]
+    assert [row.reason for row in letters] == ["identity_cap"]
+    assert json.loads(letters[0].raw)["event_id"] == "t2"  # the event that carried the link
+
+
+def test_a_control_record_that_is_not_an_identity_message_is_a_dead_letter() -> None:
+    processor = JourneyProcessor(
+        default_rules(),
+        allowed_lateness=timedelta(hours=1),
+        dedup_window=timedelta(days=7),
+        stitch_identities=True,
+        home=lambda _: 0,
+    )
+    unknown_op = encode_identity_message(IdentityMessage("split", "u1"))
+    for position, value in (("0:1", unknown_op), ("0:2", b"not msgpack at all \xff")):
+        processor.process_record(
+            value,
+            source="raw",
+            position=position,
+            headers=[(CONTROL_HEADER, CONTROL_IDENTITY)],
+        )
+    letters = processor.flush().dead_letters
+    assert [(row.reason, row.position) for row in letters] == [
+        ("invalid_field", "0:1"),
+        ("invalid_payload", "0:2"),
+    ]

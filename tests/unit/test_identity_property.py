@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 from processors.classify import default_rules
 from processors.journey_processor import JourneyProcessor
-from schemas.topics import CONTROL_HEADER, CONTROL_IDENTITY
-from tests.factories import event, final_rows
+from tests.factories import Partitioned, event, final_rows
 
 LATENESS = timedelta(hours=6)
 DEDUP = timedelta(days=30)
@@ -138,66 +137,23 @@ def run_partitioned(
     """The records through one processor per partition (or one for all, ``shared``), each id's
     events arriving on its home partition, the control messages between partitions delivered
     before the next input (well inside the lateness bound), in batches of random sizes."""
-    home = homes.__getitem__
-    one = JourneyProcessor(
-        RULES, allowed_lateness=LATENESS, dedup_window=DEDUP, stitch_identities=True, home=home
+    partitions = Partitioned(
+        homes,
+        PARTITIONS,
+        shared=shared,
+        draw=draw,
+        rules=RULES,
+        allowed_lateness=LATENESS,
+        dedup_window=DEDUP,
     )
-    workers = {
-        partition: one
-        if shared
-        else JourneyProcessor(
-            RULES, allowed_lateness=LATENESS, dedup_window=DEDUP, stitch_identities=True, home=home
-        )
-        for partition in range(PARTITIONS)
-    }
-    controls: dict[int, list[bytes]] = {partition: [] for partition in range(PARTITIONS)}
-    tables: dict[str, list[Any]] = {}
-
-    def flush(processor: JourneyProcessor) -> None:
-        output = processor.flush()
-        for table, rows in output.tables().items():
-            tables.setdefault(table, []).extend(rows)
-        for sent in output.controls.values():
-            for target, value in sent:
-                controls[target].append(value)
-
-    def deliver() -> None:
-        for _ in range(1000):
-            if not any(controls.values()):
-                return
-            partition = draw.choice([p for p, pending in controls.items() if pending])
-            pending, controls[partition] = controls[partition], []
-            processor = workers[partition]
-            for index, value in enumerate(pending):
-                processor.process_record(
-                    value,
-                    source="ctl",
-                    position=f"{partition}:{index}",
-                    partition=partition,
-                    headers=[(CONTROL_HEADER, CONTROL_IDENTITY)],
-                )
-            flush(processor)
-        raise AssertionError("the control messages between partitions never settle")
-
     start = 0
     while start < len(records):
         size = draw.randint(1, 5)
-        batch = records[start : start + size]
-        for index, record in enumerate(batch, start):
-            partition = homes[record["buyer_id"]]
-            workers[partition].process_raw(
-                json.dumps(record), source="prop", position=str(index), partition=partition
-            )
-        for processor in {id(p): p for p in workers.values()}.values():
-            flush(processor)
-        deliver()
+        partitions.feed(records[start : start + size], start=start)
         start += size
-    newest = max(datetime.fromisoformat(record["occurred_at"]) for record in records)
-    for partition, processor in workers.items():
-        processor.advance_watermark(partition, newest)
-        flush(processor)
-    deliver()
-    return final_rows(tables)
+    return partitions.finish(
+        max(datetime.fromisoformat(record["occurred_at"]) for record in records)
+    )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
