@@ -303,12 +303,45 @@ def gather_brief(
     ``period`` — what the full report shows first — by ``stages``."""
     check_stages(client, database, stages)
     period = period or Period()
+    split = _funnels(client, database, config, period, (None, by), stages=stages)
+    return _brief(client, database, period, by, split, stages)
+
+
+def _funnels(
+    client: Client,
+    database: str,
+    config: ReportConfig,
+    period: Period,
+    groups: tuple[analysis.FunnelGroup | None, ...],
+    *,
+    stages: StageOrder,
+) -> dict[analysis.FunnelGroup | None, list[analysis.FunnelRow]]:
+    """:func:`_funnel` split by each of ``groups`` (``None``: not split), from one read."""
+    return analysis.funnels(
+        client,
+        database,
+        groups,
+        period=period,
+        window=config.conversion_window,
+        stages=stages,
+    )
+
+
+def _brief(
+    client: Client,
+    database: str,
+    period: Period,
+    by: analysis.FunnelGroup | None,
+    split: dict[analysis.FunnelGroup | None, list[analysis.FunnelRow]],
+    stages: StageOrder,
+) -> Brief:
+    """The brief from the funnels already read (``split``: by None and by ``by``)."""
     return Brief(
         database=database,
         period=period,
         by=by,
-        funnel=_funnel(client, database, config, period, stages=stages),
-        funnel_by=_funnel(client, database, config, period, by, stages=stages) if by else [],
+        funnel=split[None],
+        funnel_by=split[by] if by else [],
         dropoffs=queries.dropoffs_by_stage_channel(client, database, period=period, stages=stages),
         exits=queries.exits_by_stage_channel(client, database, period=period, stages=stages),
         stages=stages,
@@ -358,10 +391,13 @@ def gather(
     and the tests that compare the two."""
     check_targets(config, stages)
     period = period or Period()
-    brief = gather_brief(client, database, config, period=period, by=by, stages=stages)
+    check_stages(client, database, stages)
+    # the funnel, its split by ``by`` and by persona (the persona cards): one read
+    split = _funnels(client, database, config, period, (None, by, "persona"), stages=stages)
+    brief = _brief(client, database, period, by, split, stages)
     heat = analysis.hour_of_week(client, database, period=None if period == Period() else period)
     best, worst = _slots(heat)
-    funnel_by_persona = _funnel(client, database, config, period, "persona", stages=stages)
+    funnel_by_persona = split["persona"]
     personas = analysis.persona_stats(client, database, period=period, stages=stages, source=source)
     # Every model by channel and by campaign in one query; the channel table and the spend
     # returns use its linear credit (linear does not depend on the half-life).

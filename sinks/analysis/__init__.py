@@ -50,7 +50,7 @@ from sinks.analysis.channels import ChannelEffect, channel_effectiveness
 from sinks.analysis.cohorts import CohortCell, retention_cohorts
 from sinks.analysis.dropoff_diagnosis import DropoffDiagnosis, dropoff_diagnosis
 from sinks.analysis.flow import Flow, transition_flow
-from sinks.analysis.funnel import FunnelGroup, FunnelRow, funnel
+from sinks.analysis.funnel import FunnelGroup, FunnelRow, funnel, funnels
 from sinks.analysis.high_intent import HighIntentBuyer, high_intent, intent_stage
 from sinks.analysis.hour_of_week import ACTION_KINDS, HeatCell, hour_of_week
 from sinks.analysis.personas import PersonaStats, persona_stats
@@ -90,6 +90,7 @@ __all__ = [
     "channel_effectiveness",
     "dropoff_diagnosis",
     "funnel",
+    "funnels",
     "high_intent",
     "hour_of_week",
     "intent_stage",

@@ -56,10 +56,13 @@ def dropoff_diagnosis(
             WHERE {period_condition("deadline")}
         ),
         next_actions AS (
+            -- only the touches after the deadline are grouped: a drop without one has no
+            -- row here, and so no next action, as it had none among all its touches
             SELECT d.buyer_id AS buyer_id, d.stage AS stage,
-                   argMinIf(t.event_type, t.occurred_at, t.occurred_at > d.deadline) AS next_action
+                   argMin(t.event_type, t.occurred_at) AS next_action
             FROM drops AS d
             INNER JOIN {by_person(db, "touchpoints")} AS t ON t.buyer_id = d.buyer_id
+            WHERE t.occurred_at > d.deadline
             GROUP BY buyer_id, stage
         )
         SELECT d.stage, d.last_channel, d.last_action, count() AS buyers,

@@ -62,11 +62,21 @@ def buyer_tracker(
     if as_of is None:
         newest = _rows(client, f"SELECT max(occurred_at) FROM {db}.touchpoints", {}, "newest time")
         as_of = newest[0][0] if newest and newest[0][0] is not None else _FAR_FUTURE
+    # The ranking reads journey_state alone, and every join below adds at most one row per
+    # journey (each is keyed by buyer, persona or CRM key), so the tracked buyers are chosen
+    # first (the order ends on buyer_id: one answer) and only their purchases are read.
     sql = f"""
-        WITH orders AS (
+        WITH tracked AS (
+            SELECT buyer_id, persona, tier, account_id, purchases, revenue, last_purchase_at,
+                   preferred_channel, events, first_touch_at, last_touch_at
+            FROM {db}.journey_state FINAL
+            ORDER BY revenue / greatest(1, events) DESC, revenue DESC, buyer_id
+            LIMIT {{limit:UInt32}}
+        ),
+        orders AS (
             SELECT buyer_id, occurred_at, toFloat64(ifNull(revenue, 0)) AS revenue,
                    promo IS NOT NULL AS discounted
-            FROM {purchases_from(db, source)}
+            FROM {purchases_from(db, source)} AND buyer_id IN (SELECT buyer_id FROM tracked)
         ),
         per_buyer AS (
             SELECT buyer_id, count() AS orders, countIf(discounted) AS discounted,
@@ -117,7 +127,7 @@ def buyer_tracker(
             coalesce(c1.payment_terms, c2.payment_terms, '') AS payment_terms,
             coalesce(c1.contract_on_file, c2.contract_on_file) AS contract,
             coalesce(c1.sla, c2.sla, '') AS sla
-        FROM {db}.journey_state AS j FINAL
+        FROM tracked AS j
         LEFT JOIN per_buyer AS o ON o.buyer_id = j.buyer_id
         LEFT JOIN peaks AS p ON p.buyer_id = j.buyer_id
         LEFT JOIN benchmark AS b ON b.persona_key = ifNull(j.persona, '')
