@@ -787,38 +787,7 @@ class JourneyProcessor:
             self._schedule(canonical, person)
             if person.partition in self._newest:
                 self._fire_timers(person.partition)
-        size = len(person.aliases) + 1
-        version = self.link_epoch * LINK_EPOCH + size
-        identified = set(person.identified)
-        output = self._output
-        for alias in person.aliases:
-            output.add(
-                person.partition,
-                _IDENTITIES,
-                _encode(
-                    {
-                        "alias_id": alias,
-                        "person_id": canonical,
-                        "identified": int(alias in identified),
-                        "version": version,
-                        "is_deleted": 0,
-                    }
-                ),
-            )
-        if canonical != person_id:
-            output.add(
-                person.partition,
-                _IDENTITIES,
-                _encode(
-                    {
-                        "alias_id": canonical,
-                        "person_id": canonical,
-                        "identified": int(canonical in identified),
-                        "version": version,
-                        "is_deleted": 1,
-                    }
-                ),
-            )
+        self._write_links(person, canonical, retract_own=canonical != person_id)
 
     def split(self, buyer_id: str, ids: Iterable[str]) -> None:
         """Take ``buyer_id`` out of the person whose ``ids`` these are, for good.

@@ -108,17 +108,16 @@ def big_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundT
     return events, write_dataset(config, events)
 
 
-def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
-    pipeline: Pipeline,
-    big_dataset: tuple[Path, GroundTruth],
-    clickhouse_client: Any,
-    database: str,
+def run_with_a_worker_killed(
+    pipeline: Pipeline, events: Path, clickhouse_client: Any, database: str, **env: str
 ) -> None:
-    events, truth = big_dataset
+    """Produce ``events``, run two workers, SIGKILL one right after the first commit (mid-
+    stream), start it again, wait until everything is consumed, sink into ``database``."""
     produced = pipeline.cli("produce", "--input", str(events))
     assert produced.returncode == 0, produced.stderr
     end = pipeline.raw_end()
-    first, second = pipeline.start_worker("worker-a"), pipeline.start_worker("worker-b")
+    first = pipeline.start_worker("worker-a", **env)
+    second = pipeline.start_worker("worker-b", **env)
     restarted = None
     try:
         deadline = time.monotonic() + 180
@@ -129,13 +128,23 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
         first.send_signal(signal.SIGKILL)
         first.wait()
         time.sleep(2)
-        restarted = pipeline.start_worker("worker-a-restarted")
+        restarted = pipeline.start_worker("worker-a-restarted", **env)
         pipeline.wait_until_workers_consumed_everything()
     finally:
         for worker in (first, second, restarted):
             if worker is not None:
                 stop(worker)
     pipeline.sink_into(clickhouse_client, database)
+
+
+def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
+    pipeline: Pipeline,
+    big_dataset: tuple[Path, GroundTruth],
+    clickhouse_client: Any,
+    database: str,
+) -> None:
+    events, truth = big_dataset
+    run_with_a_worker_killed(pipeline, events, clickhouse_client, database)
 
     got = read_back(clickhouse_client, database)
     expected = expected_from_truth(truth)
@@ -385,31 +394,12 @@ def test_ids_of_one_person_on_different_partitions_are_stitched_exactly_across_a
     lines = events.read_text(encoding="utf-8").splitlines()
     several = [buyer for buyer in truth.buyers if buyer.other_ids]
     assert len(several) > len(truth.buyers) // 8  # the comparison is not vacuous
-    produced = pipeline.cli("produce", "--input", str(events))
-    assert produced.returncode == 0, produced.stderr
-    end = pipeline.raw_end()
     # The whole file is a backlog: a worker's control record to another partition queues
     # behind that partition's unread input, months of event time later. A merge is exact
     # within the dedup window (processors.stitching); here it spans the data.
-    window = {"TOUCHPOINT_DEDUP_WINDOW": "365d"}
-    first = pipeline.start_worker("worker-a", **window)
-    second = pipeline.start_worker("worker-b", **window)
-    restarted = None
-    try:
-        deadline = time.monotonic() + 180
-        while pipeline.committed_raw() == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)  # kill right after the first commit: mid-stream
-        progress = pipeline.committed_raw()
-        assert 0 < progress < end, f"the kill must land mid-stream ({progress} of {end})"
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        restarted = pipeline.start_worker("worker-a-restarted", **window)
-        pipeline.wait_until_workers_consumed_everything()
-    finally:
-        for worker in (first, second, restarted):
-            if worker is not None:
-                stop(worker)
-    pipeline.sink_into(clickhouse_client, database)
+    run_with_a_worker_killed(
+        pipeline, events, clickhouse_client, database, TOUCHPOINT_DEDUP_WINDOW="365d"
+    )
 
     got = read_back(clickhouse_client, database)
     expected = expected_from_truth(truth)
