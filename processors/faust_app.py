@@ -239,7 +239,7 @@ def create_app(
         max_future_skew=processing.max_future_skew,
         dedup_window=processing.dedup_window,
         states=partitions.states,
-        stitch_identities=processing.stitch_identities,
+        stitch_identities=processing.stitch_identities and kafka.stitch_identities,
         max_person_ids=processing.identity_max_ids,
         home=lambda buyer_id: partition_for(buyer_id.encode(), kafka.partitions),
     )

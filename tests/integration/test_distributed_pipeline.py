@@ -398,7 +398,12 @@ def test_ids_of_one_person_on_different_partitions_are_stitched_exactly_across_a
     # behind that partition's unread input, months of event time later. A merge is exact
     # within the dedup window (processors.stitching); here it spans the data.
     run_with_a_worker_killed(
-        pipeline, events, clickhouse_client, database, TOUCHPOINT_DEDUP_WINDOW="365d"
+        pipeline,
+        events,
+        clickhouse_client,
+        database,
+        TOUCHPOINT_KAFKA_STITCH_IDENTITIES="true",
+        TOUCHPOINT_DEDUP_WINDOW="365d",
     )
 
     got = read_back(clickhouse_client, database)
