@@ -878,17 +878,7 @@ class JourneyProcessor:
                 continue
             record = record or _encode(_event_record(event))
             self._send(
-                partition,
-                IdentityMessage(
-                    "union",
-                    alias,
-                    other=person_id,
-                    other_named=person_id in person.identified,
-                    size=len(person.aliases) + 1,
-                    event=record,
-                    source=source,
-                    position=position,
-                ),
+                partition, _union_message(alias, person_id, person, record, source, position)
             )
         if named:
             self._settle_across(person_id, person, partition, merged=False)
@@ -984,16 +974,7 @@ class JourneyProcessor:
             return
         self._send(
             partition,
-            IdentityMessage(
-                "union",
-                other,
-                other=root_id,
-                other_named=root_id in root.identified,
-                size=len(root.aliases) + 1,
-                event=message.event,
-                source=message.source,
-                position=message.position,
-            ),
+            _union_message(other, root_id, root, message.event, message.source, message.position),
         )
 
     def _ship(
@@ -1215,6 +1196,22 @@ class JourneyProcessor:
         row = journey.state_row(stub, self.order)
         row["is_deleted"] = 1
         output.add(partition, _STATES, _encode(row))
+
+
+def _union_message(
+    target: str, root_id: str, root: JourneyState, event: bytes, source: str, position: str
+) -> IdentityMessage:
+    """The ``union`` asking ``target``'s person to join ``root_id``'s (its root, here)."""
+    return IdentityMessage(
+        "union",
+        target,
+        other=root_id,
+        other_named=root_id in root.identified,
+        size=len(root.aliases) + 1,
+        event=event,
+        source=source,
+        position=position,
+    )
 
 
 def _one_partition(_buyer_id: str) -> int:

@@ -162,18 +162,7 @@ class Pipeline:
 
     def committed_raw(self) -> int:
         """Input records the workers have committed (0 while their group is still forming)."""
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        try:
-            offsets = admin.list_group_offsets(self.app_id).get(self.app_id, {})
-        except KafkaError:
-            return 0
-        finally:
-            admin.close()
-        return sum(
-            meta.offset
-            for tp, meta in offsets.items()
-            if tp.topic == self.topics.raw and meta.offset > 0
-        )
+        return sum(self.committed_raw_offsets().values())
 
     def raw_end(self) -> int:
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
